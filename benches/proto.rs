@@ -1,0 +1,2 @@
+//! placeholder, filled by the proto work
+fn main() {}

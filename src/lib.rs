@@ -1,0 +1,2 @@
+//! ringcast: a WebSocket push engine for Linux.
+pub mod proto;
