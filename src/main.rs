@@ -1,2 +1,134 @@
-//! CLI entry point.
-fn main() {}
+//! `ringcast`: the command line. Parses arguments, builds the `Config`, runs the server, and
+//! prints start-up errors as "cause + fix".
+
+use clap::{Parser, Subcommand};
+use ringcast::config::Config;
+use ringcast::server::Server;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "ringcast",
+    version,
+    about = "A WebSocket push engine for Linux (io_uring, one shard per core)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (single node, no broker).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// WebSocket listen address [default: 127.0.0.1:9080, or the config file's].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Number of shards (threads, one io_uring each) [default: one per core].
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Serve /echo (echoes every message; for conformance tests).
+    #[arg(long)]
+    echo: bool,
+    /// TOML configuration file (every limit; see docs/limits.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // A second SIGINT/SIGTERM exits at once; only async-signal-safe calls here.
+    if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+fn install_signal_handlers() {
+    // SAFETY: installing a handler that only touches an atomic and calls _exit; SIGPIPE is
+    // ignored because a peer that vanished must be an error code, never a process kill.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(shards) = args.shards {
+        config.shards = shards;
+    }
+    config.echo |= args.echo;
+    config.pin &= !args.no_pin;
+    install_signal_handlers();
+    let server = Server::start(config)?;
+    for note in &server.notes {
+        eprintln!("ringcast: {note}");
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "ringcast ready listen={} shards={} pid={}",
+        server.local_addr(),
+        server.shards(),
+        std::process::id()
+    );
+    let _ = out.flush();
+    drop(out);
+    while SIGNALS.load(Ordering::SeqCst) == 0 && !server.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.shutdown();
+    let totals = server.counters();
+    let result = server.wait();
+    eprintln!(
+        "ringcast: stopped; accepted {} handshakes {} slow consumers {}",
+        totals.accepted, totals.handshakes, totals.slow_consumers
+    );
+    result
+}
+
+fn main() {
+    // A panic in a shard is a bug: log it with the thread (shard) name and exit non-zero rather
+    // than run on with a dead shard.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        eprintln!(
+            "ringcast: BUG: panic in {}",
+            thread.name().unwrap_or("main")
+        );
+        default_hook(info);
+        std::process::exit(101);
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    if let Err(err) = result {
+        eprintln!("ringcast: {err}");
+        std::process::exit(1);
+    }
+}

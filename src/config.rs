@@ -1,0 +1,203 @@
+//! Configuration: where to listen, how many shards, and `Limits`, every bound of the server
+//! with its unit, default and overflow behaviour. `docs/limits.md` mirrors `Limits` row by row.
+//!
+//! A config file is TOML: top-level keys of `Config` plus a `[limits]` table; every key is
+//! optional and unknown keys are an error (a typo must not silently leave a default in place).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Every bound of the server. Names carry their unit last; each doc comment says what happens
+/// on overflow and what the bound costs in memory at worst.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest HTTP upgrade request head. Overflow: HTTP 431, counted. Memory: this many bytes
+    /// per connection while it is handshaking.
+    pub handshake_bytes_max: usize,
+    /// Time allowed from accept to a complete handshake. Overflow: the socket is closed, counted.
+    pub handshake_timeout_ms: u64,
+    /// Server ping interval on `/ws`; a connection with no traffic for two intervals is closed
+    /// with 4004. 0 turns heartbeats off.
+    pub ping_interval_ms: u64,
+    /// Time allowed for the close handshake after the server sent its close frame; then the slot
+    /// is freed regardless.
+    pub close_timeout_ms: u64,
+    /// Largest message a `/ws` client may send. Overflow: close 1009. Memory: up to this many
+    /// bytes per connection while a message is being assembled.
+    pub message_bytes_max: usize,
+    /// Most frames in one fragmented `/ws` message. Overflow: close 1009.
+    pub fragments_per_message_max: u32,
+    /// Largest message on `/echo` (the conformance endpoint; Autobahn 9.* sends 16 MiB).
+    pub echo_message_bytes_max: usize,
+    /// Most frames in one fragmented `/echo` message (Autobahn 9.3.1 sends 65,536).
+    pub echo_fragments_per_message_max: u32,
+    /// Bytes queued for one connection and not yet sent. Overflow: the connection is a slow
+    /// consumer and is closed with 4001, counted. Control frames are exempt.
+    pub outbound_bytes_max: usize,
+    /// Open connections per shard (slab slots). Overflow: HTTP 503, counted. Memory: the slab
+    /// reserves this many entries of address space up front; pages are touched only when used.
+    pub conns_per_shard_max: usize,
+    /// Size of one provided receive buffer. Memory: `recv_buffer_bytes * recv_buffers` per shard.
+    pub recv_buffer_bytes: usize,
+    /// Provided receive buffers per shard (a power of two, ≤ 32768): sized for bursts of
+    /// readable sockets, not for the connection count. Overflow: the kernel ends the multishot
+    /// receive with ENOBUFS; it is re-armed once buffers return, nothing is lost.
+    pub recv_buffers: usize,
+    /// Sends in flight per shard. Overflow: connections wait for the next loop turn. Bounds the
+    /// completion queue. Memory: each slot holds `send_iovecs_max` iovecs and `Bytes` handles.
+    pub sends_in_flight_max: usize,
+    /// Frames gathered into one vectored send.
+    pub send_iovecs_max: usize,
+    /// Grace period for flushing queued frames at shutdown.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_bytes_max: 8 * 1024,
+            handshake_timeout_ms: 10_000,
+            ping_interval_ms: 25_000,
+            close_timeout_ms: 5_000,
+            message_bytes_max: 64 * 1024,
+            fragments_per_message_max: 1024,
+            echo_message_bytes_max: 16 * 1024 * 1024,
+            echo_fragments_per_message_max: 65_536,
+            outbound_bytes_max: 1024 * 1024,
+            conns_per_shard_max: 65_536,
+            recv_buffer_bytes: 4096,
+            recv_buffers: 1024,
+            sends_in_flight_max: 4096,
+            send_iovecs_max: 64,
+            shutdown_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks relations between limits that the code relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32_768 {
+            errors.push("recv_buffers must be a power of two no larger than 32768".to_string());
+        }
+        if self.recv_buffer_bytes < 256 || self.recv_buffer_bytes > 1 << 20 {
+            errors.push("recv_buffer_bytes must be between 256 and 1048576".to_string());
+        }
+        if self.conns_per_shard_max == 0 || self.conns_per_shard_max >= 1 << crate::id::SLOT_BITS {
+            errors.push(format!(
+                "conns_per_shard_max must be between 1 and {}",
+                (1 << crate::id::SLOT_BITS) - 1
+            ));
+        }
+        if self.sends_in_flight_max == 0 || self.sends_in_flight_max > 1 << 16 {
+            errors.push("sends_in_flight_max must be between 1 and 65536".to_string());
+        }
+        if self.send_iovecs_max == 0 || self.send_iovecs_max > 1024 {
+            errors.push("send_iovecs_max must be between 1 and 1024 (IOV_MAX)".to_string());
+        }
+        if self.handshake_bytes_max < 256 {
+            errors.push("handshake_bytes_max must be at least 256".to_string());
+        }
+        if self.handshake_timeout_ms == 0 || self.close_timeout_ms == 0 {
+            errors.push("handshake_timeout_ms and close_timeout_ms must be above 0".to_string());
+        }
+        if self.message_bytes_max == 0 || self.echo_message_bytes_max == 0 {
+            errors.push("message size limits must be above 0".to_string());
+        }
+        if self.outbound_bytes_max < 1024 {
+            errors.push("outbound_bytes_max must be at least 1024".to_string());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+/// Per-namespace settings (a namespace is the part of a channel name before its first `:`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Namespace {
+    /// Whether `/ws` clients may publish to channels of this namespace.
+    pub client_publish: bool,
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// WebSocket listen address.
+    pub listen: SocketAddr,
+    /// Shards (threads, one io_uring each); 0 means one per available core.
+    pub shards: usize,
+    /// Whether `/echo` is served (conformance testing).
+    pub echo: bool,
+    /// Whether shard threads are pinned to cores (round-robin when shards exceed cores).
+    pub pin: bool,
+    /// Settings per channel namespace.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Every bound.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
+            shards: 0,
+            echo: false,
+            pin: true,
+            namespaces: BTreeMap::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &PathBuf) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        Config::from_toml(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.limits.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn toml_overrides_and_rejects_typos() {
+        let c = Config::from_toml(
+            "shards = 2\necho = true\n[limits]\nmessage_bytes_max = 1000\n[namespaces.chat]\nclient_publish = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.shards, 2);
+        assert!(c.echo);
+        assert_eq!(c.limits.message_bytes_max, 1000);
+        assert_eq!(
+            c.limits.outbound_bytes_max,
+            Limits::default().outbound_bytes_max
+        );
+        assert!(c.namespaces["chat"].client_publish);
+        assert!(Config::from_toml("[limits]\nmesage_bytes_max = 1\n").is_err());
+        assert!(Config::from_toml("[limits]\nrecv_buffers = 1000\n").is_err());
+    }
+}

@@ -1,0 +1,202 @@
+//! The server: binds one listener per shard, starts the pinned shard threads, reports readiness,
+//! aggregates counters and stops the shards on request.
+
+use crate::config::Config;
+use crate::shard::{Shard, ShardSetup, listener};
+use crate::stats::{Counters, Published};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+/// Fewest open files `ringcast serve` accepts: below this a push tier cannot do its job.
+pub const NOFILE_MIN: u64 = 4096;
+
+/// A running server.
+pub struct Server {
+    threads: Vec<JoinHandle<io::Result<()>>>,
+    published: Vec<Arc<Published>>,
+    stop: Arc<AtomicBool>,
+    local_addr: SocketAddr,
+    /// Informational lines for the start-up banner (ring mode, file limit).
+    pub notes: Vec<String>,
+}
+
+/// Raises the soft open-files limit to the hard limit; returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+impl Server {
+    /// Binds the listeners and starts the shards; returns once every shard is ready to accept.
+    pub fn start(config: Config) -> Result<Server, String> {
+        config.limits.validate()?;
+        let shards = if config.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.shards
+        };
+        if shards > 1 << crate::id::SHARD_BITS {
+            return Err(format!(
+                "--shards {shards} is above the maximum of {}",
+                1 << crate::id::SHARD_BITS
+            ));
+        }
+        let mut notes = Vec::new();
+        let nofile = raise_nofile();
+        if nofile < NOFILE_MIN {
+            return Err(format!(
+                "the open-files limit is {nofile}, below the {NOFILE_MIN} ringcast needs. \
+                 Fix: `ulimit -n 65536` in the shell that starts it, or LimitNOFILE=65536 in its systemd unit."
+            ));
+        }
+        let wanted = (shards * config.limits.conns_per_shard_max) as u64;
+        if nofile < wanted {
+            notes.push(format!(
+                "open-files limit {nofile} is below shards x conns_per_shard_max = {wanted}: \
+                 the process will refuse connections (EMFILE) before the configured limit"
+            ));
+        }
+        let mut listeners = Vec::with_capacity(shards);
+        let (first, bound) = listener::listen(config.listen)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        listeners.push(first);
+        for _ in 1..shards {
+            let (fd, _) =
+                listener::listen(bound).map_err(|e| format!("cannot listen on {bound}: {e}"))?;
+            listeners.push(fd);
+        }
+        let config = Arc::new(config);
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let mut threads = Vec::with_capacity(shards);
+        let mut published = Vec::with_capacity(shards);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let snapshot = Arc::new(Published::default());
+            published.push(snapshot.clone());
+            let setup = ShardSetup {
+                index,
+                listener,
+                config: config.clone(),
+                published: snapshot,
+                stop: stop.clone(),
+            };
+            let core = (config.pin && !cores.is_empty()).then(|| cores[index % cores.len()]);
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    let shard = match Shard::new(setup) {
+                        Ok(shard) => shard,
+                        Err(err) => {
+                            let _ = ready.send(Err(crate::shard::uring::explain_unavailable(&err)));
+                            return Err(err);
+                        }
+                    };
+                    let _ = ready.send(Ok(format!(
+                        "shard {index}: io_uring mode {:?}",
+                        shard.ring_mode()
+                    )));
+                    drop(ready);
+                    shard.run()
+                })
+                .map_err(|e| format!("cannot start shard thread: {e}"))?;
+            threads.push(thread);
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok(Ok(note)) => notes.push(note),
+                Ok(Err(err)) => failure = Some(err),
+                Err(_) => failure = Some("a shard thread died during start-up".to_string()),
+            }
+        }
+        let server = Server {
+            threads,
+            published,
+            stop,
+            local_addr: bound,
+            notes,
+        };
+        if let Some(err) = failure {
+            server.stop.store(true, Ordering::Relaxed);
+            let _ = server.wait();
+            return Err(err);
+        }
+        Ok(server)
+    }
+
+    /// The bound WebSocket address (with the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// The latest counters of each shard (snapshots, at most a few ticks old).
+    pub fn shard_counters(&self) -> Vec<Counters> {
+        self.published.iter().map(|p| p.read()).collect()
+    }
+
+    /// The sum over shards.
+    pub fn counters(&self) -> Counters {
+        let mut total = Counters::default();
+        for c in self.shard_counters() {
+            total.add(&c);
+        }
+        total
+    }
+
+    /// Starts a graceful shutdown: stop accepting, close every connection with 1001, flush
+    /// within `shutdown_timeout_ms`.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether every shard thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+
+    /// Waits for every shard to end; the first error wins.
+    pub fn wait(self) -> Result<(), String> {
+        let mut result = Ok(());
+        for (index, thread) in self.threads.into_iter().enumerate() {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = result.and(Err(format!("shard {index}: {e}"))),
+                Err(_) => result = result.and(Err(format!("shard {index} panicked"))),
+            }
+        }
+        result
+    }
+}

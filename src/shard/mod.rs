@@ -1,0 +1,796 @@
+//! A shard: one thread, one io_uring, one listener, a slab of connections, a timing wheel.
+//!
+//! This module is the only user of io_uring. Each loop turn has four phases:
+//! 1. **flush** — every connection marked dirty with frames queued and no send in flight gets one
+//!    vectored `SENDMSG` over its queued frames (so a burst of pushes costs one send per
+//!    connection, not one per frame);
+//! 2. **wait** — submit and wait for at least one completion or the next tick;
+//! 3. **complete** — drain the completion queue: accepts, receives (from the provided-buffer
+//!    ring), sends; each `user_data` carries kind, slot and generation, so a completion for a
+//!    connection that is gone is recognised, counted and dropped;
+//! 4. **timers** — advance the wheel: handshake deadlines, heartbeats, close deadlines.
+//!
+//! Invariants: at most one send in flight per connection; the frames of a send in flight are
+//! owned by its send slot until the completion arrives (the kernel reads them); a provided
+//! buffer is recycled as soon as its bytes are consumed.
+
+pub mod conn;
+pub mod listener;
+pub mod outbound;
+pub mod uring;
+
+use crate::config::{Config, Limits};
+use crate::proto::close;
+use crate::proto::decoder::{DecoderLimits, Message};
+use crate::proto::frame::{self, OpCode};
+use crate::proto::handshake::{self, Rejection};
+use crate::stats::{Counters, Published};
+use crate::timer::Wheel;
+use bytes::Bytes;
+use conn::{CLOSE_RECEIVED, CLOSE_SENT, Conn, DIRTY, Endpoint, FIN_AFTER_FLUSH, SENDING, State};
+use io_uring::{IoUring, cqueue, opcode, types};
+use outbound::Enqueue;
+use slab::Slab;
+use std::io;
+use std::ops::ControlFlow;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use uring::{BufRing, Op, RingMode};
+
+/// Milliseconds per wheel tick.
+pub const TICK_MS: u64 = 10;
+/// Buckets of the timing wheel: 4096 × 10 ms ≈ 41 s per revolution, longer than the default
+/// heartbeat, so common deadlines are visited once.
+const WHEEL_BUCKETS: usize = 4096;
+/// Ticks between two snapshots of the counters.
+const PUBLISH_EVERY_TICKS: u32 = 10;
+/// Buffer group id of the shard's provided-buffer ring.
+const BUFFER_GROUP: u16 = 0;
+
+/// Everything a shard needs from the server at start.
+pub struct ShardSetup {
+    /// Shard index.
+    pub index: usize,
+    /// This shard's `SO_REUSEPORT` listener.
+    pub listener: OwnedFd,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Where the shard publishes its counters.
+    pub published: Arc<Published>,
+    /// Set to start a graceful shutdown; the shard polls it once per loop turn.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// A send in flight: the kernel reads `iov` and `frames` until its completion arrives, so the
+/// slot (boxed, at a stable address) owns them until then.
+struct SendSlot {
+    conn_slot: usize,
+    generation: u32,
+    frames: Vec<Bytes>,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+/// A shard. Field order matters: the ring is dropped first, so the kernel is done with the
+/// buffer ring and the send slots before they are freed.
+pub struct Shard {
+    ring: IoUring,
+    bufs: BufRing,
+    sends: Vec<Box<SendSlot>>,
+    free_sends: Vec<u16>,
+    index: usize,
+    listener: Option<OwnedFd>,
+    config: Arc<Config>,
+    conns: Slab<Conn>,
+    next_generation: u32,
+    wheel: Wheel,
+    dirty: Vec<u32>,
+    dirty_next: Vec<u32>,
+    fired: Vec<usize>,
+    cqes: Vec<(u64, i32, u32)>,
+    counters: Counters,
+    published: Arc<Published>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    now_tick: u32,
+    accept_armed: bool,
+    shutting_down: Option<u32>,
+    ring_mode: RingMode,
+    ws_limits: DecoderLimits,
+    echo_limits: DecoderLimits,
+}
+
+fn limits_ticks(ms: u64) -> u32 {
+    ms.div_ceil(TICK_MS).min(u32::MAX as u64 / 2) as u32
+}
+
+impl Shard {
+    /// Builds a shard: its ring, buffer ring and slab. Runs on the shard's own thread.
+    pub fn new(setup: ShardSetup) -> io::Result<Shard> {
+        let limits = &setup.config.limits;
+        let sq_entries = 4096u32;
+        let cq_entries = (limits.sends_in_flight_max + limits.recv_buffers + 4096)
+            .next_power_of_two()
+            .min(1 << 20) as u32;
+        let (ring, ring_mode) = uring::build_ring(sq_entries, cq_entries)?;
+        let bufs = BufRing::new(
+            &ring,
+            BUFFER_GROUP,
+            limits.recv_buffers,
+            limits.recv_buffer_bytes,
+        )?;
+        let mut wheel = Wheel::new(WHEEL_BUCKETS, 0);
+        wheel.reserve_keys(limits.conns_per_shard_max.min(1 << 16));
+        Ok(Shard {
+            ring,
+            bufs,
+            sends: Vec::new(),
+            free_sends: Vec::new(),
+            index: setup.index,
+            listener: Some(setup.listener),
+            // The slab reserves address space for the limit; untouched pages cost no memory.
+            conns: Slab::with_capacity(limits.conns_per_shard_max),
+            next_generation: 0,
+            wheel,
+            dirty: Vec::new(),
+            dirty_next: Vec::new(),
+            fired: Vec::new(),
+            cqes: Vec::with_capacity(1024),
+            counters: Counters::default(),
+            published: setup.published,
+            stop: setup.stop,
+            started: Instant::now(),
+            now_tick: 0,
+            accept_armed: false,
+            shutting_down: None,
+            ring_mode,
+            ws_limits: DecoderLimits {
+                message_bytes_max: limits.message_bytes_max,
+                fragments_max: limits.fragments_per_message_max,
+            },
+            echo_limits: DecoderLimits {
+                message_bytes_max: limits.echo_message_bytes_max,
+                fragments_max: limits.echo_fragments_per_message_max,
+            },
+            config: setup.config,
+        })
+    }
+
+    /// How the ring was set up.
+    pub fn ring_mode(&self) -> RingMode {
+        self.ring_mode
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// Runs the loop until shutdown completes.
+    pub fn run(mut self) -> io::Result<()> {
+        self.arm_accept();
+        let mut last_publish = 0u32;
+        loop {
+            self.flush();
+            self.wait()?;
+            self.complete();
+            self.now_tick = (self.started.elapsed().as_millis() / TICK_MS as u128) as u32;
+            self.fire_timers();
+            if !self.accept_armed && self.shutting_down.is_none() {
+                self.arm_accept();
+            }
+            if self.stop.load(Ordering::Relaxed) && self.shutting_down.is_none() {
+                self.begin_shutdown();
+            }
+            if let Some(deadline) = self.shutting_down {
+                let late = self.now_tick.wrapping_sub(deadline) as i32 >= 0;
+                if self.conns.is_empty() || late {
+                    self.counters.open = self.conns.len() as u64;
+                    self.published.publish(&self.counters);
+                    return Ok(());
+                }
+            }
+            if self.now_tick.wrapping_sub(last_publish) >= PUBLISH_EVERY_TICKS {
+                last_publish = self.now_tick;
+                self.counters.open = self.conns.len() as u64;
+                self.published.publish(&self.counters);
+            }
+        }
+    }
+
+    /// Pushes one submission, submitting first if the queue is full.
+    fn push(&mut self, entry: io_uring::squeue::Entry) {
+        loop {
+            // SAFETY: every buffer an entry points to (send slots, msghdr, iovecs) is owned by
+            // the shard at a stable address until the entry's completion arrives.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            // Full: hand what is queued to the kernel and try again.
+            if let Err(err) = self.ring.submit() {
+                assert!(
+                    err.raw_os_error() == Some(libc::EBUSY)
+                        || err.raw_os_error() == Some(libc::EINTR),
+                    "io_uring_enter failed: {err}"
+                );
+                // EBUSY: the completion queue is full; draining it frees room.
+                self.complete();
+            }
+        }
+    }
+
+    fn wait(&mut self) -> io::Result<()> {
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        let to_next_tick_ms = TICK_MS - elapsed_ms % TICK_MS;
+        let ts = types::Timespec::new().nsec((to_next_tick_ms * 1_000_000) as u32);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn arm_accept(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(uring::user_data(Op::Accept, 0, 0));
+        self.push(entry);
+        self.accept_armed = true;
+    }
+
+    fn arm_recv(&mut self, slot: usize) {
+        let conn = &self.conns[slot];
+        let entry = opcode::RecvMulti::new(types::Fd(conn.fd), self.bufs.group())
+            .build()
+            .user_data(uring::user_data(Op::Recv, slot, conn.generation));
+        self.push(entry);
+    }
+
+    fn complete(&mut self) {
+        loop {
+            self.cqes.clear();
+            self.cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            if self.cqes.is_empty() {
+                return;
+            }
+            let cqes = std::mem::take(&mut self.cqes);
+            for &(data, result, flags) in &cqes {
+                match uring::parse_user_data(data) {
+                    Some((Op::Accept, _, _)) => self.on_accept(result, flags),
+                    Some((Op::Recv, slot, generation)) => {
+                        self.on_recv(slot, generation, result, flags)
+                    }
+                    Some((Op::Send, slot, _)) => self.on_send(slot, result),
+                    Some((Op::Wake, _, _)) | None => {}
+                }
+            }
+            self.cqes = cqes;
+        }
+    }
+
+    fn on_accept(&mut self, result: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            // The kernel ended the multishot accept (error or cancellation); re-armed next turn.
+            self.accept_armed = false;
+        }
+        if result < 0 {
+            return;
+        }
+        let fd = result;
+        self.counters.accepted += 1;
+        if self.conns.len() >= self.limits().conns_per_shard_max || self.shutting_down.is_some() {
+            self.counters.conn_limit_refusals += 1;
+            self.refuse_unregistered(fd, Rejection::Unavailable);
+            return;
+        }
+        listener::set_nodelay(fd);
+        let generation = self.next_generation;
+        self.next_generation = (self.next_generation + 1) & ((1 << crate::id::GEN_BITS) - 1);
+        let slot = self.conns.insert(Conn::new(fd, generation, self.now_tick));
+        let deadline = self.now_tick + limits_ticks(self.limits().handshake_timeout_ms);
+        self.wheel.insert(slot, deadline);
+        self.arm_recv(slot);
+    }
+
+    /// Answers a connection that gets no slot: a short response written directly (it fits any
+    /// fresh socket's send buffer), then close.
+    fn refuse_unregistered(&mut self, fd: i32, rejection: Rejection) {
+        self.counters.rejected(rejection.status());
+        let response = rejection.response();
+        // SAFETY: fd is a socket we own; the buffer is live for the call. A failed or short
+        // write only means the peer sees a reset instead of the status line.
+        unsafe {
+            libc::send(
+                fd,
+                response.as_ptr().cast(),
+                response.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            );
+            libc::close(fd);
+        }
+    }
+
+    fn conn_mut(&mut self, slot: usize, generation: u32) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(slot)
+            .filter(|c| c.generation == generation)
+    }
+
+    fn on_recv(&mut self, slot: usize, generation: u32, result: i32, flags: u32) {
+        let bid = cqueue::buffer_select(flags);
+        let more = cqueue::more(flags);
+        if self.conn_mut(slot, generation).is_none() {
+            if let Some(bid) = bid {
+                self.bufs.recycle(bid);
+            }
+            self.counters.stale_completions += 1;
+            return;
+        }
+        if result > 0 {
+            let len = result as usize;
+            self.counters.bytes_in += len as u64;
+            match bid {
+                Some(bid) => {
+                    self.on_bytes(slot, bid, len);
+                    self.bufs.recycle(bid);
+                }
+                None => debug_assert!(false, "a buffer-select receive completed without a buffer"),
+            }
+        } else if result == 0 {
+            // The peer's FIN.
+            self.free(slot, close::ABNORMAL);
+            return;
+        } else if result != -libc::ENOBUFS {
+            self.free(slot, close::ABNORMAL);
+            return;
+        }
+        if !more && self.conns.contains(slot) {
+            // ENOBUFS (all buffers were in use) or a full completion queue ended the multishot
+            // receive; the bytes not yet received stay in the socket, so re-arming loses nothing.
+            self.counters.recv_rearms += 1;
+            self.arm_recv(slot);
+        }
+    }
+
+    fn on_bytes(&mut self, slot: usize, bid: u16, len: usize) {
+        let now = self.now_tick;
+        let state = {
+            let conn = &mut self.conns[slot];
+            conn.last_rx_tick = now;
+            conn.state
+        };
+        match state {
+            State::Handshaking => {
+                let data = self.bufs.get(bid, len);
+                let conn = &mut self.conns[slot];
+                if conn.head.len() + data.len() > self.config.limits.handshake_bytes_max + 4 {
+                    // Keep at most the limit (+4 so a complete head of exactly the limit parses).
+                    let room = (self.config.limits.handshake_bytes_max + 4)
+                        .saturating_sub(conn.head.len());
+                    conn.head.extend_from_slice(&data[..room.min(data.len())]);
+                } else {
+                    conn.head.extend_from_slice(data);
+                }
+                self.on_head(slot);
+            }
+            State::Open | State::Closing => {
+                if self.conns[slot].reads_frames() {
+                    self.on_frames(slot, bid, len);
+                }
+            }
+            State::Draining => {}
+        }
+        self.mark_dirty(slot);
+    }
+
+    fn on_head(&mut self, slot: usize) {
+        let max = self.config.limits.handshake_bytes_max;
+        let parsed = handshake::parse(&self.conns[slot].head, max);
+        let request = match parsed {
+            Ok(None) => return,
+            Ok(Some(request)) => request,
+            Err(rejection) => return self.reject(slot, rejection),
+        };
+        let endpoint = match request.path.as_str() {
+            "/echo" if self.config.echo => Endpoint::Echo,
+            "/ws" => Endpoint::Push {
+                raw: request.query.split('&').any(|kv| kv == "format=raw"),
+            },
+            _ => return self.reject(slot, Rejection::NotFound),
+        };
+        self.counters.handshakes += 1;
+        let ping_ms = self.config.limits.ping_interval_ms;
+        let now = self.now_tick;
+        let conn = &mut self.conns[slot];
+        conn.endpoint = endpoint;
+        conn.state = State::Open;
+        conn.close_code = close::ABNORMAL;
+        conn.out
+            .push_control(handshake::response_101(&request.accept, None));
+        // Bytes after the head are already frames (a client may pipeline them).
+        let mut rest = std::mem::take(&mut conn.head);
+        rest.drain(..request.head_len);
+        self.wheel.remove(slot);
+        if matches!(endpoint, Endpoint::Push { .. }) && ping_ms > 0 {
+            self.wheel.insert(slot, now + limits_ticks(ping_ms));
+        }
+        if let Endpoint::Push { raw: false } = endpoint {
+            let welcome = format!("{{\"op\":\"welcome\",\"conn\":{}}}", self.conn_id(slot));
+            self.queue_data(slot, frame::encode(OpCode::Text, welcome.as_bytes()));
+        }
+        if !rest.is_empty() {
+            self.decode(slot, &mut rest);
+        }
+    }
+
+    /// The connection's public id.
+    fn conn_id(&self, slot: usize) -> crate::id::ConnId {
+        crate::id::ConnId::new(self.index, slot, self.conns[slot].generation)
+    }
+
+    fn reject(&mut self, slot: usize, rejection: Rejection) {
+        self.counters.rejected(rejection.status());
+        let conn = &mut self.conns[slot];
+        conn.head = Vec::new();
+        conn.out.push_control(rejection.response());
+        conn.state = State::Closing;
+        conn.flags |= FIN_AFTER_FLUSH;
+        self.arm_close_deadline(slot);
+        self.mark_dirty(slot);
+    }
+
+    fn on_frames(&mut self, slot: usize, bid: u16, len: usize) {
+        // The buffer stays ours until recycled after this call; decoding unmasks it in place.
+        let data: *mut [u8] = self.bufs.get(bid, len);
+        // SAFETY: `data` points into the buffer ring's memory, which `decode` does not touch
+        // (it borrows the connection and counters only); the kernel does not write this buffer
+        // until we recycle it.
+        self.decode(slot, unsafe { &mut *data });
+    }
+
+    fn decode(&mut self, slot: usize, data: &mut [u8]) {
+        let conn = &mut self.conns[slot];
+        let limits = match conn.endpoint {
+            Endpoint::Echo => self.echo_limits,
+            _ => self.ws_limits,
+        };
+        let outbound_max = self.config.limits.outbound_bytes_max;
+        let endpoint = conn.endpoint;
+        let counters = &mut self.counters;
+        let Conn {
+            decoder,
+            out,
+            flags,
+            close_code,
+            state,
+            ..
+        } = conn;
+        let mut slow = false;
+        let result = decoder.feed(data, &limits, &mut |message| {
+            counters.frames_in += 1;
+            match message {
+                Message::Text(payload) | Message::Binary(payload) if endpoint == Endpoint::Echo => {
+                    let op = if matches!(message, Message::Text(_)) {
+                        OpCode::Text
+                    } else {
+                        OpCode::Binary
+                    };
+                    // The echo endpoint is for conformance tests: its limit is the message limit.
+                    let limit = outbound_max.max(limits.message_bytes_max + 16);
+                    counters.frames_out += 1;
+                    if out.push(frame::encode(op, payload), limit) == Enqueue::SlowConsumer {
+                        slow = true;
+                        return ControlFlow::Break(());
+                    }
+                }
+                Message::Text(_) | Message::Binary(_) => {}
+                Message::Ping(payload) => {
+                    counters.frames_out += 1;
+                    out.push_control(frame::encode(OpCode::Pong, payload));
+                }
+                Message::Pong(_) => {}
+                Message::Close { code, .. } => {
+                    *flags |= CLOSE_RECEIVED | FIN_AFTER_FLUSH;
+                    if *flags & CLOSE_SENT == 0 {
+                        // §5.5.1: answer with a close frame, echoing the status code.
+                        *flags |= CLOSE_SENT;
+                        counters.frames_out += 1;
+                        out.push_control(match code {
+                            Some(code) => frame::encode_close(code, ""),
+                            None => frame::encode(OpCode::Close, &[]),
+                        });
+                        *close_code = code.unwrap_or(close::NO_STATUS);
+                    }
+                    *state = State::Closing;
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        if slow {
+            return self.slow_consumer(slot);
+        }
+        match result {
+            Ok(()) => {
+                if self.conns[slot].state == State::Closing {
+                    self.arm_close_deadline(slot);
+                }
+            }
+            Err(error) => self.fail(slot, error.close_code()),
+        }
+        let conn = &mut self.conns[slot];
+        if conn.decoder.heap_bytes() == 0 {
+            conn.out.shrink_when_idle();
+        }
+    }
+
+    /// Fails the connection (§7.1.7): send a close frame with `code`, read nothing more, then FIN.
+    fn fail(&mut self, slot: usize, code: u16) {
+        let conn = &mut self.conns[slot];
+        if conn.flags & CLOSE_SENT == 0 {
+            conn.out.push_control(frame::encode_close(code, ""));
+            conn.flags |= CLOSE_SENT;
+            self.counters.frames_out += 1;
+        }
+        conn.flags |= FIN_AFTER_FLUSH;
+        conn.close_code = code;
+        conn.state = State::Closing;
+        self.arm_close_deadline(slot);
+        self.mark_dirty(slot);
+    }
+
+    /// Starts a server-initiated close (heartbeat, shutdown, slow consumer): send a close frame
+    /// and wait for the peer's, up to the close deadline.
+    fn start_close(&mut self, slot: usize, code: u16) {
+        let conn = &mut self.conns[slot];
+        if conn.state != State::Open {
+            return;
+        }
+        conn.out.push_control(frame::encode_close(code, ""));
+        conn.flags |= CLOSE_SENT;
+        conn.close_code = code;
+        conn.state = State::Closing;
+        self.counters.frames_out += 1;
+        self.arm_close_deadline(slot);
+        self.mark_dirty(slot);
+    }
+
+    fn slow_consumer(&mut self, slot: usize) {
+        self.counters.slow_consumers += 1;
+        self.start_close(slot, close::SLOW_CONSUMER);
+    }
+
+    /// Queues a data frame for `slot`, closing it as a slow consumer when its queue is full.
+    fn queue_data(&mut self, slot: usize, frame: Bytes) {
+        let max = self.config.limits.outbound_bytes_max;
+        let conn = &mut self.conns[slot];
+        if conn.state != State::Open {
+            return;
+        }
+        match conn.out.push(frame, max) {
+            Enqueue::Enqueued => {
+                self.counters.frames_out += 1;
+                self.mark_dirty(slot);
+            }
+            Enqueue::SlowConsumer => self.slow_consumer(slot),
+        }
+    }
+
+    fn arm_close_deadline(&mut self, slot: usize) {
+        let ticks = limits_ticks(self.config.limits.close_timeout_ms);
+        self.wheel.insert(slot, self.now_tick + ticks);
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        if conn.flags & (DIRTY | SENDING) == 0 && conn.out.has_queued() {
+            conn.flags |= DIRTY;
+            self.dirty.push(slot as u32);
+        } else if conn.flags & (SENDING | DIRTY) == 0 && conn.flags & FIN_AFTER_FLUSH != 0 {
+            self.send_fin(slot);
+        }
+    }
+
+    /// Everything is sent: half-close, then wait for the peer's FIN (lingering close, so our
+    /// last frames are not destroyed by a reset).
+    fn send_fin(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        if conn.state == State::Draining {
+            return;
+        }
+        conn.state = State::Draining;
+        // SAFETY: shutdown(2) on a socket we own.
+        unsafe {
+            libc::shutdown(conn.fd, libc::SHUT_WR);
+        }
+        self.arm_close_deadline(slot);
+    }
+
+    fn send_slot(&mut self) -> Option<usize> {
+        if let Some(index) = self.free_sends.pop() {
+            return Some(index as usize);
+        }
+        if self.sends.len() >= self.config.limits.sends_in_flight_max {
+            return None;
+        }
+        let iov_max = self.config.limits.send_iovecs_max;
+        self.sends.push(Box::new(SendSlot {
+            conn_slot: 0,
+            generation: 0,
+            frames: Vec::with_capacity(iov_max),
+            iov: Vec::with_capacity(iov_max),
+            // SAFETY: msghdr is plain data; all-zero is valid (no name, no control).
+            msg: unsafe { std::mem::zeroed() },
+        }));
+        Some(self.sends.len() - 1)
+    }
+
+    fn flush(&mut self) {
+        std::mem::swap(&mut self.dirty, &mut self.dirty_next);
+        let mut list = std::mem::take(&mut self.dirty_next);
+        for &slot in &list {
+            let slot = slot as usize;
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            if conn.flags & DIRTY == 0 {
+                continue; // a stale entry: the slot was freed and reused
+            }
+            conn.flags &= !DIRTY;
+            if conn.flags & SENDING != 0 || !conn.out.has_queued() {
+                continue;
+            }
+            let Some(index) = self.send_slot() else {
+                // Every send slot is in flight: try again next turn.
+                let conn = &mut self.conns[slot];
+                conn.flags |= DIRTY;
+                self.dirty.push(slot as u32);
+                continue;
+            };
+            let iov_max = self.config.limits.send_iovecs_max;
+            let conn = &mut self.conns[slot];
+            let send = &mut self.sends[index];
+            send.conn_slot = slot;
+            send.generation = conn.generation;
+            conn.out.take_batch(iov_max, &mut send.frames);
+            send.iov.clear();
+            send.iov.extend(send.frames.iter().map(|f| libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            }));
+            send.msg.msg_iov = send.iov.as_mut_ptr();
+            send.msg.msg_iovlen = send.iov.len();
+            conn.flags |= SENDING;
+            let entry = opcode::SendMsg::new(types::Fd(conn.fd), &send.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(uring::user_data(Op::Send, index, 0));
+            self.push(entry);
+        }
+        list.clear();
+        self.dirty_next = list;
+    }
+
+    fn on_send(&mut self, index: usize, result: i32) {
+        let (slot, generation) = {
+            let send = &self.sends[index];
+            (send.conn_slot, send.generation)
+        };
+        self.counters.sends += 1;
+        let alive = self.conn_mut(slot, generation).is_some();
+        if !alive {
+            self.sends[index].frames.clear();
+            self.free_sends.push(index as u16);
+            self.counters.stale_completions += 1;
+            return;
+        }
+        let mut frames = std::mem::take(&mut self.sends[index].frames);
+        let conn = &mut self.conns[slot];
+        conn.flags &= !SENDING;
+        if result <= 0 {
+            frames.clear();
+            self.sends[index].frames = frames;
+            self.free_sends.push(index as u16);
+            self.free(slot, close::ABNORMAL);
+            return;
+        }
+        self.counters.bytes_out += result as u64;
+        conn.out.complete(&mut frames, result as usize);
+        self.sends[index].frames = frames;
+        self.free_sends.push(index as u16);
+        self.mark_dirty(slot);
+    }
+
+    fn fire_timers(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(self.now_tick, &mut fired);
+        for &slot in &fired {
+            let Some(conn) = self.conns.get(slot) else {
+                continue;
+            };
+            match conn.state {
+                State::Handshaking => {
+                    self.counters.handshake_timeouts += 1;
+                    self.free(slot, 0);
+                }
+                State::Open => self.heartbeat(slot),
+                State::Closing | State::Draining => {
+                    let code = conn.close_code;
+                    self.free(slot, code);
+                }
+            }
+        }
+        fired.clear();
+        self.fired = fired;
+    }
+
+    fn heartbeat(&mut self, slot: usize) {
+        let interval = limits_ticks(self.config.limits.ping_interval_ms);
+        let silent = self.now_tick.wrapping_sub(self.conns[slot].last_rx_tick);
+        if silent >= 2 * interval {
+            return self.start_close(slot, close::HEARTBEAT_TIMEOUT);
+        }
+        let conn = &mut self.conns[slot];
+        conn.out.push_control(frame::encode(OpCode::Ping, &[]));
+        self.counters.frames_out += 1;
+        self.wheel.insert(slot, self.now_tick + interval);
+        self.mark_dirty(slot);
+    }
+
+    /// Frees a connection now: its slot, its timer, its socket. A send still in flight keeps its
+    /// frames in its send slot; its completion will be counted stale.
+    fn free(&mut self, slot: usize, code: u16) {
+        let conn = self.conns.remove(slot);
+        self.wheel.remove(slot);
+        if code != 0 {
+            self.counters.closed(code);
+        }
+        // SAFETY: the fd is ours. shutdown first, because a multishot receive in flight holds a
+        // reference to the socket, so close alone would neither send FIN nor end the receive.
+        unsafe {
+            libc::shutdown(conn.fd, libc::SHUT_RDWR);
+            libc::close(conn.fd);
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        let timeout = limits_ticks(self.config.limits.shutdown_timeout_ms);
+        self.shutting_down = Some(self.now_tick + timeout);
+        if let Some(listener) = self.listener.take() {
+            // SAFETY: shutdown(2) ends the multishot accept (its completion arrives without
+            // MORE) and the listener is closed when dropped.
+            unsafe {
+                libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
+            }
+        }
+        let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            match self.conns[slot].state {
+                State::Handshaking => self.free(slot, 0),
+                State::Open => {
+                    self.start_close(slot, close::GOING_AWAY);
+                    // Shutdown has its own deadline; the close deadline must not cut it short.
+                    self.wheel.insert(slot, self.now_tick + timeout);
+                }
+                State::Closing | State::Draining => {}
+            }
+        }
+    }
+}

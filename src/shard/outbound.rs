@@ -1,0 +1,150 @@
+//! A connection's outbound queue: `Bytes` frames waiting to be sent, with a byte limit.
+//!
+//! Plain data, no ring types: the driver takes a batch for one vectored send, and reports how
+//! many bytes the kernel took. Frames in flight stay counted until they are sent, so the limit
+//! bounds everything the connection owes, in flight or not.
+
+use bytes::{Buf, Bytes};
+use std::collections::VecDeque;
+
+/// What happened to a frame offered to the queue (never a bool: the caller must act on each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueue {
+    /// Queued; it will leave with the next send.
+    Enqueued,
+    /// Refused: the queue would pass its byte limit. The caller closes the connection as a
+    /// slow consumer.
+    SlowConsumer,
+}
+
+/// The queue.
+#[derive(Debug, Default)]
+pub struct Outbound {
+    frames: VecDeque<Bytes>,
+    /// Bytes owed: queued plus in flight.
+    owed_bytes: usize,
+}
+
+impl Outbound {
+    /// Queues a data frame unless that would put more than `limit_bytes` in the queue.
+    pub fn push(&mut self, frame: Bytes, limit_bytes: usize) -> Enqueue {
+        if self.owed_bytes + frame.len() > limit_bytes {
+            return Enqueue::SlowConsumer;
+        }
+        self.push_control(frame);
+        Enqueue::Enqueued
+    }
+
+    /// Queues a control frame or handshake response: exempt from the limit (a pong or a close
+    /// must reach a client even when its data backlog is full); ≤ 127 bytes for control frames.
+    pub fn push_control(&mut self, frame: Bytes) {
+        self.owed_bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Bytes owed (queued and in flight).
+    pub fn owed_bytes(&self) -> usize {
+        self.owed_bytes
+    }
+
+    /// Whether frames wait to be sent (in-flight frames are not counted here).
+    pub fn has_queued(&self) -> bool {
+        !self.frames.is_empty()
+    }
+
+    /// Moves up to `max_frames` frames into `batch` for one vectored send.
+    pub fn take_batch(&mut self, max_frames: usize, batch: &mut Vec<Bytes>) {
+        debug_assert!(batch.is_empty());
+        let n = max_frames.min(self.frames.len());
+        batch.extend(self.frames.drain(..n));
+    }
+
+    /// The kernel took `sent` bytes of `batch`: the rest goes back to the front, in order.
+    pub fn complete(&mut self, batch: &mut Vec<Bytes>, mut sent: usize) {
+        assert!(sent <= self.owed_bytes);
+        self.owed_bytes -= sent;
+        let mut rest = batch.drain(..);
+        for mut frame in rest.by_ref() {
+            if sent >= frame.len() {
+                sent -= frame.len();
+                continue;
+            }
+            // The first frame not wholly sent: resume it, then everything after it, in order.
+            frame.advance(sent);
+            let tail: Vec<Bytes> = rest.collect();
+            for later in tail.into_iter().rev() {
+                self.frames.push_front(later);
+            }
+            self.frames.push_front(frame);
+            return;
+        }
+    }
+
+    /// Frees everything (the connection is gone); the batch in flight is owned by the send slot.
+    pub fn clear(&mut self) {
+        self.frames = VecDeque::new();
+        self.owed_bytes = 0;
+    }
+
+    /// Heap bytes held by the queue's ring of handles (not the shared payloads).
+    pub fn heap_bytes(&self) -> usize {
+        self.frames.capacity() * std::mem::size_of::<Bytes>()
+    }
+
+    /// Releases the handle ring when the queue is empty and it grew large, so an idle connection
+    /// returns to holding nothing.
+    pub fn shrink_when_idle(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 16 {
+            self.frames = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[test]
+    fn limit_refuses_data_but_not_control() {
+        let mut q = Outbound::default();
+        assert_eq!(q.push(b("12345"), 8), Enqueue::Enqueued);
+        assert_eq!(q.push(b("1234"), 8), Enqueue::SlowConsumer);
+        q.push_control(b("pong"));
+        assert_eq!(q.owed_bytes(), 9);
+    }
+
+    #[test]
+    fn partial_send_resumes_in_order() {
+        let mut q = Outbound::default();
+        for s in ["aaa", "bbb", "ccc", "ddd"] {
+            assert_eq!(q.push(b(s), 100), Enqueue::Enqueued);
+        }
+        let mut batch = Vec::new();
+        q.take_batch(3, &mut batch);
+        assert_eq!(batch.len(), 3);
+        q.complete(&mut batch, 4); // "aaa" + "b"
+        assert!(batch.is_empty());
+        assert_eq!(q.owed_bytes(), 8);
+        q.take_batch(10, &mut batch);
+        let joined: Vec<u8> = batch.iter().flat_map(|f| f.iter().copied()).collect();
+        assert_eq!(joined, b"bbcccddd");
+        q.complete(&mut batch, 8);
+        assert_eq!(q.owed_bytes(), 0);
+        assert!(!q.has_queued());
+    }
+
+    #[test]
+    fn in_flight_bytes_count_against_the_limit() {
+        let mut q = Outbound::default();
+        assert_eq!(q.push(b("12345678"), 10), Enqueue::Enqueued);
+        let mut batch = Vec::new();
+        q.take_batch(8, &mut batch);
+        assert_eq!(q.push(b("123"), 10), Enqueue::SlowConsumer);
+        q.complete(&mut batch, 8);
+        assert_eq!(q.push(b("123"), 10), Enqueue::Enqueued);
+    }
+}

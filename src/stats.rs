@@ -1,0 +1,146 @@
+//! Counters: plain per-shard integers, published as a snapshot a few times a second so that
+//! `stats` requests and tests can read them without touching the shard's hot path.
+
+use serde::Serialize;
+use std::sync::Mutex;
+
+/// One shard's counters (or their sum over shards).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// TCP connections accepted.
+    pub accepted: u64,
+    /// Connections open now (handshaking, open or closing).
+    pub open: u64,
+    /// Upgrade handshakes completed.
+    pub handshakes: u64,
+    /// Handshakes refused, by HTTP status, e.g. `[(400, 3), (404, 1)]`.
+    pub rejected_by_status: Vec<(u16, u64)>,
+    /// Connections closed at the handshake deadline.
+    pub handshake_timeouts: u64,
+    /// Connections freed, by the close code that ended them (1006: no close handshake).
+    pub closed_by_code: Vec<(u16, u64)>,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames queued for sending.
+    pub frames_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Vectored sends completed.
+    pub sends: u64,
+    /// Completions for a connection that was already gone (recognised by generation, dropped).
+    pub stale_completions: u64,
+    /// Connections closed because their outbound queue passed its byte limit.
+    pub slow_consumers: u64,
+    /// Multishot receives re-armed after the kernel ended them (ENOBUFS or a full CQ).
+    pub recv_rearms: u64,
+    /// Connections refused at the per-shard connection limit (also in `rejected_by_status` 503).
+    pub conn_limit_refusals: u64,
+}
+
+fn bump(list: &mut Vec<(u16, u64)>, key: u16, by: u64) {
+    match list.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, n)) => *n += by,
+        None => {
+            list.push((key, by));
+            list.sort_unstable();
+        }
+    }
+}
+
+impl Counters {
+    /// Counts a refused handshake.
+    pub fn rejected(&mut self, status: u16) {
+        bump(&mut self.rejected_by_status, status, 1);
+    }
+
+    /// Counts a freed connection by close code.
+    pub fn closed(&mut self, code: u16) {
+        bump(&mut self.closed_by_code, code, 1);
+    }
+
+    /// How many connections ended with `code`.
+    pub fn closed_with(&self, code: u16) -> u64 {
+        self.closed_by_code
+            .iter()
+            .find(|(k, _)| *k == code)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// How many handshakes were refused with `status`.
+    pub fn rejected_with(&self, status: u16) -> u64 {
+        self.rejected_by_status
+            .iter()
+            .find(|(k, _)| *k == status)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Adds another shard's counters.
+    pub fn add(&mut self, other: &Counters) {
+        self.accepted += other.accepted;
+        self.open += other.open;
+        self.handshakes += other.handshakes;
+        for &(k, n) in &other.rejected_by_status {
+            bump(&mut self.rejected_by_status, k, n);
+        }
+        self.handshake_timeouts += other.handshake_timeouts;
+        for &(k, n) in &other.closed_by_code {
+            bump(&mut self.closed_by_code, k, n);
+        }
+        self.frames_in += other.frames_in;
+        self.frames_out += other.frames_out;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.sends += other.sends;
+        self.stale_completions += other.stale_completions;
+        self.slow_consumers += other.slow_consumers;
+        self.recv_rearms += other.recv_rearms;
+        self.conn_limit_refusals += other.conn_limit_refusals;
+    }
+}
+
+/// A shard's published snapshot. The shard only ever `try_lock`s it, so a slow reader can delay
+/// a snapshot but never the shard.
+#[derive(Debug, Default)]
+pub struct Published {
+    snapshot: Mutex<Counters>,
+}
+
+impl Published {
+    /// Called by the shard: replaces the snapshot unless a reader holds it right now.
+    pub fn publish(&self, counters: &Counters) {
+        if let Ok(mut snap) = self.snapshot.try_lock() {
+            snap.clone_from(counters);
+        }
+    }
+
+    /// Called by readers.
+    pub fn read(&self) -> Counters {
+        match self.snapshot.lock() {
+            Ok(snap) => snap.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_merges_keyed_counts() {
+        let mut a = Counters::default();
+        a.closed(1000);
+        a.rejected(404);
+        let mut b = Counters::default();
+        b.closed(1000);
+        b.closed(1002);
+        b.open = 2;
+        a.add(&b);
+        assert_eq!(a.closed_with(1000), 2);
+        assert_eq!(a.closed_with(1002), 1);
+        assert_eq!(a.rejected_with(404), 1);
+        assert_eq!(a.open, 2);
+    }
+}
