@@ -15,6 +15,7 @@
 //! - [`stats`]: counters and their published snapshots;
 //! - [`server`]: listeners, shard threads, readiness, shutdown.
 
+pub mod channel;
 pub mod config;
 pub mod id;
 pub mod proto;
@@ -22,3 +23,4 @@ pub mod server;
 pub mod shard;
 pub mod stats;
 pub mod timer;
+pub mod xshard;

@@ -353,12 +353,11 @@ impl Shard {
                 }
                 None => debug_assert!(false, "a buffer-select receive completed without a buffer"),
             }
-        } else if result == 0 {
-            // The peer's FIN.
-            self.free(slot, close::ABNORMAL);
-            return;
-        } else if result != -libc::ENOBUFS {
-            self.free(slot, close::ABNORMAL);
+        } else if result == 0 || result != -libc::ENOBUFS {
+            // The peer's FIN or a socket error: the connection ends with the code of its close
+            // handshake if one started, else as abnormal (1006).
+            let code = self.conns[slot].close_code;
+            self.free(slot, code);
             return;
         }
         if !more && self.conns.contains(slot) {

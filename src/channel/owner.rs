@@ -1,0 +1,148 @@
+//! The owner's side of a channel: its offset sequence, its epoch, and which shards have local
+//! subscribers. An entry exists only while some shard has subscribers, so the owner's memory is
+//! bounded by the channels that have an audience; when the last interested shard leaves, the
+//! entry goes and a later one starts a new epoch (clients see offsets restart with it).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A set of shard indexes (up to 256, the id scheme's maximum).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardSet([u64; 4]);
+
+impl ShardSet {
+    /// Adds a shard.
+    pub fn insert(&mut self, shard: usize) {
+        self.0[shard / 64] |= 1 << (shard % 64);
+    }
+    /// Removes a shard.
+    pub fn remove(&mut self, shard: usize) {
+        self.0[shard / 64] &= !(1 << (shard % 64));
+    }
+    /// Whether no shard is in the set.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+    /// Whether `shard` is in the set.
+    pub fn contains(&self, shard: usize) -> bool {
+        self.0[shard / 64] & (1 << (shard % 64)) != 0
+    }
+    /// The shards in the set, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..256).filter(|&s| self.contains(s))
+    }
+}
+
+/// One owned channel.
+#[derive(Debug, Clone)]
+pub struct Owned {
+    /// The last offset assigned (0: none yet).
+    pub offset: u64,
+    /// Identifies this incarnation of the channel's sequence.
+    pub epoch: u64,
+    /// Shards with local subscribers.
+    pub shards: ShardSet,
+}
+
+/// The channels this shard owns.
+#[derive(Debug)]
+pub struct OwnedChannels {
+    map: HashMap<Arc<str>, Owned>,
+    next_epoch: u64,
+    max: usize,
+}
+
+impl OwnedChannels {
+    /// `epoch_base` makes epochs differ between process runs (the caller passes e.g. the start
+    /// time in ms; kept below 2^53 so JSON readers hold it exactly). `max` bounds the entries.
+    pub fn new(epoch_base: u64, max: usize) -> OwnedChannels {
+        OwnedChannels { map: HashMap::new(), next_epoch: epoch_base % (1 << 52), max }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there is no entry.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// A shard has its first local subscriber. Returns the channel's last offset and epoch (the
+    /// shard's subscribers receive every later offset), or `None` when the owner is full.
+    pub fn interest(&mut self, name: &Arc<str>, shard: usize) -> Option<(u64, u64)> {
+        if !self.map.contains_key(name) {
+            if self.map.len() >= self.max {
+                return None;
+            }
+            self.next_epoch += 1;
+            self.map.insert(name.clone(), Owned { offset: 0, epoch: self.next_epoch, shards: ShardSet::default() });
+        }
+        let owned = self.map.get_mut(name)?;
+        owned.shards.insert(shard);
+        Some((owned.offset, owned.epoch))
+    }
+
+    /// A shard's last local subscriber left.
+    pub fn withdraw(&mut self, name: &str, shard: usize) {
+        if let Some(owned) = self.map.get_mut(name) {
+            owned.shards.remove(shard);
+            if owned.shards.is_empty() {
+                self.map.remove(name);
+            }
+        }
+    }
+
+    /// Sequences a publish: the new offset, the epoch and the shards to deliver to; `None` when
+    /// nobody subscribes (nothing to deliver, nothing remembered).
+    pub fn publish(&mut self, name: &str) -> Option<(u64, u64, ShardSet)> {
+        let owned = self.map.get_mut(name)?;
+        owned.offset += 1;
+        Some((owned.offset, owned.epoch, owned.shards))
+    }
+
+    /// The entry for `name`.
+    pub fn get(&self, name: &str) -> Option<&Owned> {
+        self.map.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_interest_and_epochs() {
+        let mut owned = OwnedChannels::new(1000, 2);
+        let news: Arc<str> = Arc::from("news");
+        assert_eq!(owned.publish("news"), None, "no audience, nothing sequenced");
+        let (offset, epoch) = owned.interest(&news, 3).unwrap();
+        assert_eq!(offset, 0);
+        let (o1, e1, shards) = owned.publish("news").unwrap();
+        assert_eq!((o1, e1), (1, epoch));
+        assert!(shards.contains(3) && !shards.contains(0));
+        assert_eq!(owned.interest(&news, 0), Some((1, epoch)));
+        assert_eq!(owned.publish("news").unwrap().0, 2);
+        owned.withdraw("news", 3);
+        assert_eq!(owned.publish("news").unwrap().0, 3);
+        owned.withdraw("news", 0);
+        assert!(owned.is_empty());
+        let (offset, epoch2) = owned.interest(&news, 1).unwrap();
+        assert_eq!(offset, 0);
+        assert_ne!(epoch2, epoch, "a new incarnation has a new epoch");
+        owned.interest(&Arc::from("b"), 1).unwrap();
+        assert_eq!(owned.interest(&Arc::from("c"), 1), None, "bounded");
+    }
+
+    #[test]
+    fn shard_set() {
+        let mut s = ShardSet::default();
+        s.insert(0);
+        s.insert(70);
+        s.insert(255);
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 70, 255]);
+        s.remove(70);
+        assert!(!s.contains(70));
+    }
+}

@@ -1,0 +1,355 @@
+//! End-to-end tests: a real server on 127.0.0.1:0 in this process, real clients (tungstenite,
+//! and raw TCP for what a well-behaved library refuses to send).
+
+use ringcast::config::{Config, Limits};
+use ringcast::proto::frame::{OpCode, encode_client};
+use ringcast::server::Server;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+fn config(shards: usize, limits: Limits) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards,
+        echo: true,
+        pin: false,
+        limits,
+        ..Config::default()
+    }
+}
+
+fn start(shards: usize, limits: Limits) -> Server {
+    Server::start(config(shards, limits)).expect("server starts")
+}
+
+type Ws = WebSocket<TcpStream>;
+
+fn connect(addr: SocketAddr, path: &str) -> Ws {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let url = format!("ws://{addr}{path}");
+    let (ws, response) = tungstenite::client(url, stream).expect("handshake");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// Polls the server's counters until `check` holds (bounded: 10 s).
+fn eventually(server: &Server, what: &str, check: impl Fn(&ringcast::stats::Counters) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = server.counters();
+        if check(&c) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {c:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop(server: Server) {
+    server.shutdown();
+    server.wait().expect("clean shutdown");
+}
+
+/// Reads the raw bytes a server sends until it closes the socket (bounded by the read timeout).
+fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return all,
+            Err(e) => panic!("read failed after {} bytes: {e}", all.len()),
+        }
+    }
+}
+
+fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "server closed during handshake");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    s
+}
+
+/// The close code in the last close frame of a raw server byte stream.
+fn close_code_of(bytes: &[u8]) -> Option<u16> {
+    let mut i = 0;
+    let mut code = None;
+    while i + 2 <= bytes.len() {
+        let op = bytes[i] & 0x0f;
+        let mut len = (bytes[i + 1] & 0x7f) as usize;
+        let mut at = i + 2;
+        if len == 126 {
+            len = u16::from_be_bytes([bytes[at], bytes[at + 1]]) as usize;
+            at += 2;
+        } else if len == 127 {
+            len = u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+            at += 8;
+        }
+        if op == 8 && len >= 2 {
+            code = Some(u16::from_be_bytes([bytes[at], bytes[at + 1]]));
+        }
+        i = at + len;
+    }
+    code
+}
+
+#[test]
+fn echo_text_binary_ping_and_clean_close() {
+    let server = start(2, Limits::default());
+    let addr = server.local_addr();
+    let mut ws = connect(addr, "/echo");
+    ws.send(Message::text("hello ünïcödé 🚀")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("hello ünïcödé 🚀"));
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
+    ws.send(Message::text("")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text(""));
+    ws.send(Message::Ping(b"are you there".to_vec().into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Pong(b"are you there".to_vec().into()));
+    ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() })).unwrap();
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => {
+                assert_eq!(frame.code, CloseCode::Normal);
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    eventually(&server, "the connection freed", |c| c.open == 0 && c.closed_with(1000) == 1);
+    stop(server);
+}
+
+#[test]
+fn echo_large_messages_up_to_16_mib() {
+    let server = start(1, Limits::default());
+    let mut ws = connect(server.local_addr(), "/echo");
+    for size in [125usize, 126, 65_535, 65_536, 1 << 20, 16 << 20] {
+        let payload: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        ws.send(Message::binary(payload.clone())).unwrap();
+        match ws.read().unwrap() {
+            Message::Binary(got) => assert!(got[..] == payload[..], "size {size} differs"),
+            other => panic!("size {size}: unexpected {other:?}"),
+        }
+    }
+    drop(ws);
+    eventually(&server, "connection gone", |c| c.open == 0);
+    stop(server);
+}
+
+#[test]
+fn fragmented_message_with_interleaved_ping_is_reassembled() {
+    let server = start(1, Limits::default());
+    let mut s = raw_upgrade(server.local_addr(), "/echo");
+    let mask = [1, 2, 3, 4];
+    let mut wire = Vec::new();
+    wire.extend(encode_client(OpCode::Text, false, "héllo ".as_bytes(), mask));
+    wire.extend(encode_client(OpCode::Ping, true, b"p", mask));
+    // A two-byte character split across fragments must still validate.
+    let text = "wörld".as_bytes();
+    wire.extend(encode_client(OpCode::Continuation, false, &text[..2], mask));
+    wire.extend(encode_client(OpCode::Continuation, true, &text[2..], mask));
+    wire.extend(encode_client(OpCode::Close, true, &1000u16.to_be_bytes(), mask));
+    // One byte at a time: the decoder must not care how the bytes arrive.
+    for b in &wire {
+        s.write_all(std::slice::from_ref(b)).unwrap();
+    }
+    let got = read_to_close(&mut s);
+    // pong "p", then the text, then close 1000
+    assert_eq!(&got[..3], &[0x8a, 0x01, b'p']);
+    let msg = "héllo wörld".as_bytes();
+    assert_eq!(got[3], 0x81);
+    assert_eq!(got[4] as usize, msg.len());
+    assert_eq!(&got[5..5 + msg.len()], msg);
+    assert_eq!(close_code_of(&got), Some(1000));
+    eventually(&server, "freed", |c| c.open == 0);
+    stop(server);
+}
+
+#[test]
+fn protocol_violations_get_their_close_codes() {
+    let limits = Limits { message_bytes_max: 1000, ..Limits::default() };
+    let server = start(2, limits);
+    let addr = server.local_addr();
+    let mask = [9, 8, 7, 6];
+    let cases: Vec<(&str, &str, Vec<u8>, u16)> = vec![
+        ("unmasked frame", "/echo", vec![0x81, 0x02, b'h', b'i'], 1002),
+        ("reserved opcode", "/echo", encode_client(OpCode::Text, true, b"x", mask).iter().enumerate().map(|(i, b)| if i == 0 { 0x83 } else { *b }).collect(), 1002),
+        ("rsv bit", "/echo", encode_client(OpCode::Text, true, b"x", mask).iter().enumerate().map(|(i, b)| if i == 0 { b | 0x40 } else { *b }).collect(), 1002),
+        ("invalid utf-8", "/echo", encode_client(OpCode::Text, true, &[0xce, 0xba, 0xff], mask), 1007),
+        ("continuation without start", "/echo", encode_client(OpCode::Continuation, true, b"x", mask), 1002),
+        ("too big on /ws", "/ws?format=raw", encode_client(OpCode::Binary, true, &[0u8; 1001], mask), 1009),
+        ("2^63 length header", "/echo", vec![0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4], 1009),
+        ("close code 1005 on the wire", "/echo", encode_client(OpCode::Close, true, &1005u16.to_be_bytes(), mask), 1002),
+    ];
+    for (name, path, bytes, code) in &cases {
+        let mut s = raw_upgrade(addr, path);
+        s.write_all(bytes).unwrap();
+        let got = read_to_close(&mut s);
+        assert_eq!(close_code_of(&got), Some(*code), "{name}: got {got:?}");
+    }
+    // A healthy client on the same server is undisturbed.
+    let mut ws = connect(addr, "/echo");
+    ws.send(Message::text("still here")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("still here"));
+    drop(ws);
+    eventually(&server, "all freed", |c| c.open == 0 && c.closed_with(1002) == 5 && c.closed_with(1007) == 1 && c.closed_with(1009) == 2);
+    stop(server);
+}
+
+fn http_status(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer and close before the whole request is written.
+    let _ = s.write_all(request);
+    let got = String::from_utf8_lossy(&read_to_close(&mut s)).into_owned();
+    let status = got.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, got)
+}
+
+#[test]
+fn bad_handshakes_get_http_errors() {
+    let server = start(1, Limits::default());
+    let addr = server.local_addr();
+    let good = |path: &str, version: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+        )
+    };
+    let (status, body) = http_status(addr, good("/nowhere", "13").as_bytes());
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http_status(addr, good("/echo", "8").as_bytes());
+    assert_eq!(status, 426, "{body}");
+    assert!(body.contains("Sec-WebSocket-Version: 13"), "{body}");
+    let (status, _) = http_status(addr, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 400);
+    let (status, _) = http_status(addr, b"POST /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    assert_eq!(status, 400);
+    let (status, _) = http_status(addr, b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    assert_eq!(status, 400);
+    let mut huge = good("/echo", "13").into_bytes();
+    huge.truncate(huge.len() - 2);
+    huge.extend(format!("X-Pad: {}\r\n\r\n", "a".repeat(10_000)).as_bytes());
+    let (status, _) = http_status(addr, &huge);
+    assert_eq!(status, 431);
+    let (status, _) = http_status(addr, b"\x16\x03\x01 not http at all\r\n\r\n");
+    assert_eq!(status, 400);
+    eventually(&server, "rejections counted", |c| {
+        c.open == 0 && c.rejected_with(404) == 1 && c.rejected_with(426) == 1 && c.rejected_with(400) == 4 && c.rejected_with(431) == 1
+    });
+    stop(server);
+}
+
+#[test]
+fn handshake_deadline_closes_a_silent_connection() {
+    let limits = Limits { handshake_timeout_ms: 200, ..Limits::default() };
+    let server = start(1, limits);
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\n").unwrap();
+    assert!(read_to_close(&mut s).is_empty());
+    eventually(&server, "timeout counted", |c| c.handshake_timeouts == 1 && c.open == 0);
+    stop(server);
+}
+
+#[test]
+fn heartbeat_pings_and_closes_silent_clients() {
+    let limits = Limits { ping_interval_ms: 100, close_timeout_ms: 300, ..Limits::default() };
+    let server = start(1, limits);
+    let mut s = raw_upgrade(server.local_addr(), "/ws?format=raw");
+    // A client that never answers: a ping every interval, then close 4004 after two silent ones.
+    let got = read_to_close(&mut s);
+    assert!(got.starts_with(&[0x89, 0x00]), "first a ping: {got:?}");
+    assert_eq!(close_code_of(&got), Some(4004));
+    // A client that answers (tungstenite pongs automatically while reading) stays open.
+    let mut ws = connect(server.local_addr(), "/ws?format=raw");
+    ws.get_mut().set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let start = Instant::now();
+    let mut pings = 0;
+    while start.elapsed() < Duration::from_millis(600) {
+        match ws.read() {
+            Ok(Message::Ping(_)) => pings += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("a responsive client was closed: {e}"),
+        }
+    }
+    assert!(pings >= 3, "pings: {pings}");
+    eventually(&server, "4004 counted", |c| c.closed_with(4004) == 1);
+    stop(server);
+}
+
+#[test]
+fn connection_limit_answers_503_and_spares_existing_connections() {
+    let limits = Limits { conns_per_shard_max: 2, ..Limits::default() };
+    let server = start(1, limits);
+    let addr = server.local_addr();
+    let mut a = connect(addr, "/echo");
+    let mut b = connect(addr, "/echo");
+    let (status, _) = http_status(addr, b"GET /echo HTTP/1.1\r\n\r\n");
+    assert_eq!(status, 503);
+    for ws in [&mut a, &mut b] {
+        ws.send(Message::text("ok")).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::text("ok"));
+    }
+    eventually(&server, "503 counted", |c| c.rejected_with(503) == 1 && c.conn_limit_refusals == 1);
+    stop(server);
+}
+
+#[test]
+fn graceful_shutdown_sends_going_away() {
+    let server = start(2, Limits::default());
+    let addr = server.local_addr();
+    let mut clients: Vec<Ws> = (0..8).map(|_| connect(addr, "/echo")).collect();
+    eventually(&server, "all open", |c| c.open == 8);
+    server.shutdown();
+    for ws in &mut clients {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Away),
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+    }
+    drop(clients);
+    server.wait().expect("exits cleanly");
+}
+
+#[test]
+fn many_connections_open_and_leave() {
+    let server = start(2, Limits::default());
+    let addr = server.local_addr();
+    let mut clients: Vec<Ws> = (0..200).map(|_| connect(addr, "/echo")).collect();
+    for (i, ws) in clients.iter_mut().enumerate() {
+        ws.send(Message::text(format!("n{i}"))).unwrap();
+    }
+    for (i, ws) in clients.iter_mut().enumerate() {
+        assert_eq!(ws.read().unwrap(), Message::text(format!("n{i}")));
+    }
+    eventually(&server, "200 open", |c| c.open == 200 && c.handshakes == 200);
+    drop(clients);
+    eventually(&server, "all gone", |c| c.open == 0);
+    let per_shard = server.shard_counters();
+    assert!(per_shard.iter().all(|c| c.accepted > 0), "SO_REUSEPORT spreads connections: {per_shard:?}");
+    stop(server);
+}
