@@ -53,6 +53,20 @@ pub struct Limits {
     pub send_iovecs_max: usize,
     /// Grace period for flushing queued frames at shutdown.
     pub shutdown_timeout_ms: u64,
+    /// Subscriptions one connection may hold. Overflow: error `limit_exceeded` (URL: HTTP 400).
+    /// Memory: 8 bytes per subscription in the connection, 4 in the channel.
+    pub channels_per_conn_max: usize,
+    /// Longest channel name. Overflow: error `bad_channel`.
+    pub channel_name_bytes_max: usize,
+    /// Channels with local subscribers per shard, and channels owned per shard. Overflow: error
+    /// `limit_exceeded`. Memory: about 100 bytes plus the name per channel, twice.
+    pub channels_per_shard_max: usize,
+    /// Messages each cross-shard ring holds. Memory: `shards² × capacity × 48` bytes.
+    pub xshard_ring_capacity: usize,
+    /// Messages a shard holds back per destination when that ring is full. Overflow: the
+    /// message is dropped and counted (`xshard_refused`); with it, a subscriber of that shard
+    /// would see a gap, so the subscribers of the affected channel on that shard are closed.
+    pub xshard_overflow_max: usize,
 }
 
 impl Default for Limits {
@@ -73,6 +87,11 @@ impl Default for Limits {
             sends_in_flight_max: 4096,
             send_iovecs_max: 64,
             shutdown_timeout_ms: 5_000,
+            channels_per_conn_max: 64,
+            channel_name_bytes_max: 128,
+            channels_per_shard_max: 100_000,
+            xshard_ring_capacity: 8192,
+            xshard_overflow_max: 65_536,
         }
     }
 }
@@ -110,6 +129,15 @@ impl Limits {
         }
         if self.outbound_bytes_max < 1024 {
             errors.push("outbound_bytes_max must be at least 1024".to_string());
+        }
+        if self.channels_per_conn_max == 0
+            || self.channel_name_bytes_max == 0
+            || self.channels_per_shard_max == 0
+        {
+            errors.push("channel limits must be above 0".to_string());
+        }
+        if self.xshard_ring_capacity < 16 {
+            errors.push("xshard_ring_capacity must be at least 16".to_string());
         }
         if errors.is_empty() {
             Ok(())

@@ -91,9 +91,18 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let mesh = crate::xshard::mesh(
+            shards,
+            config.limits.xshard_ring_capacity,
+            config.limits.xshard_overflow_max,
+        )
+        .map_err(|e| format!("cannot create the cross-shard doorbells: {e}"))?;
+        let epoch_base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let mut threads = Vec::with_capacity(shards);
         let mut published = Vec::with_capacity(shards);
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for ((index, listener), mesh) in listeners.into_iter().enumerate().zip(mesh) {
             let snapshot = Arc::new(Published::default());
             published.push(snapshot.clone());
             let setup = ShardSetup {
@@ -102,6 +111,9 @@ impl Server {
                 config: config.clone(),
                 published: snapshot,
                 stop: stop.clone(),
+                mesh,
+                shards,
+                epoch_base,
             };
             let core = (config.pin && !cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = ready_tx.clone();

@@ -37,6 +37,14 @@ pub struct Counters {
     pub recv_rearms: u64,
     /// Connections refused at the per-shard connection limit (also in `rejected_by_status` 503).
     pub conn_limit_refusals: u64,
+    /// Publishes sequenced by this shard as a channel owner.
+    pub published: u64,
+    /// Publishes to channels nobody subscribes to (dropped; nothing to deliver).
+    pub published_no_audience: u64,
+    /// Cross-shard messages that waited in the overflow queue because a ring was full.
+    pub xshard_overflows: u64,
+    /// Cross-shard messages dropped because the overflow queue was full too.
+    pub xshard_refused: u64,
 }
 
 fn bump(list: &mut Vec<(u16, u64)>, key: u16, by: u64) {
@@ -97,6 +105,10 @@ impl Counters {
         self.slow_consumers += other.slow_consumers;
         self.recv_rearms += other.recv_rearms;
         self.conn_limit_refusals += other.conn_limit_refusals;
+        self.published += other.published;
+        self.published_no_audience += other.published_no_audience;
+        self.xshard_overflows += other.xshard_overflows;
+        self.xshard_refused += other.xshard_refused;
     }
 }
 

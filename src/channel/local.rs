@@ -44,6 +44,9 @@ pub struct Local {
     pub epoch: u64,
     /// Acknowledgement state.
     pub sync: Sync,
+    /// Subscribers waiting for the acknowledgement to be answered: connection slot, its
+    /// generation, and the raw JSON id of their request (if any).
+    pub waiting: Vec<(u32, u32, Option<Box<str>>)>,
 }
 
 /// What a subscribe did.
@@ -136,13 +139,17 @@ impl LocalChannels {
                     last_offset: 0,
                     epoch: 0,
                     sync: Sync::Pending,
+                    waiting: Vec::new(),
                 }) as LocalId;
                 self.by_name.insert(name, id);
                 (id, true)
             }
         };
         let channel = &mut self.channels[id as usize];
-        memberships.push(Membership { channel: id, position: channel.subscribers.len() as u32 });
+        memberships.push(Membership {
+            channel: id,
+            position: channel.subscribers.len() as u32,
+        });
         channel.subscribers.push(conn);
         Ok(match (created, channel.sync) {
             (true, _) => Subscribed::NeedsOwner(id),
@@ -171,7 +178,10 @@ impl LocalChannels {
         channel.subscribers.swap_remove(position);
         Ok(Unsubscribed {
             now_empty: channel.subscribers.is_empty(),
-            moved: channel.subscribers.get(position).map(|&moved| (moved, position as u32)),
+            moved: channel
+                .subscribers
+                .get(position)
+                .map(|&moved| (moved, position as u32)),
         })
     }
 
@@ -200,7 +210,9 @@ mod tests {
         let mut index = LocalChannels::default();
         let mut members: Vec<Vec<Membership>> = vec![Vec::new(); 5];
         for conn in 0..5u32 {
-            let got = index.subscribe(conn, &mut members[conn as usize], "news", 8, 100).unwrap();
+            let got = index
+                .subscribe(conn, &mut members[conn as usize], "news", 8, 100)
+                .unwrap();
             if conn == 0 {
                 assert_eq!(got, Subscribed::NeedsOwner(0));
             } else {
@@ -209,8 +221,14 @@ mod tests {
         }
         index.get_mut(0).sync = Sync::Active;
         let mut m5 = Vec::new();
-        assert_eq!(index.subscribe(5, &mut m5, "news", 8, 100), Ok(Subscribed::Ready(0)));
-        assert_eq!(index.subscribe(5, &mut m5, "news", 8, 100), Err(ChannelError::AlreadySubscribed));
+        assert_eq!(
+            index.subscribe(5, &mut m5, "news", 8, 100),
+            Ok(Subscribed::Ready(0))
+        );
+        assert_eq!(
+            index.subscribe(5, &mut m5, "news", 8, 100),
+            Err(ChannelError::AlreadySubscribed)
+        );
         members.push(m5);
         // Remove from the middle: the last subscriber moves and its position is fixed.
         for conn in [1u32, 0, 4, 2, 5] {
@@ -222,14 +240,26 @@ mod tests {
             }
             for (c, ms) in members.iter().enumerate() {
                 for m in ms {
-                    assert_eq!(index.get(m.channel).subscribers[m.position as usize], c as u32);
+                    assert_eq!(
+                        index.get(m.channel).subscribers[m.position as usize],
+                        c as u32
+                    );
                 }
             }
         }
         let mut mine = std::mem::take(&mut members[3]);
         let done = index.unsubscribe(3, &mut mine, 0).unwrap();
-        assert_eq!(done, Unsubscribed { now_empty: true, moved: None });
-        assert_eq!(index.unsubscribe(3, &mut mine, 0), Err(ChannelError::NotSubscribed));
+        assert_eq!(
+            done,
+            Unsubscribed {
+                now_empty: true,
+                moved: None
+            }
+        );
+        assert_eq!(
+            index.unsubscribe(3, &mut mine, 0),
+            Err(ChannelError::NotSubscribed)
+        );
         index.remove_channel(0);
         assert!(index.is_empty());
         assert_eq!(index.find("news"), None);
@@ -241,9 +271,18 @@ mod tests {
         let mut m = Vec::new();
         index.subscribe(1, &mut m, "a", 2, 2).unwrap();
         index.subscribe(1, &mut m, "b", 2, 2).unwrap();
-        assert_eq!(index.subscribe(1, &mut m, "c", 2, 2), Err(ChannelError::TooManySubscriptions));
+        assert_eq!(
+            index.subscribe(1, &mut m, "c", 2, 2),
+            Err(ChannelError::TooManySubscriptions)
+        );
         let mut m2 = Vec::new();
-        assert_eq!(index.subscribe(2, &mut m2, "c", 2, 2), Err(ChannelError::TooManyChannels));
-        assert_eq!(index.subscribe(2, &mut m2, "a", 2, 2), Ok(Subscribed::Waiting(0)));
+        assert_eq!(
+            index.subscribe(2, &mut m2, "c", 2, 2),
+            Err(ChannelError::TooManyChannels)
+        );
+        assert_eq!(
+            index.subscribe(2, &mut m2, "a", 2, 2),
+            Ok(Subscribed::Waiting(0))
+        );
     }
 }

@@ -39,7 +39,9 @@ impl ChannelError {
     /// A one-line explanation.
     pub fn message(self) -> &'static str {
         match self {
-            ChannelError::BadName => "channel names are 1 to channel_name_bytes_max characters of [A-Za-z0-9_.:@/-]",
+            ChannelError::BadName => {
+                "channel names are 1 to channel_name_bytes_max characters of [A-Za-z0-9_.:@/-]"
+            }
             ChannelError::TooManySubscriptions => "too many subscriptions on this connection",
             ChannelError::TooManyChannels => "too many channels on this shard",
             ChannelError::AlreadySubscribed => "already subscribed to this channel",
@@ -53,10 +55,14 @@ impl ChannelError {
 pub fn validate_name(name: &str, max_bytes: usize) -> Result<(), ChannelError> {
     let ok = !name.is_empty()
         && name.len() <= max_bytes
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'/' | b'-'));
-    if ok { Ok(()) } else { Err(ChannelError::BadName) }
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'/' | b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ChannelError::BadName)
+    }
 }
 
 /// The namespace of a channel: the part before the first `:` (empty when there is none).
@@ -87,7 +93,10 @@ mod tests {
         assert_eq!(validate_name("a b", 128), Err(ChannelError::BadName));
         assert_eq!(validate_name("\"x", 128), Err(ChannelError::BadName));
         assert_eq!(validate_name("ü", 128), Err(ChannelError::BadName));
-        assert_eq!(validate_name(&"a".repeat(129), 128), Err(ChannelError::BadName));
+        assert_eq!(
+            validate_name(&"a".repeat(129), 128),
+            Err(ChannelError::BadName)
+        );
         assert_eq!(namespace_of("chat:room"), "chat");
         assert_eq!(namespace_of("a:b:c"), "a");
         assert_eq!(namespace_of("news"), "");

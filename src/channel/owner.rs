@@ -56,7 +56,11 @@ impl OwnedChannels {
     /// `epoch_base` makes epochs differ between process runs (the caller passes e.g. the start
     /// time in ms; kept below 2^53 so JSON readers hold it exactly). `max` bounds the entries.
     pub fn new(epoch_base: u64, max: usize) -> OwnedChannels {
-        OwnedChannels { map: HashMap::new(), next_epoch: epoch_base % (1 << 52), max }
+        OwnedChannels {
+            map: HashMap::new(),
+            next_epoch: epoch_base % (1 << 52),
+            max,
+        }
     }
 
     /// Number of entries.
@@ -77,7 +81,14 @@ impl OwnedChannels {
                 return None;
             }
             self.next_epoch += 1;
-            self.map.insert(name.clone(), Owned { offset: 0, epoch: self.next_epoch, shards: ShardSet::default() });
+            self.map.insert(
+                name.clone(),
+                Owned {
+                    offset: 0,
+                    epoch: self.next_epoch,
+                    shards: ShardSet::default(),
+                },
+            );
         }
         let owned = self.map.get_mut(name)?;
         owned.shards.insert(shard);
@@ -116,7 +127,11 @@ mod tests {
     fn sequence_interest_and_epochs() {
         let mut owned = OwnedChannels::new(1000, 2);
         let news: Arc<str> = Arc::from("news");
-        assert_eq!(owned.publish("news"), None, "no audience, nothing sequenced");
+        assert_eq!(
+            owned.publish("news"),
+            None,
+            "no audience, nothing sequenced"
+        );
         let (offset, epoch) = owned.interest(&news, 3).unwrap();
         assert_eq!(offset, 0);
         let (o1, e1, shards) = owned.publish("news").unwrap();

@@ -2,6 +2,7 @@
 //! a readiness-based driver could drive the same state machine.
 
 use super::outbound::Outbound;
+use crate::channel::local::Membership;
 use crate::proto::decoder::Decoder;
 
 /// Where a connection is in its life. Each state has a deadline in the shard's timing wheel,
@@ -68,6 +69,8 @@ pub struct Conn {
     pub head: Vec<u8>,
     /// Frames waiting to be sent.
     pub out: Outbound,
+    /// Channels this connection subscribes to (no heap while it has none).
+    pub subs: Vec<Membership>,
 }
 
 impl Conn {
@@ -84,6 +87,7 @@ impl Conn {
             decoder: Decoder::default(),
             head: Vec::new(),
             out: Outbound::default(),
+            subs: Vec::new(),
         }
     }
 

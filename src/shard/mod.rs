@@ -17,20 +17,27 @@
 pub mod conn;
 pub mod listener;
 pub mod outbound;
+pub mod pubsub;
 pub mod uring;
+pub mod xmsg;
 
+use crate::channel::local::LocalChannels;
+use crate::channel::owner::OwnedChannels;
 use crate::config::{Config, Limits};
+use crate::proto::client;
 use crate::proto::close;
 use crate::proto::decoder::{DecoderLimits, Message};
 use crate::proto::frame::{self, OpCode};
 use crate::proto::handshake::{self, Rejection};
 use crate::stats::{Counters, Published};
 use crate::timer::Wheel;
+use crate::xshard::{Endpoints, Inbox, Outbox};
 use bytes::Bytes;
 use conn::{CLOSE_RECEIVED, CLOSE_SENT, Conn, DIRTY, Endpoint, FIN_AFTER_FLUSH, SENDING, State};
 use io_uring::{IoUring, cqueue, opcode, types};
 use outbound::Enqueue;
 use slab::Slab;
+use std::collections::VecDeque;
 use std::io;
 use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -38,6 +45,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use uring::{BufRing, Op, RingMode};
+use xmsg::XMsg;
 
 /// Milliseconds per wheel tick.
 pub const TICK_MS: u64 = 10;
@@ -61,6 +69,12 @@ pub struct ShardSetup {
     pub published: Arc<Published>,
     /// Set to start a graceful shutdown; the shard polls it once per loop turn.
     pub stop: Arc<AtomicBool>,
+    /// This shard's ends of the cross-shard mesh.
+    pub mesh: Endpoints<XMsg>,
+    /// Number of shards.
+    pub shards: usize,
+    /// Makes channel epochs differ between runs (start time in ms).
+    pub epoch_base: u64,
 }
 
 /// A send in flight: the kernel reads `iov` and `frames` until its completion arrives, so the
@@ -78,8 +92,21 @@ struct SendSlot {
 pub struct Shard {
     ring: IoUring,
     bufs: BufRing,
+    // Boxed on purpose: the kernel holds pointers into a slot while its send is in flight, so
+    // a slot must not move when the vector grows.
+    #[allow(clippy::vec_box)]
     sends: Vec<Box<SendSlot>>,
     free_sends: Vec<u16>,
+    /// The doorbell read's 8-byte buffer: the kernel writes it, so it lives at a stable address.
+    wake_buf: Box<u64>,
+    outboxes: Vec<Option<Outbox<XMsg>>>,
+    inbox: Inbox<XMsg>,
+    self_queue: VecDeque<XMsg>,
+    xbatch: Vec<XMsg>,
+    local: LocalChannels,
+    owned: OwnedChannels,
+    slow_scratch: Vec<u32>,
+    shards: usize,
     index: usize,
     listener: Option<OwnedFd>,
     config: Arc<Config>,
@@ -128,6 +155,15 @@ impl Shard {
             bufs,
             sends: Vec::new(),
             free_sends: Vec::new(),
+            wake_buf: Box::new(0),
+            outboxes: setup.mesh.outboxes,
+            inbox: setup.mesh.inbox,
+            self_queue: VecDeque::new(),
+            xbatch: Vec::new(),
+            local: LocalChannels::default(),
+            owned: OwnedChannels::new(setup.epoch_base, limits.channels_per_shard_max),
+            slow_scratch: Vec::new(),
+            shards: setup.shards,
             index: setup.index,
             listener: Some(setup.listener),
             // The slab reserves address space for the limit; untouched pages cost no memory.
@@ -170,10 +206,24 @@ impl Shard {
     /// Runs the loop until shutdown completes.
     pub fn run(mut self) -> io::Result<()> {
         self.arm_accept();
+        self.arm_wake();
         let mut last_publish = 0u32;
         loop {
+            let mut busy = self.drain_inbox();
+            if !busy {
+                // Doorbell protocol: mark sleeping, then look once more before blocking.
+                self.inbox.bell().set_sleeping();
+                busy = self.drain_inbox();
+            }
+            self.flush_outboxes();
             self.flush();
-            self.wait()?;
+            if busy {
+                self.inbox.bell().set_awake();
+                self.submit_nowait()?;
+            } else {
+                self.wait()?;
+                self.inbox.bell().set_awake();
+            }
             self.complete();
             self.now_tick = (self.started.elapsed().as_millis() / TICK_MS as u128) as u32;
             self.fire_timers();
@@ -239,6 +289,23 @@ impl Shard {
         }
     }
 
+    fn submit_nowait(&mut self) -> io::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let fd = self.inbox.bell().fd();
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let entry = opcode::Read::new(types::Fd(fd), buf.cast(), 8)
+            .build()
+            .user_data(uring::user_data(Op::Wake, 0, 0));
+        self.push(entry);
+    }
+
     fn arm_accept(&mut self) {
         let Some(listener) = &self.listener else {
             return;
@@ -278,7 +345,8 @@ impl Shard {
                         self.on_recv(slot, generation, result, flags)
                     }
                     Some((Op::Send, slot, _)) => self.on_send(slot, result),
-                    Some((Op::Wake, _, _)) | None => {}
+                    Some((Op::Wake, _, _)) => self.arm_wake(),
+                    None => {}
                 }
             }
             self.cqes = cqes;
@@ -407,11 +475,25 @@ impl Shard {
             Ok(Some(request)) => request,
             Err(rejection) => return self.reject(slot, rejection),
         };
+        let mut url_channels = Vec::new();
         let endpoint = match request.path.as_str() {
             "/echo" if self.config.echo => Endpoint::Echo,
-            "/ws" => Endpoint::Push {
-                raw: request.query.split('&').any(|kv| kv == "format=raw"),
-            },
+            "/ws" => {
+                let limits = &self.config.limits;
+                let query = match client::parse_query(&request.query, limits.channels_per_conn_max)
+                {
+                    Ok(query) => query,
+                    Err(why) => return self.reject(slot, Rejection::BadRequest(why)),
+                };
+                let bad = query.channels.iter().any(|c| {
+                    crate::channel::validate_name(c, limits.channel_name_bytes_max).is_err()
+                });
+                if bad {
+                    return self.reject(slot, Rejection::BadRequest("bad channel name in the URL"));
+                }
+                url_channels = query.channels;
+                Endpoint::Push { raw: query.raw }
+            }
             _ => return self.reject(slot, Rejection::NotFound),
         };
         self.counters.handshakes += 1;
@@ -431,8 +513,13 @@ impl Shard {
             self.wheel.insert(slot, now + limits_ticks(ping_ms));
         }
         if let Endpoint::Push { raw: false } = endpoint {
-            let welcome = format!("{{\"op\":\"welcome\",\"conn\":{}}}", self.conn_id(slot));
+            let welcome = client::welcome(self.conn_id(slot).get());
             self.queue_data(slot, frame::encode(OpCode::Text, welcome.as_bytes()));
+        }
+        for name in url_channels {
+            if let Err(e) = self.subscribe(slot, &name, None) {
+                self.reply_error(slot, e.code(), e.message(), None);
+            }
         }
         if !rest.is_empty() {
             self.decode(slot, &mut rest);
@@ -482,6 +569,8 @@ impl Shard {
             ..
         } = conn;
         let mut slow = false;
+        let mut commands: Vec<Vec<u8>> = Vec::new();
+        let mut binary_on_ws = false;
         let result = decoder.feed(data, &limits, &mut |message| {
             counters.frames_in += 1;
             match message {
@@ -499,7 +588,12 @@ impl Shard {
                         return ControlFlow::Break(());
                     }
                 }
-                Message::Text(_) | Message::Binary(_) => {}
+                Message::Text(payload) => commands.push(payload.to_vec()),
+                Message::Binary(_) => {
+                    // §7.4.1: 1003 for a data type the endpoint cannot accept.
+                    binary_on_ws = true;
+                    return ControlFlow::Break(());
+                }
                 Message::Ping(payload) => {
                     counters.frames_out += 1;
                     out.push_control(frame::encode(OpCode::Pong, payload));
@@ -525,6 +619,15 @@ impl Shard {
         });
         if slow {
             return self.slow_consumer(slot);
+        }
+        for command in commands {
+            if self.conns[slot].state != State::Open {
+                break;
+            }
+            self.on_command(slot, &command);
+        }
+        if binary_on_ws {
+            return self.fail(slot, close::UNSUPPORTED_DATA);
         }
         match result {
             Ok(()) => {
@@ -707,7 +810,8 @@ impl Shard {
             frames.clear();
             self.sends[index].frames = frames;
             self.free_sends.push(index as u16);
-            self.free(slot, close::ABNORMAL);
+            let code = self.conns[slot].close_code;
+            self.free(slot, code);
             return;
         }
         self.counters.bytes_out += result as u64;
@@ -756,6 +860,7 @@ impl Shard {
     /// Frees a connection now: its slot, its timer, its socket. A send still in flight keeps its
     /// frames in its send slot; its completion will be counted stale.
     fn free(&mut self, slot: usize, code: u16) {
+        self.leave_all(slot);
         let conn = self.conns.remove(slot);
         self.wheel.remove(slot);
         if code != 0 {

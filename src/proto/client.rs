@@ -1,0 +1,316 @@
+//! The `/ws` client protocol: JSON text frames (docs/protocol.md).
+//!
+//! Client → server: `subscribe`, `unsubscribe`, `publish`, `ping`, each with an optional `id`
+//! echoed in the reply. Server → client: `welcome`, `subscribed`, `unsubscribed`, `message`,
+//! `pong`, `error`. Replies are written by hand: channel names never need escaping (see
+//! `channel::validate_name`) and `id` and `data` are copied as the raw JSON the client sent.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt::Write;
+
+/// Longest `id` (as raw JSON text) echoed back; a longer one is refused with `bad_request`.
+pub const ID_BYTES_MAX: usize = 64;
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    op: Cow<'a, str>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// A client command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// Subscribe to a channel.
+    Subscribe(Cow<'a, str>),
+    /// Unsubscribe from a channel.
+    Unsubscribe(Cow<'a, str>),
+    /// Publish `data` (raw JSON) to a channel.
+    Publish(Cow<'a, str>, &'a str),
+    /// Application-level ping.
+    Ping,
+}
+
+/// A parsed request: the command and the raw JSON of its `id`, if any.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// Raw JSON of the `id` field, echoed in the reply.
+    pub id: Option<&'a str>,
+    /// The command.
+    pub command: Command<'a>,
+}
+
+/// Why a client message was refused; `code()` is the stable wire code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    /// Stable code: `bad_json`, `bad_request`, `unknown_op`.
+    pub code: &'static str,
+    /// Human-readable detail.
+    pub message: String,
+    /// The request's id, when it could be read.
+    pub id: Option<String>,
+}
+
+/// Parses one text message from a client.
+pub fn parse(text: &[u8]) -> Result<Request<'_>, ClientError> {
+    let wire: Wire<'_> = serde_json::from_slice(text).map_err(|e| ClientError {
+        code: "bad_json",
+        message: format!("not a JSON command object: {e}"),
+        id: None,
+    })?;
+    let id = wire.id.map(RawValue::get);
+    let fail = |code: &'static str, message: &str| ClientError {
+        code,
+        message: message.to_string(),
+        id: id.filter(|i| i.len() <= ID_BYTES_MAX).map(str::to_string),
+    };
+    if id.is_some_and(|i| i.len() > ID_BYTES_MAX) {
+        return Err(fail("bad_request", "id is longer than 64 bytes of JSON"));
+    }
+    let channel = wire
+        .channel
+        .ok_or_else(|| fail("bad_request", "missing \"channel\""));
+    let command = match wire.op.as_ref() {
+        "subscribe" => Command::Subscribe(channel?),
+        "unsubscribe" => Command::Unsubscribe(channel?),
+        "publish" => {
+            let ch = channel?;
+            let data = wire
+                .data
+                .ok_or_else(|| fail("bad_request", "missing \"data\""))?;
+            Command::Publish(ch, data.get())
+        }
+        "ping" => Command::Ping,
+        _ => {
+            return Err(fail(
+                "unknown_op",
+                "op must be subscribe, unsubscribe, publish or ping",
+            ));
+        }
+    };
+    Ok(Request { id, command })
+}
+
+fn with_id(out: &mut String, id: Option<&str>) {
+    if let Some(id) = id {
+        out.push_str(",\"id\":");
+        out.push_str(id);
+    }
+    out.push('}');
+}
+
+/// `{"op":"welcome","conn":ID}`
+pub fn welcome(conn: u64) -> String {
+    format!("{{\"op\":\"welcome\",\"conn\":{conn}}}")
+}
+
+/// `{"op":"subscribed","channel":C,"offset":N,"epoch":E[,"id":X]}`
+pub fn subscribed(channel: &str, offset: u64, epoch: u64, id: Option<&str>) -> String {
+    let mut out = String::with_capacity(64 + channel.len());
+    let _ = write!(
+        out,
+        "{{\"op\":\"subscribed\",\"channel\":\"{channel}\",\"offset\":{offset},\"epoch\":{epoch}"
+    );
+    with_id(&mut out, id);
+    out
+}
+
+/// `{"op":"unsubscribed","channel":C[,"id":X]}`
+pub fn unsubscribed(channel: &str, id: Option<&str>) -> String {
+    let mut out = format!("{{\"op\":\"unsubscribed\",\"channel\":\"{channel}\"");
+    with_id(&mut out, id);
+    out
+}
+
+/// `{"op":"published","channel":C[,"id":X]}`: the publish was accepted for sequencing.
+pub fn published(channel: &str, id: Option<&str>) -> String {
+    let mut out = format!("{{\"op\":\"published\",\"channel\":\"{channel}\"");
+    with_id(&mut out, id);
+    out
+}
+
+/// `{"op":"pong"[,"id":X]}`
+pub fn pong(id: Option<&str>) -> String {
+    let mut out = String::from("{\"op\":\"pong\"");
+    with_id(&mut out, id);
+    out
+}
+
+/// `{"op":"error","code":CODE,"message":TEXT[,"id":X]}`
+pub fn error(code: &str, message: &str, id: Option<&str>) -> String {
+    let mut out = String::from("{\"op\":\"error\",\"code\":");
+    // Codes and messages are ours, but a message may quote client input: encode properly.
+    out.push_str(&serde_json::Value::from(code).to_string());
+    out.push_str(",\"message\":");
+    out.push_str(&serde_json::Value::from(message).to_string());
+    with_id(&mut out, id);
+    out
+}
+
+/// The envelope of a published message, before its data: `{"op":"message","channel":C,"offset":N,`
+/// followed by `"data":DATA}` (JSON or text) or `"b64":"..."}` (binary), written by the owner.
+pub fn message_prefix(out: &mut Vec<u8>, channel: &str, offset: u64) {
+    let _ = std::io::Write::write_fmt(
+        out,
+        format_args!("{{\"op\":\"message\",\"channel\":\"{channel}\",\"offset\":{offset},"),
+    );
+}
+
+/// Decodes `%XX` escapes in a query value (a browser's `URLSearchParams` escapes `:`, `/`, `@`);
+/// `None` for a malformed escape or a result that is not UTF-8.
+pub fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// What a `/ws` URL asks for: `?channel=a&channel=b&format=raw`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    /// Channels to subscribe at connect.
+    pub channels: Vec<String>,
+    /// `format=raw`.
+    pub raw: bool,
+}
+
+/// Parses the query string of a `/ws` URL; at most `channels_max` channels.
+pub fn parse_query(query: &str, channels_max: usize) -> Result<Query, &'static str> {
+    let mut q = Query::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "channel" => {
+                if q.channels.len() >= channels_max {
+                    return Err("too many channels in the URL");
+                }
+                q.channels
+                    .push(percent_decode(value).ok_or("malformed %-escape in channel")?);
+            }
+            "format" => match value {
+                "raw" => q.raw = true,
+                "json" => q.raw = false,
+                _ => return Err("format must be raw or json"),
+            },
+            _ => {} // other parameters (auth tokens for a proxy, cache busters) are not ours
+        }
+    }
+    Ok(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands_with_ids() {
+        let r = parse(br#"{"op":"subscribe","channel":"news","id":7}"#).unwrap();
+        assert_eq!(
+            r,
+            Request {
+                id: Some("7"),
+                command: Command::Subscribe("news".into())
+            }
+        );
+        let r =
+            parse(br#"{"op":"publish","channel":"chat:1","data":{"a":[1,2]},"id":"x"}"#).unwrap();
+        assert_eq!(
+            r.command,
+            Command::Publish("chat:1".into(), r#"{"a":[1,2]}"#)
+        );
+        assert_eq!(r.id, Some("\"x\""));
+        assert_eq!(parse(br#"{"op":"ping"}"#).unwrap().command, Command::Ping);
+    }
+
+    #[test]
+    fn errors_have_stable_codes() {
+        assert_eq!(parse(b"nope").unwrap_err().code, "bad_json");
+        assert_eq!(parse(b"[1]").unwrap_err().code, "bad_json");
+        assert_eq!(
+            parse(br#"{"op":"fly","id":3}"#).unwrap_err(),
+            ClientError {
+                code: "unknown_op",
+                message: "op must be subscribe, unsubscribe, publish or ping".into(),
+                id: Some("3".into()),
+            }
+        );
+        assert_eq!(
+            parse(br#"{"op":"subscribe"}"#).unwrap_err().code,
+            "bad_request"
+        );
+        assert_eq!(
+            parse(br#"{"op":"publish","channel":"a"}"#)
+                .unwrap_err()
+                .code,
+            "bad_request"
+        );
+        let long_id = format!(r#"{{"op":"ping","id":"{}"}}"#, "a".repeat(100));
+        assert_eq!(parse(long_id.as_bytes()).unwrap_err().code, "bad_request");
+        assert_eq!(
+            parse(br#"{"op":"subscribe","channel":5}"#)
+                .unwrap_err()
+                .code,
+            "bad_json"
+        );
+    }
+
+    #[test]
+    fn replies_are_valid_json() {
+        for text in [
+            welcome(42),
+            subscribed("a:b", 3, 9, Some("\"q\"")),
+            unsubscribed("a", None),
+            published("a", Some("1")),
+            pong(None),
+            error("bad_json", "it said \"x\"\n", Some("[1]")),
+        ] {
+            let v: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert!(v["op"].is_string());
+        }
+        let mut m = Vec::new();
+        message_prefix(&mut m, "news", 5);
+        m.extend_from_slice(b"\"data\":{\"k\":1}}");
+        let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!(v["offset"], 5);
+    }
+
+    #[test]
+    fn query() {
+        assert_eq!(
+            parse_query("channel=a&channel=chat%3A1&format=raw&t=1", 4).unwrap(),
+            Query {
+                channels: vec!["a".into(), "chat:1".into()],
+                raw: true
+            }
+        );
+        assert!(parse_query("channel=a&channel=b", 1).is_err());
+        assert!(parse_query("channel=%zz", 4).is_err());
+        assert!(parse_query("format=xml", 4).is_err());
+        assert_eq!(parse_query("", 4).unwrap(), Query::default());
+    }
+}

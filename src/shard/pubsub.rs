@@ -1,0 +1,394 @@
+//! Channels on a shard: client commands on `/ws`, subscriptions, the owner's sequencing, and
+//! delivery of one encoded frame to every local subscriber.
+//!
+//! Publish path: publisher's shard → `Publish` → owner (`channel::owner_of`) assigns the offset
+//! and encodes the envelope and raw frames once → `Deliver` to every shard with subscribers →
+//! each clones the `Bytes` handle into each subscriber's queue. No per-subscriber allocation,
+//! copy or clock read.
+
+use super::Shard;
+use super::conn::{DIRTY, Endpoint, SENDING, State};
+use super::outbound::Enqueue;
+use super::xmsg::{Body, XMsg};
+use crate::channel::local::{LocalChannels, Subscribed, Sync};
+use crate::channel::{self, ChannelError};
+use crate::proto::client::{self, Command};
+use crate::proto::frame::{self, OpCode};
+use crate::xshard::Sent;
+use base64::Engine;
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Cross-shard messages handled per loop turn before the shard returns to its sockets.
+pub const DRAIN_BUDGET: usize = 8192;
+
+impl Shard {
+    /// Sends a message to shard `to` (to itself through a local queue, so that every pair keeps
+    /// FIFO order and handlers never re-enter).
+    pub(super) fn send_x(&mut self, to: usize, msg: XMsg) {
+        if to == self.index {
+            self.self_queue.push_back(msg);
+            return;
+        }
+        let Some(outbox) = self.outboxes[to].as_mut() else {
+            unreachable!("an outbox exists for every other shard");
+        };
+        match outbox.send(msg) {
+            Sent::Ring => {}
+            Sent::Overflow => self.counters.xshard_overflows += 1,
+            Sent::Refused(_) => self.counters.xshard_refused += 1,
+        }
+    }
+
+    /// Handles what other shards sent; returns whether anything was handled.
+    pub(super) fn drain_inbox(&mut self) -> bool {
+        let mut batch = std::mem::take(&mut self.xbatch);
+        while let Some(msg) = self.self_queue.pop_front() {
+            batch.push(msg);
+        }
+        self.inbox.drain(DRAIN_BUDGET, |m| batch.push(m));
+        let any = !batch.is_empty();
+        for msg in batch.drain(..) {
+            self.handle_x(msg);
+        }
+        self.xbatch = batch;
+        any
+    }
+
+    /// Retries overflowed messages and rings receivers; once per loop turn.
+    pub(super) fn flush_outboxes(&mut self) {
+        for outbox in self.outboxes.iter_mut().flatten() {
+            outbox.flush();
+        }
+    }
+
+    fn handle_x(&mut self, msg: XMsg) {
+        match msg {
+            XMsg::Publish { channel, body } => self.sequence(channel, body),
+            XMsg::Interest { channel, shard } => {
+                let position = self.owned.interest(&channel, shard as usize);
+                self.send_x(shard as usize, XMsg::Ack { channel, position });
+            }
+            XMsg::Withdraw { channel, shard } => self.owned.withdraw(&channel, shard as usize),
+            XMsg::Ack { channel, position } => self.on_ack(&channel, position),
+            XMsg::Deliver {
+                channel,
+                offset,
+                envelope,
+                raw,
+            } => self.deliver(&channel, offset, &envelope, &raw),
+        }
+    }
+
+    /// The owner: assign the next offset, encode both frames once, fan out to the shards.
+    fn sequence(&mut self, channel: Arc<str>, body: Body) {
+        let Some((offset, _epoch, shards)) = self.owned.publish(&channel) else {
+            self.counters.published_no_audience += 1;
+            return;
+        };
+        self.counters.published += 1;
+        let (envelope, raw) = encode_message(&channel, offset, &body);
+        for shard in shards.iter() {
+            let msg = XMsg::Deliver {
+                channel: channel.clone(),
+                offset,
+                envelope: envelope.clone(),
+                raw: raw.clone(),
+            };
+            self.send_x(shard, msg);
+        }
+    }
+
+    fn deliver(&mut self, name: &str, offset: u64, envelope: &Bytes, raw: &Bytes) {
+        let Some(id) = self.local.find(name) else {
+            return;
+        };
+        let channel = self.local.get_mut(id);
+        if channel.sync == Sync::Pending {
+            // Sent before this shard's (new) interest was registered: it precedes the offset the
+            // acknowledgement will announce.
+            return;
+        }
+        debug_assert!(offset > channel.last_offset);
+        channel.last_offset = offset;
+        let limit = self.config.limits.outbound_bytes_max;
+        let mut slow = std::mem::take(&mut self.slow_scratch);
+        for &slot in &self.local.get(id).subscribers {
+            let conn = &mut self.conns[slot as usize];
+            if conn.state != State::Open {
+                continue;
+            }
+            let frame = match conn.endpoint {
+                Endpoint::Push { raw: true } => raw.clone(),
+                _ => envelope.clone(),
+            };
+            match conn.out.push(frame, limit) {
+                Enqueue::Enqueued => {
+                    self.counters.frames_out += 1;
+                    if conn.flags & (DIRTY | SENDING) == 0 {
+                        conn.flags |= DIRTY;
+                        self.dirty.push(slot);
+                    }
+                }
+                Enqueue::SlowConsumer => slow.push(slot),
+            }
+        }
+        for slot in slow.drain(..) {
+            self.slow_consumer(slot as usize);
+        }
+        self.slow_scratch = slow;
+    }
+
+    fn on_ack(&mut self, name: &str, position: Option<(u64, u64)>) {
+        let Some(id) = self.local.find(name) else {
+            return;
+        };
+        let waiting = std::mem::take(&mut self.local.get_mut(id).waiting);
+        let Some((offset, epoch)) = position else {
+            // The owner is full: every subscriber of this channel here is refused.
+            let subscribers = self.local.get(id).subscribers.clone();
+            for slot in subscribers {
+                let slot = slot as usize;
+                self.leave(slot, id);
+                let err = ChannelError::TooManyChannels;
+                self.reply_error(slot, err.code(), err.message(), None);
+            }
+            if self.local.find(name).is_some() {
+                self.local.remove_channel(id);
+            }
+            return;
+        };
+        let channel = self.local.get_mut(id);
+        channel.sync = Sync::Active;
+        channel.last_offset = offset;
+        channel.epoch = epoch;
+        if channel.subscribers.is_empty() {
+            // Everyone left while the acknowledgement was on its way.
+            let name = channel.name.clone();
+            self.local.remove_channel(id);
+            self.send_x(
+                channel::owner_of(&name, self.shards),
+                XMsg::Withdraw {
+                    channel: name,
+                    shard: self.index as u16,
+                },
+            );
+            return;
+        }
+        let name: Arc<str> = self.local.get(id).name.clone();
+        for (slot, generation, req) in waiting {
+            let alive = self.conns.get(slot as usize).is_some_and(|c| {
+                c.generation == generation && c.subs.iter().any(|m| m.channel == id)
+            });
+            if alive {
+                let text = client::subscribed(&name, offset, epoch, req.as_deref());
+                self.reply(slot as usize, text);
+            }
+        }
+    }
+
+    /// Subscribes `slot` to `name`; replies now or when the owner acknowledges.
+    pub(super) fn subscribe(
+        &mut self,
+        slot: usize,
+        name: &str,
+        id: Option<&str>,
+    ) -> Result<(), ChannelError> {
+        let limits = &self.config.limits;
+        channel::validate_name(name, limits.channel_name_bytes_max)?;
+        let (per_conn, per_shard) = (limits.channels_per_conn_max, limits.channels_per_shard_max);
+        let conn = &mut self.conns[slot];
+        let generation = conn.generation;
+        let outcome =
+            self.local
+                .subscribe(slot as u32, &mut conn.subs, name, per_conn, per_shard)?;
+        match outcome {
+            Subscribed::NeedsOwner(local) | Subscribed::Waiting(local) => {
+                let channel = self.local.get_mut(local);
+                channel
+                    .waiting
+                    .push((slot as u32, generation, id.map(Box::from)));
+                if let Subscribed::NeedsOwner(_) = outcome {
+                    let name = channel.name.clone();
+                    let owner = channel::owner_of(&name, self.shards);
+                    self.send_x(
+                        owner,
+                        XMsg::Interest {
+                            channel: name,
+                            shard: self.index as u16,
+                        },
+                    );
+                }
+            }
+            Subscribed::Ready(local) => {
+                let channel = self.local.get(local);
+                let text = client::subscribed(name, channel.last_offset, channel.epoch, id);
+                self.reply(slot, text);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `slot` from local channel `id`, withdrawing interest when it was the last one.
+    pub(super) fn leave(&mut self, slot: usize, id: u32) {
+        let conn = &mut self.conns[slot];
+        let Ok(done) = self.local.unsubscribe(slot as u32, &mut conn.subs, id) else {
+            return;
+        };
+        if let Some((moved, position)) = done.moved {
+            LocalChannels::moved_to(&mut self.conns[moved as usize].subs, id, position);
+        }
+        if done.now_empty && self.local.get(id).sync == Sync::Active {
+            let name = self.local.get(id).name.clone();
+            self.local.remove_channel(id);
+            self.send_x(
+                channel::owner_of(&name, self.shards),
+                XMsg::Withdraw {
+                    channel: name,
+                    shard: self.index as u16,
+                },
+            );
+        }
+        // A pending, now empty channel stays until its acknowledgement arrives (see `on_ack`).
+    }
+
+    /// Unsubscribes a connection from everything (it is being freed).
+    pub(super) fn leave_all(&mut self, slot: usize) {
+        while let Some(m) = self.conns[slot].subs.last().copied() {
+            self.leave(slot, m.channel);
+        }
+    }
+
+    /// Publishes `body` on `name` (from a client or the control socket).
+    pub(super) fn publish(&mut self, name: &str, body: Body) -> Result<(), ChannelError> {
+        channel::validate_name(name, self.config.limits.channel_name_bytes_max)?;
+        let channel: Arc<str> = Arc::from(name);
+        let owner = channel::owner_of(&channel, self.shards);
+        self.send_x(owner, XMsg::Publish { channel, body });
+        Ok(())
+    }
+
+    /// Queues a JSON reply for an envelope-format client (raw clients get nothing but payloads).
+    pub(super) fn reply(&mut self, slot: usize, text: String) {
+        if let Endpoint::Push { raw: false } = self.conns[slot].endpoint {
+            self.queue_data(slot, frame::encode(OpCode::Text, text.as_bytes()));
+        }
+    }
+
+    pub(super) fn reply_error(&mut self, slot: usize, code: &str, message: &str, id: Option<&str>) {
+        self.reply(slot, client::error(code, message, id));
+    }
+
+    /// Handles one text message from a `/ws` client.
+    pub(super) fn on_command(&mut self, slot: usize, text: &[u8]) {
+        let request = match client::parse(text) {
+            Ok(request) => request,
+            Err(e) => return self.reply_error(slot, e.code, &e.message, e.id.as_deref()),
+        };
+        let id = request.id;
+        match request.command {
+            Command::Ping => self.reply(slot, client::pong(id)),
+            Command::Subscribe(name) => {
+                if let Err(e) = self.subscribe(slot, &name, id) {
+                    self.reply_error(slot, e.code(), e.message(), id);
+                }
+            }
+            Command::Unsubscribe(name) => {
+                let member = self
+                    .local
+                    .find(&name)
+                    .filter(|&local| self.conns[slot].subs.iter().any(|m| m.channel == local));
+                match member {
+                    Some(local) => {
+                        self.leave(slot, local);
+                        self.reply(slot, client::unsubscribed(&name, id));
+                    }
+                    None => {
+                        let e = ChannelError::NotSubscribed;
+                        self.reply_error(slot, e.code(), e.message(), id);
+                    }
+                }
+            }
+            Command::Publish(name, data) => {
+                let allowed = self
+                    .config
+                    .namespaces
+                    .get(channel::namespace_of(&name))
+                    .is_some_and(|ns| ns.client_publish);
+                if !allowed {
+                    return self.reply_error(
+                        slot,
+                        "forbidden",
+                        "client publish is not enabled for this namespace",
+                        id,
+                    );
+                }
+                let body = Body::Json(Bytes::copy_from_slice(data.as_bytes()));
+                match self.publish(&name, body) {
+                    Ok(()) => {
+                        if id.is_some() {
+                            self.reply(slot, client::published(&name, id));
+                        }
+                    }
+                    Err(e) => self.reply_error(slot, e.code(), e.message(), id),
+                }
+            }
+        }
+    }
+}
+
+/// Encodes a published message once in both formats: the JSON envelope and the raw payload.
+pub fn encode_message(channel: &str, offset: u64, body: &Body) -> (Bytes, Bytes) {
+    let (raw, data_len) = match body {
+        Body::Json(b) | Body::Text(b) => (frame::encode(OpCode::Text, b), b.len()),
+        Body::Binary(b) => (frame::encode(OpCode::Binary, b), b.len() * 4 / 3 + 4),
+    };
+    let mut text = Vec::with_capacity(64 + channel.len() + data_len + data_len / 8);
+    client::message_prefix(&mut text, channel, offset);
+    match body {
+        Body::Json(b) => {
+            text.extend_from_slice(b"\"data\":");
+            text.extend_from_slice(b);
+        }
+        Body::Text(b) => {
+            text.extend_from_slice(b"\"data\":");
+            let s = String::from_utf8_lossy(b);
+            text.extend_from_slice(serde_json::Value::from(s.as_ref()).to_string().as_bytes());
+        }
+        Body::Binary(b) => {
+            text.extend_from_slice(b"\"b64\":\"");
+            text.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(b)
+                    .as_bytes(),
+            );
+            text.push(b'"');
+        }
+    }
+    text.push(b'}');
+    (frame::encode(OpCode::Text, &text), raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_formats_encode_once() {
+        let (env, raw) = encode_message("news", 7, &Body::Json(Bytes::from_static(b"{\"a\":1}")));
+        assert_eq!(&raw[..], b"\x81\x07{\"a\":1}");
+        let v: serde_json::Value = serde_json::from_slice(&env[2..]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"op":"message","channel":"news","offset":7,"data":{"a":1}})
+        );
+        let (env, raw) = encode_message("n", 1, &Body::Text(Bytes::from_static(b"hi \"you\"")));
+        assert_eq!(&raw[2..], b"hi \"you\"");
+        let v: serde_json::Value = serde_json::from_slice(&env[2..]).unwrap();
+        assert_eq!(v["data"], "hi \"you\"");
+        let (env, raw) = encode_message("n", 2, &Body::Binary(Bytes::from_static(&[0, 255])));
+        assert_eq!(raw[0], 0x82);
+        let v: serde_json::Value = serde_json::from_slice(&env[2..]).unwrap();
+        assert_eq!(v["b64"], "AP8=");
+    }
+}
