@@ -1,5 +1,89 @@
-//! `ringcast-load`: the bundled load generator (scenarios arrive with their own issue).
+//! `ringcast-load`: the bundled load generator for ringcast and other WebSocket push servers.
+//!
+//! Crate map:
+//! - `sys`: the one seam to the OS (epoll, sockets, timerfd, rlimit, clocks);
+//! - `ws`: the client side of RFC 6455, sans-IO (handshake check, masked frames out, frame
+//!   reader in), written independently of the server's code on purpose;
+//! - `payload`: the stamped benchmark payload and the loss/duplicate accounting;
+//! - `target`: URL, control address, `--src` and `--rate` parsing, loopback enforcement;
+//! - `pool`: the connections and the single-threaded epoll loop that drives them;
+//! - `procfs`: server RSS/CPU and kernel socket memory from /proc;
+//! - `report`: progress line, tables, JSON;
+//! - `scenario`: one module per scenario (`idle`, `connect`, `fanout`); a new scenario (`slow`,
+//!   `chat`) is a new module that drives a `Pool` with its own `Handler`.
+//!
+//! The generator is one thread on purpose: it is meant to be pinned to one core next to the
+//! server under test, and it reports its own CPU use so a run where it saturates is flagged.
+
+mod payload;
+mod pool;
+mod procfs;
+mod report;
+mod scenario;
+mod sys;
+mod target;
+mod ws;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+/// Load generator for WebSocket push servers (loopback targets only).
+#[derive(Parser, Debug)]
+#[command(name = "ringcast-load", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Open N connections, hold them, report the server's memory per connection.
+    Idle(scenario::idle::IdleArgs),
+    /// Open N connections as fast as possible: handshakes/s and handshake latency.
+    Connect(scenario::connect::ConnectArgs),
+    /// N subscribers, one publisher at a fixed rate or a sweep: delivery, loss, latency.
+    Fanout(scenario::fanout::FanoutArgs),
+}
+
+/// Flags every scenario shares.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct Common {
+    /// Server URL (ws://127.x.y.z:PORT/PATH?QUERY or ws://[::1]:PORT/...; loopback only).
+    #[arg(long)]
+    pub url: String,
+    /// Number of connections (subscribers in fanout).
+    #[arg(long, short = 'n', default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub connections: u32,
+    /// Connects + handshakes in flight at once.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+    /// Loopback source addresses to bind round-robin (IP_BIND_ADDRESS_NO_PORT), e.g.
+    /// 127.0.0.2-127.0.0.9: each has its own ~28k ephemeral ports.
+    #[arg(long)]
+    pub src: Option<String>,
+    /// Server process id: its RSS (VmRSS) and CPU (utime+stime) are reported.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write every figure and the exact parameters to this JSON file.
+    #[arg(long)]
+    pub json: Option<String>,
+    /// Give up on connections not upgraded after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub connect_timeout_s: f64,
+    /// No progress line even on a terminal.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 fn main() {
-    eprintln!("ringcast-load: no scenario implemented yet");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Idle(a) => scenario::idle::run(a),
+        Scenario::Connect(a) => scenario::connect::run(a),
+        Scenario::Fanout(a) => scenario::fanout::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("ringcast-load: {e}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,566 @@
+//! The pool of client WebSocket connections and the epoll loop that drives them.
+//!
+//! One thread, one epoll set, one shared 256 KiB read buffer. A connection owns its socket, a
+//! frame reader (a few hundred bytes inline) and an output buffer that is empty except while the
+//! kernel refuses bytes. Subscriber sockets are level-triggered and read once per event: a read
+//! that fills less than the buffer has drained the socket, so no extra `read` returning `EAGAIN`
+//! is paid per event; a socket with more bytes is simply reported again.
+//!
+//! Scenarios own everything else (publishers, timers) and register it under tokens at or above
+//! `TOKEN_SCENARIO`; the pool hands those events to the scenario's `Handler`.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use hdrhistogram::Histogram;
+
+use crate::report::Progress;
+use crate::sys::{self, Event, Interest, Poller};
+use crate::target::WsUrl;
+use crate::ws::{self, FrameReader, Response};
+
+/// Tokens from here up belong to the scenario (timers, control sockets); below are connections.
+pub const TOKEN_SCENARIO: u64 = 1 << 40;
+/// Size of the shared read buffer: large enough that one read drains a socket that has a burst
+/// of coalesced frames queued.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+/// Events handled per `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 1024;
+/// A connection whose unsent output passes this is failing to keep up; further sends are refused.
+pub const OUT_BYTES_MAX: usize = 16 << 20;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not started.
+    New,
+    /// TCP connect in progress; the upgrade request waits in `out`.
+    Connecting,
+    /// Request sent, waiting for the 101.
+    Handshaking,
+    /// Upgraded.
+    Open,
+    /// Closed (by us, by the peer, or failed).
+    Closed,
+}
+
+/// What a scenario does with what the pool receives.
+pub trait Handler {
+    /// A complete data message on connection `conn`, read at `now_ns`.
+    fn message(&mut self, conn: usize, text: bool, prefix: &[u8], len: u64, now_ns: u64);
+    /// An event on a scenario-owned token.
+    fn scenario_event(&mut self, _ev: Event) {}
+}
+
+/// A handler for phases where data messages are only counted by the pool.
+pub struct Ignore;
+
+impl Handler for Ignore {
+    fn message(&mut self, _: usize, _: bool, _: &[u8], _: u64, _: u64) {}
+}
+
+struct Conn {
+    fd: Option<OwnedFd>,
+    state: State,
+    interest: Interest,
+    started_ns: u64,
+    /// Expected Sec-WebSocket-Accept while handshaking.
+    accept: String,
+    /// Response bytes while handshaking.
+    response: Vec<u8>,
+    out: Vec<u8>,
+    reader: FrameReader,
+}
+
+impl Conn {
+    fn new() -> Conn {
+        Conn {
+            fd: None,
+            state: State::New,
+            interest: Interest::Read,
+            started_ns: 0,
+            accept: String::new(),
+            response: Vec::new(),
+            out: Vec::new(),
+            reader: FrameReader::default(),
+        }
+    }
+}
+
+/// Counters of the pool, cumulative over the run.
+#[derive(Debug)]
+pub struct PoolStats {
+    /// Connections started.
+    pub started: u64,
+    /// Upgrades completed.
+    pub opened: u64,
+    /// Connections that failed before opening.
+    pub failed: u64,
+    /// Open connections that the server closed or reset.
+    pub dropped: u64,
+    /// Open connections now.
+    pub open_now: u64,
+    /// Data messages received (all connections).
+    pub messages: u64,
+    /// Bytes received after the handshake.
+    pub bytes_in: u64,
+    /// Pings answered with a pong.
+    pub pings: u64,
+    /// Failures by kind ("connect: ...", "handshake: ...", "closed by server: code ...").
+    pub errors: BTreeMap<String, u64>,
+    /// Upgrade latency, connect() to 101, µs.
+    pub handshake_us: Histogram<u64>,
+}
+
+/// The connections and their event loop.
+pub struct Pool {
+    poller: Poller,
+    conns: Vec<Conn>,
+    url: WsUrl,
+    sources: Vec<IpAddr>,
+    next_source: usize,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    rng: u64,
+    in_flight: usize,
+    /// Counters.
+    pub stats: PoolStats,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs .. 1000 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 1_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// A fresh latency histogram (µs, 3 significant digits).
+pub fn latency_histogram() -> Histogram<u64> {
+    new_histogram()
+}
+
+impl Pool {
+    /// A pool for `count` connections to `url`, binding round-robin to `sources` (may be empty).
+    pub fn new(url: WsUrl, count: usize, sources: Vec<IpAddr>) -> io::Result<Pool> {
+        let seed = sys::now_ns() ^ u64::from(std::process::id()) << 32;
+        Ok(Pool {
+            poller: Poller::new(EVENTS_PER_WAIT)?,
+            conns: (0..count).map(|_| Conn::new()).collect(),
+            url,
+            sources,
+            next_source: 0,
+            buf: vec![0; READ_BUFFER_BYTES],
+            scratch: Vec::new(),
+            rng: seed | 1,
+            in_flight: 0,
+            stats: PoolStats {
+                started: 0,
+                opened: 0,
+                failed: 0,
+                dropped: 0,
+                open_now: 0,
+                messages: 0,
+                bytes_in: 0,
+                pings: 0,
+                errors: BTreeMap::new(),
+                handshake_us: new_histogram(),
+            },
+        })
+    }
+
+    /// The epoll set, for scenario-owned fds (register them at `TOKEN_SCENARIO` or above).
+    pub fn poller(&self) -> &Poller {
+        &self.poller
+    }
+
+    /// State of connection `i`.
+    pub fn state(&self, i: usize) -> State {
+        self.conns[i].state
+    }
+
+    /// Unsent output bytes of connection `i`.
+    pub fn out_len(&self, i: usize) -> usize {
+        self.conns[i].out.len()
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: masks and keys only need to be unpredictable enough for proxies.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A fresh frame mask.
+    pub fn mask(&mut self) -> [u8; 4] {
+        (self.next_random() as u32).to_ne_bytes()
+    }
+
+    fn count_error(&mut self, kind: String) {
+        *self.stats.errors.entry(kind).or_insert(0) += 1;
+    }
+
+    fn fail(&mut self, i: usize, kind: String) {
+        let conn = &mut self.conns[i];
+        let was = conn.state;
+        conn.fd = None;
+        conn.state = State::Closed;
+        conn.out = Vec::new();
+        conn.response = Vec::new();
+        conn.accept = String::new();
+        match was {
+            State::Connecting | State::Handshaking => {
+                self.stats.failed += 1;
+                self.in_flight -= 1;
+            }
+            State::Open => {
+                self.stats.dropped += 1;
+                self.stats.open_now -= 1;
+            }
+            State::New | State::Closed => {}
+        }
+        self.count_error(kind);
+    }
+
+    fn set_interest(&mut self, i: usize, interest: Interest) {
+        let conn = &mut self.conns[i];
+        if conn.interest == interest {
+            return;
+        }
+        conn.interest = interest;
+        let fd = conn.fd.as_ref().map(|f| f.as_raw_fd());
+        if let Some(fd) = fd
+            && let Err(e) = self.poller.modify(fd, i as u64, interest)
+        {
+            self.fail(i, format!("epoll_ctl: {e}"));
+        }
+    }
+
+    /// Starts connection `i` on `path`. Failures are counted, not returned: a load run goes on
+    /// with the connections it could open.
+    pub fn start(&mut self, i: usize, path: &str) {
+        assert_eq!(self.conns[i].state, State::New, "a slot is started once");
+        let src = (!self.sources.is_empty()).then(|| {
+            let s = self.sources[self.next_source % self.sources.len()];
+            self.next_source += 1;
+            s
+        });
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&self.next_random().to_ne_bytes());
+        key[8..].copy_from_slice(&self.next_random().to_ne_bytes());
+        let key = ws::base64(&key);
+        self.stats.started += 1;
+        self.in_flight += 1;
+        let started_ns = sys::now_ns();
+        {
+            let conn = &mut self.conns[i];
+            conn.state = State::Connecting;
+            conn.started_ns = started_ns;
+            conn.accept = ws::accept_key(&key);
+            conn.out = ws::request(&self.url.host, path, &key);
+        }
+        let fd = match sys::tcp_socket(&self.url.addr, src) {
+            Ok(fd) => fd,
+            Err(e) => return self.fail(i, format!("socket: {}", describe(&e))),
+        };
+        let connected = match sys::connect(&fd, &self.url.addr) {
+            Ok(c) => c,
+            Err(e) => return self.fail(i, format!("connect: {}", describe(&e))),
+        };
+        let interest = if connected {
+            Interest::ReadWrite
+        } else {
+            Interest::Write
+        };
+        if let Err(e) = self.poller.add(fd.as_raw_fd(), i as u64, interest) {
+            return self.fail(i, format!("epoll_ctl: {e}"));
+        }
+        let conn = &mut self.conns[i];
+        conn.fd = Some(fd);
+        conn.interest = interest;
+        if connected {
+            conn.state = State::Handshaking;
+            self.flush(i);
+        }
+    }
+
+    /// Queues `bytes` on open connection `i` and tries to send them now. Returns false (and
+    /// sends nothing) when the connection is not open or its backlog passed `OUT_BYTES_MAX`.
+    pub fn send(&mut self, i: usize, bytes: &[u8]) -> bool {
+        let conn = &mut self.conns[i];
+        if conn.state != State::Open || conn.out.len() > OUT_BYTES_MAX {
+            return false;
+        }
+        conn.out.extend_from_slice(bytes);
+        self.flush(i);
+        true
+    }
+
+    fn flush(&mut self, i: usize) {
+        loop {
+            let conn = &mut self.conns[i];
+            let Some(fd) = conn.fd.as_ref().map(|f| f.as_raw_fd()) else {
+                return;
+            };
+            if conn.out.is_empty() {
+                if conn.state != State::Connecting {
+                    self.set_interest(i, Interest::Read);
+                }
+                return;
+            }
+            match sys::write(fd, &conn.out) {
+                Ok(n) => {
+                    conn.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return self.set_interest(i, Interest::ReadWrite);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.fail(i, format!("send: {}", describe(&e))),
+            }
+        }
+    }
+
+    /// Waits up to `timeout_ms` for events and handles them.
+    pub fn poll(&mut self, timeout_ms: i32, h: &mut impl Handler) -> io::Result<()> {
+        let n = self.poller.wait(timeout_ms)?;
+        for k in 0..n {
+            let ev = self.poller.event(k);
+            if ev.token >= TOKEN_SCENARIO {
+                h.scenario_event(ev);
+                continue;
+            }
+            let i = ev.token as usize;
+            match self.conns[i].state {
+                State::Connecting => self.finish_connect(i),
+                State::Handshaking | State::Open => {
+                    if ev.writable() && !self.conns[i].out.is_empty() {
+                        self.flush(i);
+                    }
+                    if ev.readable() && self.conns[i].state != State::Closed {
+                        self.read(i, h);
+                    }
+                }
+                State::New | State::Closed => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_connect(&mut self, i: usize) {
+        let Some(fd) = self.conns[i].fd.as_ref() else {
+            return;
+        };
+        match sys::take_error(fd) {
+            Ok(None) => {
+                self.conns[i].state = State::Handshaking;
+                self.flush(i);
+            }
+            Ok(Some(e)) | Err(e) => self.fail(i, format!("connect: {}", describe(&e))),
+        }
+    }
+
+    fn read(&mut self, i: usize, h: &mut impl Handler) {
+        let Some(fd) = self.conns[i].fd.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        let n = match sys::read(fd, &mut self.buf) {
+            Ok(0) => {
+                let kind = match self.conns[i].state {
+                    State::Open => "closed by server without close frame",
+                    _ => "handshake: connection closed",
+                };
+                return self.fail(i, kind.to_string());
+            }
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return;
+            }
+            Err(e) => return self.fail(i, format!("recv: {}", describe(&e))),
+        };
+        let now = sys::now_ns();
+        if self.conns[i].state == State::Handshaking {
+            let conn = &mut self.conns[i];
+            conn.response.extend_from_slice(&self.buf[..n]);
+            match ws::check_response(&conn.response, &conn.accept) {
+                Response::Partial => {}
+                Response::Refused(why) => self.fail(i, format!("handshake: {why}")),
+                Response::Upgraded(at) => {
+                    let rest = std::mem::take(&mut conn.response).split_off(at);
+                    conn.accept = String::new();
+                    conn.state = State::Open;
+                    self.in_flight -= 1;
+                    self.stats.opened += 1;
+                    self.stats.open_now += 1;
+                    let us = (now.saturating_sub(conn.started_ns) / 1000).max(1);
+                    self.stats.handshake_us.saturating_record(us);
+                    if !rest.is_empty() {
+                        self.feed(i, &rest, now, h);
+                    }
+                }
+            }
+            return;
+        }
+        let buf = std::mem::take(&mut self.buf);
+        self.feed(i, &buf[..n], now, h);
+        self.buf = buf;
+    }
+
+    fn feed(&mut self, i: usize, bytes: &[u8], now: u64, h: &mut impl Handler) {
+        self.stats.bytes_in += bytes.len() as u64;
+        let mask = self.mask();
+        let Pool {
+            conns,
+            scratch,
+            stats,
+            ..
+        } = self;
+        scratch.clear();
+        let mut close: Option<Option<u16>> = None;
+        let result = conns[i].reader.feed(bytes, &mut |ev| match ev {
+            ws::Event::Message { text, prefix, len } => {
+                stats.messages += 1;
+                h.message(i, text, prefix, len, now);
+            }
+            ws::Event::Ping(payload) => {
+                stats.pings += 1;
+                ws::encode_client(ws::opcode::PONG, payload, mask, scratch);
+            }
+            ws::Event::Pong => {}
+            ws::Event::Close(code) => {
+                if close.is_none() {
+                    close = Some(code);
+                }
+            }
+        });
+        if let Err(e) = result {
+            return self.fail(i, format!("protocol: {}", e.name()));
+        }
+        if let Some(code) = close {
+            // Answer the close (RFC 6455 §5.5.1) with the same code, best effort, then drop.
+            let payload = code.map(u16::to_be_bytes);
+            let mut reply = Vec::new();
+            ws::encode_client(
+                ws::opcode::CLOSE,
+                payload.as_ref().map_or(&[][..], |p| &p[..]),
+                mask,
+                &mut reply,
+            );
+            if let Some(fd) = self.conns[i].fd.as_ref() {
+                let _ = sys::write(fd.as_raw_fd(), &reply);
+            }
+            let what = code.map_or("none".to_string(), |c| c.to_string());
+            return self.fail(i, format!("closed by server: code {what}"));
+        }
+        if !self.scratch.is_empty() {
+            let pongs = std::mem::take(&mut self.scratch);
+            self.send(i, &pongs);
+            self.scratch = pongs;
+        }
+    }
+
+    /// Opens connections `range` with at most `concurrency` connects and handshakes in flight,
+    /// until all are open or failed or `deadline_ns` passes (then the rest fail as timeouts).
+    pub fn open(
+        &mut self,
+        range: std::ops::Range<usize>,
+        concurrency: usize,
+        path_of: &dyn Fn(usize) -> String,
+        deadline_ns: u64,
+        h: &mut impl Handler,
+        progress: &mut Progress,
+    ) -> io::Result<()> {
+        let total = range.len() as u64;
+        let (base_opened, base_failed) = (self.stats.opened, self.stats.failed);
+        let mut next = range.start;
+        loop {
+            while self.in_flight < concurrency && next < range.end {
+                self.start(next, &path_of(next));
+                next += 1;
+            }
+            let done = (self.stats.opened - base_opened) + (self.stats.failed - base_failed);
+            let now = sys::now_ns();
+            progress.tick(now, || {
+                format!(
+                    "connecting: {} open, {} failed, {} in flight of {}",
+                    self.stats.open_now, self.stats.failed, self.in_flight, total
+                )
+            });
+            if done == total {
+                break;
+            }
+            if now >= deadline_ns {
+                for i in range.clone() {
+                    if matches!(self.conns[i].state, State::Connecting | State::Handshaking) {
+                        self.fail(i, "timeout: no 101 before the connect deadline".into());
+                    }
+                }
+                break;
+            }
+            self.poll(10, h)?;
+        }
+        progress.clear();
+        Ok(())
+    }
+
+    /// Handles events until `deadline_ns`, for holding connections open (pings are answered).
+    pub fn run_until(
+        &mut self,
+        deadline_ns: u64,
+        h: &mut impl Handler,
+        progress: &mut Progress,
+        label: &str,
+    ) -> io::Result<()> {
+        loop {
+            let now = sys::now_ns();
+            if now >= deadline_ns {
+                break;
+            }
+            progress.tick(now, || {
+                format!(
+                    "{label}: {} open, {} dropped, {:.0} s left",
+                    self.stats.open_now,
+                    self.stats.dropped,
+                    (deadline_ns - now) as f64 / 1e9
+                )
+            });
+            let wait_ms = ((deadline_ns - now) / 1_000_000).clamp(1, 200) as i32;
+            self.poll(wait_ms, h)?;
+        }
+        progress.clear();
+        Ok(())
+    }
+
+    /// Closes every connection (a plain close: FIN, no close handshake).
+    pub fn close_all(&mut self) {
+        for conn in &mut self.conns {
+            conn.fd = None;
+            if conn.state == State::Open {
+                self.stats.open_now -= 1;
+            }
+            conn.state = State::Closed;
+        }
+        self.in_flight = 0;
+    }
+}
+
+/// An io::Error with the hint a user needs for the common load-test failures.
+pub fn describe(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            format!("{e} (out of file descriptors: raise ulimit -n)")
+        }
+        Some(libc::EADDRNOTAVAIL) => {
+            format!(
+                "{e} (out of ephemeral ports: add source addresses with --src 127.0.0.2-127.0.0.9)"
+            )
+        }
+        Some(libc::ECONNREFUSED) => format!("{e} (is the server listening?)"),
+        _ => e.to_string(),
+    }
+}
