@@ -207,6 +207,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn example_config_parses() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/ringcast.toml");
+        let c = Config::from_file(&path).unwrap();
+        assert!(c.namespaces["chat"].client_publish);
+    }
+
+    #[test]
     fn defaults_are_valid() {
         assert_eq!(Limits::default().validate(), Ok(()));
     }

@@ -106,3 +106,24 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle connection's user-space cost is its slab entry (this struct plus the slab's tag)
+    /// plus its timer link; it owns no heap memory while idle. The project's budget is ≤ 200
+    /// bytes of user space per idle connection, so the entry must stay well inside it.
+    #[test]
+    fn idle_connection_is_small_and_owns_no_heap() {
+        // A slab entry is the value plus the enum tag of a vacant/occupied slot.
+        let size = std::mem::size_of::<Option<Conn>>();
+        println!("Conn: {} bytes, Decoder: {} bytes", size, std::mem::size_of::<Decoder>());
+        assert!(size <= 160, "connection state is {size} bytes");
+        let conn = Conn::new(3, 1, 0);
+        assert_eq!(conn.decoder.heap_bytes(), 0);
+        assert_eq!(conn.head.capacity(), 0);
+        assert_eq!(conn.out.heap_bytes(), 0);
+        assert_eq!(conn.subs.capacity(), 0);
+    }
+}
