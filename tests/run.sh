@@ -10,6 +10,7 @@
 #
 # Environment (all optional):
 #   RINGCAST_BIN         server binary for the conformance phase (default target/release/ringcast)
+#   CARGO_TARGET_DIR     honoured: the binary and the reports are then under it
 #   AUTOBAHN_CASES       default "1.* 2.* 3.* 4.* 5.* 6.* 7.* 9.* 10.*" (see conformance/autobahn.sh)
 #   RINGCAST_TEST_CACHE  tool cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/ringcast-test)
 #   CI=true              no terminal and no standard input are assumed
@@ -24,8 +25,11 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 
 CONF="$REPO_ROOT/tests/conformance"
-REPORT_DIR="$REPO_ROOT/target/conformance"
-RINGCAST_BIN="${RINGCAST_BIN:-$REPO_ROOT/target/release/ringcast}"
+# cargo resolves a relative CARGO_TARGET_DIR against its working directory, the repository root.
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+[[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$REPO_ROOT/$TARGET_DIR"
+REPORT_DIR="$TARGET_DIR/conformance"
+RINGCAST_BIN="${RINGCAST_BIN:-$TARGET_DIR/release/ringcast}"
 export AUTOBAHN_CASES="${AUTOBAHN_CASES:-1.* 2.* 3.* 4.* 5.* 6.* 7.* 9.* 10.*}"
 export AUTOBAHN_TIMEOUT="${AUTOBAHN_TIMEOUT:-900}"
 
@@ -116,7 +120,7 @@ print_summary() {
     printf '  %-16s %6ss  %s\n' "${STEP_NAMES[$i]}" "${STEP_SECS[$i]}" "${STEP_VERDICTS[$i]}"
     if [ "${STEP_VERDICTS[$i]}" = ok ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
   done
-  [ -d "$REPORT_DIR" ] && log "reports: $REPORT_DIR"
+  [ -z "$CONFORMANCE_RAN" ] || log "reports: $REPORT_DIR"
   log "total ${SECONDS}s"
   echo "steps: $passed passed, $failed failed"
 }
@@ -153,6 +157,7 @@ on_exit() {
   exit "$rc"
 }
 FAILED_STEPS=0
+CONFORMANCE_RAN=""
 trap on_exit EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
@@ -320,6 +325,7 @@ push_smokes() {
 }
 
 phase_conformance() {
+  CONFORMANCE_RAN=1
   rm -rf "$REPORT_DIR"
   mkdir -p "$REPORT_DIR"
   step tools "$TOOLS_LIMIT_S" bash "$CONF/install.sh" python node chromium
