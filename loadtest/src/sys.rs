@@ -374,6 +374,23 @@ impl Timer {
     }
 }
 
+/// Sleeps `ns` nanoseconds (an interruption ends the sleep early, which is harmless here).
+pub fn sleep_ns(ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `ts` is valid for reads; the remaining time is not requested.
+    unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+}
+
+/// Sets this thread's timer slack (default 50 µs for normal threads) so short sleeps and
+/// timerfd expirations are not stretched.
+pub fn set_timer_slack_ns(ns: u64) {
+    // SAFETY: PR_SET_TIMERSLACK takes an unsigned long; no pointers involved.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+}
+
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) after the change.
 pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {

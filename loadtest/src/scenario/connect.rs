@@ -50,7 +50,7 @@ pub fn run(args: ConnectArgs) -> Result<(), String> {
     .map_err(|e| format!("epoll_wait: {e}"))?;
     let elapsed_s = (sys::now_ns() - t0) as f64 / 1e9;
     let (srv1, gen1) = (scenario::server_cpu(pid), scenario::self_cpu());
-    pool.close_all();
+    scenario::close(&mut pool, &mut progress)?;
 
     let opened = pool.stats.opened;
     let per_s = opened as f64 / elapsed_s.max(1e-9);

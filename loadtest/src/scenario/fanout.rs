@@ -83,6 +83,10 @@ pub struct FanoutArgs {
     /// Seconds the warm-up may take before the run starts anyway.
     #[arg(long, default_value_t = 10.0)]
     warmup: f64,
+    /// Let socket events accumulate up to this many µs when only a few are ready, so one wake-up
+    /// serves many sockets (adds at most this much to a latency reading; 0: off).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    coalesce_us: u64,
     /// Go on with the sweep after a rate that does not hold.
     #[arg(long)]
     keep_going: bool,
@@ -677,6 +681,7 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
     let n = args.common.connections as usize;
     let slots = n + usize::from(args.pub_ws);
     let mut pool = Pool::new(url, slots, sources).map_err(|e| format!("epoll: {e}"))?;
+    pool.set_coalesce(args.coalesce_us * 1000);
     let timer = Timer::new().map_err(|e| format!("timerfd: {e}"))?;
     pool.poller()
         .add(timer.raw_fd(), TOKEN_TIMER, Interest::Read)
@@ -780,7 +785,7 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
         scenario::server_cpu(args.common.server_pid),
         scenario::self_cpu(),
     );
-    run.pool.close_all();
+    scenario::close(&mut run.pool, &mut run.progress)?;
 
     let control_errors = match &run.publisher {
         Publisher::Control(c) => {

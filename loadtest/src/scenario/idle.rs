@@ -99,7 +99,7 @@ pub fn run(args: IdleArgs) -> Result<(), String> {
     let held = sample(pid);
     let cpu1 = scenario::server_cpu(pid);
     let open_at_end = pool.stats.open_now;
-    pool.close_all();
+    scenario::close(&mut pool, &mut progress)?;
     // Give the server a moment to free what the closed connections held.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let closed = sample(pid);
@@ -131,12 +131,24 @@ pub fn run(args: IdleArgs) -> Result<(), String> {
             format!("{:.1} MiB", v as f64 / 1048576.0)
         })
     };
+    let hs = &pool.stats.handshake_us;
+    let q = |p: f64| {
+        if hs.is_empty() {
+            "-".into()
+        } else {
+            report::human_us(hs.value_at_quantile(p))
+        }
+    };
     println!(
-        "idle: {} of {} connections opened in {open_s:.2} s, {} still open after {} s",
+        "idle: {} of {} connections opened in {open_s:.2} s (handshake p50 {}, p99 {}), {} still \
+         open after {} s, {} closed cleanly",
         human_count(opened),
         human_count(n as u64),
+        q(0.5),
+        q(0.99),
         human_count(open_at_end),
-        args.hold
+        args.hold,
+        human_count(pool.stats.closed_cleanly),
     );
     let rows = vec![
         vec![

@@ -48,6 +48,7 @@ pub fn prepare(common: &Common, extra_connections: u64) -> Result<Setup, String>
         }
         None => Vec::new(),
     };
+    sys::set_timer_slack_ns(1_000);
     let n = u64::from(common.connections) + extra_connections;
     let (soft, hard) =
         sys::raise_nofile_limit().map_err(|e| format!("getrlimit/setrlimit: {e}"))?;
@@ -158,8 +159,24 @@ pub fn pool_json(stats: &crate::pool::PoolStats) -> Value {
         "failed": stats.failed,
         "dropped": stats.dropped,
         "pings_answered": stats.pings,
+        "closed_cleanly": stats.closed_cleanly,
         "errors": stats.errors,
+        "handshake_latency_us": crate::report::percentiles(&stats.handshake_us),
+        "generator_io": {
+            "epoll_waits": stats.epoll_waits,
+            "events": stats.events,
+            "reads": stats.reads,
+            "coalesce_sleeps": stats.coalesce_sleeps,
+            "messages": stats.messages,
+            "bytes_in": stats.bytes_in,
+        },
     })
+}
+
+/// Closes the pool's connections with the close handshake, waiting at most 10 s.
+pub fn close(pool: &mut crate::pool::Pool, progress: &mut Progress) -> Result<(), String> {
+    pool.close_all(sys::now_ns() + 10_000_000_000, progress)
+        .map_err(|e| format!("epoll_wait: {e}"))
 }
 
 /// Prints the error table (if any) under a scenario's table.
