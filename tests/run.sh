@@ -29,6 +29,8 @@ CONF="$REPO_ROOT/tests/conformance"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 [[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$REPO_ROOT/$TARGET_DIR"
 REPORT_DIR="$TARGET_DIR/conformance"
+# The Python venv that tests/conformance/install.sh fills (kosoku, websockets).
+VENV="${RINGCAST_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ringcast-test}/venv"
 RINGCAST_BIN="${RINGCAST_BIN:-$TARGET_DIR/release/ringcast}"
 export AUTOBAHN_CASES="${AUTOBAHN_CASES:-1.* 2.* 3.* 4.* 5.* 6.* 7.* 9.* 10.*}"
 export AUTOBAHN_TIMEOUT="${AUTOBAHN_TIMEOUT:-900}"
@@ -46,7 +48,7 @@ SERVER_LIFETIME_S="${SERVER_LIFETIME_S:-3600}"
 
 # The server under test. Heartbeats must be off on the echo endpoint (Autobahn's runner counts an
 # unsolicited ping as a case event), and its limits must let 16 MiB messages through (cases 9.*).
-SERVE_ARGS=(serve --listen 127.0.0.1:0 --shards 2 --echo)
+SERVE_ARGS=(serve --listen 127.0.0.1:0 --shards 2 --echo --config tests/conformance/smoke.toml)
 SHARDS=2
 
 log() { echo "[run.sh] $*" >&2; }
@@ -307,21 +309,23 @@ push_smoke() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# HOOK: push-mode smokes against /ws -- none yet.
-#
-# The echo steps check the protocol; push smokes check the real subscribe -> publish -> deliver
-# path with the same three clients. /ws?channel=news&format=raw subscribes at connect, and the
-# publish comes from the control socket. To add them:
-#   1. give the server its control socket in SERVE_ARGS (e.g. a Unix socket under $REPORT_DIR);
-#   2. write a publisher function here (socat and php-cli are installed by .ci/run), bounded
-#      with timeout, that first polls the control socket's presence reply until the channel has
-#      a subscriber (a subscription made at connect can reach the channel's owner shard a moment
-#      after the socket opens), then publishes;
-#   3. add one line per client to push_smokes, e.g.
-#        push_smoke node "ws://127.0.0.1:$PORT/ws?channel=news&format=raw" 1 publish_news
+# Push-mode smokes against /ws: the real subscribe -> publish -> deliver path with the same three
+# clients. Each client subscribes at connect (`?channel=smoke:news&format=raw`: payloads only)
+# and must receive 3 messages; the publisher is a /ws client publishing to the `smoke`
+# namespace (client publish is enabled for it in tests/conformance/smoke.toml). It publishes 20
+# times, 100 ms apart, because a subscription made at connect reaches the channel's owner shard
+# a moment after the socket opens. A later change adds the control-socket publisher.
 # ---------------------------------------------------------------------------------------------
+publish_smoke_news() {
+  timeout --kill-after=5 30 "$VENV/bin/python" "$CONF/lib/publish_ws.py" \
+    "ws://127.0.0.1:$PORT/ws" smoke:news 20 0.1
+}
+
 push_smokes() {
-  log "push smokes: none yet (hook in tests/run.sh)"
+  local client
+  for client in browser python node; do
+    push_smoke "$client" "ws://127.0.0.1:$PORT/ws?channel=smoke:news&format=raw" 3 publish_smoke_news
+  done
 }
 
 phase_conformance() {
