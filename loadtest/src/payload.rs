@@ -54,7 +54,10 @@ fn hex(bytes: &[u8]) -> Option<u64> {
 }
 
 /// Reads the header from a message's first bytes; `None` when it is not a benchmark payload.
+/// A leading `"` is skipped: a payload published as a JSON string (`"data":"..."`) reaches a raw
+/// subscriber as that JSON text, quotes included.
 pub fn decode(prefix: &[u8]) -> Option<Stamp> {
+    let prefix = prefix.strip_prefix(b"\"").unwrap_or(prefix);
     if prefix.len() < HEADER_LEN {
         return None;
     }
@@ -133,6 +136,8 @@ mod tests {
         assert!(out.is_ascii());
         assert_eq!(decode(&out), Some(stamp));
         assert_eq!(decode(&out[..39]), None);
+        let quoted: Vec<u8> = [&b"\""[..], &out[..]].concat();
+        assert_eq!(decode(&quoted), Some(stamp));
         assert_eq!(
             decode(b"{\"op\":\"welcome\",\"conn\":17}.............."),
             None

@@ -505,7 +505,9 @@ impl Pool {
             return self.fail(i, format!("protocol: {}", e.name()));
         }
         if close.is_some() && self.conns[i].state == State::Closing {
-            return self.closed_cleanly(i);
+            // The server answered our close; it closes the TCP connection next (RFC 6455
+            // §7.1.1), and waiting for that end of stream keeps TIME_WAIT on its side.
+            return;
         }
         if let Some(code) = close {
             // Answer the close (RFC 6455 §5.5.1) with the same code, best effort, then drop.

@@ -55,6 +55,10 @@ pub struct FanoutArgs {
     /// client sends).
     #[arg(long)]
     pub_ws: bool,
+    /// What a --pub-ws publisher sends: `raw` (the payload as a text frame) or `ringcast`
+    /// (`{"op":"publish","channel":C,"data":"PAYLOAD"}`, for namespaces with client publish).
+    #[arg(long, value_enum, default_value = "raw", requires = "pub_ws")]
+    pub_ws_format: PubWsFormat,
     /// URL of the publishing WebSocket connection (default: --url); same host and port.
     #[arg(long, requires = "pub_ws")]
     pub_url: Option<String>,
@@ -90,6 +94,16 @@ pub struct FanoutArgs {
     /// Go on with the sweep after a rate that does not hold.
     #[arg(long)]
     keep_going: bool,
+}
+
+/// The frame format of a `--pub-ws` publisher.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum PubWsFormat {
+    /// The payload itself, one text frame per publish.
+    Raw,
+    /// ringcast's client publish command.
+    Ringcast,
 }
 
 /// The control-socket publisher: pipelined newline-delimited JSON, `noreply` publishes.
@@ -205,6 +219,7 @@ enum Publisher {
     Ws {
         conn: usize,
         frame: Vec<u8>,
+        format: PubWsFormat,
     },
 }
 
@@ -345,9 +360,22 @@ impl Run {
         payload::encode(stamp, self.payload_bytes, &mut self.scratch);
         match &mut self.publisher {
             Publisher::Control(c) => c.publish(&self.channel_names[stream], &self.scratch),
-            Publisher::Ws { conn, frame } => {
+            Publisher::Ws {
+                conn,
+                frame,
+                format,
+            } => {
                 frame.clear();
                 let mask = self.pool.mask();
+                if *format == PubWsFormat::Ringcast {
+                    let channel = serde_json::to_string(&self.channel_names[stream])
+                        .expect("a str always serialises");
+                    let mut cmd = format!("{{\"op\":\"publish\",\"channel\":{channel},\"data\":\"")
+                        .into_bytes();
+                    cmd.extend_from_slice(&self.scratch);
+                    cmd.extend_from_slice(b"\"}");
+                    self.scratch = cmd;
+                }
                 ws::encode_client(ws::opcode::TEXT, &self.scratch, mask, frame);
                 let (conn, frame) = (*conn, std::mem::take(frame));
                 self.pool.send(conn, &frame);
@@ -632,8 +660,11 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
         return Err("fanout needs a publisher: --control unix:PATH|tcp:ADDR or --pub-ws".into());
     }
     let channels = args.channels as usize;
-    if args.pub_ws && channels > 1 {
-        return Err("--channels > 1 needs --control (a --pub-ws publisher has no channel)".into());
+    let named_channels = args.control.is_some() || args.pub_ws_format == PubWsFormat::Ringcast;
+    if !named_channels && channels > 1 {
+        return Err(
+            "--channels > 1 needs --control or --pub-ws-format ringcast (a raw publisher has no channel)".into(),
+        );
     }
     let setup = scenario::prepare(&args.common, u64::from(args.pub_ws))?;
     let host = scenario::host_info(&setup);
@@ -669,7 +700,7 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
     };
     // With a control publisher the subscribers' URL names their channel; a --pub-ws run keeps
     // the URL as given (a peer server may have no channels at all).
-    let paths: Vec<String> = if args.control.is_some() {
+    let paths: Vec<String> = if named_channels {
         channel_names
             .iter()
             .map(|c| url.path_with_channel(c))
@@ -732,6 +763,7 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
         Publisher::Ws {
             conn: n,
             frame: Vec::new(),
+            format: args.pub_ws_format,
         }
     } else {
         let addr = target::parse_control(args.control.as_deref().expect("checked above"))?;

@@ -1,0 +1,219 @@
+//! The generator's own correctness, end to end: `ringcast-load fanout --pub-ws` against a tiny
+//! in-test broadcast server that is correct, drops every 100th message, or sends every 50th
+//! twice. The JSON report must show exactly that: nothing lost on the correct server, loss on
+//! the dropping one, duplicates on the duplicating one — and a rate that "holds" only for the
+//! correct server.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+#[derive(Clone, Copy)]
+enum Fault {
+    None,
+    DropEvery(u64),
+    DuplicateEvery(u64),
+}
+
+fn base64(input: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in input.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                A[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// Reads one masked client frame; returns (opcode, payload), or None at end of stream.
+fn read_frame(r: &mut impl Read) -> Option<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h).ok()?;
+    let mut len = u64::from(h[1] & 0x7f);
+    if len == 126 {
+        let mut b = [0u8; 2];
+        r.read_exact(&mut b).ok()?;
+        len = u64::from(u16::from_be_bytes(b));
+    } else if len == 127 {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b).ok()?;
+        len = u64::from_be_bytes(b);
+    }
+    let mut mask = [0u8; 4];
+    r.read_exact(&mut mask).ok()?;
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload).ok()?;
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+    Some((h[0] & 0x0f, payload))
+}
+
+fn server_frame(op: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80 | op];
+    if payload.len() < 126 {
+        f.push(payload.len() as u8);
+    } else {
+        f.push(126);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A thread-per-connection broadcast server: every data message a client sends goes to every
+/// other client, with `fault` applied to the n-th message. Returns its port.
+fn spawn_server(fault: Fault) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let clients: Arc<Mutex<Vec<(usize, TcpStream)>>> = Arc::default();
+    let counter = Arc::new(Mutex::new(0u64));
+    thread::spawn(move || {
+        for (id, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { break };
+            let (clients, counter) = (clients.clone(), counter.clone());
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut key = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("sec-websocket-key")
+                    {
+                        key = value.trim().to_string();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut sha = sha1_smol::Sha1::new();
+                sha.update(key.as_bytes());
+                sha.update(GUID.as_bytes());
+                let accept = base64(&sha.digest().bytes());
+                let mut w = stream.try_clone().unwrap();
+                write!(
+                    w,
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                )
+                .unwrap();
+                clients.lock().unwrap().push((id, w));
+                while let Some((op, payload)) = read_frame(&mut reader) {
+                    if op == 0x8 {
+                        let _ = stream
+                            .try_clone()
+                            .unwrap()
+                            .write_all(&server_frame(0x8, &payload));
+                        break;
+                    }
+                    let n = {
+                        let mut c = counter.lock().unwrap();
+                        *c += 1;
+                        *c
+                    };
+                    let copies = match fault {
+                        Fault::DropEvery(k) if n % k == 0 => 0,
+                        Fault::DuplicateEvery(k) if n % k == 0 => 2,
+                        _ => 1,
+                    };
+                    let frame = server_frame(0x1, &payload);
+                    for (other, s) in clients.lock().unwrap().iter_mut() {
+                        if *other != id {
+                            for _ in 0..copies {
+                                let _ = s.write_all(&frame);
+                            }
+                        }
+                    }
+                }
+                clients.lock().unwrap().retain(|(other, _)| *other != id);
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    port
+}
+
+fn run_fanout(fault: Fault, name: &str) -> serde_json::Value {
+    let port = spawn_server(fault);
+    let json =
+        std::env::temp_dir().join(format!("ringcast-load-{name}-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcast-load"))
+        .args([
+            "fanout",
+            "--url",
+            &format!("ws://127.0.0.1:{port}/ws"),
+            "--pub-ws",
+        ])
+        .args([
+            "-n",
+            "20",
+            "--rate",
+            "200",
+            "--duration",
+            "2",
+            "--drain",
+            "1",
+            "--quiet",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ringcast-load failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["rates"][0].clone()
+}
+
+#[test]
+fn correct_server_loses_nothing() {
+    let r = run_fanout(Fault::None, "none");
+    assert_eq!(r["published"], 400);
+    assert_eq!(r["delivered"], 400 * 20);
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicated"], 0);
+    assert_eq!(r["held"], true);
+}
+
+#[test]
+fn dropped_frames_are_reported_lost() {
+    let r = run_fanout(Fault::DropEvery(100), "drop");
+    let lost = r["lost"].as_u64().unwrap();
+    // Every 100th message the server saw (warm-up included) went to nobody: 4 or 5 of the 400
+    // publishes, each missing at all 20 subscribers.
+    assert!(lost >= 4 * 20 && lost <= 5 * 20, "lost {lost}");
+    assert_eq!(lost % 20, 0);
+    assert_eq!(r["delivered"].as_u64().unwrap() + lost, 400 * 20);
+    assert_eq!(r["duplicated"], 0);
+    assert_eq!(r["held"], false);
+}
+
+#[test]
+fn repeated_frames_are_reported_duplicated() {
+    let r = run_fanout(Fault::DuplicateEvery(50), "dup");
+    let dup = r["duplicated"].as_u64().unwrap();
+    assert!(dup >= 8 * 20 && dup <= 9 * 20, "duplicated {dup}");
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["delivered"], 400 * 20);
+    assert_eq!(r["held"], false);
+}
