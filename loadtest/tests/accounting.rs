@@ -73,12 +73,48 @@ fn server_frame(op: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+type Clients = Arc<Mutex<Vec<(usize, String, TcpStream)>>>;
+
+/// A minimal control socket: newline-delimited JSON `publish` requests; the `text` goes to the
+/// WebSocket clients subscribed (by URL) to `channel`. Returns the socket path.
+fn spawn_control(clients: Clients, name: &str) -> String {
+    let path =
+        std::env::temp_dir().join(format!("ringcast-load-{name}-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            let clients = clients.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let req: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    assert_eq!(req["method"], "publish");
+                    assert_eq!(req["noreply"], true);
+                    let channel = req["channel"].as_str().unwrap();
+                    let frame = server_frame(0x1, req["text"].as_str().unwrap().as_bytes());
+                    for (_, ch, s) in clients.lock().unwrap().iter_mut() {
+                        if ch == channel {
+                            let _ = s.write_all(&frame);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    path.to_string_lossy().into_owned()
+}
+
 /// A thread-per-connection broadcast server: every data message a client sends goes to every
 /// other client, with `fault` applied to the n-th message. Returns its port.
 fn spawn_server(fault: Fault) -> u16 {
+    spawn_server_with(fault, Arc::default())
+}
+
+fn spawn_server_with(fault: Fault, clients: Clients) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let clients: Arc<Mutex<Vec<(usize, TcpStream)>>> = Arc::default();
     let counter = Arc::new(Mutex::new(0u64));
     thread::spawn(move || {
         for (id, stream) in listener.incoming().enumerate() {
@@ -87,10 +123,16 @@ fn spawn_server(fault: Fault) -> u16 {
             thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut key = String::new();
+                let mut channel = String::new();
                 loop {
                     let mut line = String::new();
                     if reader.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
+                    }
+                    if let Some(target) = line.strip_prefix("GET ")
+                        && let Some((_, query)) = target.split_once("channel=")
+                    {
+                        channel = query.split(['&', ' ']).next().unwrap().to_string();
                     }
                     if let Some((name, value)) = line.split_once(':')
                         && name.eq_ignore_ascii_case("sec-websocket-key")
@@ -112,7 +154,7 @@ fn spawn_server(fault: Fault) -> u16 {
                      Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
                 )
                 .unwrap();
-                clients.lock().unwrap().push((id, w));
+                clients.lock().unwrap().push((id, channel, w));
                 while let Some((op, payload)) = read_frame(&mut reader) {
                     if op == 0x8 {
                         let _ = stream
@@ -132,7 +174,7 @@ fn spawn_server(fault: Fault) -> u16 {
                         _ => 1,
                     };
                     let frame = server_frame(0x1, &payload);
-                    for (other, s) in clients.lock().unwrap().iter_mut() {
+                    for (other, _, s) in clients.lock().unwrap().iter_mut() {
                         if *other != id {
                             for _ in 0..copies {
                                 let _ = s.write_all(&frame);
@@ -140,7 +182,7 @@ fn spawn_server(fault: Fault) -> u16 {
                         }
                     }
                 }
-                clients.lock().unwrap().retain(|(other, _)| *other != id);
+                clients.lock().unwrap().retain(|(other, _, _)| *other != id);
                 let _ = stream.shutdown(std::net::Shutdown::Both);
             });
         }
@@ -216,4 +258,51 @@ fn repeated_frames_are_reported_duplicated() {
     assert_eq!(r["lost"], 0);
     assert_eq!(r["delivered"], 400 * 20);
     assert_eq!(r["held"], false);
+}
+
+#[test]
+fn control_publisher_spreads_over_channels() {
+    let clients: Clients = Arc::default();
+    let port = spawn_server_with(Fault::None, clients.clone());
+    let sock = spawn_control(clients, "control");
+    let json =
+        std::env::temp_dir().join(format!("ringcast-load-control-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcast-load"))
+        .args([
+            "fanout",
+            "--url",
+            &format!("ws://127.0.0.1:{port}/ws?channel=x&format=raw"),
+        ])
+        .args(["--control", &format!("unix:{sock}"), "--channels", "3"])
+        .args([
+            "-n",
+            "30",
+            "--rate",
+            "300",
+            "--duration",
+            "1",
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&sock);
+    assert!(
+        out.status.success(),
+        "ringcast-load failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(v["channels"], serde_json::json!(["x0", "x1", "x2"]));
+    let r = &v["rates"][0];
+    assert_eq!(r["published"], 300);
+    // Each publish reaches the 10 subscribers of its channel only.
+    assert_eq!(r["delivered"], 300 * 10);
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicated"], 0);
+    assert_eq!(r["foreign"], 0);
+    assert_eq!(r["held"], true);
 }
