@@ -17,6 +17,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod ctl;
 pub mod id;
 pub mod proto;
 pub mod server;

@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run the server (single node, no broker).
     Serve(ServeArgs),
+    /// Talk to a running server's control socket (publish, send, stats, ...).
+    Ctl(ringcast::ctl::CtlArgs),
 }
 
 #[derive(clap::Args)]
@@ -126,6 +128,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Ctl(args) => std::process::exit(ringcast::ctl::run(args)),
     };
     if let Err(err) = result {
         eprintln!("ringcast: {err}");
