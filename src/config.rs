@@ -4,14 +4,14 @@
 //! A config file is TOML: top-level keys of `Config` plus a `[limits]` table; every key is
 //! optional and unknown keys are an error (a typo must not silently leave a default in place).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Every bound of the server. Names carry their unit last; each doc comment says what happens
 /// on overflow and what the bound costs in memory at worst.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest HTTP upgrade request head. Overflow: HTTP 431, counted. Memory: this many bytes
@@ -67,6 +67,13 @@ pub struct Limits {
     /// message is dropped and counted (`xshard_refused`); with it, a subscriber of that shard
     /// would see a gap, so the subscribers of the affected channel on that shard are closed.
     pub xshard_overflow_max: usize,
+    /// Longest control request line. Overflow: error `line_too_long`; the reader skips to the
+    /// next newline and the connection stays open. Memory: this much per control connection
+    /// holding a partial line.
+    pub control_line_bytes_max: usize,
+    /// Requests awaiting their reply on one control connection (`noreply` requests do not
+    /// count). Overflow: the connection is closed, counted (`control_overloads`).
+    pub control_pending_max: usize,
 }
 
 impl Default for Limits {
@@ -92,6 +99,8 @@ impl Default for Limits {
             channels_per_shard_max: 100_000,
             xshard_ring_capacity: 8192,
             xshard_overflow_max: 65_536,
+            control_line_bytes_max: 1024 * 1024,
+            control_pending_max: 65_536,
         }
     }
 }
@@ -139,6 +148,12 @@ impl Limits {
         if self.xshard_ring_capacity < 16 {
             errors.push("xshard_ring_capacity must be at least 16".to_string());
         }
+        if self.control_line_bytes_max < 1024 || self.control_pending_max == 0 {
+            errors.push(
+                "control_line_bytes_max must be at least 1024 and control_pending_max above 0"
+                    .to_string(),
+            );
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -155,6 +170,68 @@ pub struct Namespace {
     pub client_publish: bool,
 }
 
+/// A control socket address: `unix:PATH` or `tcp:ADDR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlAddr {
+    /// A Unix stream socket at this path.
+    Unix(PathBuf),
+    /// A TCP address (loopback unless a token is configured).
+    Tcp(SocketAddr),
+}
+
+impl ControlAddr {
+    /// Parses `unix:PATH` or `tcp:HOST:PORT`.
+    pub fn parse(text: &str) -> Result<ControlAddr, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a path, e.g. unix:/tmp/ringcast.sock".to_string());
+            }
+            return Ok(ControlAddr::Unix(PathBuf::from(path)));
+        }
+        if let Some(addr) = text.strip_prefix("tcp:") {
+            return addr
+                .parse()
+                .map(ControlAddr::Tcp)
+                .map_err(|e| format!("bad tcp control address {addr:?}: {e}"));
+        }
+        Err(format!(
+            "control address {text:?} must be unix:PATH or tcp:HOST:PORT"
+        ))
+    }
+}
+
+impl std::fmt::Display for ControlAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ControlAddr::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+/// The default control address.
+pub const CONTROL_DEFAULT: &str = "unix:/tmp/ringcast.sock";
+
+/// The control socket settings (`[control]` in the config file).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Addresses to listen on (`unix:PATH`, `tcp:ADDR`); empty: no control socket.
+    pub listen: Vec<String>,
+    /// When set, every control connection must send `{"method":"auth","token":...}` first;
+    /// it also allows a TCP control address that is not loopback.
+    pub token: Option<String>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            listen: vec![CONTROL_DEFAULT.to_string()],
+            token: None,
+        }
+    }
+}
+
 /// The whole server configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -169,6 +246,8 @@ pub struct Config {
     pub pin: bool,
     /// Settings per channel namespace.
     pub namespaces: BTreeMap<String, Namespace>,
+    /// The control socket.
+    pub control: ControlConfig,
     /// Every bound.
     pub limits: Limits,
 }
@@ -181,6 +260,7 @@ impl Default for Config {
             echo: false,
             pin: true,
             namespaces: BTreeMap::new(),
+            control: ControlConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -211,6 +291,25 @@ mod tests {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/ringcast.toml");
         let c = Config::from_file(&path).unwrap();
         assert!(c.namespaces["chat"].client_publish);
+    }
+
+    #[test]
+    fn control_addresses() {
+        assert_eq!(
+            ControlAddr::parse("unix:/tmp/x.sock"),
+            Ok(ControlAddr::Unix("/tmp/x.sock".into()))
+        );
+        assert_eq!(
+            ControlAddr::parse("tcp:127.0.0.1:7000"),
+            Ok(ControlAddr::Tcp("127.0.0.1:7000".parse().unwrap()))
+        );
+        assert!(ControlAddr::parse("unix:").is_err());
+        assert!(ControlAddr::parse("tcp:nowhere").is_err());
+        assert!(ControlAddr::parse("/tmp/x.sock").is_err());
+        assert_eq!(
+            ControlAddr::parse(CONTROL_DEFAULT).unwrap().to_string(),
+            CONTROL_DEFAULT
+        );
     }
 
     #[test]

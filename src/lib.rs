@@ -17,6 +17,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod control;
 pub mod ctl;
 pub mod id;
 pub mod proto;

@@ -59,6 +59,14 @@ pub struct ClientError {
 
 /// Parses one text message from a client.
 pub fn parse(text: &[u8]) -> Result<Request<'_>, ClientError> {
+    // serde would also read a struct from a JSON array; a command must be an object.
+    if text.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ClientError {
+            code: "bad_json",
+            message: "a command is a JSON object".to_string(),
+            id: None,
+        });
+    }
     let wire: Wire<'_> = serde_json::from_slice(text).map_err(|e| ClientError {
         code: "bad_json",
         message: format!("not a JSON command object: {e}"),

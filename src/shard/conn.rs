@@ -44,6 +44,10 @@ pub const CLOSE_SENT: u8 = 1 << 2;
 pub const CLOSE_RECEIVED: u8 = 1 << 3;
 /// Send FIN once the queue is empty.
 pub const FIN_AFTER_FLUSH: u8 = 1 << 4;
+/// Release the outbound queue's handle ring once it drains (after the handshake and after each
+/// heartbeat), so an idle connection returns to owning no heap memory without the fan-out path
+/// ever allocating per message.
+pub const TRIM_WHEN_DRAINED: u8 = 1 << 5;
 
 /// A connection.
 #[derive(Debug)]
@@ -118,7 +122,11 @@ mod tests {
     fn idle_connection_is_small_and_owns_no_heap() {
         // A slab entry is the value plus the enum tag of a vacant/occupied slot.
         let size = std::mem::size_of::<Option<Conn>>();
-        println!("Conn: {} bytes, Decoder: {} bytes", size, std::mem::size_of::<Decoder>());
+        println!(
+            "Conn: {} bytes, Decoder: {} bytes",
+            size,
+            std::mem::size_of::<Decoder>()
+        );
         assert!(size <= 160, "connection state is {size} bytes");
         let conn = Conn::new(3, 1, 0);
         assert_eq!(conn.decoder.heap_bytes(), 0);

@@ -33,7 +33,10 @@ use crate::stats::{Counters, Published};
 use crate::timer::Wheel;
 use crate::xshard::{Endpoints, Inbox, Outbox};
 use bytes::Bytes;
-use conn::{CLOSE_RECEIVED, CLOSE_SENT, Conn, DIRTY, Endpoint, FIN_AFTER_FLUSH, SENDING, State};
+use conn::{
+    CLOSE_RECEIVED, CLOSE_SENT, Conn, DIRTY, Endpoint, FIN_AFTER_FLUSH, SENDING, State,
+    TRIM_WHEN_DRAINED,
+};
 use io_uring::{IoUring, cqueue, opcode, types};
 use outbound::Enqueue;
 use slab::Slab;
@@ -502,6 +505,7 @@ impl Shard {
         let conn = &mut self.conns[slot];
         conn.endpoint = endpoint;
         conn.state = State::Open;
+        conn.flags |= TRIM_WHEN_DRAINED;
         conn.close_code = close::ABNORMAL;
         conn.out
             .push_control(handshake::response_101(&request.accept, None));
@@ -732,12 +736,14 @@ impl Shard {
         if self.sends.len() >= self.config.limits.sends_in_flight_max {
             return None;
         }
-        let iov_max = self.config.limits.send_iovecs_max;
+        // Small to start: most sends carry a frame or two; a slot grows (up to send_iovecs_max)
+        // only when a connection really has a backlog.
+        let initial = self.config.limits.send_iovecs_max.min(4);
         self.sends.push(Box::new(SendSlot {
             conn_slot: 0,
             generation: 0,
-            frames: Vec::with_capacity(iov_max),
-            iov: Vec::with_capacity(iov_max),
+            frames: Vec::with_capacity(initial),
+            iov: Vec::with_capacity(initial),
             // SAFETY: msghdr is plain data; all-zero is valid (no name, no control).
             msg: unsafe { std::mem::zeroed() },
         }));
@@ -816,6 +822,9 @@ impl Shard {
         }
         self.counters.bytes_out += result as u64;
         conn.out.complete(&mut frames, result as usize);
+        if conn.flags & TRIM_WHEN_DRAINED != 0 && conn.out.release_if_empty() {
+            conn.flags &= !TRIM_WHEN_DRAINED;
+        }
         self.sends[index].frames = frames;
         self.free_sends.push(index as u16);
         self.mark_dirty(slot);
@@ -852,6 +861,7 @@ impl Shard {
         }
         let conn = &mut self.conns[slot];
         conn.out.push_control(frame::encode(OpCode::Ping, &[]));
+        conn.flags |= TRIM_WHEN_DRAINED;
         self.counters.frames_out += 1;
         self.wheel.insert(slot, self.now_tick + interval);
         self.mark_dirty(slot);

@@ -91,11 +91,21 @@ impl Outbound {
         self.frames.capacity() * std::mem::size_of::<Bytes>()
     }
 
-    /// Releases the handle ring when the queue is empty and it grew large, so an idle connection
-    /// returns to holding nothing.
+    /// Releases the handle ring when the queue is empty and it grew large (a burst), so a
+    /// connection does not keep a burst's ring forever.
     pub fn shrink_when_idle(&mut self) {
         if self.frames.is_empty() && self.frames.capacity() > 16 {
             self.frames = VecDeque::new();
+        }
+    }
+
+    /// Releases the handle ring if the queue is empty; returns whether it did.
+    pub fn release_if_empty(&mut self) -> bool {
+        if self.frames.is_empty() {
+            self.frames = VecDeque::new();
+            true
+        } else {
+            false
         }
     }
 }

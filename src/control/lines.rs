@@ -1,0 +1,118 @@
+//! Splits a byte stream into newline-terminated lines with a length bound. An overlong line is
+//! reported once and skipped up to its newline, so one bad request never desynchronises the
+//! stream or closes the connection. Holds at most `max` bytes of an unfinished line.
+
+/// An overlong line was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLong;
+
+/// The splitter's state.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+    skipping: bool,
+}
+
+impl LineSplitter {
+    /// Bytes held for an unfinished line.
+    pub fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Feeds bytes; calls `on_line` with each complete line (without `\n` and a trailing `\r`)
+    /// or `Err(TooLong)` once per line longer than `max` bytes.
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        max: usize,
+        on_line: &mut dyn FnMut(Result<&[u8], TooLong>),
+    ) {
+        while !input.is_empty() {
+            let newline = input.iter().position(|&b| b == b'\n');
+            let (chunk, rest, ended) = match newline {
+                Some(i) => (&input[..i], &input[i + 1..], true),
+                None => (input, &[][..], false),
+            };
+            input = rest;
+            if self.skipping {
+                if ended {
+                    self.skipping = false;
+                }
+                continue;
+            }
+            if self.partial.len() + chunk.len() > max {
+                self.partial = Vec::new();
+                on_line(Err(TooLong));
+                self.skipping = !ended;
+                continue;
+            }
+            if !ended {
+                self.partial.extend_from_slice(chunk);
+                continue;
+            }
+            if self.partial.is_empty() {
+                // The common case: a whole line inside one read, no copy.
+                on_line(Ok(strip_cr(chunk)));
+            } else {
+                self.partial.extend_from_slice(chunk);
+                let line = std::mem::take(&mut self.partial);
+                on_line(Ok(strip_cr(&line)));
+                if line.capacity() <= 4096 {
+                    // Keep a small buffer for the next partial line.
+                    self.partial = line;
+                    self.partial.clear();
+                }
+            }
+        }
+    }
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(chunks: &[&[u8]], max: usize) -> Vec<Result<Vec<u8>, TooLong>> {
+        let mut s = LineSplitter::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            s.feed(c, max, &mut |l| out.push(l.map(|b| b.to_vec())));
+        }
+        out
+    }
+
+    #[test]
+    fn whole_partial_and_crlf_lines() {
+        let got = split(&[b"a\nbc", b"d\r\n\n", b"e"], 100);
+        assert_eq!(
+            got,
+            vec![Ok(b"a".to_vec()), Ok(b"bcd".to_vec()), Ok(b"".to_vec())]
+        );
+    }
+
+    #[test]
+    fn overlong_line_is_reported_once_and_skipped() {
+        let got = split(&[b"12345", b"6789", b"0\nok\n"], 8);
+        assert_eq!(got, vec![Err(TooLong), Ok(b"ok".to_vec())]);
+        let got = split(&[b"123456789\nok\n"], 8);
+        assert_eq!(got, vec![Err(TooLong), Ok(b"ok".to_vec())]);
+    }
+
+    #[test]
+    fn any_split_gives_the_same_lines() {
+        let input = b"{\"a\":1}\n\r\nxxxxxxxxxxxxxxxxxxxx\n{\"b\":2}\npartial";
+        let whole = split(&[input], 10);
+        for cut in 0..input.len() {
+            assert_eq!(
+                split(&[&input[..cut], &input[cut..]], 10),
+                whole,
+                "cut at {cut}"
+            );
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(split(&bytes, 10), whole);
+    }
+}

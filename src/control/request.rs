@@ -1,0 +1,347 @@
+//! Parsing one control request line (docs/control.md). Every malformed input maps to one stable
+//! error code; nothing here panics on any input.
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// Longest `id` (raw JSON) echoed back.
+pub const ID_BYTES_MAX: usize = 64;
+
+/// What a push carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// `data`: a JSON value, as its JSON text.
+    Json(String),
+    /// `text`: a string.
+    Text(String),
+    /// `b64`: decoded bytes.
+    Binary(Vec<u8>),
+}
+
+/// A method with its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    /// Authenticate with the configured token.
+    Auth(String),
+    /// Publish to one channel.
+    Publish(String, Payload),
+    /// Publish to several channels, or (`None`) push to every `/ws` connection.
+    Broadcast(Option<Vec<String>>, Payload),
+    /// Push to one connection.
+    Send(u64, Payload),
+    /// Server-side subscribe.
+    Subscribe(u64, String),
+    /// Server-side unsubscribe.
+    Unsubscribe(u64, String),
+    /// Close a connection.
+    Disconnect(u64, u16, String),
+    /// Connection ids subscribed to a channel.
+    Presence(String),
+    /// Channels with subscriber counts.
+    Channels,
+    /// Counters.
+    Stats,
+    /// Version, shards, uptime, limits.
+    Info,
+}
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// Raw JSON of `id`.
+    pub id: Option<&'a str>,
+    /// `noreply: true`.
+    pub noreply: bool,
+    /// The method.
+    pub method: Method,
+}
+
+/// A refused request: stable code, message, and the id when it could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError<'a> {
+    /// `bad_json`, `unknown_method` or `bad_params`.
+    pub code: &'static str,
+    /// Detail.
+    pub message: String,
+    /// The request's id (raw JSON), if readable and short enough.
+    pub id: Option<&'a str>,
+    /// The request asked for no reply.
+    pub noreply: bool,
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    noreply: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channels: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    b64: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    conn: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    code: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reason: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+}
+
+fn string(raw: Option<&RawValue>, name: &str) -> Result<String, String> {
+    let raw = raw.ok_or_else(|| format!("missing \"{name}\""))?;
+    serde_json::from_str::<Cow<'_, str>>(raw.get())
+        .map(Cow::into_owned)
+        .map_err(|_| format!("\"{name}\" must be a string"))
+}
+
+fn conn_id(raw: Option<&RawValue>) -> Result<u64, String> {
+    let raw = raw.ok_or("missing \"conn\"")?;
+    serde_json::from_str::<u64>(raw.get())
+        .map_err(|_| "\"conn\" must be a connection id (an integer)".to_string())
+}
+
+fn payload(w: &Wire<'_>) -> Result<Payload, String> {
+    match (w.data, w.text, w.b64) {
+        (Some(data), None, None) => Ok(Payload::Json(data.get().to_string())),
+        (None, Some(_), None) => string(w.text, "text").map(Payload::Text),
+        (None, None, Some(_)) => {
+            let text = string(w.b64, "b64")?;
+            base64::engine::general_purpose::STANDARD
+                .decode(text.as_bytes())
+                .map(Payload::Binary)
+                .map_err(|e| format!("\"b64\" is not base64: {e}"))
+        }
+        (None, None, None) => Err("one of \"data\", \"text\" or \"b64\" is required".to_string()),
+        _ => Err("give only one of \"data\", \"text\" or \"b64\"".to_string()),
+    }
+}
+
+/// Parses one line.
+pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
+    // serde would also read a struct from a JSON array; a request must be an object.
+    if line.trim_ascii_start().first() != Some(&b'{') {
+        return Err(RequestError {
+            code: "bad_json",
+            message: "a request is one JSON object per line".to_string(),
+            id: None,
+            noreply: false,
+        });
+    }
+    let wire: Wire<'_> = serde_json::from_slice(line).map_err(|e| RequestError {
+        code: "bad_json",
+        message: format!("not a JSON request object: {e}"),
+        id: None,
+        noreply: false,
+    })?;
+    let noreply = wire.noreply.is_some_and(|v| v.get() == "true");
+    let raw_id = wire.id.map(RawValue::get);
+    let id = raw_id.filter(|i| i.len() <= ID_BYTES_MAX);
+    let fail = |code: &'static str, message: String| RequestError {
+        code,
+        message,
+        id,
+        noreply,
+    };
+    if raw_id.is_some() && id.is_none() {
+        return Err(fail(
+            "bad_params",
+            format!("\"id\" is longer than {ID_BYTES_MAX} bytes of JSON"),
+        ));
+    }
+    let method = string(wire.method, "method").map_err(|m| fail("unknown_method", m))?;
+    let params = |r: Result<Method, String>| r.map_err(|m| fail("bad_params", m));
+    let method = match method.as_str() {
+        "auth" => params(string(wire.token, "token").map(Method::Auth))?,
+        "publish" => params((|| {
+            Ok(Method::Publish(
+                string(wire.channel, "channel")?,
+                payload(&wire)?,
+            ))
+        })())?,
+        "broadcast" => params((|| {
+            let channels = match wire.channels {
+                None => None,
+                Some(raw) => Some(
+                    serde_json::from_str::<Vec<String>>(raw.get())
+                        .map_err(|_| "\"channels\" must be an array of strings".to_string())?,
+                ),
+            };
+            Ok(Method::Broadcast(channels, payload(&wire)?))
+        })())?,
+        "send" => params((|| Ok(Method::Send(conn_id(wire.conn)?, payload(&wire)?)))())?,
+        "subscribe" => params((|| {
+            Ok(Method::Subscribe(
+                conn_id(wire.conn)?,
+                string(wire.channel, "channel")?,
+            ))
+        })())?,
+        "unsubscribe" => params((|| {
+            Ok(Method::Unsubscribe(
+                conn_id(wire.conn)?,
+                string(wire.channel, "channel")?,
+            ))
+        })())?,
+        "disconnect" => params((|| {
+            let conn = conn_id(wire.conn)?;
+            let code = match wire.code {
+                None => crate::proto::close::KICKED,
+                Some(raw) => serde_json::from_str::<u16>(raw.get())
+                    .ok()
+                    .filter(|&c| c == 1000 || (3000..=4999).contains(&c))
+                    .ok_or("\"code\" must be 1000 or 3000-4999")?,
+            };
+            let reason = match wire.reason {
+                None => String::new(),
+                Some(_) => string(wire.reason, "reason")?,
+            };
+            if reason.len() > 123 {
+                return Err("\"reason\" must fit a close frame (123 bytes)".to_string());
+            }
+            Ok(Method::Disconnect(conn, code, reason))
+        })())?,
+        "presence" => params(string(wire.channel, "channel").map(Method::Presence))?,
+        "channels" => Method::Channels,
+        "stats" => Method::Stats,
+        "info" => Method::Info,
+        other => {
+            return Err(fail(
+                "unknown_method",
+                format!(
+                    "unknown method {:?}",
+                    other.chars().take(32).collect::<String>()
+                ),
+            ));
+        }
+    };
+    Ok(Request {
+        id,
+        noreply,
+        method,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(line: &str) -> &'static str {
+        parse(line.as_bytes()).unwrap_err().code
+    }
+
+    #[test]
+    fn methods_parse() {
+        let r =
+            parse(br#"{"id":1,"method":"publish","channel":"news","data":{"a":[1,2]}}"#).unwrap();
+        assert_eq!(r.id, Some("1"));
+        assert_eq!(
+            r.method,
+            Method::Publish("news".into(), Payload::Json(r#"{"a":[1,2]}"#.into()))
+        );
+        let r = parse(br#"{"method":"publish","channel":"n","text":"h\u00e9","noreply":true}"#)
+            .unwrap();
+        assert!(r.noreply);
+        assert_eq!(
+            r.method,
+            Method::Publish("n".into(), Payload::Text("hé".into()))
+        );
+        let r = parse(br#"{"method":"send","conn":42,"b64":"AP8="}"#).unwrap();
+        assert_eq!(r.method, Method::Send(42, Payload::Binary(vec![0, 255])));
+        let r = parse(br#"{"method":"broadcast","channels":["a","b"],"text":"x"}"#).unwrap();
+        assert_eq!(
+            r.method,
+            Method::Broadcast(
+                Some(vec!["a".into(), "b".into()]),
+                Payload::Text("x".into())
+            )
+        );
+        let r = parse(br#"{"method":"disconnect","conn":5}"#).unwrap();
+        assert_eq!(r.method, Method::Disconnect(5, 4003, String::new()));
+        assert_eq!(
+            parse(br#"{"method":"stats"}"#).unwrap().method,
+            Method::Stats
+        );
+    }
+
+    #[test]
+    fn every_bad_input_has_its_code() {
+        assert_eq!(code("nope"), "bad_json");
+        assert_eq!(code("[1,2]"), "bad_json");
+        assert_eq!(
+            code("{\"method\":\"publish\",\"channel\":\"a\",\"text\":\"x\""),
+            "bad_json"
+        );
+        assert_eq!(code("\u{0}"), "bad_json");
+        assert_eq!(code("{\"method\":\"stats\"} trailing"), "bad_json");
+        assert_eq!(code("{}"), "unknown_method");
+        assert_eq!(code(r#"{"method":7}"#), "unknown_method");
+        assert_eq!(code(r#"{"method":"fly"}"#), "unknown_method");
+        assert_eq!(code(r#"{"method":"publish","channel":"a"}"#), "bad_params");
+        assert_eq!(code(r#"{"method":"publish","text":"x"}"#), "bad_params");
+        assert_eq!(
+            code(r#"{"method":"publish","channel":1,"text":"x"}"#),
+            "bad_params"
+        );
+        assert_eq!(
+            code(r#"{"method":"publish","channel":"a","text":"x","data":1}"#),
+            "bad_params"
+        );
+        assert_eq!(
+            code(r#"{"method":"publish","channel":"a","b64":"!!"}"#),
+            "bad_params"
+        );
+        assert_eq!(
+            code(r#"{"method":"send","conn":-1,"text":"x"}"#),
+            "bad_params"
+        );
+        assert_eq!(
+            code(r#"{"method":"send","conn":1e400,"text":"x"}"#),
+            "bad_params"
+        );
+        assert_eq!(
+            code(r#"{"method":"send","conn":99999999999999999999999,"text":"x"}"#),
+            "bad_params"
+        );
+        assert_eq!(
+            code(r#"{"method":"disconnect","conn":1,"code":1006}"#),
+            "bad_params"
+        );
+        assert_eq!(
+            code(r#"{"method":"broadcast","channels":"a","text":"x"}"#),
+            "bad_params"
+        );
+        let long = format!(r#"{{"id":"{}","method":"stats"}}"#, "x".repeat(80));
+        assert_eq!(code(&long), "bad_params");
+        let e = parse(br#"{"id":[1],"method":"nope","noreply":true}"#).unwrap_err();
+        assert_eq!((e.id, e.noreply), (Some("[1]"), true));
+    }
+
+    #[test]
+    fn nested_garbage_does_not_panic() {
+        let deep = "[".repeat(10_000);
+        assert_eq!(
+            code(&format!(
+                r#"{{"method":"publish","channel":"a","data":{deep}}}"#
+            )),
+            "bad_json"
+        );
+        for bytes in [
+            &b"\xff\xfe"[..],
+            b"{\"method\":\"\xff\"}",
+            b"{\"method\":\"publish\",\"channel\":\"a\",\"text\":\"\\ud800\"}",
+        ] {
+            let _ = parse(bytes);
+        }
+    }
+}
