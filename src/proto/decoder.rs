@@ -159,6 +159,14 @@ enum Assembly {
     Binary,
 }
 
+/// The kinds of control frame (§5.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Close,
+    Ping,
+    Pong,
+}
+
 /// What the frame whose payload is being read is, once its header is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FrameKind {
@@ -166,12 +174,8 @@ enum FrameKind {
     Data,
     /// The last data frame of its message (FIN set).
     DataFin,
-    /// A close frame.
-    Close,
-    /// A ping frame.
-    Ping,
-    /// A pong frame.
-    Pong,
+    /// A control frame; always FIN (§5.5).
+    Control(Control),
 }
 
 /// Where the decoder is inside the current frame.
@@ -286,16 +290,14 @@ fn parse_header(bytes: &[u8]) -> Result<Option<Header>, ProtocolError> {
 
 /// Validates a complete control frame's payload and hands it to the sink.
 fn deliver_control(
-    kind: FrameKind,
+    control: Control,
     payload: &[u8],
     sink: &mut dyn FnMut(Message<'_>) -> ControlFlow<()>,
 ) -> Result<ControlFlow<()>, ProtocolError> {
-    let message = match kind {
-        FrameKind::Ping => Message::Ping(payload),
-        FrameKind::Pong => Message::Pong(payload),
-        // Callers pass only control kinds; a data kind here would be a decoder bug, and the
-        // close branch is the strictest reading of it.
-        FrameKind::Close | FrameKind::Data | FrameKind::DataFin => match payload {
+    let message = match control {
+        Control::Ping => Message::Ping(payload),
+        Control::Pong => Message::Pong(payload),
+        Control::Close => match payload {
             // §5.5.1: the body is optional; without it the status is "no status" (1005).
             [] => Message::Close {
                 code: None,
@@ -386,9 +388,9 @@ impl Decoder {
         self.buf.capacity()
     }
 
-    /// Whether a frame or a fragmented message is in progress (the stream is between frames
-    /// of a message, or inside a frame). A connection may use this to tell a clean end of stream
-    /// from one cut inside a message.
+    /// Whether the stream is between messages: no partial header or payload, no fragmented
+    /// message in progress. An idle decoder holds no heap (`heap_bytes() == 0`). A connection
+    /// may use it to tell a clean end of stream from one cut inside a message.
     pub fn is_idle(&self) -> bool {
         matches!(self.phase, Phase::Header { len: 0, .. }) && self.assembly == Assembly::Idle
     }
@@ -504,9 +506,9 @@ impl Decoder {
         let available = (input.len() - *pos) as u64;
         let whole = header.payload_len <= available;
         let kind = match header.opcode {
-            OpCode::Close => FrameKind::Close,
-            OpCode::Ping => FrameKind::Ping,
-            OpCode::Pong => FrameKind::Pong,
+            OpCode::Close => FrameKind::Control(Control::Close),
+            OpCode::Ping => FrameKind::Control(Control::Ping),
+            OpCode::Pong => FrameKind::Control(Control::Pong),
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 self.begin_data_frame(&header, limits)?;
                 if header.fin {
@@ -516,8 +518,8 @@ impl Decoder {
                 }
             }
         };
-        let control = matches!(kind, FrameKind::Close | FrameKind::Ping | FrameKind::Pong);
         let unfragmented = kind == FrameKind::DataFin && header.opcode != OpCode::Continuation;
+        let control = matches!(kind, FrameKind::Control(_));
         if whole && (unfragmented || control) {
             // Fast path: the payload is in this read and needs no assembly; unmask it where it
             // lies and lend it to the sink. `payload_len` ≤ `available`, so it fits a usize.
@@ -526,8 +528,8 @@ impl Decoder {
             *pos += len;
             apply_mask(payload, header.mask, 0);
             let payload = &*payload;
-            if !unfragmented {
-                return deliver_control(kind, payload, sink);
+            if let FrameKind::Control(control) = kind {
+                return deliver_control(control, payload, sink);
             }
             let message = if self.assembly == Assembly::Text {
                 std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -597,7 +599,7 @@ impl Decoder {
             let left = usize::try_from(left).unwrap_or(usize::MAX);
             let frame_end = start.saturating_add(left);
             let ahead = start + left.min(RESERVE_BYTES_MAX);
-            let target = (self.buf.capacity() * 2)
+            let target = (self.buf.capacity().saturating_mul(2))
                 .max(ahead)
                 .min(frame_end)
                 .max(start + chunk.len());
@@ -644,10 +646,10 @@ impl Decoder {
                 }
                 Ok(flow)
             }
-            FrameKind::Close | FrameKind::Ping | FrameKind::Pong => {
+            FrameKind::Control(control) => {
                 // The control payload is the tail of `buf`, after any message being assembled.
                 let start = self.buf.len() - control_len;
-                let flow = deliver_control(kind, &self.buf[start..], sink);
+                let flow = deliver_control(control, &self.buf[start..], sink);
                 self.buf.truncate(start);
                 flow
             }

@@ -191,6 +191,8 @@ fn key_is_valid(key: &[u8]) -> bool {
     key.len() == KEY_BASE64_LEN && BASE64.decode_slice(key, &mut nonce) == Ok(16)
 }
 
+/// A header value as an owned string; bytes that are not UTF-8 (httparse lets obs-text through)
+/// are a 400 with `reason`.
 fn text(value: &[u8], reason: &'static str) -> Result<String, Rejection> {
     std::str::from_utf8(value)
         .map(str::to_owned)
