@@ -46,6 +46,12 @@ struct ServeArgs {
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Control socket address, unix:PATH or tcp:ADDR (repeatable) [default: unix:/tmp/ringcast.sock].
+    #[arg(long = "control", value_name = "ADDR")]
+    control: Vec<String>,
+    /// Serve no control socket.
+    #[arg(long, conflicts_with = "control")]
+    no_control: bool,
 }
 
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
@@ -84,10 +90,19 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     config.echo |= args.echo;
     config.pin &= !args.no_pin;
+    if !args.control.is_empty() {
+        config.control.listen = args.control.clone();
+    }
+    if args.no_control {
+        config.control.listen.clear();
+    }
     install_signal_handlers();
     let server = Server::start(config)?;
     for note in &server.notes {
         eprintln!("ringcast: {note}");
+    }
+    for addr in server.control_addrs() {
+        eprintln!("ringcast: control socket on {addr}");
     }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(

@@ -1,7 +1,7 @@
 //! The server: binds one listener per shard, starts the pinned shard threads, reports readiness,
 //! aggregates counters and stops the shards on request.
 
-use crate::config::Config;
+use crate::config::{Config, ControlAddr};
 use crate::shard::{Shard, ShardSetup, listener};
 use crate::stats::{Counters, Published};
 use std::io;
@@ -22,6 +22,8 @@ pub struct Server {
     local_addr: SocketAddr,
     /// Informational lines for the start-up banner (ring mode, file limit).
     pub notes: Vec<String>,
+    /// Control addresses being served.
+    control: Vec<ControlAddr>,
 }
 
 /// Raises the soft open-files limit to the hard limit; returns the new soft limit.
@@ -46,6 +48,34 @@ pub fn raise_nofile() -> u64 {
         }
     }
     lim.rlim_cur
+}
+
+/// Opens the control listeners of `config`: Unix sockets, and TCP only on loopback unless a token
+/// is configured (the control socket can publish to every client).
+fn open_control(config: &Config) -> Result<(Vec<std::os::fd::OwnedFd>, Vec<ControlAddr>), String> {
+    let mut fds = Vec::new();
+    let mut addrs = Vec::new();
+    for text in &config.control.listen {
+        let addr = ControlAddr::parse(text)?;
+        let fd = match &addr {
+            ControlAddr::Unix(path) => listener::listen_unix(path)
+                .map_err(|e| format!("cannot listen on control socket {addr}: {e}"))?,
+            ControlAddr::Tcp(tcp) => {
+                if !tcp.ip().is_loopback() && config.control.token.is_none() {
+                    return Err(format!(
+                        "control address {addr} is not loopback: anyone reaching it could push to every \
+                         client. Fix: use a loopback address, or set [control] token in the config."
+                    ));
+                }
+                listener::listen(*tcp)
+                    .map_err(|e| format!("cannot listen on control socket {addr}: {e}"))?
+                    .0
+            }
+        };
+        fds.push(fd);
+        addrs.push(addr);
+    }
+    Ok((fds, addrs))
 }
 
 impl Server {
@@ -87,6 +117,7 @@ impl Server {
                 listener::listen(bound).map_err(|e| format!("cannot listen on {bound}: {e}"))?;
             listeners.push(fd);
         }
+        let (control_fds, control) = open_control(&config)?;
         let config = Arc::new(config);
         let stop = Arc::new(AtomicBool::new(false));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -101,10 +132,17 @@ impl Server {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let mut threads = Vec::with_capacity(shards);
-        let mut published = Vec::with_capacity(shards);
+        let published: Vec<Arc<Published>> = (0..shards)
+            .map(|_| Arc::new(Published::default()))
+            .collect();
+        let all_published = Arc::new(published.clone());
         for ((index, listener), mesh) in listeners.into_iter().enumerate().zip(mesh) {
-            let snapshot = Arc::new(Published::default());
-            published.push(snapshot.clone());
+            let snapshot = published[index].clone();
+            let control_listeners = control_fds
+                .iter()
+                .map(|fd| fd.try_clone())
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(|e| format!("cannot share the control socket: {e}"))?;
             let setup = ShardSetup {
                 index,
                 listener,
@@ -114,6 +152,8 @@ impl Server {
                 mesh,
                 shards,
                 epoch_base,
+                control_listeners,
+                all_published: all_published.clone(),
             };
             let core = (config.pin && !cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = ready_tx.clone();
@@ -149,12 +189,14 @@ impl Server {
                 Err(_) => failure = Some("a shard thread died during start-up".to_string()),
             }
         }
+        drop(control_fds);
         let server = Server {
             threads,
             published,
             stop,
             local_addr: bound,
             notes,
+            control,
         };
         if let Some(err) = failure {
             server.stop.store(true, Ordering::Relaxed);
@@ -162,6 +204,11 @@ impl Server {
             return Err(err);
         }
         Ok(server)
+    }
+
+    /// The control addresses served.
+    pub fn control_addrs(&self) -> &[ControlAddr] {
+        &self.control
     }
 
     /// The bound WebSocket address (with the real port when configured with port 0).
@@ -202,6 +249,11 @@ impl Server {
     /// Waits for every shard to end; the first error wins.
     pub fn wait(self) -> Result<(), String> {
         let mut result = Ok(());
+        for addr in &self.control {
+            if let ControlAddr::Unix(path) = addr {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         for (index, thread) in self.threads.into_iter().enumerate() {
             match thread.join() {
                 Ok(Ok(())) => {}

@@ -45,6 +45,14 @@ pub struct Counters {
     pub xshard_overflows: u64,
     /// Cross-shard messages dropped because the overflow queue was full too.
     pub xshard_refused: u64,
+    /// Control connections accepted.
+    pub control_conns: u64,
+    /// Control request lines read.
+    pub control_requests: u64,
+    /// Control requests answered with an error.
+    pub control_errors: u64,
+    /// Control connections closed for having `control_pending_max` replies pending.
+    pub control_overloads: u64,
 }
 
 fn bump(list: &mut Vec<(u16, u64)>, key: u16, by: u64) {
@@ -109,6 +117,10 @@ impl Counters {
         self.published_no_audience += other.published_no_audience;
         self.xshard_overflows += other.xshard_overflows;
         self.xshard_refused += other.xshard_refused;
+        self.control_conns += other.control_conns;
+        self.control_requests += other.control_requests;
+        self.control_errors += other.control_errors;
+        self.control_overloads += other.control_overloads;
     }
 }
 

@@ -18,6 +18,10 @@ fn config(shards: usize, limits: Limits) -> Config {
         echo: true,
         pin: false,
         limits,
+        control: ringcast::config::ControlConfig {
+            listen: Vec::new(),
+            token: None,
+        },
         ..Config::default()
     }
 }
@@ -723,4 +727,270 @@ fn slow_consumer_is_closed_and_others_keep_receiving() {
         c.closed_with(4001) == 1 && c.open == 2
     });
     stop(server);
+}
+
+// ---- the control socket ----
+
+struct Ctl {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl Ctl {
+    fn connect(path: &std::path::Path) -> Ctl {
+        let s = std::os::unix::net::UnixStream::connect(path).expect("control socket");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Ctl {
+            writer: s.try_clone().unwrap(),
+            reader: std::io::BufReader::new(s),
+        }
+    }
+    fn send_raw(&mut self, line: &[u8]) {
+        self.writer.write_all(line).unwrap();
+    }
+    fn line(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.reader, &mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+    fn call(&mut self, req: serde_json::Value) -> serde_json::Value {
+        self.send_raw(format!("{req}\n").as_bytes());
+        self.line()
+    }
+}
+
+fn control_server(shards: usize, name: &str) -> (Server, std::path::PathBuf) {
+    let path =
+        std::env::temp_dir().join(format!("ringcast-e2e-{}-{name}.sock", std::process::id()));
+    let mut c = push_config(shards, Limits::default());
+    c.control.listen = vec![format!("unix:{}", path.display())];
+    (Server::start(c).unwrap(), path)
+}
+
+/// Polls `presence` until `channel` has `n` subscribers (a subscription reaches the owner
+/// asynchronously).
+fn await_presence(ctl: &mut Ctl, channel: &str, n: usize) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = ctl.call(serde_json::json!({"method":"presence","channel":channel}));
+        let ids: Vec<u64> = r["result"]["conns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        if ids.len() == n {
+            return ids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence of {channel} stuck at {ids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn control_publish_send_join_and_disconnect() {
+    let (server, path) = control_server(3, "main");
+    let addr = server.local_addr();
+    let mut ctl = Ctl::connect(&path);
+    let mut subs: Vec<Ws> = (0..6).map(|_| connect(addr, "/ws?channel=news")).collect();
+    let mut ids = Vec::new();
+    for ws in &mut subs {
+        let w = json(ws);
+        ids.push(w["conn"].as_u64().unwrap());
+        assert_eq!(json(ws)["op"], "subscribed");
+    }
+    let mut present = await_presence(&mut ctl, "news", 6);
+    present.sort();
+    ids.sort();
+    assert_eq!(
+        present, ids,
+        "presence lists exactly the subscribers, across shards"
+    );
+    // publish with every payload kind; offsets 1, 2, 3.
+    let r = ctl
+        .call(serde_json::json!({"id":"a","method":"publish","channel":"news","data":{"k":[1,2]}}));
+    assert_eq!(r["id"], "a");
+    assert_eq!(r["result"]["offset"], 1);
+    let epoch = r["result"]["epoch"].as_u64().unwrap();
+    assert!(epoch > 0);
+    assert_eq!(
+        ctl.call(serde_json::json!({"method":"publish","channel":"news","text":"plain"}))["result"]
+            ["offset"],
+        2
+    );
+    assert_eq!(
+        ctl.call(serde_json::json!({"method":"publish","channel":"news","b64":"AP8="}))["result"]["offset"],
+        3
+    );
+    for ws in &mut subs {
+        let m = json(ws);
+        assert_eq!(
+            (m["offset"].as_u64(), &m["data"]),
+            (Some(1), &serde_json::json!({"k":[1,2]}))
+        );
+        assert_eq!(json(ws)["data"], "plain");
+        assert_eq!(json(ws)["b64"], "AP8=");
+    }
+    // channels: counts summed over shards.
+    let r = ctl.call(serde_json::json!({"method":"channels"}));
+    assert_eq!(r["result"]["channels"]["news"], 6);
+    // send to one connection; server-side subscribe, then a publish reaches it.
+    let target = ids[0];
+    drop(subs);
+    let mut lone = connect(addr, "/ws");
+    let lone_id = json(&mut lone)["conn"].as_u64().unwrap();
+    assert_eq!(
+        ctl.call(serde_json::json!({"id":1,"method":"send","conn":lone_id,"text":"just you"}))["result"],
+        serde_json::json!({})
+    );
+    let m = json(&mut lone);
+    assert_eq!(
+        (m["op"].as_str(), m["data"].as_str()),
+        (Some("push"), Some("just you"))
+    );
+    assert_eq!(
+        ctl.call(serde_json::json!({"method":"subscribe","conn":lone_id,"channel":"chat:side"}))["result"],
+        serde_json::json!({})
+    );
+    let s = json(&mut lone);
+    assert_eq!(
+        (s["op"].as_str(), s["channel"].as_str()),
+        (Some("subscribed"), Some("chat:side"))
+    );
+    assert_eq!(
+        ctl.call(serde_json::json!({"method":"publish","channel":"chat:side","text":"joined"}))["result"]
+            ["offset"],
+        1
+    );
+    assert_eq!(json(&mut lone)["data"], "joined");
+    assert_eq!(
+        ctl.call(serde_json::json!({"method":"subscribe","conn":lone_id,"channel":"chat:side"}))["error"]
+            ["code"],
+        "already_subscribed"
+    );
+    assert_eq!(
+        ctl.call(serde_json::json!({"method":"unsubscribe","conn":lone_id,"channel":"chat:side"}))
+            ["result"],
+        serde_json::json!({})
+    );
+    assert_eq!(json(&mut lone)["op"], "unsubscribed");
+    // disconnect: close 4003 with the reason.
+    assert_eq!(
+        ctl.call(serde_json::json!({"method":"disconnect","conn":lone_id,"reason":"bye"}))["result"],
+        serde_json::json!({})
+    );
+    match lone.read().unwrap() {
+        Message::Close(Some(f)) => {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (4003, "bye"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // A stale id: no_such_conn.
+    assert_eq!(
+        ctl.call(serde_json::json!({"method":"send","conn":lone_id,"text":"x"}))["error"]["code"],
+        "no_such_conn"
+    );
+    assert_eq!(
+        ctl.call(serde_json::json!({"method":"send","conn":target + 1,"text":"x"}))["error"]["code"],
+        "no_such_conn"
+    );
+    stop(server);
+    assert!(!path.exists(), "the socket file is removed on exit");
+}
+
+#[test]
+fn control_pipelining_order_noreply_and_bad_lines() {
+    let (server, path) = control_server(2, "pipe");
+    let mut ctl = Ctl::connect(&path);
+    let mut sub = connect(server.local_addr(), "/ws?channel=feed&format=raw");
+    await_presence(&mut ctl, "feed", 1);
+    // 1,000 fire-and-forget publishes, interleaved with garbage, then requests with replies:
+    // replies come back in request order and only for the requests that asked.
+    let mut batch = Vec::new();
+    for i in 0..1000 {
+        batch.extend(format!("{{\"method\":\"publish\",\"channel\":\"feed\",\"text\":\"{i}\",\"noreply\":true}}\n").as_bytes());
+    }
+    batch.extend(b"not json\n");
+    batch.extend(b"{\"id\":1,\"method\":\"publish\",\"channel\":\"feed\",\"text\":\"last\"}\n");
+    batch.extend(b"\n{\"id\":2,\"method\":\"publish\",\"channel\":\"bad name\",\"text\":\"x\"}\n");
+    batch.extend(b"{\"id\":3,\"method\":\"nope\"}\n{\"id\":4,\"method\":\"send\",\"conn\":\"x\",\"text\":\"x\"}\n");
+    batch.extend(vec![b'z'; 1_100_000]);
+    batch.extend(b"\n{\"id\":5,\"method\":\"info\"}\n");
+    batch.extend(b"{\"id\":6,\"method\":\"publish\",\"channel\":\"feed\",\"text\":\"x\",\"noreply\":true,\"data\":1}\n");
+    batch.extend(b"{\"id\":7,\"method\":\"stats\"}\n");
+    // Written from another thread: the server may answer before the whole batch is written.
+    let mut writer = ctl.writer.try_clone().unwrap();
+    let w = std::thread::spawn(move || writer.write_all(&batch).unwrap());
+    assert_eq!(ctl.line()["error"]["code"], "bad_json");
+    let r = ctl.line();
+    assert_eq!(
+        (r["id"].as_u64(), r["result"]["offset"].as_u64()),
+        (Some(1), Some(1001))
+    );
+    assert_eq!(ctl.line()["error"]["code"], "bad_params");
+    assert_eq!(ctl.line()["error"]["code"], "unknown_method");
+    assert_eq!(ctl.line()["error"]["code"], "bad_params");
+    assert_eq!(ctl.line()["error"]["code"], "line_too_long");
+    let r = ctl.line();
+    assert_eq!(
+        (r["id"].as_u64(), r["result"]["shards"].as_u64()),
+        (Some(5), Some(2))
+    );
+    let r = ctl.line();
+    assert_eq!(r["id"], 7, "the bad noreply request got no reply: {r}");
+    w.join().unwrap();
+    for i in 0..1000 {
+        assert_eq!(sub.read().unwrap(), Message::text(i.to_string()));
+    }
+    assert_eq!(sub.read().unwrap(), Message::text("last"));
+    stop(server);
+}
+
+#[test]
+fn control_token_and_tcp() {
+    let mut c = push_config(1, Limits::default());
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    c.control.listen = vec![format!("tcp:127.0.0.1:{port}")];
+    c.control.token = Some("s3cret".into());
+    let server = Server::start(c).unwrap();
+    let talk = |lines: &[&str]| -> Vec<serde_json::Value> {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        for l in lines {
+            w.write_all(format!("{l}\n").as_bytes()).unwrap();
+        }
+        let mut r = std::io::BufReader::new(s);
+        let mut out = Vec::new();
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut r, &mut line).unwrap_or(0) > 0 {
+            out.push(serde_json::from_str(&line).unwrap());
+            line.clear();
+            if out.len() == lines.len() {
+                break;
+            }
+        }
+        out
+    };
+    let refused = talk(&[r#"{"id":1,"method":"info"}"#, r#"{"id":2,"method":"info"}"#]);
+    assert_eq!(refused.len(), 1, "closed after the refusal: {refused:?}");
+    assert_eq!(refused[0]["error"]["code"], "unauthorized");
+    let ok = talk(&[
+        r#"{"method":"auth","token":"s3cret"}"#,
+        r#"{"id":2,"method":"info"}"#,
+    ]);
+    assert_eq!(ok[0]["result"], serde_json::json!({}));
+    assert_eq!(ok[1]["result"]["shards"], 1);
+    stop(server);
+    // Without a token, a non-loopback TCP control address is refused at start-up.
+    let mut c = push_config(1, Limits::default());
+    c.control.listen = vec!["tcp:0.0.0.0:0".into()];
+    let err = Server::start(c).err().expect("refused");
+    assert!(err.contains("not loopback"), "{err}");
 }

@@ -2,6 +2,9 @@
 //! reported once and skipped up to its newline, so one bad request never desynchronises the
 //! stream or closes the connection. Holds at most `max` bytes of an unfinished line.
 
+/// What the splitter hands out: a complete line, or the news that one was too long.
+pub type Line<'a> = Result<&'a [u8], TooLong>;
+
 /// An overlong line was skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooLong;
@@ -21,12 +24,7 @@ impl LineSplitter {
 
     /// Feeds bytes; calls `on_line` with each complete line (without `\n` and a trailing `\r`)
     /// or `Err(TooLong)` once per line longer than `max` bytes.
-    pub fn feed(
-        &mut self,
-        mut input: &[u8],
-        max: usize,
-        on_line: &mut dyn FnMut(Result<&[u8], TooLong>),
-    ) {
+    pub fn feed(&mut self, mut input: &[u8], max: usize, on_line: &mut dyn FnMut(Line<'_>)) {
         while !input.is_empty() {
             let newline = input.iter().position(|&b| b == b'\n');
             let (chunk, rest, ended) = match newline {

@@ -32,6 +32,8 @@ pub enum Endpoint {
         /// `format=raw` was requested.
         raw: bool,
     },
+    /// A backend on the control socket (newline-delimited JSON, no WebSocket).
+    Control,
 }
 
 /// A send for this connection is in flight (at most one).

@@ -15,6 +15,7 @@
 //! buffer is recycled as soon as its bytes are consumed.
 
 pub mod conn;
+pub mod control;
 pub mod listener;
 pub mod outbound;
 pub mod pubsub;
@@ -78,6 +79,10 @@ pub struct ShardSetup {
     pub shards: usize,
     /// Makes channel epochs differ between runs (start time in ms).
     pub epoch_base: u64,
+    /// Control socket listeners (each shard holds its own duplicate and accepts on it).
+    pub control_listeners: Vec<OwnedFd>,
+    /// Every shard's published counters (for the control socket's `stats`).
+    pub all_published: Arc<Vec<Arc<Published>>>,
 }
 
 /// A send in flight: the kernel reads `iov` and `frames` until its completion arrives, so the
@@ -109,6 +114,11 @@ pub struct Shard {
     local: LocalChannels,
     owned: OwnedChannels,
     slow_scratch: Vec<u32>,
+    controls: std::collections::HashMap<usize, control::ControlState>,
+    control_listeners: Vec<OwnedFd>,
+    line_arena: Vec<u8>,
+    line_ranges: Vec<Option<std::ops::Range<usize>>>,
+    all_published: Arc<Vec<Arc<Published>>>,
     shards: usize,
     index: usize,
     listener: Option<OwnedFd>,
@@ -125,7 +135,8 @@ pub struct Shard {
     stop: Arc<AtomicBool>,
     started: Instant,
     now_tick: u32,
-    accept_armed: bool,
+    /// Whether each listener (0: WebSocket, 1..: control) has its multishot accept armed.
+    accept_armed: Vec<bool>,
     shutting_down: Option<u32>,
     ring_mode: RingMode,
     ws_limits: DecoderLimits,
@@ -166,6 +177,12 @@ impl Shard {
             local: LocalChannels::default(),
             owned: OwnedChannels::new(setup.epoch_base, limits.channels_per_shard_max),
             slow_scratch: Vec::new(),
+            controls: std::collections::HashMap::new(),
+            accept_armed: vec![false; 1 + setup.control_listeners.len()],
+            control_listeners: setup.control_listeners,
+            line_arena: Vec::new(),
+            line_ranges: Vec::new(),
+            all_published: setup.all_published,
             shards: setup.shards,
             index: setup.index,
             listener: Some(setup.listener),
@@ -182,7 +199,7 @@ impl Shard {
             stop: setup.stop,
             started: Instant::now(),
             now_tick: 0,
-            accept_armed: false,
+
             shutting_down: None,
             ring_mode,
             ws_limits: DecoderLimits {
@@ -230,7 +247,7 @@ impl Shard {
             self.complete();
             self.now_tick = (self.started.elapsed().as_millis() / TICK_MS as u128) as u32;
             self.fire_timers();
-            if !self.accept_armed && self.shutting_down.is_none() {
+            if self.accept_armed.contains(&false) && self.shutting_down.is_none() {
                 self.arm_accept();
             }
             if self.stop.load(Ordering::Relaxed) && self.shutting_down.is_none() {
@@ -309,16 +326,26 @@ impl Shard {
         self.push(entry);
     }
 
+    /// Arms a multishot accept on every listener that has none.
     fn arm_accept(&mut self) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
-        let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(uring::user_data(Op::Accept, 0, 0));
-        self.push(entry);
-        self.accept_armed = true;
+        for index in 0..self.accept_armed.len() {
+            if self.accept_armed[index] {
+                continue;
+            }
+            let fd = match index {
+                0 => match &self.listener {
+                    Some(l) => l.as_raw_fd(),
+                    None => continue,
+                },
+                i => self.control_listeners[i - 1].as_raw_fd(),
+            };
+            let entry = opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(uring::user_data(Op::Accept, index, 0));
+            self.push(entry);
+            self.accept_armed[index] = true;
+        }
     }
 
     fn arm_recv(&mut self, slot: usize) {
@@ -343,7 +370,7 @@ impl Shard {
             let cqes = std::mem::take(&mut self.cqes);
             for &(data, result, flags) in &cqes {
                 match uring::parse_user_data(data) {
-                    Some((Op::Accept, _, _)) => self.on_accept(result, flags),
+                    Some((Op::Accept, listener, _)) => self.on_accept(listener, result, flags),
                     Some((Op::Recv, slot, generation)) => {
                         self.on_recv(slot, generation, result, flags)
                     }
@@ -356,15 +383,26 @@ impl Shard {
         }
     }
 
-    fn on_accept(&mut self, result: i32, flags: u32) {
+    fn on_accept(&mut self, listener: usize, result: i32, flags: u32) {
         if !cqueue::more(flags) {
             // The kernel ended the multishot accept (error or cancellation); re-armed next turn.
-            self.accept_armed = false;
+            if let Some(armed) = self.accept_armed.get_mut(listener) {
+                *armed = false;
+            }
         }
         if result < 0 {
             return;
         }
         let fd = result;
+        if listener > 0 {
+            if self.shutting_down.is_some() || self.conns.len() >= self.limits().conns_per_shard_max
+            {
+                // SAFETY: a socket we own and nobody else knows.
+                unsafe { libc::close(fd) };
+                return;
+            }
+            return self.open_control(fd);
+        }
         self.counters.accepted += 1;
         if self.conns.len() >= self.limits().conns_per_shard_max || self.shutting_down.is_some() {
             self.counters.conn_limit_refusals += 1;
@@ -446,6 +484,14 @@ impl Shard {
             conn.last_rx_tick = now;
             conn.state
         };
+        if self.conns[slot].endpoint == Endpoint::Control {
+            let data: *const [u8] = self.bufs.get(bid, len);
+            // SAFETY: the buffer stays ours until recycled after this call, and the control path
+            // does not touch the buffer ring.
+            self.on_control_bytes(slot, unsafe { &*data });
+            self.mark_dirty(slot);
+            return;
+        }
         match state {
             State::Handshaking => {
                 let data = self.bufs.get(bid, len);
@@ -665,11 +711,15 @@ impl Shard {
     /// Starts a server-initiated close (heartbeat, shutdown, slow consumer): send a close frame
     /// and wait for the peer's, up to the close deadline.
     fn start_close(&mut self, slot: usize, code: u16) {
+        self.start_close_with(slot, code, "");
+    }
+
+    fn start_close_with(&mut self, slot: usize, code: u16, reason: &str) {
         let conn = &mut self.conns[slot];
         if conn.state != State::Open {
             return;
         }
-        conn.out.push_control(frame::encode_close(code, ""));
+        conn.out.push_control(frame::encode_close(code, reason));
         conn.flags |= CLOSE_SENT;
         conn.close_code = code;
         conn.state = State::Closing;
@@ -871,6 +921,7 @@ impl Shard {
     /// frames in its send slot; its completion will be counted stale.
     fn free(&mut self, slot: usize, code: u16) {
         self.leave_all(slot);
+        self.controls.remove(&slot);
         let conn = self.conns.remove(slot);
         self.wheel.remove(slot);
         if code != 0 {
@@ -894,8 +945,23 @@ impl Shard {
                 libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
             }
         }
+        for listener in self.control_listeners.drain(..) {
+            // SAFETY: as above; every shard holds a duplicate of the same socket.
+            unsafe {
+                libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
+            }
+        }
         let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
         for slot in slots {
+            if self.conns[slot].endpoint == Endpoint::Control {
+                // Replies to requests already read still go out; then EOF.
+                let conn = &mut self.conns[slot];
+                conn.state = State::Closing;
+                conn.flags |= FIN_AFTER_FLUSH;
+                self.wheel.insert(slot, self.now_tick + timeout);
+                self.mark_dirty(slot);
+                continue;
+            }
             match self.conns[slot].state {
                 State::Handshaking => self.free(slot, 0),
                 State::Open => {

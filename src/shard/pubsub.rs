@@ -9,7 +9,7 @@
 use super::Shard;
 use super::conn::{DIRTY, Endpoint, SENDING, State};
 use super::outbound::Enqueue;
-use super::xmsg::{Body, XMsg};
+use super::xmsg::{Body, Part, ReplyTo, XMsg};
 use crate::channel::local::{LocalChannels, Subscribed, Sync};
 use crate::channel::{self, ChannelError};
 use crate::proto::client::{self, Command};
@@ -64,7 +64,23 @@ impl Shard {
 
     fn handle_x(&mut self, msg: XMsg) {
         match msg {
-            XMsg::Publish { channel, body } => self.sequence(channel, body),
+            XMsg::Publish {
+                channel,
+                body,
+                reply,
+            } => self.sequence(channel, body, reply),
+            XMsg::ToConn {
+                conn,
+                action,
+                reply,
+            } => self.on_to_conn(conn, action, reply),
+            XMsg::Query { query, reply } => self.on_query(query, reply),
+            XMsg::PushAll {
+                envelope,
+                raw,
+                reply,
+            } => self.on_push_all(&envelope, &raw, reply),
+            XMsg::Reply { to, part } => self.on_reply(to, part),
             XMsg::Interest { channel, shard } => {
                 let position = self.owned.interest(&channel, shard as usize);
                 self.send_x(shard as usize, XMsg::Ack { channel, position });
@@ -81,8 +97,23 @@ impl Shard {
     }
 
     /// The owner: assign the next offset, encode both frames once, fan out to the shards.
-    fn sequence(&mut self, channel: Arc<str>, body: Body) {
-        let Some((offset, _epoch, shards)) = self.owned.publish(&channel) else {
+    fn sequence(&mut self, channel: Arc<str>, body: Body, reply: Option<(ReplyTo, u32)>) {
+        let sequenced = self.owned.publish(&channel);
+        if let Some((to, index)) = reply {
+            let (offset, epoch) = sequenced.map_or((0, 0), |(o, e, _)| (o, e));
+            self.send_x(
+                to.shard as usize,
+                XMsg::Reply {
+                    to,
+                    part: Part::Published {
+                        index,
+                        offset,
+                        epoch,
+                    },
+                },
+            );
+        }
+        let Some((offset, _epoch, shards)) = sequenced else {
             self.counters.published_no_audience += 1;
             return;
         };
@@ -264,7 +295,14 @@ impl Shard {
         channel::validate_name(name, self.config.limits.channel_name_bytes_max)?;
         let channel: Arc<str> = Arc::from(name);
         let owner = channel::owner_of(&channel, self.shards);
-        self.send_x(owner, XMsg::Publish { channel, body });
+        self.send_x(
+            owner,
+            XMsg::Publish {
+                channel,
+                body,
+                reply: None,
+            },
+        );
         Ok(())
     }
 
@@ -335,6 +373,30 @@ impl Shard {
             }
         }
     }
+}
+
+/// Encodes a direct push (control `send`, or `broadcast` to every connection) once in both
+/// formats: `{"op":"push","data":...}` (or `"b64"`) for envelope clients, the payload for raw ones.
+pub fn encode_push(body: &Body) -> (Bytes, Bytes) {
+    let (raw, data) = match body {
+        Body::Json(b) => (
+            frame::encode(OpCode::Text, b),
+            String::from_utf8_lossy(b).into_owned(),
+        ),
+        Body::Text(b) => (
+            frame::encode(OpCode::Text, b),
+            serde_json::Value::from(String::from_utf8_lossy(b).as_ref()).to_string(),
+        ),
+        Body::Binary(b) => (frame::encode(OpCode::Binary, b), String::new()),
+    };
+    let text = match body {
+        Body::Binary(b) => format!(
+            "{{\"op\":\"push\",\"b64\":\"{}\"}}",
+            base64::engine::general_purpose::STANDARD.encode(b)
+        ),
+        _ => format!("{{\"op\":\"push\",\"data\":{data}}}"),
+    };
+    (frame::encode(OpCode::Text, text.as_bytes()), raw)
 }
 
 /// Encodes a published message once in both formats: the JSON envelope and the raw payload.

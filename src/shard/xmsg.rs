@@ -1,7 +1,69 @@
 //! Messages between shards. Payloads travel as `Bytes` (a refcount), names as `Arc<str>`.
 
+use crate::id::ConnId;
 use bytes::Bytes;
 use std::sync::Arc;
+
+/// Where a reply part goes: a control connection on some shard, and the request's sequence
+/// number on that connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The shard of the control connection.
+    pub shard: u16,
+    /// Its slot.
+    pub slot: u32,
+    /// Its generation (a reply for a closed connection is dropped).
+    pub generation: u32,
+    /// The request's sequence number on that connection.
+    pub seq: u64,
+}
+
+/// What the control socket asks a connection's shard to do.
+#[derive(Debug)]
+pub enum ConnAction {
+    /// Push a payload to the connection.
+    Send(Body),
+    /// Server-side subscribe.
+    Subscribe(Arc<str>),
+    /// Server-side unsubscribe.
+    Unsubscribe(Arc<str>),
+    /// Close with a code and reason.
+    Disconnect(u16, String),
+}
+
+/// A question for every shard.
+#[derive(Debug)]
+pub enum Query {
+    /// Connection ids subscribed to a channel.
+    Presence(Arc<str>),
+    /// Local channels with subscriber counts.
+    Channels,
+}
+
+/// One shard's part of a reply.
+#[derive(Debug)]
+pub enum Part {
+    /// A publish was sequenced (offset 0: nobody subscribes). `index` is the channel's position
+    /// in a broadcast.
+    Published {
+        /// Position in the request's channel list.
+        index: u32,
+        /// The offset.
+        offset: u64,
+        /// The epoch.
+        epoch: u64,
+    },
+    /// Done, nothing to report.
+    Done,
+    /// Failed with a stable code.
+    Failed(&'static str, String),
+    /// Connection ids.
+    Conns(Vec<u64>),
+    /// Channel names and local subscriber counts.
+    Channels(Vec<(Arc<str>, u64)>),
+    /// A count (connections reached by a broadcast).
+    Count(u64),
+}
 
 /// A published payload as the publisher gave it.
 #[derive(Debug, Clone)]
@@ -24,6 +86,40 @@ pub enum XMsg {
         channel: Arc<str>,
         /// Payload.
         body: Body,
+        /// Where to report the offset, and the channel's index in a broadcast.
+        reply: Option<(ReplyTo, u32)>,
+    },
+    /// To a connection's shard: act on it.
+    ToConn {
+        /// The connection.
+        conn: ConnId,
+        /// What to do.
+        action: ConnAction,
+        /// Where to report the outcome.
+        reply: Option<ReplyTo>,
+    },
+    /// To every shard: answer a question.
+    Query {
+        /// The question.
+        query: Query,
+        /// Where to answer.
+        reply: ReplyTo,
+    },
+    /// To every shard: push to every open `/ws` connection (frames encoded once by the sender).
+    PushAll {
+        /// Frame for envelope clients.
+        envelope: Bytes,
+        /// Frame for raw clients.
+        raw: Bytes,
+        /// Where to report the count.
+        reply: Option<ReplyTo>,
+    },
+    /// A reply part for a control connection of this shard.
+    Reply {
+        /// The request.
+        to: ReplyTo,
+        /// The part.
+        part: Part,
     },
     /// To the owner: `shard` has its first local subscriber.
     Interest {

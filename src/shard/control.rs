@@ -1,0 +1,730 @@
+//! Control connections on a shard: bounded line splitting, requests, and replies in request
+//! order even when parts of a reply come from other shards (docs/control.md).
+//!
+//! Each request that expects a reply takes the next sequence number and a `Pending` entry. Parts
+//! arrive as `XMsg::Reply` (or at once, for local work); an entry is complete when all its parts
+//! are in, and complete entries at the front of the queue are written out, so replies keep
+//! request order.
+
+use super::Shard;
+use super::conn::{Conn, Endpoint, FIN_AFTER_FLUSH, State};
+use super::outbound::Enqueue;
+use super::xmsg::{Body, ConnAction, Part, Query, ReplyTo, XMsg};
+use crate::channel::{self, ChannelError};
+use crate::control::{self, LineSplitter, Method, Payload};
+use crate::id::ConnId;
+use bytes::Bytes;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// A sequenced position of a channel: offset and epoch (`None` until the owner answers).
+type Position = Option<(u64, u64)>;
+
+/// What a pending reply accumulates.
+#[derive(Debug)]
+enum Acc {
+    /// One publish: offset and epoch.
+    Publish(Position),
+    /// A broadcast to channels: one result per channel, in request order.
+    Broadcast(Vec<(Arc<str>, Position)>),
+    /// `{}` when done.
+    Done,
+    /// Presence: connection ids.
+    Conns(Vec<u64>),
+    /// Channels: summed counts.
+    Channels(BTreeMap<Arc<str>, u64>),
+    /// A broadcast to every connection: connections reached.
+    Count(u64),
+    /// A result computed at once.
+    Ready(String),
+}
+
+#[derive(Debug)]
+struct Pending {
+    id: Option<Box<str>>,
+    remaining: u32,
+    acc: Acc,
+    error: Option<(&'static str, String)>,
+}
+
+/// Per-connection control state (kept beside the slab: control connections are few).
+#[derive(Debug, Default)]
+pub struct ControlState {
+    lines: LineSplitter,
+    authed: bool,
+    /// Sequence number of `pending[0]`.
+    front_seq: u64,
+    pending: VecDeque<Pending>,
+}
+
+impl ControlState {
+    /// A new control connection; `authed` when no token is configured.
+    pub fn new(authed: bool) -> ControlState {
+        ControlState {
+            authed,
+            ..ControlState::default()
+        }
+    }
+}
+
+fn result_of(p: &Pending) -> String {
+    let mut out = String::new();
+    match &p.acc {
+        Acc::Publish(pos) => {
+            let (offset, epoch) = pos.unwrap_or((0, 0));
+            let _ = write!(out, "{{\"offset\":{offset},\"epoch\":{epoch}}}");
+        }
+        Acc::Broadcast(results) => {
+            out.push_str("{\"results\":[");
+            for (i, (channel, pos)) in results.iter().enumerate() {
+                let (offset, epoch) = pos.unwrap_or((0, 0));
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(
+                    out,
+                    "{{\"channel\":\"{channel}\",\"offset\":{offset},\"epoch\":{epoch}}}"
+                );
+            }
+            out.push_str("]}");
+        }
+        Acc::Done => out.push_str("{}"),
+        Acc::Conns(ids) => {
+            out.push_str("{\"conns\":[");
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{id}");
+            }
+            out.push_str("]}");
+        }
+        Acc::Channels(map) => {
+            out.push_str("{\"channels\":{");
+            for (i, (name, n)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "\"{name}\":{n}");
+            }
+            out.push_str("}}");
+        }
+        Acc::Count(n) => {
+            let _ = write!(out, "{{\"connections\":{n}}}");
+        }
+        Acc::Ready(text) => out.push_str(text),
+    }
+    out
+}
+
+fn body_of(payload: Payload) -> Body {
+    match payload {
+        Payload::Json(text) => Body::Json(Bytes::from(text)),
+        Payload::Text(text) => Body::Text(Bytes::from(text)),
+        Payload::Binary(bytes) => Body::Binary(Bytes::from(bytes)),
+    }
+}
+
+impl Shard {
+    /// A control connection was accepted.
+    pub(super) fn open_control(&mut self, fd: i32) {
+        let generation = self.next_generation;
+        self.next_generation = (self.next_generation + 1) & ((1 << crate::id::GEN_BITS) - 1);
+        let mut conn = Conn::new(fd, generation, self.now_tick);
+        conn.endpoint = Endpoint::Control;
+        conn.state = State::Open;
+        let slot = self.conns.insert(conn);
+        let authed = self.config.control.token.is_none();
+        self.controls.insert(slot, ControlState::new(authed));
+        self.counters.control_conns += 1;
+        self.arm_recv(slot);
+    }
+
+    /// Bytes from a control connection: split into lines (copied into one arena per read, so
+    /// handlers may borrow the shard), then handle each.
+    pub(super) fn on_control_bytes(&mut self, slot: usize, data: &[u8]) {
+        if self.conns[slot].state != State::Open {
+            return;
+        }
+        let Some(state) = self.controls.get_mut(&slot) else {
+            return;
+        };
+        let max = self.config.limits.control_line_bytes_max;
+        let mut arena = std::mem::take(&mut self.line_arena);
+        let mut ranges: Vec<Option<Range<usize>>> = std::mem::take(&mut self.line_ranges);
+        state.lines.feed(data, max, &mut |line| match line {
+            Ok(bytes) => {
+                let start = arena.len();
+                arena.extend_from_slice(bytes);
+                ranges.push(Some(start..arena.len()));
+            }
+            Err(_) => ranges.push(None),
+        });
+        for range in ranges.drain(..) {
+            if !self.controls.contains_key(&slot) || self.conns[slot].state != State::Open {
+                break;
+            }
+            match range {
+                Some(range) if range.is_empty() => {} // blank lines are allowed between requests
+                Some(range) => self.on_control_line(slot, &arena[range]),
+                None => {
+                    self.counters.control_errors += 1;
+                    let max = self.config.limits.control_line_bytes_max;
+                    self.reply_now(
+                        slot,
+                        None,
+                        Err((
+                            "line_too_long",
+                            format!("a request line is limited to {max} bytes"),
+                        )),
+                    );
+                }
+            }
+        }
+        arena.clear();
+        if arena.capacity() > 64 * 1024 {
+            arena = Vec::new();
+        }
+        self.line_arena = arena;
+        self.line_ranges = ranges;
+        self.flush_replies(slot);
+    }
+
+    fn on_control_line(&mut self, slot: usize, line: &[u8]) {
+        self.counters.control_requests += 1;
+        let request = match control::parse(line) {
+            Ok(request) => request,
+            Err(e) => {
+                self.counters.control_errors += 1;
+                if !e.noreply {
+                    self.reply_now(slot, e.id, Err((e.code, e.message)));
+                }
+                return;
+            }
+        };
+        let (id, noreply) = (request.id, request.noreply);
+        let authed = self.controls.get(&slot).is_some_and(|s| s.authed);
+        if !authed {
+            let token_ok = matches!(&request.method, Method::Auth(t) if Some(t) == self.config.control.token.as_ref());
+            if token_ok {
+                if let Some(state) = self.controls.get_mut(&slot) {
+                    state.authed = true;
+                }
+                return self.reply_now(slot, id, Ok("{}".to_string()));
+            }
+            self.counters.control_errors += 1;
+            self.reply_now(
+                slot,
+                id,
+                Err((
+                    "unauthorized",
+                    "send {\"method\":\"auth\",\"token\":...} first".to_string(),
+                )),
+            );
+            // Refuse the rest of the stream: close once the reply is out.
+            let conn = &mut self.conns[slot];
+            conn.state = State::Closing;
+            conn.flags |= FIN_AFTER_FLUSH;
+            self.arm_close_deadline(slot);
+            return;
+        }
+        let name_max = self.config.limits.channel_name_bytes_max;
+        let bad_name = |name: &str| {
+            channel::validate_name(name, name_max)
+                .err()
+                .map(|e: ChannelError| ("bad_params", e.message().to_string()))
+        };
+        match request.method {
+            Method::Auth(_) => self.reply_now(slot, id, Ok("{}".to_string())),
+            Method::Publish(name, payload) => {
+                if let Some(err) = bad_name(&name) {
+                    return self.fail_request(slot, id, noreply, err);
+                }
+                let channel: Arc<str> = Arc::from(name.as_str());
+                let owner = channel::owner_of(&channel, self.shards);
+                let reply = if noreply {
+                    None
+                } else {
+                    self.expect(slot, id, 1, Acc::Publish(None))
+                        .map(|to| (to, 0))
+                };
+                if !noreply && reply.is_none() {
+                    return;
+                }
+                self.send_x(
+                    owner,
+                    XMsg::Publish {
+                        channel,
+                        body: body_of(payload),
+                        reply,
+                    },
+                );
+            }
+            Method::Broadcast(Some(names), payload) => {
+                if let Some(err) = names.iter().find_map(|n| bad_name(n)) {
+                    return self.fail_request(slot, id, noreply, err);
+                }
+                if names.is_empty() {
+                    return self.reply_now(slot, id, Ok("{\"results\":[]}".to_string()));
+                }
+                let channels: Vec<Arc<str>> = names.iter().map(|n| Arc::from(n.as_str())).collect();
+                let body = body_of(payload);
+                let to = if noreply {
+                    None
+                } else {
+                    let acc = Acc::Broadcast(channels.iter().map(|c| (c.clone(), None)).collect());
+                    match self.expect(slot, id, channels.len() as u32, acc) {
+                        Some(to) => Some(to),
+                        None => return,
+                    }
+                };
+                for (index, channel) in channels.into_iter().enumerate() {
+                    let owner = channel::owner_of(&channel, self.shards);
+                    let reply = to.map(|to| (to, index as u32));
+                    self.send_x(
+                        owner,
+                        XMsg::Publish {
+                            channel,
+                            body: body.clone(),
+                            reply,
+                        },
+                    );
+                }
+            }
+            Method::Broadcast(None, payload) => {
+                let (envelope, raw) = super::pubsub::encode_push(&body_of(payload));
+                let to = if noreply {
+                    None
+                } else {
+                    match self.expect(slot, id, self.shards as u32, Acc::Count(0)) {
+                        Some(to) => Some(to),
+                        None => return,
+                    }
+                };
+                for shard in 0..self.shards {
+                    let msg = XMsg::PushAll {
+                        envelope: envelope.clone(),
+                        raw: raw.clone(),
+                        reply: to,
+                    };
+                    self.send_x(shard, msg);
+                }
+            }
+            Method::Send(conn, payload) => {
+                self.request_for_conn(slot, id, noreply, conn, ConnAction::Send(body_of(payload)))
+            }
+            Method::Subscribe(conn, name) => {
+                if let Some(err) = bad_name(&name) {
+                    return self.fail_request(slot, id, noreply, err);
+                }
+                self.request_for_conn(
+                    slot,
+                    id,
+                    noreply,
+                    conn,
+                    ConnAction::Subscribe(Arc::from(name.as_str())),
+                );
+            }
+            Method::Unsubscribe(conn, name) => {
+                if let Some(err) = bad_name(&name) {
+                    return self.fail_request(slot, id, noreply, err);
+                }
+                self.request_for_conn(
+                    slot,
+                    id,
+                    noreply,
+                    conn,
+                    ConnAction::Unsubscribe(Arc::from(name.as_str())),
+                );
+            }
+            Method::Disconnect(conn, code, reason) => self.request_for_conn(
+                slot,
+                id,
+                noreply,
+                conn,
+                ConnAction::Disconnect(code, reason),
+            ),
+            Method::Presence(name) => {
+                if let Some(err) = bad_name(&name) {
+                    return self.fail_request(slot, id, noreply, err);
+                }
+                if noreply {
+                    return;
+                }
+                let channel: Arc<str> = Arc::from(name.as_str());
+                if let Some(to) = self.expect(slot, id, self.shards as u32, Acc::Conns(Vec::new()))
+                {
+                    for shard in 0..self.shards {
+                        self.send_x(
+                            shard,
+                            XMsg::Query {
+                                query: Query::Presence(channel.clone()),
+                                reply: to,
+                            },
+                        );
+                    }
+                }
+            }
+            Method::Channels => {
+                if noreply {
+                    return;
+                }
+                if let Some(to) =
+                    self.expect(slot, id, self.shards as u32, Acc::Channels(BTreeMap::new()))
+                {
+                    for shard in 0..self.shards {
+                        self.send_x(
+                            shard,
+                            XMsg::Query {
+                                query: Query::Channels,
+                                reply: to,
+                            },
+                        );
+                    }
+                }
+            }
+            Method::Stats => {
+                if !noreply {
+                    let text = self.stats_json();
+                    self.reply_now(slot, id, Ok(text));
+                }
+            }
+            Method::Info => {
+                if !noreply {
+                    let text = self.info_json();
+                    self.reply_now(slot, id, Ok(text));
+                }
+            }
+        }
+    }
+
+    fn fail_request(
+        &mut self,
+        slot: usize,
+        id: Option<&str>,
+        noreply: bool,
+        err: (&'static str, String),
+    ) {
+        self.counters.control_errors += 1;
+        if !noreply {
+            self.reply_now(slot, id, Err(err));
+        }
+    }
+
+    fn request_for_conn(
+        &mut self,
+        slot: usize,
+        id: Option<&str>,
+        noreply: bool,
+        raw: u64,
+        action: ConnAction,
+    ) {
+        let target = ConnId::from_u64(raw).filter(|c| c.shard() < self.shards);
+        let Some(conn) = target else {
+            return self.fail_request(
+                slot,
+                id,
+                noreply,
+                ("no_such_conn", format!("no connection {raw}")),
+            );
+        };
+        let reply = if noreply {
+            None
+        } else {
+            match self.expect(slot, id, 1, Acc::Done) {
+                Some(to) => Some(to),
+                None => return,
+            }
+        };
+        self.send_x(
+            conn.shard(),
+            XMsg::ToConn {
+                conn,
+                action,
+                reply,
+            },
+        );
+    }
+
+    /// Adds a pending reply expecting `parts` parts; `None` (and the connection closed) when the
+    /// connection already has `control_pending_max` replies pending.
+    fn expect(&mut self, slot: usize, id: Option<&str>, parts: u32, acc: Acc) -> Option<ReplyTo> {
+        let max = self.config.limits.control_pending_max;
+        let generation = self.conns[slot].generation;
+        let state = self.controls.get_mut(&slot)?;
+        if state.pending.len() >= max {
+            self.counters.control_overloads += 1;
+            let conn = &mut self.conns[slot];
+            conn.state = State::Closing;
+            conn.flags |= FIN_AFTER_FLUSH;
+            self.arm_close_deadline(slot);
+            return None;
+        }
+        let seq = state.front_seq + state.pending.len() as u64;
+        state.pending.push_back(Pending {
+            id: id.map(Box::from),
+            remaining: parts,
+            acc,
+            error: None,
+        });
+        Some(ReplyTo {
+            shard: self.index as u16,
+            slot: slot as u32,
+            generation,
+            seq,
+        })
+    }
+
+    /// A reply known at once; still queued behind earlier pending replies.
+    fn reply_now(
+        &mut self,
+        slot: usize,
+        id: Option<&str>,
+        result: Result<String, (&'static str, String)>,
+    ) {
+        let Some(state) = self.controls.get_mut(&slot) else {
+            return;
+        };
+        let (acc, error) = match result {
+            Ok(text) => (Acc::Ready(text), None),
+            Err(e) => (Acc::Done, Some(e)),
+        };
+        // Immediate replies bypass the pending bound: each is written out as soon as it reaches
+        // the front, and a connection at the bound was closed by `expect`.
+        state.pending.push_back(Pending {
+            id: id.map(Box::from),
+            remaining: 0,
+            acc,
+            error,
+        });
+    }
+
+    /// A part of a reply arrived for one of this shard's control connections.
+    pub(super) fn on_reply(&mut self, to: ReplyTo, part: Part) {
+        let slot = to.slot as usize;
+        let alive = self
+            .conns
+            .get(slot)
+            .is_some_and(|c| c.generation == to.generation && c.endpoint == Endpoint::Control);
+        if !alive {
+            return;
+        }
+        let Some(state) = self.controls.get_mut(&slot) else {
+            return;
+        };
+        let Some(index) = to.seq.checked_sub(state.front_seq) else {
+            return;
+        };
+        let Some(p) = state.pending.get_mut(index as usize) else {
+            return;
+        };
+        debug_assert!(p.remaining > 0);
+        p.remaining = p.remaining.saturating_sub(1);
+        match (part, &mut p.acc) {
+            (Part::Published { offset, epoch, .. }, Acc::Publish(pos)) => {
+                *pos = Some((offset, epoch))
+            }
+            (
+                Part::Published {
+                    index,
+                    offset,
+                    epoch,
+                },
+                Acc::Broadcast(results),
+            ) => {
+                if let Some(r) = results.get_mut(index as usize) {
+                    r.1 = Some((offset, epoch));
+                }
+            }
+            (Part::Failed(code, message), _) => p.error = Some((code, message)),
+            (Part::Conns(ids), Acc::Conns(all)) => all.extend(ids),
+            (Part::Channels(list), Acc::Channels(map)) => {
+                for (name, n) in list {
+                    *map.entry(name).or_insert(0) += n;
+                }
+            }
+            (Part::Count(n), Acc::Count(total)) => *total += n,
+            (Part::Done, _) => {}
+            (part, acc) => debug_assert!(false, "reply part {part:?} does not fit {acc:?}"),
+        }
+        if index == 0 {
+            self.flush_replies(slot);
+        }
+    }
+
+    /// Writes out the complete replies at the front of the queue.
+    pub(super) fn flush_replies(&mut self, slot: usize) {
+        let limit = self.config.limits.outbound_bytes_max;
+        let Some(state) = self.controls.get_mut(&slot) else {
+            return;
+        };
+        let conn = &mut self.conns[slot];
+        let mut wrote = false;
+        let mut overflow = false;
+        while state.pending.front().is_some_and(|p| p.remaining == 0) {
+            let Some(p) = state.pending.pop_front() else {
+                break;
+            };
+            state.front_seq += 1;
+            let line = match &p.error {
+                Some((code, message)) => control::reply_error(p.id.as_deref(), code, message),
+                None => control::reply_ok(p.id.as_deref(), &result_of(&p)),
+            };
+            if conn.out.push(Bytes::from(line), limit) == Enqueue::SlowConsumer {
+                overflow = true;
+                break;
+            }
+            wrote = true;
+        }
+        if overflow {
+            // A backend that does not read its replies: close it like any slow consumer.
+            self.counters.slow_consumers += 1;
+            self.controls.remove(&slot);
+            self.free(slot, 0);
+            return;
+        }
+        if wrote {
+            self.mark_dirty(slot);
+        }
+    }
+
+    /// Acts on a connection of this shard for the control socket.
+    pub(super) fn on_to_conn(&mut self, conn: ConnId, action: ConnAction, reply: Option<ReplyTo>) {
+        let slot = conn.slot();
+        let alive = self.conns.get(slot).is_some_and(|c| {
+            c.generation == conn.generation()
+                && matches!(c.endpoint, Endpoint::Push { .. })
+                && c.state == State::Open
+        });
+        let part = if !alive {
+            Part::Failed(
+                "no_such_conn",
+                format!("connection {} is not open", conn.get()),
+            )
+        } else {
+            match action {
+                ConnAction::Send(body) => {
+                    let (envelope, raw) = super::pubsub::encode_push(&body);
+                    let frame = if self.conns[slot].endpoint == (Endpoint::Push { raw: true }) {
+                        raw
+                    } else {
+                        envelope
+                    };
+                    self.queue_data(slot, frame);
+                    Part::Done
+                }
+                ConnAction::Subscribe(name) => match self.subscribe(slot, &name, None) {
+                    Ok(()) => Part::Done,
+                    Err(e) => Part::Failed(e.code(), e.message().to_string()),
+                },
+                ConnAction::Unsubscribe(name) => {
+                    let member = self
+                        .local
+                        .find(&name)
+                        .filter(|&l| self.conns[slot].subs.iter().any(|m| m.channel == l));
+                    match member {
+                        Some(local) => {
+                            self.leave(slot, local);
+                            self.reply(slot, crate::proto::client::unsubscribed(&name, None));
+                            Part::Done
+                        }
+                        None => Part::Failed(
+                            "not_subscribed",
+                            ChannelError::NotSubscribed.message().to_string(),
+                        ),
+                    }
+                }
+                ConnAction::Disconnect(code, reason) => {
+                    self.start_close_with(slot, code, &reason);
+                    Part::Done
+                }
+            }
+        };
+        if let Some(to) = reply {
+            self.send_x(to.shard as usize, XMsg::Reply { to, part });
+        }
+    }
+
+    /// Answers a question about this shard's channels.
+    pub(super) fn on_query(&mut self, query: Query, reply: ReplyTo) {
+        let part = match query {
+            Query::Presence(name) => {
+                let ids = match self.local.find(&name) {
+                    Some(local) => self
+                        .local
+                        .get(local)
+                        .subscribers
+                        .iter()
+                        .map(|&s| {
+                            ConnId::new(self.index, s as usize, self.conns[s as usize].generation)
+                                .get()
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
+                Part::Conns(ids)
+            }
+            Query::Channels => Part::Channels(
+                self.local
+                    .iter()
+                    .filter(|c| !c.subscribers.is_empty())
+                    .map(|c| (c.name.clone(), c.subscribers.len() as u64))
+                    .collect(),
+            ),
+        };
+        self.send_x(reply.shard as usize, XMsg::Reply { to: reply, part });
+    }
+
+    /// Pushes to every open `/ws` connection of this shard.
+    pub(super) fn on_push_all(&mut self, envelope: &Bytes, raw: &Bytes, reply: Option<ReplyTo>) {
+        let targets: Vec<(usize, bool)> = self
+            .conns
+            .iter()
+            .filter_map(|(slot, c)| match c.endpoint {
+                Endpoint::Push { raw } if c.state == State::Open => Some((slot, raw)),
+                _ => None,
+            })
+            .collect();
+        for &(slot, is_raw) in &targets {
+            self.queue_data(
+                slot,
+                if is_raw {
+                    raw.clone()
+                } else {
+                    envelope.clone()
+                },
+            );
+        }
+        if let Some(to) = reply {
+            self.send_x(
+                to.shard as usize,
+                XMsg::Reply {
+                    to,
+                    part: Part::Count(targets.len() as u64),
+                },
+            );
+        }
+    }
+
+    fn stats_json(&self) -> String {
+        let shards: Vec<crate::stats::Counters> =
+            self.all_published.iter().map(|p| p.read()).collect();
+        let mut total = crate::stats::Counters::default();
+        for c in &shards {
+            total.add(c);
+        }
+        serde_json::json!({ "total": total, "shards": shards }).to_string()
+    }
+
+    fn info_json(&self) -> String {
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "shards": self.shards,
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "limits": self.config.limits,
+        })
+        .to_string()
+    }
+}
