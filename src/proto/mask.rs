@@ -11,11 +11,17 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     // §5.3: octet i of the payload is XORed with octet (i mod 4) of the key. Rotating the key by
     // the offset makes buf[0] line up with key octet 0, and since 8 is a multiple of 4 the
     // rotated key repeats exactly twice in every 8-byte word.
-    let mut key = mask;
-    key.rotate_left(offset % 4);
-    let word = u64::from_ne_bytes([
+    let o = offset % 4;
+    let key = [
+        mask[o],
+        mask[(o + 1) % 4],
+        mask[(o + 2) % 4],
+        mask[(o + 3) % 4],
+    ];
+    let doubled = [
         key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
+    ];
+    let word = u64::from_ne_bytes(doubled);
     // Native-endian loads and stores keep byte positions where they were, so the XOR with the
     // doubled key is the same as XORing byte by byte; the loads are unaligned-safe because they
     // go through arrays, which is why no `unsafe` is needed. LLVM turns this loop into wide
@@ -28,9 +34,9 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
             .expect("chunks_exact_mut(8) yields 8 bytes");
         *bytes = (u64::from_ne_bytes(*bytes) ^ word).to_ne_bytes();
     }
-    // The remainder starts at a multiple of 8, hence at key octet 0 again.
-    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
-        *byte ^= key[i % 4];
+    // The remainder (< 8 bytes) starts at a multiple of 8, hence at key octet 0 again.
+    for (byte, k) in chunks.into_remainder().iter_mut().zip(doubled) {
+        *byte ^= k;
     }
 }
 
