@@ -14,6 +14,7 @@ fn fanout(c: &mut Criterion) {
     for subscribers in [100usize, 1_000, 10_000] {
         let mut queues: Vec<Outbound> = (0..subscribers).map(|_| Outbound::default()).collect();
         let mut batch = Vec::with_capacity(64);
+        let mut total = 0usize;
         let payload = Bytes::from(vec![b'x'; 64]);
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_with_input(
@@ -26,12 +27,12 @@ fn fanout(c: &mut Criterion) {
                     let (envelope, _raw) =
                         encode_message("bench:x", offset, &Body::Text(payload.clone()));
                     for q in &mut queues {
-                        let _ = q.push(envelope.clone(), 1 << 20);
+                        let _ = q.push(envelope.clone(), 1 << 20, &mut total);
                     }
                     for q in &mut queues {
                         q.take_batch(64, &mut batch);
                         let sent: usize = batch.iter().map(|f| f.len()).sum();
-                        q.complete(&mut batch, black_box(sent));
+                        q.complete(&mut batch, black_box(sent), &mut total);
                     }
                 });
             },

@@ -74,6 +74,20 @@ pub struct Limits {
     /// Requests awaiting their reply on one control connection (`noreply` requests do not
     /// count). Overflow: the connection is closed, counted (`control_overloads`).
     pub control_pending_max: usize,
+    /// Bytes owed to all connections of one shard (queued or in flight). Overflow: the
+    /// connections with the largest queues are dropped as slow consumers (4001) until the shard
+    /// is under 7/8 of the limit, counted (`shard_outbound_overflows`). Frames shared by many
+    /// queues count once per queue, so real memory is at most this.
+    pub shard_outbound_bytes_max: usize,
+    /// Messages and control frames a `/ws` client may send per second (token bucket, burst of
+    /// one second's worth; 0: no limit). Overflow: close 4002, counted (`rate_limited`).
+    pub client_messages_per_s: u32,
+    /// Bytes of partly received messages held by all connections of one shard. Overflow: the
+    /// connection whose message passed it is closed with 1009, counted (`shard_inbound_overflows`).
+    pub shard_inbound_bytes_max: usize,
+    /// Control connections per shard. Overflow: the new connection is closed at once, counted
+    /// (`control_refusals`). Memory: up to `control_line_bytes_max` each for a partial line.
+    pub control_conns_per_shard_max: usize,
 }
 
 impl Default for Limits {
@@ -101,6 +115,10 @@ impl Default for Limits {
             xshard_overflow_max: 65_536,
             control_line_bytes_max: 1024 * 1024,
             control_pending_max: 65_536,
+            shard_outbound_bytes_max: 256 * 1024 * 1024,
+            client_messages_per_s: 200,
+            shard_inbound_bytes_max: 256 * 1024 * 1024,
+            control_conns_per_shard_max: 64,
         }
     }
 }

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use ringcast::config::Config;
 use ringcast::server::Server;
+use ringcast::shard::budget;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +53,12 @@ struct ServeArgs {
     /// Serve no control socket.
     #[arg(long, conflicts_with = "control")]
     no_control: bool,
+    /// Start even when the worst-case memory budget exceeds the host's available memory.
+    #[arg(long)]
+    allow_overcommit: bool,
+    /// Print the memory budget term by term and exit.
+    #[arg(long)]
+    print_budget: bool,
 }
 
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
@@ -95,6 +102,47 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if args.no_control {
         config.control.listen.clear();
+    }
+    config.limits.validate()?;
+    let shards = if config.shards == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        config.shards
+    };
+    let terms = budget::shard_budget(&config.limits, shards, config.echo);
+    let worst = budget::total_bytes(&terms) * shards;
+    if args.print_budget {
+        println!("memory budget per shard ({shards} shards):");
+        for t in &terms {
+            let kind = if t.fixed { "fixed" } else { "at most" };
+            println!(
+                "  {:<22} {:>7} {:>12}",
+                t.name,
+                kind,
+                budget::human(t.bytes)
+            );
+        }
+        println!("  worst case, all shards: {}", budget::human(worst));
+        return Ok(());
+    }
+    let available = budget::mem_available_bytes();
+    eprintln!(
+        "ringcast: memory budget: {} fixed + up to {} per shard, worst case {} for {shards} shards (available: {}; --print-budget for the terms)",
+        budget::human(budget::fixed_bytes(&terms)),
+        budget::human(budget::total_bytes(&terms) - budget::fixed_bytes(&terms)),
+        budget::human(worst),
+        available.map_or("unknown".to_string(), budget::human),
+    );
+    if let Some(available) = available {
+        if worst > available && !args.allow_overcommit {
+            return Err(format!(
+                "the worst-case memory budget ({}) exceeds available memory ({}). Fix: lower the \
+                 limits that dominate it (see --print-budget and docs/limits.md), run fewer shards, \
+                 or pass --allow-overcommit to accept the risk.",
+                budget::human(worst),
+                budget::human(available)
+            ));
+        }
     }
     install_signal_handlers();
     let server = Server::start(config)?;

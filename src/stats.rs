@@ -53,6 +53,14 @@ pub struct Counters {
     pub control_errors: u64,
     /// Control connections closed for having `control_pending_max` replies pending.
     pub control_overloads: u64,
+    /// Connections closed with 4002 for sending faster than `client_messages_per_s`.
+    pub rate_limited: u64,
+    /// Connections dropped because the shard's total outbound bytes passed its limit.
+    pub shard_outbound_overflows: u64,
+    /// Connections closed with 1009 because the shard's partly received messages passed their limit.
+    pub shard_inbound_overflows: u64,
+    /// Control connections refused at `control_conns_per_shard_max`.
+    pub control_refusals: u64,
 }
 
 fn bump(list: &mut Vec<(u16, u64)>, key: u16, by: u64) {
@@ -121,6 +129,10 @@ impl Counters {
         self.control_requests += other.control_requests;
         self.control_errors += other.control_errors;
         self.control_overloads += other.control_overloads;
+        self.rate_limited += other.rate_limited;
+        self.shard_outbound_overflows += other.shard_outbound_overflows;
+        self.shard_inbound_overflows += other.shard_inbound_overflows;
+        self.control_refusals += other.control_refusals;
     }
 }
 

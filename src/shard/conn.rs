@@ -69,6 +69,10 @@ pub struct Conn {
     pub close_code: u16,
     /// Tick of the last bytes received (heartbeat).
     pub last_rx_tick: u32,
+    /// Tick of the last refill of the message token bucket.
+    pub bucket_tick: u32,
+    /// Messages the client may still send before the next refill.
+    pub tokens: u16,
     /// Frame decoder (no heap when idle).
     pub decoder: Decoder,
     /// Bytes of the upgrade request so far; empty and unallocated once open.
@@ -90,6 +94,8 @@ impl Conn {
             flags: 0,
             close_code: 0,
             last_rx_tick: now_tick,
+            bucket_tick: now_tick,
+            tokens: u16::MAX,
             decoder: Decoder::default(),
             head: Vec::new(),
             out: Outbound::default(),

@@ -130,6 +130,12 @@ fn body_of(payload: Payload) -> Body {
 impl Shard {
     /// A control connection was accepted.
     pub(super) fn open_control(&mut self, fd: i32) {
+        if self.controls.len() >= self.config.limits.control_conns_per_shard_max {
+            self.counters.control_refusals += 1;
+            // SAFETY: a socket we own and nobody else knows.
+            unsafe { libc::close(fd) };
+            return;
+        }
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & ((1 << crate::id::GEN_BITS) - 1);
         let mut conn = Conn::new(fd, generation, self.now_tick);
@@ -572,7 +578,11 @@ impl Shard {
                 Some((code, message)) => control::reply_error(p.id.as_deref(), code, message),
                 None => control::reply_ok(p.id.as_deref(), &result_of(&p)),
             };
-            if conn.out.push(Bytes::from(line), limit) == Enqueue::SlowConsumer {
+            if conn
+                .out
+                .push(Bytes::from(line), limit, &mut self.queued_bytes)
+                == Enqueue::SlowConsumer
+            {
                 overflow = true;
                 break;
             }

@@ -14,6 +14,7 @@
 //! owned by its send slot until the completion arrives (the kernel reads them); a provided
 //! buffer is recycled as soon as its bytes are consumed.
 
+pub mod budget;
 pub mod conn;
 pub mod control;
 pub mod listener;
@@ -55,7 +56,7 @@ use xmsg::XMsg;
 pub const TICK_MS: u64 = 10;
 /// Buckets of the timing wheel: 4096 × 10 ms ≈ 41 s per revolution, longer than the default
 /// heartbeat, so common deadlines are visited once.
-const WHEEL_BUCKETS: usize = 4096;
+pub const WHEEL_BUCKETS: usize = 4096;
 /// Ticks between two snapshots of the counters.
 const PUBLISH_EVERY_TICKS: u32 = 10;
 /// Buffer group id of the shard's provided-buffer ring.
@@ -85,9 +86,20 @@ pub struct ShardSetup {
     pub all_published: Arc<Vec<Arc<Published>>>,
 }
 
+/// Submission queue entries per ring.
+pub const SQ_ENTRIES: u32 = 4096;
+
+/// Completion queue entries for `limits`: room for every send in flight and every buffer the
+/// multishot receives can fill, plus slack (the kernel buffers overflow beyond that anyway).
+pub fn cq_entries(limits: &Limits) -> u32 {
+    (limits.sends_in_flight_max + limits.recv_buffers + 4096)
+        .next_power_of_two()
+        .min(1 << 20) as u32
+}
+
 /// A send in flight: the kernel reads `iov` and `frames` until its completion arrives, so the
 /// slot (boxed, at a stable address) owns them until then.
-struct SendSlot {
+pub(crate) struct SendSlot {
     conn_slot: usize,
     generation: u32,
     frames: Vec<Bytes>,
@@ -131,6 +143,11 @@ pub struct Shard {
     fired: Vec<usize>,
     cqes: Vec<(u64, i32, u32)>,
     counters: Counters,
+    /// Bytes owed to all connections of this shard (queued or in flight), bounded by
+    /// `shard_outbound_bytes_max`.
+    queued_bytes: usize,
+    /// Bytes of partly received messages held by decoders, bounded by `shard_inbound_bytes_max`.
+    inbound_bytes: usize,
     published: Arc<Published>,
     stop: Arc<AtomicBool>,
     started: Instant,
@@ -151,11 +168,7 @@ impl Shard {
     /// Builds a shard: its ring, buffer ring and slab. Runs on the shard's own thread.
     pub fn new(setup: ShardSetup) -> io::Result<Shard> {
         let limits = &setup.config.limits;
-        let sq_entries = 4096u32;
-        let cq_entries = (limits.sends_in_flight_max + limits.recv_buffers + 4096)
-            .next_power_of_two()
-            .min(1 << 20) as u32;
-        let (ring, ring_mode) = uring::build_ring(sq_entries, cq_entries)?;
+        let (ring, ring_mode) = uring::build_ring(SQ_ENTRIES, cq_entries(limits))?;
         let bufs = BufRing::new(
             &ring,
             BUFFER_GROUP,
@@ -163,7 +176,7 @@ impl Shard {
             limits.recv_buffer_bytes,
         )?;
         let mut wheel = Wheel::new(WHEEL_BUCKETS, 0);
-        wheel.reserve_keys(limits.conns_per_shard_max.min(1 << 16));
+        wheel.reserve_keys(budget::wheel_keys(limits));
         Ok(Shard {
             ring,
             bufs,
@@ -195,6 +208,8 @@ impl Shard {
             fired: Vec::new(),
             cqes: Vec::with_capacity(1024),
             counters: Counters::default(),
+            queued_bytes: 0,
+            inbound_bytes: 0,
             published: setup.published,
             stop: setup.stop,
             started: Instant::now(),
@@ -217,6 +232,16 @@ impl Shard {
     /// How the ring was set up.
     pub fn ring_mode(&self) -> RingMode {
         self.ring_mode
+    }
+
+    /// What `new` allocated up front, measured from the objects themselves (the ring sizes as
+    /// the kernel set them): compared with the budget's fixed part in a test.
+    pub fn preallocated_bytes(&self) -> usize {
+        let params = self.ring.params();
+        self.bufs.bytes()
+            + self.wheel.heap_bytes()
+            + params.sq_entries() as usize * 64
+            + params.cq_entries() as usize * 16
     }
 
     fn limits(&self) -> &Limits {
@@ -553,8 +578,10 @@ impl Shard {
         conn.state = State::Open;
         conn.flags |= TRIM_WHEN_DRAINED;
         conn.close_code = close::ABNORMAL;
-        conn.out
-            .push_control(handshake::response_101(&request.accept, None));
+        conn.out.push_control(
+            handshake::response_101(&request.accept, None),
+            &mut self.queued_bytes,
+        );
         // Bytes after the head are already frames (a client may pipeline them).
         let mut rest = std::mem::take(&mut conn.head);
         rest.drain(..request.head_len);
@@ -585,7 +612,8 @@ impl Shard {
         self.counters.rejected(rejection.status());
         let conn = &mut self.conns[slot];
         conn.head = Vec::new();
-        conn.out.push_control(rejection.response());
+        conn.out
+            .push_control(rejection.response(), &mut self.queued_bytes);
         conn.state = State::Closing;
         conn.flags |= FIN_AFTER_FLUSH;
         self.arm_close_deadline(slot);
@@ -609,13 +637,31 @@ impl Shard {
         };
         let outbound_max = self.config.limits.outbound_bytes_max;
         let endpoint = conn.endpoint;
+        // The token bucket of /ws clients: refilled from the ticks elapsed, burst of one second.
+        let rate = match endpoint {
+            Endpoint::Push { .. } => self.config.limits.client_messages_per_s,
+            _ => 0,
+        };
+        if rate > 0 {
+            let burst = u64::from(rate.min(u32::from(u16::MAX)));
+            let elapsed_ms = u64::from(self.now_tick.wrapping_sub(conn.bucket_tick)) * TICK_MS;
+            let refill = elapsed_ms * u64::from(rate) / 1000;
+            if refill > 0 {
+                conn.bucket_tick = self.now_tick;
+            }
+            conn.tokens = (u64::from(conn.tokens) + refill).min(burst) as u16;
+        }
+        let mut limited = false;
+        let held_before = conn.decoder.heap_bytes();
         let counters = &mut self.counters;
+        let queued = &mut self.queued_bytes;
         let Conn {
             decoder,
             out,
             flags,
             close_code,
             state,
+            tokens,
             ..
         } = conn;
         let mut slow = false;
@@ -623,6 +669,13 @@ impl Shard {
         let mut binary_on_ws = false;
         let result = decoder.feed(data, &limits, &mut |message| {
             counters.frames_in += 1;
+            if rate > 0 && !matches!(message, Message::Close { .. }) {
+                if *tokens == 0 {
+                    limited = true;
+                    return ControlFlow::Break(());
+                }
+                *tokens -= 1;
+            }
             match message {
                 Message::Text(payload) | Message::Binary(payload) if endpoint == Endpoint::Echo => {
                     let op = if matches!(message, Message::Text(_)) {
@@ -633,7 +686,8 @@ impl Shard {
                     // The echo endpoint is for conformance tests: its limit is the message limit.
                     let limit = outbound_max.max(limits.message_bytes_max + 16);
                     counters.frames_out += 1;
-                    if out.push(frame::encode(op, payload), limit) == Enqueue::SlowConsumer {
+                    if out.push(frame::encode(op, payload), limit, queued) == Enqueue::SlowConsumer
+                    {
                         slow = true;
                         return ControlFlow::Break(());
                     }
@@ -646,7 +700,7 @@ impl Shard {
                 }
                 Message::Ping(payload) => {
                     counters.frames_out += 1;
-                    out.push_control(frame::encode(OpCode::Pong, payload));
+                    out.push_control(frame::encode(OpCode::Pong, payload), queued);
                 }
                 Message::Pong(_) => {}
                 Message::Close { code, .. } => {
@@ -655,10 +709,11 @@ impl Shard {
                         // §5.5.1: answer with a close frame, echoing the status code.
                         *flags |= CLOSE_SENT;
                         counters.frames_out += 1;
-                        out.push_control(match code {
+                        let reply = match code {
                             Some(code) => frame::encode_close(code, ""),
                             None => frame::encode(OpCode::Close, &[]),
-                        });
+                        };
+                        out.push_control(reply, queued);
                         *close_code = code.unwrap_or(close::NO_STATUS);
                     }
                     *state = State::Closing;
@@ -667,14 +722,30 @@ impl Shard {
             }
             ControlFlow::Continue(())
         });
+        let held_after = self.conns[slot].decoder.heap_bytes();
+        // Decoders are the only holders of partial messages; the shard total follows their deltas.
+        self.inbound_bytes = (self.inbound_bytes + held_after).saturating_sub(held_before);
+        if held_after > held_before
+            && self.inbound_bytes > self.config.limits.shard_inbound_bytes_max
+        {
+            self.counters.shard_inbound_overflows += 1;
+            return self.fail(slot, close::MESSAGE_TOO_BIG);
+        }
         if slow {
             return self.slow_consumer(slot);
+        }
+        if limited {
+            // Commands read before the limit was hit are still served, then the close.
+            self.counters.rate_limited += 1;
         }
         for command in commands {
             if self.conns[slot].state != State::Open {
                 break;
             }
             self.on_command(slot, &command);
+        }
+        if limited {
+            return self.fail(slot, close::RATE_LIMITED);
         }
         if binary_on_ws {
             return self.fail(slot, close::UNSUPPORTED_DATA);
@@ -697,7 +768,8 @@ impl Shard {
     fn fail(&mut self, slot: usize, code: u16) {
         let conn = &mut self.conns[slot];
         if conn.flags & CLOSE_SENT == 0 {
-            conn.out.push_control(frame::encode_close(code, ""));
+            conn.out
+                .push_control(frame::encode_close(code, ""), &mut self.queued_bytes);
             conn.flags |= CLOSE_SENT;
             self.counters.frames_out += 1;
         }
@@ -719,7 +791,8 @@ impl Shard {
         if conn.state != State::Open {
             return;
         }
-        conn.out.push_control(frame::encode_close(code, reason));
+        conn.out
+            .push_control(frame::encode_close(code, reason), &mut self.queued_bytes);
         conn.flags |= CLOSE_SENT;
         conn.close_code = code;
         conn.state = State::Closing;
@@ -740,7 +813,7 @@ impl Shard {
         if conn.state != State::Open {
             return;
         }
-        match conn.out.push(frame, max) {
+        match conn.out.push(frame, max, &mut self.queued_bytes) {
             Enqueue::Enqueued => {
                 self.counters.frames_out += 1;
                 self.mark_dirty(slot);
@@ -800,7 +873,34 @@ impl Shard {
         Some(self.sends.len() - 1)
     }
 
+    /// Enforces `shard_outbound_bytes_max`: drops the connections with the largest queues as
+    /// slow consumers until the shard is back under 7/8 of the limit. A scan of the slab, but
+    /// only when the limit is passed, which a healthy shard never does.
+    fn shed_largest_queues(&mut self) {
+        let max = self.config.limits.shard_outbound_bytes_max;
+        if self.queued_bytes <= max {
+            return;
+        }
+        let target = max / 8 * 7;
+        let mut by_size: Vec<(usize, usize)> = self
+            .conns
+            .iter()
+            .map(|(slot, c)| (c.out.owed_bytes(), slot))
+            .filter(|&(owed, _)| owed > 0)
+            .collect();
+        by_size.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, slot) in by_size {
+            if self.queued_bytes <= target {
+                break;
+            }
+            self.counters.shard_outbound_overflows += 1;
+            self.counters.slow_consumers += 1;
+            self.free(slot, close::SLOW_CONSUMER);
+        }
+    }
+
     fn flush(&mut self) {
+        self.shed_largest_queues();
         std::mem::swap(&mut self.dirty, &mut self.dirty_next);
         let mut list = std::mem::take(&mut self.dirty_next);
         for &slot in &list {
@@ -871,7 +971,8 @@ impl Shard {
             return;
         }
         self.counters.bytes_out += result as u64;
-        conn.out.complete(&mut frames, result as usize);
+        conn.out
+            .complete(&mut frames, result as usize, &mut self.queued_bytes);
         if conn.flags & TRIM_WHEN_DRAINED != 0 && conn.out.release_if_empty() {
             conn.flags &= !TRIM_WHEN_DRAINED;
         }
@@ -910,7 +1011,8 @@ impl Shard {
             return self.start_close(slot, close::HEARTBEAT_TIMEOUT);
         }
         let conn = &mut self.conns[slot];
-        conn.out.push_control(frame::encode(OpCode::Ping, &[]));
+        conn.out
+            .push_control(frame::encode(OpCode::Ping, &[]), &mut self.queued_bytes);
         conn.flags |= TRIM_WHEN_DRAINED;
         self.counters.frames_out += 1;
         self.wheel.insert(slot, self.now_tick + interval);
@@ -922,7 +1024,9 @@ impl Shard {
     fn free(&mut self, slot: usize, code: u16) {
         self.leave_all(slot);
         self.controls.remove(&slot);
-        let conn = self.conns.remove(slot);
+        let mut conn = self.conns.remove(slot);
+        conn.out.clear(&mut self.queued_bytes);
+        self.inbound_bytes -= conn.decoder.heap_bytes().min(self.inbound_bytes);
         self.wheel.remove(slot);
         if code != 0 {
             self.counters.closed(code);
@@ -972,5 +1076,35 @@ impl Shard {
                 State::Closing | State::Draining => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The budget's fixed part is what a shard really allocates at start (one shard: no
+    /// cross-shard rings).
+    #[test]
+    fn preallocation_matches_the_budget() {
+        let mut config = Config::default();
+        config.limits.recv_buffers = 256;
+        let (listener, _) = listener::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mesh = crate::xshard::mesh(1, 16, 16).unwrap().pop().unwrap();
+        let setup = ShardSetup {
+            index: 0,
+            listener,
+            config: Arc::new(config.clone()),
+            published: Arc::new(Published::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+            mesh,
+            shards: 1,
+            epoch_base: 0,
+            control_listeners: Vec::new(),
+            all_published: Arc::new(Vec::new()),
+        };
+        let shard = Shard::new(setup).unwrap();
+        let terms = budget::shard_budget(&config.limits, 1, false);
+        assert_eq!(shard.preallocated_bytes(), budget::fixed_bytes(&terms));
     }
 }

@@ -27,17 +27,19 @@ pub struct Outbound {
 
 impl Outbound {
     /// Queues a data frame unless that would put more than `limit_bytes` in the queue.
-    pub fn push(&mut self, frame: Bytes, limit_bytes: usize) -> Enqueue {
+    /// `shard_total` is the shard's sum over all queues, kept in step.
+    pub fn push(&mut self, frame: Bytes, limit_bytes: usize, shard_total: &mut usize) -> Enqueue {
         if self.owed_bytes + frame.len() > limit_bytes {
             return Enqueue::SlowConsumer;
         }
-        self.push_control(frame);
+        self.push_control(frame, shard_total);
         Enqueue::Enqueued
     }
 
     /// Queues a control frame or handshake response: exempt from the limit (a pong or a close
     /// must reach a client even when its data backlog is full); ≤ 127 bytes for control frames.
-    pub fn push_control(&mut self, frame: Bytes) {
+    pub fn push_control(&mut self, frame: Bytes, shard_total: &mut usize) {
+        *shard_total += frame.len();
         self.owed_bytes += frame.len();
         self.frames.push_back(frame);
     }
@@ -60,9 +62,11 @@ impl Outbound {
     }
 
     /// The kernel took `sent` bytes of `batch`: the rest goes back to the front, in order.
-    pub fn complete(&mut self, batch: &mut Vec<Bytes>, mut sent: usize) {
+    pub fn complete(&mut self, batch: &mut Vec<Bytes>, mut sent: usize, shard_total: &mut usize) {
         assert!(sent <= self.owed_bytes);
+        assert!(sent <= *shard_total);
         self.owed_bytes -= sent;
+        *shard_total -= sent;
         let mut rest = batch.drain(..);
         for mut frame in rest.by_ref() {
             if sent >= frame.len() {
@@ -81,7 +85,9 @@ impl Outbound {
     }
 
     /// Frees everything (the connection is gone); the batch in flight is owned by the send slot.
-    pub fn clear(&mut self) {
+    pub fn clear(&mut self, shard_total: &mut usize) {
+        assert!(self.owed_bytes <= *shard_total);
+        *shard_total -= self.owed_bytes;
         self.frames = VecDeque::new();
         self.owed_bytes = 0;
     }
@@ -121,40 +127,44 @@ mod tests {
     #[test]
     fn limit_refuses_data_but_not_control() {
         let mut q = Outbound::default();
-        assert_eq!(q.push(b("12345"), 8), Enqueue::Enqueued);
-        assert_eq!(q.push(b("1234"), 8), Enqueue::SlowConsumer);
-        q.push_control(b("pong"));
+        let mut t = 0usize;
+        assert_eq!(q.push(b("12345"), 8, &mut t), Enqueue::Enqueued);
+        assert_eq!(q.push(b("1234"), 8, &mut t), Enqueue::SlowConsumer);
+        q.push_control(b("pong"), &mut t);
         assert_eq!(q.owed_bytes(), 9);
     }
 
     #[test]
     fn partial_send_resumes_in_order() {
         let mut q = Outbound::default();
+        let mut t = 0usize;
         for s in ["aaa", "bbb", "ccc", "ddd"] {
-            assert_eq!(q.push(b(s), 100), Enqueue::Enqueued);
+            assert_eq!(q.push(b(s), 100, &mut t), Enqueue::Enqueued);
         }
         let mut batch = Vec::new();
         q.take_batch(3, &mut batch);
         assert_eq!(batch.len(), 3);
-        q.complete(&mut batch, 4); // "aaa" + "b"
+        q.complete(&mut batch, 4, &mut t); // "aaa" + "b"
         assert!(batch.is_empty());
         assert_eq!(q.owed_bytes(), 8);
         q.take_batch(10, &mut batch);
         let joined: Vec<u8> = batch.iter().flat_map(|f| f.iter().copied()).collect();
         assert_eq!(joined, b"bbcccddd");
-        q.complete(&mut batch, 8);
+        q.complete(&mut batch, 8, &mut t);
         assert_eq!(q.owed_bytes(), 0);
+        assert_eq!(t, 0, "the shard total follows the queue");
         assert!(!q.has_queued());
     }
 
     #[test]
     fn in_flight_bytes_count_against_the_limit() {
         let mut q = Outbound::default();
-        assert_eq!(q.push(b("12345678"), 10), Enqueue::Enqueued);
+        let mut t = 0usize;
+        assert_eq!(q.push(b("12345678"), 10, &mut t), Enqueue::Enqueued);
         let mut batch = Vec::new();
         q.take_batch(8, &mut batch);
-        assert_eq!(q.push(b("123"), 10), Enqueue::SlowConsumer);
-        q.complete(&mut batch, 8);
-        assert_eq!(q.push(b("123"), 10), Enqueue::Enqueued);
+        assert_eq!(q.push(b("123"), 10, &mut t), Enqueue::SlowConsumer);
+        q.complete(&mut batch, 8, &mut t);
+        assert_eq!(q.push(b("123"), 10, &mut t), Enqueue::Enqueued);
     }
 }

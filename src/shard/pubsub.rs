@@ -153,7 +153,7 @@ impl Shard {
                 Endpoint::Push { raw: true } => raw.clone(),
                 _ => envelope.clone(),
             };
-            match conn.out.push(frame, limit) {
+            match conn.out.push(frame, limit, &mut self.queued_bytes) {
                 Enqueue::Enqueued => {
                     self.counters.frames_out += 1;
                     if conn.flags & (DIRTY | SENDING) == 0 {

@@ -1,0 +1,195 @@
+//! The memory budget of a shard, computed from `Limits`: what it can hold at worst, term by term.
+//! `ringcast serve` prints it at start-up and refuses a configuration whose worst case does not
+//! fit the host's available memory (unless told to accept the risk).
+//!
+//! Fixed terms are allocated (and touched) when the shard starts; variable terms grow with load
+//! but each is bounded by a limit. Kernel memory (socket buffers, the rings' kernel side) is not
+//! counted: it is governed by the kernel's own limits (`net.ipv4.tcp_mem`, memlock).
+
+use super::conn::Conn;
+use super::xmsg::XMsg;
+use super::{SQ_ENTRIES, SendSlot, WHEEL_BUCKETS, cq_entries};
+use crate::config::Limits;
+use bytes::Bytes;
+
+/// One line of the budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    /// What it is.
+    pub name: &'static str,
+    /// Bytes at worst.
+    pub bytes: usize,
+    /// Allocated at start (true) or grows with load up to `bytes` (false).
+    pub fixed: bool,
+}
+
+/// Timer links the wheel reserves up front (more are added as slots are used).
+pub fn wheel_keys(limits: &Limits) -> usize {
+    limits.conns_per_shard_max.min(1 << 16)
+}
+
+/// A shard's budget, term by term.
+pub fn shard_budget(limits: &Limits, shards: usize, echo: bool) -> Vec<Term> {
+    let conns = limits.conns_per_shard_max;
+    let page = 4096;
+    let others = shards.saturating_sub(1);
+    let message_max = if echo {
+        limits.message_bytes_max.max(limits.echo_message_bytes_max)
+    } else {
+        limits.message_bytes_max
+    };
+    vec![
+        // The provided receive buffers, touched at start (see `BufRing::new`).
+        Term {
+            name: "receive buffers",
+            bytes: limits.recv_buffers * limits.recv_buffer_bytes,
+            fixed: true,
+        },
+        // The buffer ring's entries (16 bytes each), one mapping rounded up to a page.
+        Term {
+            name: "buffer ring",
+            bytes: (limits.recv_buffers * 16).div_ceil(page) * page,
+            fixed: true,
+        },
+        // The io_uring submission (64 B) and completion (16 B) entries, mapped into the process.
+        Term {
+            name: "io_uring rings",
+            bytes: SQ_ENTRIES as usize * 64 + cq_entries(limits) as usize * 16,
+            fixed: true,
+        },
+        // Wheel bucket heads and the links reserved at start (16 bytes per key).
+        Term {
+            name: "timer wheel",
+            bytes: WHEEL_BUCKETS * 4 + wheel_keys(limits) * 16,
+            fixed: true,
+        },
+        // Slab entries: reserved as address space, touched one entry per connection in use.
+        Term {
+            name: "connection slots",
+            bytes: conns * std::mem::size_of::<Option<Conn>>(),
+            fixed: false,
+        },
+        // Timer links beyond the reserved ones.
+        Term {
+            name: "timer links",
+            bytes: conns.saturating_sub(wheel_keys(limits)) * 16,
+            fixed: false,
+        },
+        // Send slots, created on demand up to the limit, each with room for its iovecs and handles.
+        Term {
+            name: "send slots",
+            bytes: limits.sends_in_flight_max
+                * (std::mem::size_of::<SendSlot>()
+                    + limits.send_iovecs_max
+                        * (std::mem::size_of::<libc::iovec>() + std::mem::size_of::<Bytes>())),
+            fixed: false,
+        },
+        // Incoming cross-shard rings (one per other shard), allocated at start by the mesh.
+        Term {
+            name: "cross-shard rings",
+            bytes: others * limits.xshard_ring_capacity * std::mem::size_of::<XMsg>(),
+            fixed: true,
+        },
+        // Outgoing overflow queues, one per other shard.
+        Term {
+            name: "cross-shard overflow",
+            bytes: others * limits.xshard_overflow_max * std::mem::size_of::<XMsg>(),
+            fixed: false,
+        },
+        // Everything owed to clients, shared frames counted once per queue.
+        Term {
+            name: "outbound queues",
+            bytes: limits.shard_outbound_bytes_max,
+            fixed: false,
+        },
+        // Partly received messages.
+        Term {
+            name: "message assembly",
+            bytes: limits
+                .shard_inbound_bytes_max
+                .min(conns.saturating_mul(message_max)),
+            fixed: false,
+        },
+        // Upgrade requests being read.
+        Term {
+            name: "handshake heads",
+            bytes: conns * (limits.handshake_bytes_max + 4),
+            fixed: false,
+        },
+        // Partial control lines.
+        Term {
+            name: "control lines",
+            bytes: limits.control_conns_per_shard_max * limits.control_line_bytes_max,
+            fixed: false,
+        },
+    ]
+}
+
+/// Sum of the fixed terms.
+pub fn fixed_bytes(terms: &[Term]) -> usize {
+    terms.iter().filter(|t| t.fixed).map(|t| t.bytes).sum()
+}
+
+/// Sum of all terms.
+pub fn total_bytes(terms: &[Term]) -> usize {
+    terms.iter().map(|t| t.bytes).sum()
+}
+
+/// The host's available memory (`MemAvailable` in /proc/meminfo), if readable.
+pub fn mem_available_bytes() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Formats a byte count for people.
+pub fn human(bytes: usize) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_is_bounded_and_follows_limits() {
+        let limits = Limits::default();
+        let terms = shard_budget(&limits, 2, false);
+        let total = total_bytes(&terms);
+        assert!(total > fixed_bytes(&terms));
+        let small = Limits {
+            shard_outbound_bytes_max: 1 << 20,
+            ..Limits::default()
+        };
+        let diff = total - total_bytes(&shard_budget(&small, 2, false));
+        assert_eq!(diff, limits.shard_outbound_bytes_max - (1 << 20));
+        // One shard has no cross-shard rings.
+        let single = shard_budget(&limits, 1, false);
+        assert_eq!(
+            single
+                .iter()
+                .find(|t| t.name == "cross-shard rings")
+                .unwrap()
+                .bytes,
+            0
+        );
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(4 * 1024 * 1024), "4.0 MiB");
+    }
+}
