@@ -678,6 +678,8 @@ fn unsubscribe_errors_and_limits() {
 fn slow_consumer_is_closed_and_others_keep_receiving() {
     let limits = Limits {
         outbound_bytes_max: 64 * 1024,
+        // The publisher sends thousands of messages; the rate limit is not what is tested here.
+        client_messages_per_s: 0,
         ..Limits::default()
     };
     let server = Server::start(push_config(1, limits)).unwrap();
@@ -760,9 +762,13 @@ impl Ctl {
 }
 
 fn control_server(shards: usize, name: &str) -> (Server, std::path::PathBuf) {
+    control_server_with(shards, name, Limits::default())
+}
+
+fn control_server_with(shards: usize, name: &str, limits: Limits) -> (Server, std::path::PathBuf) {
     let path =
         std::env::temp_dir().join(format!("ringcast-e2e-{}-{name}.sock", std::process::id()));
-    let mut c = push_config(shards, Limits::default());
+    let mut c = push_config(shards, limits);
     c.control.listen = vec![format!("unix:{}", path.display())];
     (Server::start(c).unwrap(), path)
 }
@@ -993,4 +999,270 @@ fn control_token_and_tcp() {
     c.control.listen = vec!["tcp:0.0.0.0:0".into()];
     let err = Server::start(c).err().expect("refused");
     assert!(err.contains("not loopback"), "{err}");
+}
+
+// ---- adversarial clients: each ends with its close code, a freed slot, a counter, and a
+// healthy neighbour that still gets its messages ----
+
+/// A healthy subscriber on `channel` plus a publisher; checks one round trip.
+fn neighbour_still_served(addr: SocketAddr, channel: &str) {
+    let mut sub = connect(addr, &format!("/ws?channel={channel}&format=raw"));
+    let mut publisher = connect(addr, "/ws");
+    assert_eq!(json(&mut publisher)["op"], "welcome");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    sub.get_mut()
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    loop {
+        assert!(Instant::now() < deadline, "the neighbour got nothing");
+        send_json(
+            &mut publisher,
+            serde_json::json!({"op":"publish","channel":channel,"data":"alive"}),
+        );
+        match sub.read() {
+            Ok(Message::Text(t)) if t.as_str() == "\"alive\"" => return,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("the neighbour failed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn ping_flood_and_message_flood_are_rate_limited() {
+    let limits = Limits {
+        client_messages_per_s: 20,
+        ..Limits::default()
+    };
+    let server = Server::start(push_config(1, limits)).unwrap();
+    let addr = server.local_addr();
+    let mask = [1, 2, 3, 4];
+    for flood in [
+        encode_client(OpCode::Ping, true, b"", mask),
+        encode_client(OpCode::Text, true, br#"{"op":"ping"}"#, mask),
+    ] {
+        let mut s = raw_upgrade(addr, "/ws?format=raw");
+        let burst: Vec<u8> = std::iter::repeat_n(flood, 200).flatten().collect();
+        let _ = s.write_all(&burst);
+        let got = read_to_close(&mut s);
+        assert_eq!(close_code_of(&got), Some(4002));
+    }
+    neighbour_still_served(addr, "chat:n");
+    eventually(&server, "counted and freed", |c| {
+        c.rate_limited == 2 && c.closed_with(4002) == 2 && c.open == 0
+    });
+    stop(server);
+}
+
+#[test]
+fn fragment_flood_split_utf8_and_frames_after_close() {
+    let server = Server::start(push_config(2, Limits::default())).unwrap();
+    let addr = server.local_addr();
+    let mask = [7, 7, 7, 7];
+    // 1,100 fragments of one message on /ws (limit 1,024): 1009.
+    let mut s = raw_upgrade(addr, "/ws?format=raw");
+    let mut wire = encode_client(OpCode::Text, false, b"a", mask);
+    for _ in 0..1100 {
+        wire.extend(encode_client(OpCode::Continuation, false, b"a", mask));
+    }
+    let _ = s.write_all(&wire);
+    assert_eq!(close_code_of(&read_to_close(&mut s)), Some(1009));
+    // A 4-byte character split across fragments, then broken: 1007 as soon as it is known.
+    let mut s = raw_upgrade(addr, "/ws?format=raw");
+    let mut wire = encode_client(OpCode::Text, false, &[0xf0, 0x9f], mask);
+    wire.extend(encode_client(OpCode::Continuation, true, b"A", mask));
+    s.write_all(&wire).unwrap();
+    assert_eq!(close_code_of(&read_to_close(&mut s)), Some(1007));
+    // Frames after the client's close are ignored; the server answers the close once.
+    let mut s = raw_upgrade(addr, "/echo");
+    let mut wire = encode_client(OpCode::Close, true, &1000u16.to_be_bytes(), mask);
+    wire.extend(encode_client(OpCode::Text, true, b"too late", mask));
+    wire.extend(encode_client(OpCode::Ping, true, b"", mask));
+    s.write_all(&wire).unwrap();
+    let got = read_to_close(&mut s);
+    assert_eq!(
+        got,
+        vec![0x88, 0x02, 0x03, 0xe8],
+        "exactly one close frame, nothing else"
+    );
+    // Zero-length frames of every kind are fine.
+    let mut ws = connect(addr, "/echo");
+    ws.send(Message::binary(Vec::new())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::binary(Vec::new()));
+    neighbour_still_served(addr, "chat:n");
+    eventually(&server, "all three counted", |c| {
+        c.closed_with(1009) == 1 && c.closed_with(1007) == 1 && c.closed_with(1000) == 1
+    });
+    stop(server);
+}
+
+#[test]
+fn reset_mid_send_frees_the_slot() {
+    let server = Server::start(push_config(1, Limits::default())).unwrap();
+    let addr = server.local_addr();
+    let victim = raw_upgrade(addr, "/ws?channel=chat:big&format=raw");
+    let mut publisher = connect(addr, "/ws");
+    assert_eq!(json(&mut publisher)["op"], "welcome");
+    eventually(&server, "both open", |c| c.open == 2);
+    let big = "y".repeat(30_000);
+    for _ in 0..20 {
+        send_json(
+            &mut publisher,
+            serde_json::json!({"op":"publish","channel":"chat:big","data":big}),
+        );
+    }
+    // SO_LINGER 0: close sends RST while the server is still sending.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setting a plain socket option on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&victim),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(victim);
+    eventually(&server, "the reset connection freed", |c| {
+        c.open == 1 && c.closed_with(1006) == 1
+    });
+    neighbour_still_served(addr, "chat:n");
+    stop(server);
+}
+
+#[test]
+fn subscribe_toggles_leave_no_state_behind() {
+    // Thousands of commands in a burst: the message rate limit is off for this client.
+    let (server, path) = control_server_with(
+        2,
+        "toggle",
+        Limits {
+            client_messages_per_s: 0,
+            ..Limits::default()
+        },
+    );
+    let mut ctl = Ctl::connect(&path);
+    let mut ws = connect(server.local_addr(), "/ws");
+    assert_eq!(json(&mut ws)["op"], "welcome");
+    for i in 0..3000 {
+        send_json(
+            &mut ws,
+            serde_json::json!({"op":"subscribe","channel":format!("t{}", i % 7)}),
+        );
+        send_json(
+            &mut ws,
+            serde_json::json!({"op":"unsubscribe","channel":format!("t{}", i % 7)}),
+        );
+        if i % 100 == 99 {
+            // Let the replies drain so the client is not a slow consumer of its own replies.
+            for _ in 0..200 {
+                let r = json(&mut ws);
+                assert!(r["op"] == "subscribed" || r["op"] == "unsubscribed", "{r}");
+            }
+        }
+    }
+    let r = ctl.call(serde_json::json!({"method":"channels"}));
+    assert_eq!(
+        r["result"]["channels"],
+        serde_json::json!({}),
+        "no channel left: {r}"
+    );
+    // And the connection still works.
+    send_json(
+        &mut ws,
+        serde_json::json!({"op":"subscribe","channel":"t1"}),
+    );
+    assert_eq!(json(&mut ws)["op"], "subscribed");
+    assert_eq!(
+        ctl.call(serde_json::json!({"method":"publish","channel":"t1","text":"ok"}))["result"]["offset"],
+        1
+    );
+    assert_eq!(json(&mut ws)["data"], "ok");
+    stop(server);
+}
+
+#[test]
+fn shard_wide_byte_bounds() {
+    // Outbound: three readers that never read, a shard limit below their per-connection limit.
+    let limits = Limits {
+        shard_outbound_bytes_max: 2 << 20,
+        outbound_bytes_max: 4 << 20,
+        shard_inbound_bytes_max: 100_000,
+        message_bytes_max: 1 << 20,
+        client_messages_per_s: 0,
+        ..Limits::default()
+    };
+    let server = Server::start(push_config(1, limits)).unwrap();
+    let addr = server.local_addr();
+    let stuck: Vec<TcpStream> = (0..3)
+        .map(|_| raw_upgrade(addr, "/ws?channel=chat:flood&format=raw"))
+        .collect();
+    let mut publisher = connect(addr, "/ws");
+    assert_eq!(json(&mut publisher)["op"], "welcome");
+    eventually(&server, "4 open", |c| c.open == 4);
+    let payload = "z".repeat(16_000);
+    let mut sent = 0;
+    while server.counters().shard_outbound_overflows == 0 {
+        assert!(sent < 20_000, "the shard bound never acted");
+        for _ in 0..20 {
+            send_json(
+                &mut publisher,
+                serde_json::json!({"op":"publish","channel":"chat:flood","data":payload}),
+            );
+        }
+        sent += 20;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(stuck);
+    // Inbound: a frame announcing 500 kB, of which 150 kB arrive: the shard's assembly bound acts.
+    let mut s = raw_upgrade(addr, "/ws?format=raw");
+    let mut wire = vec![0x82, 0xff];
+    wire.extend(500_000u64.to_be_bytes());
+    wire.extend([1, 2, 3, 4]);
+    wire.extend(vec![0u8; 150_000]);
+    let _ = s.write_all(&wire);
+    assert_eq!(close_code_of(&read_to_close(&mut s)), Some(1009));
+    eventually(&server, "inbound bound counted", |c| {
+        c.shard_inbound_overflows == 1
+    });
+    neighbour_still_served(addr, "chat:n");
+    stop(server);
+}
+
+#[test]
+fn replies_keep_command_order_while_a_subscription_waits_for_its_owner() {
+    let server = Server::start(push_config(4, Limits::default())).unwrap();
+    let mut ws = connect(server.local_addr(), "/ws");
+    assert_eq!(json(&mut ws)["op"], "welcome");
+    // Sent in one burst: the first subscribe needs a round trip to the channel's owner.
+    let burst: Vec<serde_json::Value> = vec![
+        serde_json::json!({"op":"subscribe","channel":"fresh","id":1}),
+        serde_json::json!({"op":"unsubscribe","channel":"fresh","id":2}),
+        serde_json::json!({"op":"ping","id":3}),
+        serde_json::json!({"op":"subscribe","channel":"fresh","id":4}),
+        serde_json::json!({"op":"subscribe","channel":"other","id":5}),
+    ];
+    for cmd in &burst {
+        send_json(&mut ws, cmd.clone());
+    }
+    let expect = [
+        "subscribed",
+        "unsubscribed",
+        "pong",
+        "subscribed",
+        "subscribed",
+    ];
+    for (i, op) in expect.iter().enumerate() {
+        let r = json(&mut ws);
+        assert_eq!(
+            (r["op"].as_str(), r["id"].as_u64()),
+            (Some(*op), Some(i as u64 + 1)),
+            "{r}"
+        );
+    }
+    stop(server);
 }

@@ -71,8 +71,11 @@ pub struct Conn {
     pub last_rx_tick: u32,
     /// Tick of the last refill of the message token bucket.
     pub bucket_tick: u32,
-    /// Messages the client may still send before the next refill.
-    pub tokens: u16,
+    /// Messages the client may still send before the next refill (burst ≤ 255).
+    pub tokens: u8,
+    /// Subscriptions of this connection waiting for their channel owner's answer; while above
+    /// zero, the client's commands are deferred so replies keep their order.
+    pub awaiting: u8,
     /// Frame decoder (no heap when idle).
     pub decoder: Decoder,
     /// Bytes of the upgrade request so far; empty and unallocated once open.
@@ -95,7 +98,8 @@ impl Conn {
             close_code: 0,
             last_rx_tick: now_tick,
             bucket_tick: now_tick,
-            tokens: u16::MAX,
+            tokens: u8::MAX,
+            awaiting: 0,
             decoder: Decoder::default(),
             head: Vec::new(),
             out: Outbound::default(),

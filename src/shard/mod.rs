@@ -126,6 +126,8 @@ pub struct Shard {
     local: LocalChannels,
     owned: OwnedChannels,
     slow_scratch: Vec<u32>,
+    /// Commands of clients waiting for a subscription's answer (see `pubsub::on_command`).
+    deferred: std::collections::HashMap<usize, VecDeque<Vec<u8>>>,
     controls: std::collections::HashMap<usize, control::ControlState>,
     control_listeners: Vec<OwnedFd>,
     line_arena: Vec<u8>,
@@ -190,6 +192,7 @@ impl Shard {
             local: LocalChannels::default(),
             owned: OwnedChannels::new(setup.epoch_base, limits.channels_per_shard_max),
             slow_scratch: Vec::new(),
+            deferred: std::collections::HashMap::new(),
             controls: std::collections::HashMap::new(),
             accept_armed: vec![false; 1 + setup.control_listeners.len()],
             control_listeners: setup.control_listeners,
@@ -643,13 +646,13 @@ impl Shard {
             _ => 0,
         };
         if rate > 0 {
-            let burst = u64::from(rate.min(u32::from(u16::MAX)));
+            let burst = u64::from(rate.min(u32::from(u8::MAX)));
             let elapsed_ms = u64::from(self.now_tick.wrapping_sub(conn.bucket_tick)) * TICK_MS;
             let refill = elapsed_ms * u64::from(rate) / 1000;
             if refill > 0 {
                 conn.bucket_tick = self.now_tick;
             }
-            conn.tokens = (u64::from(conn.tokens) + refill).min(burst) as u16;
+            conn.tokens = (u64::from(conn.tokens) + refill).min(burst) as u8;
         }
         let mut limited = false;
         let held_before = conn.decoder.heap_bytes();
@@ -728,8 +731,20 @@ impl Shard {
         if held_after > held_before
             && self.inbound_bytes > self.config.limits.shard_inbound_bytes_max
         {
-            self.counters.shard_inbound_overflows += 1;
-            return self.fail(slot, close::MESSAGE_TOO_BIG);
+            // Over the shard's bound: the largest partial message goes (not simply the one that
+            // grew last, which may be a small, innocent one).
+            let largest = self
+                .conns
+                .iter()
+                .max_by_key(|(_, c)| c.decoder.heap_bytes())
+                .map(|(s, _)| s);
+            if let Some(largest) = largest {
+                self.counters.shard_inbound_overflows += 1;
+                self.fail(largest, close::MESSAGE_TOO_BIG);
+                if largest == slot {
+                    return;
+                }
+            }
         }
         if slow {
             return self.slow_consumer(slot);
@@ -766,6 +781,11 @@ impl Shard {
 
     /// Fails the connection (§7.1.7): send a close frame with `code`, read nothing more, then FIN.
     fn fail(&mut self, slot: usize, code: u16) {
+        let conn = &mut self.conns[slot];
+        // Nothing more is decoded: release a partly received message now.
+        let held = conn.decoder.heap_bytes();
+        conn.decoder = crate::proto::decoder::Decoder::default();
+        self.inbound_bytes -= held.min(self.inbound_bytes);
         let conn = &mut self.conns[slot];
         if conn.flags & CLOSE_SENT == 0 {
             conn.out
@@ -1024,6 +1044,7 @@ impl Shard {
     fn free(&mut self, slot: usize, code: u16) {
         self.leave_all(slot);
         self.controls.remove(&slot);
+        self.deferred.remove(&slot);
         let mut conn = self.conns.remove(slot);
         conn.out.clear(&mut self.queued_bytes);
         self.inbound_bytes -= conn.decoder.heap_bytes().min(self.inbound_bytes);

@@ -19,6 +19,10 @@ use base64::Engine;
 use bytes::Bytes;
 use std::sync::Arc;
 
+/// Commands a client may send while one of its subscriptions waits for the channel's owner (a
+/// round trip between shards, microseconds); more closes it with 4002.
+pub const DEFERRED_COMMANDS_MAX: usize = 256;
+
 /// Cross-shard messages handled per loop turn before the shard returns to its sockets.
 pub const DRAIN_BUDGET: usize = 8192;
 
@@ -175,45 +179,84 @@ impl Shard {
             return;
         };
         let waiting = std::mem::take(&mut self.local.get_mut(id).waiting);
-        let Some((offset, epoch)) = position else {
-            // The owner is full: every subscriber of this channel here is refused.
-            let subscribers = self.local.get(id).subscribers.clone();
-            for slot in subscribers {
-                let slot = slot as usize;
-                self.leave(slot, id);
-                let err = ChannelError::TooManyChannels;
-                self.reply_error(slot, err.code(), err.message(), None);
+        let name: Arc<str> = self.local.get(id).name.clone();
+        match position {
+            None => {
+                // The owner is full: every subscriber of this channel here is refused.
+                let subscribers = self.local.get(id).subscribers.clone();
+                for slot in subscribers {
+                    self.leave(slot as usize, id);
+                }
+                if self.local.find(&name).is_some() {
+                    self.local.remove_channel(id);
+                }
             }
-            if self.local.find(name).is_some() {
-                self.local.remove_channel(id);
+            Some((offset, epoch)) => {
+                let channel = self.local.get_mut(id);
+                channel.sync = Sync::Active;
+                channel.last_offset = offset;
+                channel.epoch = epoch;
+                if channel.subscribers.is_empty() {
+                    // Everyone left while the acknowledgement was on its way.
+                    self.local.remove_channel(id);
+                    let owner = channel::owner_of(&name, self.shards);
+                    self.send_x(
+                        owner,
+                        XMsg::Withdraw {
+                            channel: name.clone(),
+                            shard: self.index as u16,
+                        },
+                    );
+                }
             }
+        }
+        for (slot, generation, req) in waiting {
+            let slot = slot as usize;
+            let Some(conn) = self
+                .conns
+                .get_mut(slot)
+                .filter(|c| c.generation == generation)
+            else {
+                continue;
+            };
+            conn.awaiting = conn.awaiting.saturating_sub(1);
+            let subscribed = self.local.find(&name).is_some_and(|l| l == id)
+                && conn.subs.iter().any(|m| m.channel == id);
+            match position {
+                Some((offset, epoch)) if subscribed => {
+                    self.reply(
+                        slot,
+                        client::subscribed(&name, offset, epoch, req.as_deref()),
+                    );
+                }
+                Some(_) => {} // unsubscribed by the backend meanwhile
+                None => {
+                    let err = ChannelError::TooManyChannels;
+                    self.reply_error(slot, err.code(), err.message(), req.as_deref());
+                }
+            }
+            if self.conns[slot].awaiting == 0 {
+                self.replay_deferred(slot);
+            }
+        }
+    }
+
+    /// Runs the commands a client sent while its subscription waited for the owner, in order.
+    fn replay_deferred(&mut self, slot: usize) {
+        let Some(mut queue) = self.deferred.remove(&slot) else {
             return;
         };
-        let channel = self.local.get_mut(id);
-        channel.sync = Sync::Active;
-        channel.last_offset = offset;
-        channel.epoch = epoch;
-        if channel.subscribers.is_empty() {
-            // Everyone left while the acknowledgement was on its way.
-            let name = channel.name.clone();
-            self.local.remove_channel(id);
-            self.send_x(
-                channel::owner_of(&name, self.shards),
-                XMsg::Withdraw {
-                    channel: name,
-                    shard: self.index as u16,
-                },
-            );
-            return;
-        }
-        let name: Arc<str> = self.local.get(id).name.clone();
-        for (slot, generation, req) in waiting {
-            let alive = self.conns.get(slot as usize).is_some_and(|c| {
-                c.generation == generation && c.subs.iter().any(|m| m.channel == id)
-            });
-            if alive {
-                let text = client::subscribed(&name, offset, epoch, req.as_deref());
-                self.reply(slot as usize, text);
+        while let Some(command) = queue.pop_front() {
+            if self.conns.get(slot).is_none_or(|c| c.state != State::Open) {
+                return;
+            }
+            self.on_command(slot, &command);
+            if self.conns[slot].awaiting > 0 {
+                // Waiting again: the rest stays queued, in order.
+                if !queue.is_empty() {
+                    self.deferred.insert(slot, queue);
+                }
+                return;
             }
         }
     }
@@ -235,6 +278,9 @@ impl Shard {
                 .subscribe(slot as u32, &mut conn.subs, name, per_conn, per_shard)?;
         match outcome {
             Subscribed::NeedsOwner(local) | Subscribed::Waiting(local) => {
+                // The client's later commands wait for this answer, so replies stay in order.
+                let conn = &mut self.conns[slot];
+                conn.awaiting = conn.awaiting.saturating_add(1);
                 let channel = self.local.get_mut(local);
                 channel
                     .waiting
@@ -319,6 +365,17 @@ impl Shard {
 
     /// Handles one text message from a `/ws` client.
     pub(super) fn on_command(&mut self, slot: usize, text: &[u8]) {
+        if self.conns[slot].awaiting > 0 {
+            // A subscription of this client waits for its channel's owner: keep the command (and
+            // the order of replies) until the answer arrives.
+            let queue = self.deferred.entry(slot).or_default();
+            if queue.len() >= DEFERRED_COMMANDS_MAX {
+                self.counters.rate_limited += 1;
+                return self.fail(slot, crate::proto::close::RATE_LIMITED);
+            }
+            queue.push_back(text.to_vec());
+            return;
+        }
         let request = match client::parse(text) {
             Ok(request) => request,
             Err(e) => return self.reply_error(slot, e.code, &e.message, e.id.as_deref()),
