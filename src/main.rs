@@ -127,7 +127,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let available = budget::mem_available_bytes();
     eprintln!(
-        "ringcast: memory budget: {} fixed + up to {} per shard, worst case {} for {shards} shards (available: {}; --print-budget for the terms)",
+        "ringcast: memory budget: {} fixed + up to {} per shard, worst case {} for {shards} \
+         shards (available: {}; --print-budget for the terms)",
         budget::human(budget::fixed_bytes(&terms)),
         budget::human(budget::total_bytes(&terms) - budget::fixed_bytes(&terms)),
         budget::human(worst),

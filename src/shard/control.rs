@@ -253,7 +253,7 @@ impl Shard {
                 let reply = if noreply {
                     None
                 } else {
-                    self.expect(slot, id, 1, Acc::Publish(None))
+                    self.await_parts(slot, id, 1, Acc::Publish(None))
                         .map(|to| (to, 0))
                 };
                 if !noreply && reply.is_none() {
@@ -281,7 +281,7 @@ impl Shard {
                     None
                 } else {
                     let acc = Acc::Broadcast(channels.iter().map(|c| (c.clone(), None)).collect());
-                    match self.expect(slot, id, channels.len() as u32, acc) {
+                    match self.await_parts(slot, id, channels.len() as u32, acc) {
                         Some(to) => Some(to),
                         None => return,
                     }
@@ -304,7 +304,7 @@ impl Shard {
                 let to = if noreply {
                     None
                 } else {
-                    match self.expect(slot, id, self.shards as u32, Acc::Count(0)) {
+                    match self.await_parts(slot, id, self.shards as u32, Acc::Count(0)) {
                         Some(to) => Some(to),
                         None => return,
                     }
@@ -360,7 +360,8 @@ impl Shard {
                     return;
                 }
                 let channel: Arc<str> = Arc::from(name.as_str());
-                if let Some(to) = self.expect(slot, id, self.shards as u32, Acc::Conns(Vec::new()))
+                if let Some(to) =
+                    self.await_parts(slot, id, self.shards as u32, Acc::Conns(Vec::new()))
                 {
                     for shard in 0..self.shards {
                         self.send_x(
@@ -378,7 +379,7 @@ impl Shard {
                     return;
                 }
                 if let Some(to) =
-                    self.expect(slot, id, self.shards as u32, Acc::Channels(BTreeMap::new()))
+                    self.await_parts(slot, id, self.shards as u32, Acc::Channels(BTreeMap::new()))
                 {
                     for shard in 0..self.shards {
                         self.send_x(
@@ -439,7 +440,7 @@ impl Shard {
         let reply = if noreply {
             None
         } else {
-            match self.expect(slot, id, 1, Acc::Done) {
+            match self.await_parts(slot, id, 1, Acc::Done) {
                 Some(to) => Some(to),
                 None => return,
             }
@@ -456,7 +457,13 @@ impl Shard {
 
     /// Adds a pending reply expecting `parts` parts; `None` (and the connection closed) when the
     /// connection already has `control_pending_max` replies pending.
-    fn expect(&mut self, slot: usize, id: Option<&str>, parts: u32, acc: Acc) -> Option<ReplyTo> {
+    fn await_parts(
+        &mut self,
+        slot: usize,
+        id: Option<&str>,
+        parts: u32,
+        acc: Acc,
+    ) -> Option<ReplyTo> {
         let max = self.config.limits.control_pending_max;
         let generation = self.conns[slot].generation;
         let state = self.controls.get_mut(&slot)?;

@@ -1,0 +1,121 @@
+//! Machine-checked style: the module boundary of the sans-IO layers, leftover debugging, and
+//! `unwrap`/`expect` outside tests only where a comment names the invariant.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The file's lines before its `#[cfg(test)]` module (tests may do as they like).
+fn shipped_lines(path: &Path) -> Vec<(usize, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .enumerate()
+        .take_while(|(_, l)| l.trim() != "#[cfg(test)]")
+        .map(|(i, l)| (i + 1, l.to_string()))
+        .collect()
+}
+
+#[test]
+fn sans_io_layers_touch_no_io_and_no_clock() {
+    let forbidden = [
+        "io_uring",
+        "libc::",
+        "std::net",
+        "std::time",
+        "Instant::",
+        "SystemTime",
+        "crate::shard",
+        "std::thread",
+    ];
+    let mut problems = Vec::new();
+    for layer in ["proto", "control", "channel"] {
+        let mut files = Vec::new();
+        rust_files(&root().join("src").join(layer), &mut files);
+        assert!(!files.is_empty(), "src/{layer} has no files?");
+        for file in files {
+            for (n, line) in shipped_lines(&file) {
+                for word in forbidden {
+                    if line.contains(word) && !line.trim_start().starts_with("//") {
+                        problems.push(format!(
+                            "{}:{n}: `{word}` in a sans-IO layer",
+                            file.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    // The cross-shard rings know nothing about WebSocket.
+    let mut files = Vec::new();
+    rust_files(&root().join("src/xshard"), &mut files);
+    for file in files {
+        for (n, line) in shipped_lines(&file) {
+            if line.contains("proto::") || line.contains("crate::shard") {
+                problems.push(format!(
+                    "{}:{n}: xshard must not know the protocol",
+                    file.display()
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn no_leftover_debugging_and_unwraps_name_their_invariant() {
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let engine_files = files.len();
+    rust_files(&root().join("loadtest/src"), &mut files);
+    let mut problems = Vec::new();
+    for (index, file) in files.into_iter().enumerate() {
+        // The load generator is a tool: only the leftover-debugging rule applies to it.
+        let engine = index < engine_files;
+        let lines = shipped_lines(&file);
+        for (i, (n, line)) in lines.iter().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains("dbg!(") || code.contains("todo!(") || code.contains("unimplemented!(")
+            {
+                problems.push(format!(
+                    "{}:{n}: leftover `{}`",
+                    file.display(),
+                    code.trim()
+                ));
+            }
+            if engine && (code.contains(".unwrap()") || code.contains(".expect(")) {
+                // The comment may sit on any of the three lines above (or the line itself).
+                let from = i.saturating_sub(3);
+                let justified = lines[from..=i].iter().any(|(_, l)| {
+                    let l = l.to_lowercase();
+                    l.contains("invariant") || l.contains("cannot fail") || l.contains("infallible")
+                });
+                if !justified {
+                    problems.push(format!(
+                        "{}:{n}: unwrap/expect without an invariant comment",
+                        file.display()
+                    ));
+                }
+            }
+            if engine && line.chars().count() > 120 {
+                problems.push(format!(
+                    "{}:{n}: line longer than 120 characters",
+                    file.display()
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
