@@ -5,6 +5,7 @@
 #   cargo        release build of every target, all unit + integration tests, benches compile
 #   conformance  start `ringcast serve --echo` on a free loopback port, run the Autobahn cases and
 #                the real-client smokes (Chromium, Python websockets, Node ws) against /echo,
+#                the push smokes on /ws, the control-socket examples (PHP, Python, Node, shell),
 #                then stop the server with SIGTERM
 #   (no PHASE: cargo, then conformance)
 #
@@ -42,13 +43,16 @@ BENCH_LIMIT_S="${BENCH_LIMIT_S:-1800}"
 TOOLS_LIMIT_S="${TOOLS_LIMIT_S:-1800}"
 READY_LIMIT_S="${READY_LIMIT_S:-30}"
 SMOKE_LIMIT_S="${SMOKE_LIMIT_S:-120}"
+EXAMPLES_LIMIT_S="${EXAMPLES_LIMIT_S:-300}"
 STOP_LIMIT_S="${STOP_LIMIT_S:-20}"
 # Hard bound on the server's life, whatever happens to this script.
 SERVER_LIFETIME_S="${SERVER_LIFETIME_S:-3600}"
 
 # The server under test. Heartbeats must be off on the echo endpoint (Autobahn's runner counts an
 # unsolicited ping as a case event), and its limits must let 16 MiB messages through (cases 9.*).
-SERVE_ARGS=(serve --listen 127.0.0.1:0 --shards 2 --echo --config tests/conformance/smoke.toml)
+# The control socket lives with the reports (never the shared default /tmp/ringcast.sock).
+SERVE_ARGS=(serve --listen 127.0.0.1:0 --shards 2 --echo --config tests/conformance/smoke.toml
+  --control "unix:$REPORT_DIR/control.sock")
 SHARDS=2
 
 log() { echo "[run.sh] $*" >&2; }
@@ -326,6 +330,10 @@ push_smokes() {
   for client in browser python node; do
     push_smoke "$client" "ws://127.0.0.1:$PORT/ws?channel=smoke:news&format=raw" 3 publish_smoke_news
   done
+  # The copy-paste publishers in examples/ (PHP, Python, Node, shell with socat and with nc),
+  # each through the control socket to a real /ws subscriber that must get exactly its message.
+  check examples "$EXAMPLES_LIMIT_S" bash "$CONF/examples.sh" \
+    "ws://127.0.0.1:$PORT/ws" "unix:$REPORT_DIR/control.sock"
 }
 
 phase_conformance() {
