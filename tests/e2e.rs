@@ -372,8 +372,29 @@ fn handshake_deadline_closes_a_silent_connection() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"GET /echo HTTP/1.1\r\n").unwrap();
     assert!(read_to_close(&mut s).is_empty());
-    eventually(&server, "timeout counted", |c| {
-        c.handshake_timeouts == 1 && c.open == 0
+    // Slowloris: a byte every 20 ms keeps the socket busy but never finishes the head; the
+    // deadline counts from accept, not from the last byte.
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let dribble = std::thread::spawn(move || {
+        let started = Instant::now();
+        for b in b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Pad: "
+            .iter()
+            .chain(std::iter::repeat(&b'a'))
+        {
+            if writer.write_all(std::slice::from_ref(b)).is_err() {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(started.elapsed() < Duration::from_secs(10), "never cut off");
+        }
+        unreachable!()
+    });
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(read_to_close(&mut s).is_empty());
+    dribble.join().unwrap();
+    eventually(&server, "both timeouts counted", |c| {
+        c.handshake_timeouts == 2 && c.open == 0
     });
     stop(server);
 }
