@@ -88,6 +88,10 @@ pub struct Limits {
     /// Control connections per shard. Overflow: the new connection is closed at once, counted
     /// (`control_refusals`). Memory: up to `control_line_bytes_max` each for a partial line.
     pub control_conns_per_shard_max: usize,
+    /// WebSocket connections from one client IP address (0: no limit). Enforced per shard as
+    /// `ceil(conns_per_ip_max / shards)`, since the kernel spreads one address's connections over
+    /// the shards. Overflow: HTTP 429, counted. Memory: ≈50 bytes per connection when on.
+    pub conns_per_ip_max: usize,
 }
 
 impl Default for Limits {
@@ -119,6 +123,7 @@ impl Default for Limits {
             client_messages_per_s: 200,
             shard_inbound_bytes_max: 256 * 1024 * 1024,
             control_conns_per_shard_max: 64,
+            conns_per_ip_max: 0,
         }
     }
 }

@@ -1287,3 +1287,25 @@ fn replies_keep_command_order_while_a_subscription_waits_for_its_owner() {
     }
     stop(server);
 }
+
+#[test]
+fn per_address_limit_answers_429() {
+    let limits = Limits {
+        conns_per_ip_max: 2,
+        ..Limits::default()
+    };
+    let server = start(1, limits);
+    let addr = server.local_addr();
+    let mut a = connect(addr, "/echo");
+    let _b = connect(addr, "/echo");
+    let (status, _) = http_status(addr, b"GET /echo HTTP/1.1\r\n\r\n");
+    assert_eq!(status, 429);
+    a.send(Message::text("still ok")).unwrap();
+    assert_eq!(a.read().unwrap(), Message::text("still ok"));
+    drop(a);
+    eventually(&server, "429 counted, a slot released", |c| {
+        c.rejected_with(429) >= 1 && c.open == 1
+    });
+    let _c = connect(addr, "/echo");
+    stop(server);
+}

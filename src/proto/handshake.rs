@@ -55,6 +55,8 @@ pub enum Rejection {
     HeadersTooLarge,
     /// 503: the server is at its connection limit or shutting down.
     Unavailable,
+    /// 429: this client address has too many connections.
+    TooManyRequests,
 }
 
 /// The reasons `parse` gives with `Rejection::BadRequest`, one per rule it checks.
@@ -92,6 +94,7 @@ impl Rejection {
             Rejection::UpgradeRequired => 426,
             Rejection::HeadersTooLarge => 431,
             Rejection::Unavailable => 503,
+            Rejection::TooManyRequests => 429,
         }
     }
 
@@ -103,6 +106,7 @@ impl Rejection {
             Rejection::UpgradeRequired => "Upgrade Required",
             Rejection::HeadersTooLarge => "Request Header Fields Too Large",
             Rejection::Unavailable => "Service Unavailable",
+            Rejection::TooManyRequests => "Too Many Requests",
         }
     }
 
@@ -114,6 +118,7 @@ impl Rejection {
             Rejection::UpgradeRequired => "websocket version 13 required",
             Rejection::HeadersTooLarge => "request head too large",
             Rejection::Unavailable => "server unavailable, retry later",
+            Rejection::TooManyRequests => "too many connections from this address",
         }
     }
 
@@ -604,6 +609,7 @@ mod tests {
             Rejection::UpgradeRequired,
             Rejection::HeadersTooLarge,
             Rejection::Unavailable,
+            Rejection::TooManyRequests,
         ] {
             let response = rejection.response();
             let text = std::str::from_utf8(&response).unwrap();

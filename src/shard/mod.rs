@@ -126,6 +126,10 @@ pub struct Shard {
     local: LocalChannels,
     owned: OwnedChannels,
     slow_scratch: Vec<u32>,
+    /// Connections per client address, and each connection's address (only with
+    /// `conns_per_ip_max`).
+    per_ip: std::collections::HashMap<std::net::IpAddr, u32>,
+    conn_ip: std::collections::HashMap<usize, std::net::IpAddr>,
     /// Commands of clients waiting for a subscription's answer (see `pubsub::on_command`).
     deferred: std::collections::HashMap<usize, VecDeque<Vec<u8>>>,
     controls: std::collections::HashMap<usize, control::ControlState>,
@@ -193,6 +197,8 @@ impl Shard {
             owned: OwnedChannels::new(setup.epoch_base, limits.channels_per_shard_max),
             slow_scratch: Vec::new(),
             deferred: std::collections::HashMap::new(),
+            per_ip: std::collections::HashMap::new(),
+            conn_ip: std::collections::HashMap::new(),
             controls: std::collections::HashMap::new(),
             accept_armed: vec![false; 1 + setup.control_listeners.len()],
             control_listeners: setup.control_listeners,
@@ -437,10 +443,28 @@ impl Shard {
             self.refuse_unregistered(fd, Rejection::Unavailable);
             return;
         }
+        let ip = match self.config.limits.conns_per_ip_max {
+            0 => None,
+            max => {
+                let per_shard = max.div_ceil(self.shards) as u32;
+                let ip = listener::peer_ip(fd);
+                if let Some(ip) = ip {
+                    if self.per_ip.get(&ip).copied().unwrap_or(0) >= per_shard {
+                        self.refuse_unregistered(fd, Rejection::TooManyRequests);
+                        return;
+                    }
+                }
+                ip
+            }
+        };
         listener::set_nodelay(fd);
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & ((1 << crate::id::GEN_BITS) - 1);
         let slot = self.conns.insert(Conn::new(fd, generation, self.now_tick));
+        if let Some(ip) = ip {
+            *self.per_ip.entry(ip).or_insert(0) += 1;
+            self.conn_ip.insert(slot, ip);
+        }
         let deadline = self.now_tick + limits_ticks(self.limits().handshake_timeout_ms);
         self.wheel.insert(slot, deadline);
         self.arm_recv(slot);
@@ -1045,6 +1069,14 @@ impl Shard {
         self.leave_all(slot);
         self.controls.remove(&slot);
         self.deferred.remove(&slot);
+        if let Some(ip) = self.conn_ip.remove(&slot) {
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
+                }
+            }
+        }
         let mut conn = self.conns.remove(slot);
         conn.out.clear(&mut self.queued_bytes);
         self.inbound_bytes -= conn.decoder.heap_bytes().min(self.inbound_bytes);
