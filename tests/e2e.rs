@@ -1309,3 +1309,30 @@ fn per_address_limit_answers_429() {
     let _c = connect(addr, "/echo");
     stop(server);
 }
+
+#[test]
+fn control_client_that_half_closes_still_gets_its_replies() {
+    let (server, path) = control_server(2, "halfclose");
+    for _ in 0..20 {
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // As `echo ... | socat - UNIX-CONNECT:...` does: write, half-close, read to EOF.
+        s.write_all(b"{\"id\":1,\"method\":\"info\"}\n  \n{\"id\":2,\"method\":\"channels\"}\n{\"id\":3,\"method\":\"publish\",\"channel\":\"x\",\"text\":\"t\"}\n").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut all = String::new();
+        s.read_to_string(&mut all).unwrap();
+        let ids: Vec<u64> = all
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ids, vec![1, 2, 3], "{all}");
+    }
+    eventually(&server, "control connections freed", |c| {
+        c.control_conns == 20 && c.open == 0
+    });
+    stop(server);
+}

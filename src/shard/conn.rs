@@ -50,6 +50,9 @@ pub const FIN_AFTER_FLUSH: u8 = 1 << 4;
 /// heartbeat), so an idle connection returns to owning no heap memory without the fan-out path
 /// ever allocating per message.
 pub const TRIM_WHEN_DRAINED: u8 = 1 << 5;
+/// The peer's FIN arrived (a control client that half-closed after its requests): free the
+/// connection as soon as our own FIN would go out.
+pub const PEER_EOF: u8 = 1 << 6;
 
 /// A connection.
 #[derive(Debug)]

@@ -60,6 +60,11 @@ pub struct ControlState {
 }
 
 impl ControlState {
+    /// Whether replies are still owed.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// A new control connection; `authed` when no token is configured.
     pub fn new(authed: bool) -> ControlState {
         ControlState {
@@ -173,7 +178,8 @@ impl Shard {
                 break;
             }
             match range {
-                Some(range) if range.is_empty() => {} // blank lines are allowed between requests
+                // Blank (or whitespace-only) lines are allowed between requests.
+                Some(range) if arena[range.clone()].iter().all(u8::is_ascii_whitespace) => {}
                 Some(range) => self.on_control_line(slot, &arena[range]),
                 None => {
                     self.counters.control_errors += 1;
@@ -221,13 +227,14 @@ impl Shard {
                 return self.reply_now(slot, id, Ok("{}".to_string()));
             }
             self.counters.control_errors += 1;
+            let unauthorized_message = match request.method {
+                Method::Auth(_) => "wrong token",
+                _ => "send {\"method\":\"auth\",\"token\":...} first",
+            };
             self.reply_now(
                 slot,
                 id,
-                Err((
-                    "unauthorized",
-                    "send {\"method\":\"auth\",\"token\":...} first".to_string(),
-                )),
+                Err(("unauthorized", unauthorized_message.to_string())),
             );
             // Refuse the rest of the stream: close once the reply is out.
             let conn = &mut self.conns[slot];
@@ -240,7 +247,12 @@ impl Shard {
         let bad_name = |name: &str| {
             channel::validate_name(name, name_max)
                 .err()
-                .map(|e: ChannelError| ("bad_params", e.message().to_string()))
+                .map(|_: ChannelError| {
+                    let why = format!(
+                        "channel names are 1 to {name_max} characters of [A-Za-z0-9_.:@/-]"
+                    );
+                    ("bad_params", why)
+                })
         };
         match request.method {
             Method::Auth(_) => self.reply_now(slot, id, Ok("{}".to_string())),

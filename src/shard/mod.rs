@@ -36,7 +36,7 @@ use crate::timer::Wheel;
 use crate::xshard::{Endpoints, Inbox, Outbox};
 use bytes::Bytes;
 use conn::{
-    CLOSE_RECEIVED, CLOSE_SENT, Conn, DIRTY, Endpoint, FIN_AFTER_FLUSH, SENDING, State,
+    CLOSE_RECEIVED, CLOSE_SENT, Conn, DIRTY, Endpoint, FIN_AFTER_FLUSH, PEER_EOF, SENDING, State,
     TRIM_WHEN_DRAINED,
 };
 use io_uring::{IoUring, cqueue, opcode, types};
@@ -514,6 +514,15 @@ impl Shard {
                 }
                 None => debug_assert!(false, "a buffer-select receive completed without a buffer"),
             }
+        } else if result == 0 && self.conns[slot].endpoint == Endpoint::Control {
+            // A backend may half-close after writing its requests (`echo ... | socat`): its
+            // replies still go out, then the connection is freed.
+            let conn = &mut self.conns[slot];
+            conn.flags |= PEER_EOF | FIN_AFTER_FLUSH;
+            conn.state = State::Closing;
+            self.arm_close_deadline(slot);
+            self.mark_dirty(slot);
+            return;
         } else if result == 0 || result != -libc::ENOBUFS {
             // The peer's FIN or a socket error: the connection ends with the code of its close
             // handshake if one started, else as abnormal (1006).
@@ -877,7 +886,11 @@ impl Shard {
             conn.flags |= DIRTY;
             self.dirty.push(slot as u32);
         } else if conn.flags & (SENDING | DIRTY) == 0 && conn.flags & FIN_AFTER_FLUSH != 0 {
-            self.send_fin(slot);
+            // A control connection finishes only when its last pending reply is out.
+            let replies_pending = self.controls.get(&slot).is_some_and(|s| s.has_pending());
+            if !replies_pending {
+                self.send_fin(slot);
+            }
         }
     }
 
@@ -887,6 +900,11 @@ impl Shard {
         let conn = &mut self.conns[slot];
         if conn.state == State::Draining {
             return;
+        }
+        if conn.flags & PEER_EOF != 0 {
+            // Both directions are done.
+            let code = conn.close_code;
+            return self.free(slot, code);
         }
         conn.state = State::Draining;
         // SAFETY: shutdown(2) on a socket we own.
