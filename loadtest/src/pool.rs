@@ -53,12 +53,32 @@ pub enum State {
     Closed,
 }
 
+/// How a connection that was open ended, as the generator saw it: what a scenario reports
+/// about connections the server closed (a slow consumer's 4001, a reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The server sent a close frame, with its status code if it had one.
+    CloseFrame(Option<u16>),
+    /// End of stream without a close frame (possibly in the middle of a frame).
+    Eof,
+    /// `ECONNRESET` (or `EPIPE`) on a read or a write: the server's kernel reset it.
+    Reset,
+    /// Another failure: a protocol violation, an unexpected socket error.
+    Error,
+    /// The generator closed it (close handshake, or dropped at the end of a run).
+    ByUs,
+}
+
 /// What a scenario does with what the pool receives.
 pub trait Handler {
     /// A complete data message on connection `conn`, read at `now_ns`.
     fn message(&mut self, conn: usize, text: bool, prefix: &[u8], len: u64, now_ns: u64);
     /// An event on a scenario-owned token.
     fn scenario_event(&mut self, _ev: Event) {}
+    /// Called once after every `epoll_wait` and its events, in every loop of the pool (opening,
+    /// holding, closing): where a scenario does periodic work (publishing on a schedule,
+    /// sampling the server's memory) that must go on while the pool drives a phase.
+    fn after_poll(&mut self, _now_ns: u64) {}
 }
 
 /// A handler for phases where data messages are only counted by the pool.
@@ -79,6 +99,10 @@ struct Conn {
     response: Vec<u8>,
     out: Vec<u8>,
     reader: FrameReader,
+    /// Set once an open connection ends.
+    ending: Option<Ending>,
+    /// Taken out of the epoll set (`Pool::pause`): nothing is read until `resume`.
+    paused: bool,
 }
 
 impl Conn {
@@ -92,6 +116,8 @@ impl Conn {
             response: Vec::new(),
             out: Vec::new(),
             reader: FrameReader::default(),
+            ending: None,
+            paused: false,
         }
     }
 }
@@ -217,6 +243,48 @@ impl Pool {
         self.conns[i].state
     }
 
+    /// How open connection `i` ended (`None`: it is still open, or it never opened).
+    pub fn ending(&self, i: usize) -> Option<Ending> {
+        self.conns[i].ending
+    }
+
+    /// Stops reading open connection `i`: its socket leaves the epoll set, so nothing is read
+    /// from it and no event (not even a reset) is seen until `resume`. The socket stays open,
+    /// which is how a client that stops reading looks to the server: its receive window fills,
+    /// then the server's send buffer, then the server's own queue. Returns false if `i` is not
+    /// open.
+    pub fn pause(&mut self, i: usize) -> bool {
+        let conn = &mut self.conns[i];
+        if conn.state != State::Open || conn.paused {
+            return false;
+        }
+        let Some(fd) = conn.fd.as_ref().map(|f| f.as_raw_fd()) else {
+            return false;
+        };
+        if let Err(e) = self.poller.delete(fd) {
+            self.fail(i, format!("epoll_ctl: {e}"));
+            return false;
+        }
+        self.conns[i].paused = true;
+        true
+    }
+
+    /// Puts paused connection `i` back into the epoll set: what the server sent meanwhile (or
+    /// its close, or a reset) is read from the next `poll` on.
+    pub fn resume(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        if !conn.paused {
+            return;
+        }
+        conn.paused = false;
+        let (interest, fd) = (conn.interest, conn.fd.as_ref().map(|f| f.as_raw_fd()));
+        if let Some(fd) = fd
+            && let Err(e) = self.poller.add(fd, i as u64, interest)
+        {
+            self.fail(i, format!("epoll_ctl: {e}"));
+        }
+    }
+
     /// Unsent output bytes of connection `i`.
     pub fn out_len(&self, i: usize) -> usize {
         self.conns[i].out.len()
@@ -240,8 +308,17 @@ impl Pool {
     }
 
     fn fail(&mut self, i: usize, kind: String) {
+        self.fail_with(i, Ending::Error, kind);
+    }
+
+    /// Drops connection `i`, recording `ending` if it was open, and counts `kind`.
+    fn fail_with(&mut self, i: usize, ending: Ending, kind: String) {
         let conn = &mut self.conns[i];
         let was = conn.state;
+        if was == State::Open && conn.ending.is_none() {
+            conn.ending = Some(ending);
+        }
+        conn.paused = false;
         conn.fd = None;
         conn.state = State::Closed;
         conn.out = Vec::new();
@@ -268,6 +345,7 @@ impl Pool {
         conn.fd = None;
         conn.state = State::Closed;
         conn.out = Vec::new();
+        conn.ending.get_or_insert(Ending::ByUs);
         self.stats.closing_now -= 1;
         self.stats.closed_cleanly += 1;
     }
@@ -278,6 +356,10 @@ impl Pool {
             return;
         }
         conn.interest = interest;
+        if conn.paused {
+            // Not in the epoll set: `resume` registers the interest recorded here.
+            return;
+        }
         let fd = conn.fd.as_ref().map(|f| f.as_raw_fd());
         if let Some(fd) = fd
             && let Err(e) = self.poller.modify(fd, i as u64, interest)
@@ -366,7 +448,9 @@ impl Pool {
                     return self.set_interest(i, Interest::ReadWrite);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.fail(i, format!("send: {}", describe(&e))),
+                Err(e) => {
+                    return self.fail_with(i, ending_of(&e), format!("send: {}", describe(&e)));
+                }
             }
         }
     }
@@ -405,6 +489,7 @@ impl Pool {
                 State::New | State::Closed => {}
             }
         }
+        h.after_poll(sys::now_ns());
         Ok(())
     }
 
@@ -433,7 +518,7 @@ impl Pool {
                     State::Open => "closed by server without close frame",
                     _ => "handshake: connection closed",
                 };
-                return self.fail(i, kind.to_string());
+                return self.fail_with(i, Ending::Eof, kind.to_string());
             }
             Ok(n) => n,
             Err(e)
@@ -444,7 +529,7 @@ impl Pool {
             {
                 return;
             }
-            Err(e) => return self.fail(i, format!("recv: {}", describe(&e))),
+            Err(e) => return self.fail_with(i, ending_of(&e), format!("recv: {}", describe(&e))),
         };
         let now = sys::now_ns();
         if self.conns[i].state == State::Handshaking {
@@ -523,7 +608,11 @@ impl Pool {
                 let _ = sys::write(fd.as_raw_fd(), &reply);
             }
             let what = code.map_or("none".to_string(), |c| c.to_string());
-            return self.fail(i, format!("closed by server: code {what}"));
+            return self.fail_with(
+                i,
+                Ending::CloseFrame(code),
+                format!("closed by server: code {what}"),
+            );
         }
         if !self.scratch.is_empty() {
             let pongs = std::mem::take(&mut self.scratch);
@@ -608,33 +697,52 @@ impl Pool {
     /// connection, then the server's close is awaited until `deadline_ns`; what is left is then
     /// dropped (FIN).
     pub fn close_all(&mut self, deadline_ns: u64, progress: &mut Progress) -> io::Result<()> {
+        self.close_range(0..self.conns.len(), deadline_ns, &mut Ignore, progress)?;
+        self.drop_all();
+        Ok(())
+    }
+
+    /// Closes connections `range` with the close handshake while the rest of the pool (and the
+    /// scenario, through `h`) goes on: a close frame (1000) to each open one, then the server's
+    /// close is awaited until `deadline_ns`; the ones left are then dropped (FIN).
+    pub fn close_range(
+        &mut self,
+        range: std::ops::Range<usize>,
+        deadline_ns: u64,
+        h: &mut impl Handler,
+        progress: &mut Progress,
+    ) -> io::Result<()> {
+        // Only this function puts connections into `Closing`, so what is closing beyond this
+        // count belongs to `range`.
+        let closing_before = self.stats.closing_now;
         let mut frame = Vec::new();
-        for i in 0..self.conns.len() {
+        for i in range.clone() {
             if self.conns[i].state != State::Open {
                 continue;
             }
+            self.resume(i);
             frame.clear();
             let mask = self.mask();
             ws::encode_client(ws::opcode::CLOSE, &1000u16.to_be_bytes(), mask, &mut frame);
             if self.send(i, &frame) && self.conns[i].state == State::Open {
                 self.conns[i].state = State::Closing;
+                self.conns[i].ending = Some(Ending::ByUs);
                 self.stats.open_now -= 1;
                 self.stats.closing_now += 1;
             }
         }
-        while self.stats.closing_now > 0 && sys::now_ns() < deadline_ns {
+        while self.stats.closing_now > closing_before && sys::now_ns() < deadline_ns {
             progress.tick(sys::now_ns(), || {
-                format!("closing: {} left", self.stats.closing_now)
+                format!("closing: {} left", self.stats.closing_now - closing_before)
             });
-            self.poll(10, &mut Ignore)?;
+            self.poll(10, h)?;
         }
         progress.clear();
-        for i in 0..self.conns.len() {
+        for i in range {
             if self.conns[i].state == State::Closing {
                 self.fail(i, "close: the server did not close in time".into());
             }
         }
-        self.drop_all();
         Ok(())
     }
 
@@ -642,14 +750,26 @@ impl Pool {
     pub fn drop_all(&mut self) {
         for conn in &mut self.conns {
             conn.fd = None;
+            conn.paused = false;
             match conn.state {
-                State::Open => self.stats.open_now -= 1,
+                State::Open => {
+                    self.stats.open_now -= 1;
+                    conn.ending.get_or_insert(Ending::ByUs);
+                }
                 State::Closing => self.stats.closing_now -= 1,
                 _ => {}
             }
             conn.state = State::Closed;
         }
         self.in_flight = 0;
+    }
+}
+
+/// What a socket error says about how the connection ended.
+fn ending_of(e: &io::Error) -> Ending {
+    match e.raw_os_error() {
+        Some(libc::ECONNRESET) | Some(libc::EPIPE) => Ending::Reset,
+        _ => Ending::Error,
     }
 }
 

@@ -95,6 +95,105 @@ impl CpuSample {
     }
 }
 
+/// A process's VmRSS sampled every `interval_ns`, driven by the caller's event loop (no thread:
+/// the generator stays one thread on one core). A sample is taken at the first call at or after
+/// each due time; due times missed while the loop was busy are skipped, not made up.
+#[derive(Debug, Clone)]
+pub struct RssSeries {
+    pid: u32,
+    t0_ns: u64,
+    interval_ns: u64,
+    next_ns: u64,
+    /// (ms since `t0_ns`, bytes).
+    samples: Vec<(u64, u64)>,
+}
+
+/// Minimum, maximum and last of an `RssSeries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RssSummary {
+    /// Smallest sample, bytes.
+    pub min: u64,
+    /// Largest sample, bytes.
+    pub max: u64,
+    /// Last sample, bytes.
+    pub last: u64,
+    /// When the largest sample was taken, ms since the start of the series.
+    pub max_at_ms: u64,
+}
+
+impl RssSeries {
+    /// A series of `pid` starting at `t0_ns`, one sample per `interval_ns` (at least 1 ms).
+    pub fn new(pid: u32, t0_ns: u64, interval_ns: u64) -> RssSeries {
+        RssSeries {
+            pid,
+            t0_ns,
+            interval_ns: interval_ns.max(1_000_000),
+            next_ns: t0_ns,
+            samples: Vec::new(),
+        }
+    }
+
+    /// Takes a sample if one is due at `now_ns`.
+    pub fn poll(&mut self, now_ns: u64) {
+        if now_ns < self.next_ns {
+            return;
+        }
+        if let Some(rss) = rss_bytes(self.pid) {
+            self.record(now_ns, rss);
+        }
+        self.next_ns = next_due(self.t0_ns, self.interval_ns, now_ns);
+    }
+
+    /// Takes a sample now, due or not (phase boundaries).
+    pub fn sample_now(&mut self, now_ns: u64) {
+        if let Some(rss) = rss_bytes(self.pid) {
+            self.record(now_ns, rss);
+        }
+    }
+
+    fn record(&mut self, now_ns: u64, rss: u64) {
+        let ms = now_ns.saturating_sub(self.t0_ns) / 1_000_000;
+        self.samples.push((ms, rss));
+    }
+
+    /// Interval between samples, ms.
+    pub fn interval_ms(&self) -> u64 {
+        self.interval_ns / 1_000_000
+    }
+
+    /// The samples: (ms since the start, bytes).
+    pub fn samples(&self) -> &[(u64, u64)] {
+        &self.samples
+    }
+
+    /// Minimum, maximum and last sample; `None` before the first sample.
+    pub fn summary(&self) -> Option<RssSummary> {
+        summarize(&self.samples)
+    }
+}
+
+/// The first due time after `now_ns` on the grid `t0_ns + k * interval_ns`.
+fn next_due(t0_ns: u64, interval_ns: u64, now_ns: u64) -> u64 {
+    let k = now_ns.saturating_sub(t0_ns) / interval_ns + 1;
+    t0_ns + k * interval_ns
+}
+
+fn summarize(samples: &[(u64, u64)]) -> Option<RssSummary> {
+    let &(_, last) = samples.last()?;
+    let &(max_at_ms, max) = samples
+        .iter()
+        .rev()
+        .max_by_key(|&&(_, b)| b)
+        .expect("not empty");
+    let min = samples.iter().map(|&(_, b)| b).min().expect("not empty");
+    Some(RssSummary {
+        min,
+        max,
+        last,
+        max_at_ms,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +219,26 @@ mod tests {
         let text =
             "sockets: used 190\nTCP: inuse 5 orphan 0 tw 2 alloc 7 mem 13\nUDP: inuse 1 mem 0\n";
         assert_eq!(parse_sockstat_tcp_mem(text), Some(13));
+    }
+
+    #[test]
+    fn rss_schedule_and_summary() {
+        // Due times stay on the grid; missed ones are skipped.
+        assert_eq!(next_due(1_000, 500, 1_000), 1_500);
+        assert_eq!(next_due(1_000, 500, 1_499), 1_500);
+        assert_eq!(next_due(1_000, 500, 1_500), 2_000);
+        assert_eq!(next_due(1_000, 500, 3_700), 4_000);
+        assert_eq!(summarize(&[]), None);
+        let s = summarize(&[(0, 10), (500, 30), (1000, 5), (1500, 30), (2000, 20)]).unwrap();
+        // The first time the maximum was reached.
+        assert_eq!(
+            s,
+            RssSummary {
+                min: 5,
+                max: 30,
+                last: 20,
+                max_at_ms: 500
+            }
+        );
     }
 }

@@ -124,6 +124,13 @@ impl Poller {
         self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest)
     }
 
+    /// Removes `fd` from the set: no event of any kind (not even EPOLLHUP or EPOLLERR) is
+    /// reported for it until it is added again.
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        // The event argument is ignored for EPOLL_CTL_DEL (non-null since Linux 2.6.9).
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, Interest::Read)
+    }
+
     /// Waits up to `timeout_ms` (0: do not block) and returns the number of events ready;
     /// read them with `event(i)`. `EINTR` counts as zero events.
     pub fn wait(&mut self, timeout_ms: i32) -> io::Result<usize> {
