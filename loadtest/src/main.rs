@@ -9,13 +9,15 @@
 //! - `pool`: the connections and the single-threaded epoll loop that drives them;
 //! - `procfs`: server RSS/CPU and kernel socket memory from /proc;
 //! - `report`: progress line, tables, JSON;
-//! - `scenario`: one module per scenario (`idle`, `connect`, `fanout`); a new scenario (`slow`,
-//!   `chat`) is a new module that drives a `Pool` with its own `Handler`.
+//! - `plot`: the `--plot` SVG (latency percentiles against publish rate);
+//! - `scenario`: one module per scenario (`idle`, `connect`, `fanout`, `slow`, `chat`), each
+//!   driving a `Pool` with its own `Handler`; `slow` and `chat` run on the `fanout` engine.
 //!
 //! The generator is one thread on purpose: it is meant to be pinned to one core next to the
 //! server under test, and it reports its own CPU use so a run where it saturates is flagged.
 
 mod payload;
+mod plot;
 mod pool;
 mod procfs;
 mod report;
@@ -39,10 +41,17 @@ struct Cli {
 enum Scenario {
     /// Open N connections, hold them, report the server's memory per connection.
     Idle(scenario::idle::IdleArgs),
-    /// Open N connections as fast as possible: handshakes/s and handshake latency.
+    /// Open N connections as fast as possible: handshakes/s and handshake latency; with
+    /// --storm, close and reopen them all while probe subscribers measure fan-out latency.
     Connect(scenario::connect::ConnectArgs),
     /// N subscribers, one publisher at a fixed rate or a sweep: delivery, loss, latency.
     Fanout(scenario::fanout::FanoutArgs),
+    /// fanout with a fraction of subscribers that stop reading: the healthy ones' latency, how
+    /// the server closed the slow ones, the server's RSS over time.
+    Slow(scenario::slow::SlowArgs),
+    /// Many small channels (groups of K members), messages published on the members' behalf
+    /// through the control socket: delivery, loss, latency per total rate.
+    Chat(scenario::chat::ChatArgs),
 }
 
 /// Flags every scenario shares.
@@ -81,6 +90,8 @@ fn main() {
         Scenario::Idle(a) => scenario::idle::run(a),
         Scenario::Connect(a) => scenario::connect::run(a),
         Scenario::Fanout(a) => scenario::fanout::run(a),
+        Scenario::Slow(a) => scenario::slow::run(a),
+        Scenario::Chat(a) => scenario::chat::run(a),
     };
     if let Err(e) = result {
         eprintln!("ringcast-load: {e}");

@@ -119,6 +119,23 @@ impl SeqTracker {
     }
 }
 
+/// How many of `count` publishes sent round-robin over `streams` streams, starting at stream 0,
+/// go to each stream: the sequence numbers each subscriber of a stream must receive.
+pub fn round_robin_counts(count: u64, streams: usize) -> Vec<u64> {
+    assert!(streams > 0, "at least one stream");
+    let s = streams as u64;
+    (0..s)
+        .map(|k| count / s + u64::from(k < count % s))
+        .collect()
+}
+
+/// The stream (channel, group) subscriber `i` belongs to: subscribers are dealt round-robin,
+/// so each stream has `n / streams` or one more, and consecutive connections spread over
+/// streams (and over the server's shards).
+pub fn stream_of(subscriber: usize, streams: usize) -> usize {
+    subscriber % streams
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +179,30 @@ mod tests {
         // A frame that arrives after its period was settled is a duplicate, not a second count.
         assert_eq!(t.observe(13), Seen::Duplicate);
         assert_eq!(t.observe(15), Seen::InOrder);
+    }
+
+    #[test]
+    fn group_accounting() {
+        // 10 publishes over 4 groups: groups 0 and 1 get 3, groups 2 and 3 get 2.
+        assert_eq!(round_robin_counts(10, 4), vec![3, 3, 2, 2]);
+        assert_eq!(round_robin_counts(8, 4), vec![2, 2, 2, 2]);
+        assert_eq!(round_robin_counts(1, 3), vec![1, 0, 0]);
+        assert_eq!(round_robin_counts(7, 1), vec![7]);
+        assert_eq!(round_robin_counts(10, 4).iter().sum::<u64>(), 10);
+        // 40 members in groups of 4: 10 groups, each with exactly 4 members.
+        let mut members = [0usize; 10];
+        for i in 0..40 {
+            members[stream_of(i, 10)] += 1;
+        }
+        assert!(members.iter().all(|&m| m == 4));
+        // Each member expects each sequence number of its group once, in order: a member that
+        // sees 1, 2, 4 of its group's 4 has lost one; seeing 4 again is a duplicate.
+        let mut t = SeqTracker { next: 1 };
+        assert_eq!(t.observe(1), Seen::InOrder);
+        assert_eq!(t.observe(2), Seen::InOrder);
+        assert_eq!(t.observe(4), Seen::AfterGap(1));
+        assert_eq!(t.observe(4), Seen::Duplicate);
+        assert_eq!(t.settle(5), 0);
+        assert_eq!(t.settle(6), 1);
     }
 }

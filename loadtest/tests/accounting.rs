@@ -2,7 +2,9 @@
 //! in-test broadcast server that is correct, drops every 100th message, or sends every 50th
 //! twice. The JSON report must show exactly that: nothing lost on the correct server, loss on
 //! the dropping one, duplicates on the duplicating one — and a rate that "holds" only for the
-//! correct server.
+//! correct server. The same server (with a minimal control socket) checks the accounting of
+//! `chat` (each member gets exactly its group's messages), and `slow` (the slow subscribers are
+//! left out of the figures, and what they had queued is read at the end).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -305,4 +307,108 @@ fn control_publisher_spreads_over_channels() {
     assert_eq!(r["duplicated"], 0);
     assert_eq!(r["foreign"], 0);
     assert_eq!(r["held"], true);
+}
+
+/// Runs `ringcast-load ARGS... --quiet --json FILE` and returns the JSON.
+fn run_load(name: &str, args: &[&str]) -> serde_json::Value {
+    let json =
+        std::env::temp_dir().join(format!("ringcast-load-{name}-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcast-load"))
+        .args(args)
+        .args(["--quiet", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ringcast-load {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    v
+}
+
+#[test]
+fn chat_members_get_exactly_their_groups_messages() {
+    let clients: Clients = Arc::default();
+    let port = spawn_server_with(Fault::None, clients.clone());
+    let sock = spawn_control(clients, "chat");
+    let url = format!("ws://127.0.0.1:{port}/ws?format=raw");
+    let control = format!("unix:{sock}");
+    let v = run_load(
+        "chat",
+        &[
+            "chat",
+            "--url",
+            &url,
+            "--control",
+            &control,
+            "-n",
+            "40",
+            "--group",
+            "4",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+        ],
+    );
+    let _ = std::fs::remove_file(&sock);
+    let channels = v["channels"].as_array().unwrap();
+    assert_eq!(channels.len(), 10);
+    assert_eq!(channels[0], "chat:g0");
+    assert_eq!(channels[9], "chat:g9");
+    let r = &v["rates"][0];
+    assert_eq!(r["published"], 200);
+    assert_eq!(r["expected"], 200 * 4);
+    assert_eq!(r["delivered"], 200 * 4);
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicated"], 0);
+    assert_eq!(r["foreign"], 0);
+    assert_eq!(r["held"], true);
+}
+
+#[test]
+fn slow_subscribers_are_left_out_and_read_at_the_end() {
+    let port = spawn_server(Fault::None);
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    // 2 of 20 stop reading; 200 publishes of 64 bytes stay well within the socket buffers, so
+    // the blocking in-test server never stalls on them and never closes them.
+    let v = run_load(
+        "slow",
+        &[
+            "slow",
+            "--url",
+            &url,
+            "--pub-ws",
+            "-n",
+            "20",
+            "--slow-fraction",
+            "0.1",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+            "--drain",
+            "1",
+            "--slow-read-s",
+            "1",
+        ],
+    );
+    let r = &v["rates"][0];
+    assert_eq!(r["subscribers"], 18);
+    assert_eq!(r["published"], 200);
+    assert_eq!(r["delivered"], 200 * 18);
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicated"], 0);
+    assert_eq!(r["held"], true);
+    let slow = &v["slow"];
+    assert_eq!(slow["selected"], 2);
+    assert_eq!(slow["stopped_reading"], 2);
+    assert_eq!(slow["endings"]["not closed by the server"], 2);
+    // Each had every publish of the rate waiting for it.
+    assert_eq!(slow["messages_read_at_end"]["min"], 200);
+    assert_eq!(slow["messages_read_at_end"]["max"], 200);
+    assert_eq!(v["params"]["slow_fraction"], 0.1);
 }

@@ -1,23 +1,28 @@
-//! `fanout`: N subscribers, one publisher, a fixed rate or a sweep of rates.
+//! `fanout`: N subscribers, one publisher, a fixed rate or a sweep of rates — and the engine
+//! that `slow` and `chat` run on.
 //!
 //! Method. Subscribers connect first (raw format: each publish arrives as one frame, payload as
-//! published). A warm-up then publishes slowly until every subscriber has received something on
-//! its channel and caught up, so a subscription still being set up is never counted as loss.
-//! Each rate then runs for `--duration`: publish `i` is due at `t0 + i / rate` and carries that
-//! intended time, not the moment it was written, so a late publisher or a backed-up server shows
-//! as latency instead of fewer samples (no coordinated omission). After the last publish the
-//! generator waits until every subscriber has everything or the drain time passes; whatever has
-//! not arrived then is lost. Latency = receive time (one clock read per socket read) − intended
-//! time, in µs, into an HdrHistogram. A rate "holds" when nothing was lost or duplicated and p99
-//! stayed within `--p99-budget-ms`; a sweep stops at the first rate that does not hold unless
-//! `--keep-going`.
+//! published). A warm-up then publishes one message per channel at a time until every
+//! subscriber has received something on its channel and caught up, so a subscription still
+//! being set up is never counted as loss. Each rate then runs for `--duration`: publish `i` is
+//! due at `t0 + i / rate` and carries that intended time, not the moment it was written, so a
+//! late publisher or a backed-up server shows as latency instead of fewer samples (no
+//! coordinated omission). After the last publish the generator waits until every subscriber has
+//! everything or the drain time passes; whatever has not arrived then is lost. Latency = receive
+//! time (one clock read per socket read) − intended time, in µs, into an HdrHistogram. A rate
+//! "holds" when nothing was lost or duplicated and p99 stayed within `--p99-budget-ms`; a sweep
+//! stops at the first rate that does not hold unless `--keep-going`.
 //!
 //! Publishers: `--control unix:PATH|tcp:ADDR` sends pipelined `noreply` JSON publishes on
 //! ringcast's control socket; `--pub-ws` sends the payload as a text frame on its own WebSocket
 //! connection (`--pub-url`), for servers that broadcast what a client sends.
-
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+//!
+//! The engine (`execute`) runs a `Plan`: the channels and the URL path of each, the publisher,
+//! and which subscribers go slow. A slow subscriber (`slow`) leaves the epoll set after the
+//! warm-up and is not read again until every rate is done; it is left out of every delivery
+//! figure, and at the end it is read again to see how the server closed it. `chat` is the same
+//! engine with many small channels. With `--server-pid`, the server's VmRSS is sampled every
+//! 500 ms for the whole run.
 
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -26,12 +31,14 @@ use serde_json::{Value, json};
 
 use crate::Common;
 use crate::payload::{self, Seen, SeqTracker, Stamp};
-use crate::pool::{self, Handler, Pool, State, TOKEN_SCENARIO};
-use crate::procfs::CpuSample;
+use crate::plot;
+use crate::pool::{self, Ending, Handler, Pool, State, TOKEN_SCENARIO};
+use crate::procfs::{CpuSample, RssSeries};
 use crate::report::{self, Progress, human_count, human_us};
+use crate::scenario::control::{self, ControlPub};
 use crate::scenario::{self, Setup};
 use crate::sys::{self, Event, Interest, Timer};
-use crate::target::{self, ControlAddr};
+use crate::target::{self, ControlAddr, WsUrl};
 use crate::ws;
 
 const TOKEN_TIMER: u64 = TOKEN_SCENARIO;
@@ -39,15 +46,72 @@ const TOKEN_CONTROL: u64 = TOKEN_SCENARIO + 1;
 /// Publisher output above this is not added to until the server reads: the schedule keeps its
 /// intended times, so the wait shows up as latency.
 const PUBLISH_BACKLOG_BYTES_MAX: usize = 4 << 20;
-/// Replies read from the control socket are kept up to this line length for error reports.
-const REPLY_LINE_BYTES_MAX: usize = 64 * 1024;
+/// How often the server's VmRSS is sampled (`--server-pid`).
+const RSS_INTERVAL_NS: u64 = 500_000_000;
 
-/// Flags of `fanout`.
+/// Flags of every scenario that publishes on a schedule (`fanout`, `slow`, `chat`).
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct Schedule {
+    /// Publishes per second, or a comma list for a sweep (e.g. 1000,2000,5000; 2k = 2000).
+    #[arg(long, default_value = "100")]
+    pub rate: String,
+    /// Seconds of publishing per rate.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Payload bytes per publish (at least 40: stream, sequence number, intended send time).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(40..=1_048_576))]
+    pub payload: u32,
+    /// A rate holds when its p99 latency is within this budget and nothing is lost.
+    #[arg(long, default_value_t = 1000)]
+    pub p99_budget_ms: u64,
+    /// Seconds to wait after the last publish of a rate for frames still on their way
+    /// (default: twice the p99 budget, at least 2 s).
+    #[arg(long)]
+    pub drain: Option<f64>,
+    /// Seconds the warm-up may take before the run starts anyway.
+    #[arg(long, default_value_t = 10.0)]
+    pub warmup: f64,
+    /// Let socket events accumulate up to this many µs when only a few are ready, so one wake-up
+    /// serves many sockets (adds at most this much to a latency reading; 0: off).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub coalesce_us: u64,
+    /// Go on with the sweep after a rate that does not hold.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Draw latency p50/p99/p99.9 against publish rate into this SVG file.
+    #[arg(long)]
+    pub plot: Option<String>,
+}
+
+impl Schedule {
+    /// Checks the flags; returns the rates and the drain time in seconds.
+    pub fn check(&self) -> Result<(Vec<f64>, f64), String> {
+        let rates = target::parse_rates(&self.rate)?;
+        if !(self.duration > 0.0 && self.duration <= 3600.0) {
+            return Err("--duration must be within (0, 3600] s".into());
+        }
+        if !(self.warmup > 0.0 && self.warmup <= 600.0) {
+            return Err("--warmup must be within (0, 600] s".into());
+        }
+        if self.p99_budget_ms == 0 || self.p99_budget_ms > 600_000 {
+            return Err("--p99-budget-ms must be within [1, 600000]".into());
+        }
+        let drain_s = self
+            .drain
+            .unwrap_or((2.0 * self.p99_budget_ms as f64 / 1000.0).max(2.0));
+        if !(0.0..=600.0).contains(&drain_s) {
+            return Err("--drain must be within [0, 600] s".into());
+        }
+        Ok((rates, drain_s))
+    }
+}
+
+/// Flags of `fanout` (and of `slow`, which adds its own).
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct FanoutArgs {
     #[command(flatten)]
     #[serde(flatten)]
-    common: Common,
+    pub common: Common,
     /// Publish through ringcast's control socket: unix:PATH or tcp:HOST:PORT.
     #[arg(long, conflicts_with = "pub_ws")]
     control: Option<String>,
@@ -62,157 +126,63 @@ pub struct FanoutArgs {
     /// URL of the publishing WebSocket connection (default: --url); same host and port.
     #[arg(long, requires = "pub_ws")]
     pub_url: Option<String>,
-    /// Publishes per second, or a comma list for a sweep (e.g. 1000,2000,5000; 2k = 2000).
-    #[arg(long, default_value = "100")]
-    rate: String,
-    /// Seconds of publishing per rate.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Payload bytes per publish (at least 40: stream, sequence number, intended send time).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(40..=1_048_576))]
-    payload: u32,
     /// Spread subscribers over K channels: NAME0..NAME{K-1} (K = 1: the URL's channel).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     channels: u32,
     /// Channel name (or prefix with --channels > 1); default: the URL's channel=, else "bench".
     #[arg(long)]
     channel: Option<String>,
-    /// A rate holds when its p99 latency is within this budget and nothing is lost.
-    #[arg(long, default_value_t = 1000)]
-    p99_budget_ms: u64,
-    /// Seconds to wait after the last publish of a rate for frames still on their way
-    /// (default: twice the p99 budget, at least 2 s).
-    #[arg(long)]
-    drain: Option<f64>,
-    /// Seconds the warm-up may take before the run starts anyway.
-    #[arg(long, default_value_t = 10.0)]
-    warmup: f64,
-    /// Let socket events accumulate up to this many µs when only a few are ready, so one wake-up
-    /// serves many sockets (adds at most this much to a latency reading; 0: off).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000))]
-    coalesce_us: u64,
-    /// Go on with the sweep after a rate that does not hold.
-    #[arg(long)]
-    keep_going: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub schedule: Schedule,
 }
 
 /// The frame format of a `--pub-ws` publisher.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-enum PubWsFormat {
+pub enum PubWsFormat {
     /// The payload itself, one text frame per publish.
     Raw,
     /// ringcast's client publish command.
     Ringcast,
 }
 
-/// The control-socket publisher: pipelined newline-delimited JSON, `noreply` publishes.
-struct ControlPub {
-    fd: OwnedFd,
-    out: Vec<u8>,
-    out_head: usize,
-    input: Vec<u8>,
-    next_id: u64,
-    replies: u64,
-    errors: u64,
-    first_error: Option<String>,
-    closed: Option<String>,
+/// Who publishes.
+pub enum PublisherSpec {
+    /// ringcast's control socket.
+    Control(ControlAddr),
+    /// A WebSocket client on its own connection to `url`.
+    Ws {
+        /// Where it connects (same address as the subscribers).
+        url: WsUrl,
+        /// What it sends.
+        format: PubWsFormat,
+    },
 }
 
-impl ControlPub {
-    fn connect(addr: &ControlAddr) -> Result<ControlPub, String> {
-        let fd: OwnedFd = match addr {
-            ControlAddr::Unix(path) => std::os::unix::net::UnixStream::connect(path)
-                .map_err(|e| format!("control socket unix:{path}: {e} (is the server started with --control unix:{path}?)"))?
-                .into(),
-            ControlAddr::Tcp(a) => {
-                let s = std::net::TcpStream::connect(a)
-                    .map_err(|e| format!("control socket tcp:{a}: {e} (is the server started with --control tcp:{a}?)"))?;
-                s.set_nodelay(true).map_err(|e| e.to_string())?;
-                s.into()
-            }
-        };
-        sys::set_nonblocking(fd.as_raw_fd()).map_err(|e| e.to_string())?;
-        Ok(ControlPub {
-            fd,
-            out: Vec::with_capacity(1 << 16),
-            out_head: 0,
-            input: Vec::new(),
-            next_id: 1,
-            replies: 0,
-            errors: 0,
-            first_error: None,
-            closed: None,
-        })
-    }
-
-    fn backlog(&self) -> usize {
-        self.out.len() - self.out_head
-    }
-
-    fn publish(&mut self, channel: &str, payload: &[u8]) {
-        // The payload is ASCII hex and '.', so it needs no JSON escaping; the channel name is
-        // escaped by serde_json to be safe whatever the user passed.
-        let id = self.next_id;
-        self.next_id += 1;
-        let channel = serde_json::to_string(channel).expect("a str always serialises");
-        self.out.extend_from_slice(
-            format!("{{\"id\":{id},\"method\":\"publish\",\"channel\":{channel},\"text\":\"")
-                .as_bytes(),
-        );
-        self.out.extend_from_slice(payload);
-        self.out.extend_from_slice(b"\",\"noreply\":true}\n");
-    }
-
-    /// Writes until done or `EAGAIN` (the registration is edge-triggered).
-    fn flush(&mut self) {
-        while self.backlog() > 0 && self.closed.is_none() {
-            match sys::write(self.fd.as_raw_fd(), &self.out[self.out_head..]) {
-                Ok(n) => self.out_head += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => self.closed = Some(format!("control socket write: {e}")),
-            }
-        }
-        if self.out_head == self.out.len() {
-            self.out.clear();
-            self.out_head = 0;
-        } else if self.out_head > (1 << 20) {
-            self.out.drain(..self.out_head);
-            self.out_head = 0;
-        }
-    }
-
-    /// Reads replies until `EAGAIN`; counts errors and keeps the first one.
-    fn read_replies(&mut self, buf: &mut [u8]) {
-        while self.closed.is_none() {
-            match sys::read(self.fd.as_raw_fd(), buf) {
-                Ok(0) => self.closed = Some("control socket closed by the server".into()),
-                Ok(n) => {
-                    self.input.extend_from_slice(&buf[..n]);
-                    while let Some(end) = self.input.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = self.input.drain(..=end).collect();
-                        self.replies += 1;
-                        let text = String::from_utf8_lossy(&line);
-                        if text.contains("\"error\"") {
-                            self.errors += 1;
-                            if self.first_error.is_none() {
-                                self.first_error = Some(text.trim().to_string());
-                            }
-                        }
-                    }
-                    if self.input.len() > REPLY_LINE_BYTES_MAX {
-                        self.input.clear();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => self.closed = Some(format!("control socket read: {e}")),
-            }
-        }
-    }
+/// A run of the engine: everything the scenarios built on it differ in.
+pub struct Plan<'a> {
+    /// "fanout", "slow" or "chat", for the JSON.
+    pub scenario: &'static str,
+    /// The scenario's flags, for the JSON.
+    pub params: Value,
+    /// Connections, URL, server pid, output.
+    pub common: &'a Common,
+    /// Rates and their timing.
+    pub schedule: &'a Schedule,
+    /// Who publishes.
+    pub publisher: PublisherSpec,
+    /// Channel (stream) names; subscriber `i` is on `payload::stream_of(i, len)`.
+    pub channel_names: Vec<String>,
+    /// The URL path (with query) of each channel's subscribers; one entry: all the same.
+    pub paths: Vec<String>,
+    /// Subscribers that stop reading after the warm-up (empty: none).
+    pub slow: Vec<bool>,
+    /// Seconds to read the slow subscribers at the end.
+    pub slow_read_s: f64,
 }
 
+/// The publisher in use.
 enum Publisher {
     Control(ControlPub),
     /// The pool slot of the publishing WebSocket connection.
@@ -256,21 +226,35 @@ impl Phase {
     }
 }
 
-/// The handler: per-subscriber sequence tracking and the current phase's figures.
+/// The handler: per-subscriber sequence tracking, the current phase's figures, the slow
+/// subscribers' counts and the server's memory series.
 struct Receiver {
     subscribers: usize,
     channels: usize,
     trackers: Vec<SeqTracker>,
+    /// Subscribers that stop reading after the warm-up (empty: none).
+    slow: Vec<bool>,
+    /// Set when the slow subscribers stopped reading: what they receive from then on (when they
+    /// are read again at the end) is only counted, in `slow_messages` and `slow_bytes`.
+    slow_stopped: bool,
+    slow_messages: Vec<u64>,
+    slow_bytes: u64,
     phase: Phase,
     publisher_received: u64,
     timer_fired: bool,
     control_ready: bool,
+    rss: Option<RssSeries>,
 }
 
 impl Handler for Receiver {
-    fn message(&mut self, conn: usize, _text: bool, prefix: &[u8], _len: u64, now_ns: u64) {
+    fn message(&mut self, conn: usize, _text: bool, prefix: &[u8], len: u64, now_ns: u64) {
         if conn >= self.subscribers {
             self.publisher_received += 1;
+            return;
+        }
+        if self.slow_stopped && self.slow.get(conn) == Some(&true) {
+            self.slow_messages[conn] += 1;
+            self.slow_bytes += len;
             return;
         }
         let phase = &mut self.phase;
@@ -278,7 +262,7 @@ impl Handler for Receiver {
             phase.unparsable += 1;
             return;
         };
-        let stream = conn % self.channels;
+        let stream = payload::stream_of(conn, self.channels);
         if stamp.stream as usize != stream {
             phase.foreign += 1;
             return;
@@ -315,6 +299,12 @@ impl Handler for Receiver {
             _ => {}
         }
     }
+
+    fn after_poll(&mut self, now_ns: u64) {
+        if let Some(rss) = &mut self.rss {
+            rss.poll(now_ns);
+        }
+    }
 }
 
 /// Everything a run drives.
@@ -330,9 +320,23 @@ struct Run {
     read_buf: Vec<u8>,
     stalls: u64,
     progress: Progress,
+    /// Start of the run (the RSS series and the timeline count from here).
+    t_start: u64,
+    /// Phase names and when they started, ms since `t_start`.
+    timeline: Vec<(String, u64)>,
 }
 
 impl Run {
+    /// Notes the start of a phase in the timeline (and takes an RSS sample there).
+    fn mark(&mut self, name: impl Into<String>) {
+        let now = sys::now_ns();
+        self.timeline
+            .push((name.into(), (now - self.t_start) / 1_000_000));
+        if let Some(rss) = &mut self.rx.rss {
+            rss.sample_now(now);
+        }
+    }
+
     fn publisher_backlog(&self) -> usize {
         match &self.publisher {
             Publisher::Control(c) => c.backlog(),
@@ -412,33 +416,38 @@ impl Run {
         Ok(())
     }
 
-    fn open_subscribers(&self) -> Vec<usize> {
+    fn is_slow(&self, i: usize) -> bool {
+        self.rx.slow.get(i) == Some(&true)
+    }
+
+    /// Open subscribers, the slow ones included or not.
+    fn open_subscribers(&self, with_slow: bool) -> Vec<usize> {
         (0..self.rx.subscribers)
-            .filter(|&i| self.pool.state(i) == State::Open)
+            .filter(|&i| self.pool.state(i) == State::Open && (with_slow || !self.is_slow(i)))
             .collect()
     }
 
-    /// Publishes slowly until every open subscriber has received the latest message of its
-    /// channel, or `timeout_s` passes. Returns how many subscribers received nothing.
+    /// Publishes one message per channel at a time until every open subscriber has received
+    /// the latest message of its channel, or `timeout_s` passes. Returns how many subscribers
+    /// received nothing.
     fn warm_up(&mut self, timeout_s: f64) -> Result<usize, String> {
         let channels = self.rx.channels;
-        let open = self.open_subscribers();
+        let open = self.open_subscribers(true);
         self.rx.phase = Phase::new(vec![1; channels], vec![1; channels]);
         let start = sys::now_ns();
         let deadline = start + (timeout_s * 1e9) as u64;
-        let mut last_publish = 0u64;
-        let mut next_stream = 0usize;
-        let mut published_all = false;
+        let mut last_round = 0u64;
+        let mut rounds = 0u64;
         loop {
             let now = sys::now_ns();
             let caught_up = open
                 .iter()
                 .filter(|&&i| {
                     let t = self.rx.trackers[i];
-                    t.next != 0 && t.next == self.next_seq[i % channels]
+                    t.next != 0 && t.next == self.next_seq[payload::stream_of(i, channels)]
                 })
                 .count();
-            if published_all && caught_up == open.len() {
+            if rounds > 0 && caught_up == open.len() {
                 break;
             }
             if now >= deadline {
@@ -447,15 +456,16 @@ impl Run {
             if let Some(why) = self.publisher_failure() {
                 return Err(why);
             }
-            // One message in flight at a time (or one per 250 ms when some subscriber is
-            // silent), so the warm-up never loads the server.
-            let quiet_ns = now - last_publish;
+            // One round (a message to every channel) in flight at a time, or one per 250 ms
+            // when some subscriber is silent, so the warm-up never loads the server.
+            let quiet_ns = now - last_round;
             if (caught_up == open.len() || quiet_ns > 250_000_000) && quiet_ns > 5_000_000 {
-                self.publish(next_stream, now);
+                for stream in 0..channels {
+                    self.publish(stream, now);
+                }
                 self.flush_publisher();
-                next_stream = (next_stream + 1) % channels;
-                published_all |= next_stream == 0;
-                last_publish = now;
+                rounds += 1;
+                last_round = now;
             }
             let (done, total) = (caught_up, open.len());
             self.progress.tick(now, || {
@@ -470,33 +480,67 @@ impl Run {
             .count())
     }
 
+    /// Takes the slow subscribers out of the epoll set; returns those that were open.
+    fn stop_slow(&mut self) -> Vec<usize> {
+        self.rx.slow_stopped = true;
+        (0..self.rx.subscribers)
+            .filter(|&i| self.is_slow(i) && self.pool.pause(i))
+            .collect()
+    }
+
+    /// Reads the slow subscribers again until the server has closed each of them or `read_s`
+    /// passes, so that how each ended (a close frame and its code, end of stream, a reset) is
+    /// seen. What they had queued is read and counted, not checked.
+    fn read_slow(&mut self, stopped: &[usize], read_s: f64) -> Result<(), String> {
+        for &i in stopped {
+            self.pool.resume(i);
+        }
+        let deadline = sys::now_ns() + (read_s * 1e9) as u64;
+        loop {
+            let open = stopped
+                .iter()
+                .filter(|&&i| self.pool.state(i) == State::Open)
+                .count();
+            let now = sys::now_ns();
+            if open == 0 || now >= deadline {
+                break;
+            }
+            self.progress.tick(now, || {
+                format!("reading the slow subscribers: {open} not closed by the server yet")
+            });
+            self.turn(50)?;
+        }
+        self.progress.clear();
+        Ok(())
+    }
+
     /// Runs one rate; returns its figures.
-    fn run_rate(&mut self, rate: f64, args: &FanoutArgs, drain_s: f64) -> Result<Value, String> {
+    fn run_rate(
+        &mut self,
+        rate: f64,
+        schedule: &Schedule,
+        pid: Option<u32>,
+        drain_s: f64,
+    ) -> Result<Value, String> {
         let channels = self.rx.channels;
-        let count = ((rate * args.duration).round() as u64).max(1);
+        let count = ((rate * schedule.duration).round() as u64).max(1);
         let start_seq = self.next_seq.clone();
-        let end_seq: Vec<u64> = (0..channels as u64)
-            .map(|k| {
-                start_seq[k as usize]
-                    + count / channels as u64
-                    + u64::from(k < count % channels as u64)
-            })
+        let per_stream = payload::round_robin_counts(count, channels);
+        let end_seq: Vec<u64> = (0..channels)
+            .map(|k| start_seq[k] + per_stream[k])
             .collect();
         // Everything before this rate is settled: a frame of an earlier rate arriving now is late.
         for i in 0..self.rx.subscribers {
-            let k = i % channels;
+            let k = payload::stream_of(i, channels);
             self.rx.trackers[i].settle(start_seq[k]);
         }
-        let open = self.open_subscribers();
-        let expected_per_stream: Vec<u64> =
-            (0..channels).map(|k| end_seq[k] - start_seq[k]).collect();
+        let open = self.open_subscribers(false);
         let expected: u64 = open
             .iter()
-            .map(|&i| expected_per_stream[i % channels])
+            .map(|&i| per_stream[payload::stream_of(i, channels)])
             .sum();
         self.rx.phase = Phase::new(start_seq.clone(), end_seq.clone());
         let dropped_before = self.pool.stats.dropped;
-        let pid = args.common.server_pid;
 
         let interval_ns = 1e9 / rate;
         let t0 = sys::now_ns() + 2_000_000;
@@ -551,9 +595,14 @@ impl Run {
             };
             let ph = &self.rx.phase;
             self.progress.tick(now, || {
-                let p99 = if ph.hist.is_empty() { "-".into() } else { human_us(ph.hist.value_at_quantile(0.99)) };
+                let p99 = if ph.hist.is_empty() {
+                    "-".into()
+                } else {
+                    human_us(ph.hist.value_at_quantile(0.99))
+                };
                 format!(
-                    "rate {rate}/s: published {}/{count}, delivered {}, lost {}, p99 so far {p99}, {} open",
+                    "rate {rate}/s: published {}/{count}, delivered {}, lost {}, p99 so far \
+                     {p99}, {} open",
                     human_count(sent),
                     human_count(ph.delivered),
                     human_count(ph.lost),
@@ -568,7 +617,8 @@ impl Run {
         // What has not arrived by now is lost (subscribers that disconnected included).
         let mut lost_at_end = 0;
         for &i in &open {
-            lost_at_end += self.rx.trackers[i].settle(self.next_seq[i % channels]);
+            lost_at_end +=
+                self.rx.trackers[i].settle(self.next_seq[payload::stream_of(i, channels)]);
         }
         let ph = &self.rx.phase;
         let published = sent;
@@ -576,7 +626,10 @@ impl Run {
             expected
         } else {
             open.iter()
-                .map(|&i| self.next_seq[i % channels] - start_seq[i % channels])
+                .map(|&i| {
+                    let k = payload::stream_of(i, channels);
+                    self.next_seq[k] - start_seq[k]
+                })
                 .sum()
         };
         let lost = ph.lost + lost_at_end;
@@ -603,15 +656,15 @@ impl Run {
         if dropped > 0 {
             reasons.push(format!("{dropped} subscribers disconnected"));
         }
-        if p99_ms > args.p99_budget_ms as f64 {
+        if p99_ms > schedule.p99_budget_ms as f64 {
             reasons.push(format!(
                 "p99 {p99_ms:.1} ms over the {} ms budget",
-                args.p99_budget_ms
+                schedule.p99_budget_ms
             ));
         }
         Ok(json!({
             "rate": rate,
-            "duration_s": args.duration,
+            "duration_s": schedule.duration,
             "subscribers": open.len(),
             "published": published,
             "expected": expected,
@@ -634,39 +687,23 @@ impl Run {
     }
 }
 
-fn cpu_cell(v: &Value) -> String {
-    v.as_f64().map_or("-".into(), |c| format!("{c:.2}"))
+/// How the generator saw a slow subscriber end, as a row label.
+fn ending_label(ending: Option<Ending>) -> String {
+    match ending {
+        Some(Ending::CloseFrame(Some(code))) => format!("close frame, code {code}"),
+        Some(Ending::CloseFrame(None)) => "close frame without a code".into(),
+        Some(Ending::Eof) => "end of stream without a close frame".into(),
+        Some(Ending::Reset) => "reset (ECONNRESET)".into(),
+        Some(Ending::Error) => "other error".into(),
+        Some(Ending::ByUs) => "closed by the generator".into(),
+        None => "not closed by the server".into(),
+    }
 }
 
-/// Runs the scenario.
-pub fn run(args: FanoutArgs) -> Result<(), String> {
-    let rates = target::parse_rates(&args.rate)?;
-    if !(args.duration > 0.0 && args.duration <= 3600.0) {
-        return Err("--duration must be within (0, 3600] s".into());
-    }
-    if !(args.warmup > 0.0 && args.warmup <= 600.0) {
-        return Err("--warmup must be within (0, 600] s".into());
-    }
-    if args.p99_budget_ms == 0 || args.p99_budget_ms > 600_000 {
-        return Err("--p99-budget-ms must be within [1, 600000]".into());
-    }
-    let drain_s = args
-        .drain
-        .unwrap_or((2.0 * args.p99_budget_ms as f64 / 1000.0).max(2.0));
-    if !(0.0..=600.0).contains(&drain_s) {
-        return Err("--drain must be within [0, 600] s".into());
-    }
-    if args.control.is_none() && !args.pub_ws {
-        return Err("fanout needs a publisher: --control unix:PATH|tcp:ADDR or --pub-ws".into());
-    }
-    let channels = args.channels as usize;
-    let named_channels = args.control.is_some() || args.pub_ws_format == PubWsFormat::Ringcast;
-    if !named_channels && channels > 1 {
-        return Err(
-            "--channels > 1 needs --control or --pub-ws-format ringcast (a raw publisher has no channel)".into(),
-        );
-    }
-    let setup = scenario::prepare(&args.common, u64::from(args.pub_ws))?;
+/// Runs a plan: connect, warm up, stop the slow subscribers, run each rate, read the slow
+/// subscribers, close. Returns every figure as JSON.
+pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
+    let (rates, drain_s) = plan.schedule.check()?;
     let host = scenario::host_info(&setup);
     let Setup {
         url,
@@ -674,104 +711,100 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
         mut progress,
         ..
     } = setup;
-    let pub_url = match &args.pub_url {
-        Some(u) => {
-            let p = target::parse_ws_url(u)?;
-            if p.addr != url.addr {
-                return Err(format!(
-                    "--pub-url must be on the same address as --url ({})",
-                    url.addr
-                ));
-            }
-            Some(p)
-        }
-        None => args.pub_ws.then(|| url.clone()),
-    };
-
-    let base = args
-        .channel
-        .clone()
-        .or_else(|| url.channel().map(str::to_string))
-        .unwrap_or_else(|| "bench".into());
-    let channel_names: Vec<String> = if channels == 1 {
-        vec![base.clone()]
-    } else {
-        (0..channels).map(|k| format!("{base}{k}")).collect()
-    };
-    // With a control publisher the subscribers' URL names their channel; a --pub-ws run keeps
-    // the URL as given (a peer server may have no channels at all).
-    let paths: Vec<String> = if named_channels {
-        channel_names
-            .iter()
-            .map(|c| url.path_with_channel(c))
-            .collect()
-    } else {
-        vec![url.path.clone()]
-    };
-
-    let n = args.common.connections as usize;
-    let slots = n + usize::from(args.pub_ws);
+    let common = plan.common;
+    let schedule = plan.schedule;
+    let n = common.connections as usize;
+    let channels = plan.channel_names.len();
+    assert!(channels > 0, "a plan has a channel");
+    assert!(
+        plan.slow.is_empty() || plan.slow.len() == n,
+        "one slow flag per subscriber"
+    );
+    let pub_ws = matches!(plan.publisher, PublisherSpec::Ws { .. });
+    let slots = n + usize::from(pub_ws);
     let mut pool = Pool::new(url, slots, sources).map_err(|e| format!("epoll: {e}"))?;
-    pool.set_coalesce(args.coalesce_us * 1000);
+    pool.set_coalesce(schedule.coalesce_us * 1000);
     let timer = Timer::new().map_err(|e| format!("timerfd: {e}"))?;
     pool.poller()
         .add(timer.raw_fd(), TOKEN_TIMER, Interest::Read)
         .map_err(|e| format!("epoll_ctl: {e}"))?;
+    let t_start = sys::now_ns();
+    let slow_messages = if plan.slow.is_empty() {
+        Vec::new()
+    } else {
+        vec![0; n]
+    };
     let mut rx = Receiver {
         subscribers: n,
         channels,
         trackers: vec![SeqTracker::default(); n],
+        slow: plan.slow,
+        slow_stopped: false,
+        slow_messages,
+        slow_bytes: 0,
         phase: Phase::new(vec![1; channels], vec![1; channels]),
         publisher_received: 0,
         timer_fired: false,
         control_ready: false,
+        rss: common
+            .server_pid
+            .map(|pid| RssSeries::new(pid, t_start, RSS_INTERVAL_NS)),
     };
 
-    let t0 = sys::now_ns();
-    let deadline = t0 + (args.common.connect_timeout_s * 1e9) as u64;
-    let concurrency = args.common.concurrency as usize;
+    let deadline = t_start + (common.connect_timeout_s * 1e9) as u64;
+    let concurrency = common.concurrency as usize;
+    let paths = &plan.paths;
     pool.open(
         0..n,
         concurrency,
-        &|i| paths[(i % channels) % paths.len()].clone(),
+        &|i| paths[payload::stream_of(i, channels) % paths.len()].clone(),
         deadline,
         &mut rx,
         &mut progress,
     )
     .map_err(|e| format!("epoll_wait: {e}"))?;
-    let connect_s = (sys::now_ns() - t0) as f64 / 1e9;
+    let connect_s = (sys::now_ns() - t_start) as f64 / 1e9;
     if pool.stats.opened == 0 {
         scenario::print_errors(&pool.stats);
         return Err("no subscriber could connect".into());
     }
-    let publisher = if let Some(pub_url) = &pub_url {
-        let path = pub_url.path.clone();
-        let deadline = sys::now_ns() + 10_000_000_000;
-        pool.open(
-            n..n + 1,
-            1,
-            &|_| path.clone(),
-            deadline,
-            &mut rx,
-            &mut progress,
-        )
-        .map_err(|e| format!("epoll_wait: {e}"))?;
-        if pool.state(n) != State::Open {
-            scenario::print_errors(&pool.stats);
-            return Err("the publishing WebSocket connection did not open".into());
+    let control_addr = match &plan.publisher {
+        PublisherSpec::Control(a) => Some(a.clone()),
+        PublisherSpec::Ws { .. } => None,
+    };
+    let publisher = match plan.publisher {
+        PublisherSpec::Ws {
+            url: pub_url,
+            format,
+        } => {
+            let path = pub_url.path.clone();
+            let deadline = sys::now_ns() + 10_000_000_000;
+            pool.open(
+                n..n + 1,
+                1,
+                &|_| path.clone(),
+                deadline,
+                &mut rx,
+                &mut progress,
+            )
+            .map_err(|e| format!("epoll_wait: {e}"))?;
+            if pool.state(n) != State::Open {
+                scenario::print_errors(&pool.stats);
+                return Err("the publishing WebSocket connection did not open".into());
+            }
+            Publisher::Ws {
+                conn: n,
+                frame: Vec::new(),
+                format,
+            }
         }
-        Publisher::Ws {
-            conn: n,
-            frame: Vec::new(),
-            format: args.pub_ws_format,
+        PublisherSpec::Control(addr) => {
+            let c = ControlPub::connect(&addr)?;
+            pool.poller()
+                .add(c.raw_fd(), TOKEN_CONTROL, Interest::EdgeBoth)
+                .map_err(|e| format!("epoll_ctl: {e}"))?;
+            Publisher::Control(c)
         }
-    } else {
-        let addr = target::parse_control(args.control.as_deref().expect("checked above"))?;
-        let c = ControlPub::connect(&addr)?;
-        pool.poller()
-            .add(c.fd.as_raw_fd(), TOKEN_CONTROL, Interest::EdgeBoth)
-            .map_err(|e| format!("epoll_ctl: {e}"))?;
-        Publisher::Control(c)
     };
 
     let mut run = Run {
@@ -779,45 +812,78 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
         rx,
         publisher,
         timer,
-        channel_names,
+        channel_names: plan.channel_names,
         next_seq: vec![1; channels],
-        payload_bytes: args.payload as usize,
+        payload_bytes: schedule.payload as usize,
         scratch: Vec::new(),
         read_buf: vec![0; 64 * 1024],
         stalls: 0,
         progress,
+        t_start,
+        timeline: vec![("connect".into(), 0)],
     };
-    let silent = run.warm_up(args.warmup)?;
+    run.mark("warm-up");
+    let silent = run.warm_up(schedule.warmup)?;
     if silent > 0 {
         eprintln!(
             "ringcast-load: warning: {silent} subscribers received nothing during the {} s warm-up \
              (not subscribed? wrong channel?); their frames count as lost",
-            args.warmup
+            schedule.warmup
         );
     }
+    let slow_selected = run.rx.slow.iter().filter(|&&s| s).count();
+    let stopped = run.stop_slow();
 
     let run_cpu0: (Option<CpuSample>, CpuSample) = (
-        scenario::server_cpu(args.common.server_pid),
+        scenario::server_cpu(common.server_pid),
         scenario::self_cpu(),
     );
     let mut results = Vec::new();
     let mut highest_held: Option<f64> = None;
     for &rate in &rates {
-        let r = run.run_rate(rate, &args, drain_s)?;
+        run.mark(format!("rate {rate}"));
+        let r = run.run_rate(rate, schedule, common.server_pid, drain_s)?;
         let held = r["held"].as_bool() == Some(true);
         if held {
             highest_held = Some(highest_held.map_or(rate, |h: f64| h.max(rate)));
         }
         results.push(r);
-        if !held && !args.keep_going {
+        if !held && !schedule.keep_going {
             break;
         }
     }
     let run_cpu1 = (
-        scenario::server_cpu(args.common.server_pid),
+        scenario::server_cpu(common.server_pid),
         scenario::self_cpu(),
     );
+
+    let slow = if slow_selected > 0 {
+        run.mark("reading the slow subscribers");
+        run.read_slow(&stopped, plan.slow_read_s)?;
+        let mut endings: std::collections::BTreeMap<String, u64> = Default::default();
+        for &i in &stopped {
+            *endings.entry(ending_label(run.pool.ending(i))).or_insert(0) += 1;
+        }
+        let read: Vec<u64> = stopped.iter().map(|&i| run.rx.slow_messages[i]).collect();
+        Some(json!({
+            "selected": slow_selected,
+            "stopped_reading": stopped.len(),
+            "read_s": plan.slow_read_s,
+            "endings": endings,
+            "messages_read_at_end": {
+                "total": read.iter().sum::<u64>(),
+                "min": read.iter().min(),
+                "max": read.iter().max(),
+            },
+            "payload_bytes_read_at_end": run.rx.slow_bytes,
+        }))
+    } else {
+        None
+    };
+    let server_stats = control_addr.as_ref().and_then(control::server_stats);
+    run.mark("close");
     scenario::close(&mut run.pool, &mut run.progress)?;
+    run.mark("end");
 
     let control_errors = match &run.publisher {
         Publisher::Control(c) => {
@@ -825,35 +891,61 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
         }
         Publisher::Ws { .. } => json!({"publisher_received": run.rx.publisher_received}),
     };
+    let server_rss = run.rx.rss.as_ref().map(|r| {
+        let s = r.summary();
+        json!({
+            "interval_ms": r.interval_ms(),
+            "min": s.map(|s| s.min),
+            "max": s.map(|s| s.max),
+            "max_at_ms": s.map(|s| s.max_at_ms),
+            "last": s.map(|s| s.last),
+            "samples_ms_bytes": r.samples(),
+        })
+    });
     let server_cpu = scenario::core_fraction(run_cpu0.0, run_cpu1.0);
     let generator_cpu = scenario::round3(run_cpu0.1.core_fraction_until(&run_cpu1.1));
-    let result = json!({
-        "scenario": "fanout",
-        "params": &args,
+    let timeline: Vec<Value> = run
+        .timeline
+        .iter()
+        .map(|(name, ms)| json!({"phase": name, "start_ms": ms}))
+        .collect();
+    Ok(json!({
+        "scenario": plan.scenario,
+        "params": plan.params,
         "host": host,
-        "publisher": if args.pub_ws { "ws" } else { "control" },
+        "publisher": if pub_ws { "ws" } else { "control" },
         "channels": run.channel_names,
         "connect_seconds": scenario::round3(connect_s),
         "connections": scenario::pool_json(&run.pool.stats),
         "warmup_silent_subscribers": silent,
         "publisher_replies": control_errors,
         "rates": results,
-        "p99_budget_ms": args.p99_budget_ms,
+        "p99_budget_ms": schedule.p99_budget_ms,
         "highest_held_rate": highest_held,
         "server_cpu": server_cpu,
         "generator_cpu": generator_cpu,
-    });
+        "slow": slow,
+        "server_rss": server_rss,
+        "server_stats": server_stats,
+        "timeline": timeline,
+    }))
+}
 
-    println!(
-        "fanout: {} subscribers on {} channel(s), {}-byte payloads, {} s per rate, p99 budget {} ms",
-        human_count(run.pool.stats.opened.min(n as u64)),
-        channels,
-        args.payload,
-        args.duration,
-        args.p99_budget_ms
-    );
+fn cpu_cell(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |c| format!("{c:.2}"))
+}
+
+fn mib(v: &Value) -> String {
+    v.as_u64()
+        .map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+}
+
+/// Prints the per-rate table and what follows it (reasons, highest rate held, the slow
+/// subscribers, the server's memory and counters, errors), from the JSON so the two agree.
+pub fn print_report(result: &Value, budget_ms: u64) {
+    let rates = result["rates"].as_array().map_or(&[][..], |v| &v[..]);
     let mut rows = Vec::new();
-    for r in result["rates"].as_array().expect("built above") {
+    for r in rates {
         let lat = &r["latency_us"];
         let q = |k: &str| lat[k].as_u64().map_or("-".to_string(), human_us);
         let gen_cell = format!(
@@ -908,30 +1000,234 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
             &rows
         )
     );
-    for r in result["rates"].as_array().expect("built above") {
+    for r in rates {
         if let Some(why) = r["not_held_because"].as_array().filter(|a| !a.is_empty()) {
             let why: Vec<&str> = why.iter().filter_map(Value::as_str).collect();
             println!("rate {}: not held: {}", r["rate"], why.join("; "));
         }
     }
-    match highest_held {
-        Some(r) => println!(
-            "highest rate held (p99 ≤ {} ms, nothing lost): {r}/s",
-            args.p99_budget_ms
-        ),
-        None => println!(
-            "no rate held (p99 ≤ {} ms, nothing lost)",
-            args.p99_budget_ms
-        ),
+    match result["highest_held_rate"].as_f64() {
+        Some(r) => println!("highest rate held (p99 ≤ {budget_ms} ms, nothing lost): {r}/s"),
+        None => println!("no rate held (p99 ≤ {budget_ms} ms, nothing lost)"),
     }
-    if let Publisher::Control(c) = &run.publisher
-        && let Some(e) = &c.first_error
+    let slow = &result["slow"];
+    if slow.is_object() {
+        println!(
+            "slow subscribers: {} stopped reading after the warm-up (left out of the figures \
+             above); read again for up to {} s at the end, they had ended as follows:",
+            slow["stopped_reading"], slow["read_s"]
+        );
+        if let Some(endings) = slow["endings"].as_object() {
+            for (how, count) in endings {
+                println!("  {count:>8}  {how}");
+            }
+        }
+        let read = &slow["messages_read_at_end"];
+        println!(
+            "  messages they still had to read at the end: {} in all, {} to {} each",
+            human_count(read["total"].as_u64().unwrap_or(0)),
+            human_count(read["min"].as_u64().unwrap_or(0)),
+            human_count(read["max"].as_u64().unwrap_or(0)),
+        );
+    }
+    let rss = &result["server_rss"];
+    if rss.is_object() {
+        println!(
+            "server RSS (every {} ms): min {}, max {} (at {:.1} s), last {}",
+            rss["interval_ms"],
+            mib(&rss["min"]),
+            mib(&rss["max"]),
+            rss["max_at_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+            mib(&rss["last"]),
+        );
+    }
+    let stats = &result["server_stats"]["total"];
+    if stats.is_object() {
+        let codes: Vec<String> = stats["closed_by_code"]
+            .as_array()
+            .map_or(&[][..], |v| &v[..])
+            .iter()
+            .map(|p| format!("{}:{}", p[0], p[1]))
+            .collect();
+        println!(
+            "server counters before the final close: slow_consumers {}, closed_by_code {}",
+            stats["slow_consumers"],
+            if codes.is_empty() {
+                "-".into()
+            } else {
+                codes.join(" ")
+            }
+        );
+    }
+    let replies = &result["publisher_replies"];
+    if let Some(e) = replies["first_error"].as_str() {
+        println!(
+            "control socket: {} error replies, first: {e}",
+            replies["errors"]
+        );
+    }
+    if let Some(errors) = result["connections"]["errors"].as_object()
+        && !errors.is_empty()
     {
-        println!("control socket: {} error replies, first: {e}", c.errors);
+        println!("errors:");
+        for (kind, count) in errors {
+            println!("  {count:>8}  {kind}");
+        }
     }
-    scenario::print_errors(&run.pool.stats);
-    if let Some(path) = &args.common.json {
-        report::write_json(path, &result)?;
+}
+
+/// Writes `--json` and `--plot` (latency percentiles against rate) if asked for.
+pub fn write_outputs(
+    result: &Value,
+    json_path: Option<&str>,
+    plot_path: Option<&str>,
+    title: &str,
+    subtitle: &str,
+) -> Result<(), String> {
+    if let Some(path) = json_path {
+        report::write_json(path, result)?;
     }
-    Ok(())
+    let Some(path) = plot_path else {
+        return Ok(());
+    };
+    let samples: Vec<plot::Sample> = result["rates"]
+        .as_array()
+        .map_or(&[][..], |v| &v[..])
+        .iter()
+        .filter_map(|r| {
+            let lat = &r["latency_us"];
+            Some(plot::Sample {
+                rate: r["rate"].as_f64()?,
+                p50_us: lat["p50"].as_u64()?,
+                p99_us: lat["p99"].as_u64()?,
+                p999_us: lat["p999"].as_u64()?,
+                held: r["held"].as_bool() == Some(true),
+            })
+        })
+        .collect();
+    let svg = plot::latency_vs_rate(&plot::Chart {
+        title,
+        subtitle,
+        x_label: "publishes per second",
+        budget_us: result["p99_budget_ms"].as_u64().map(|ms| ms * 1000),
+        samples: &samples,
+    });
+    std::fs::write(path, svg).map_err(|e| format!("--plot {path}: {e}"))
+}
+
+/// Checks the publisher flags and builds the channel names, their URL paths and the
+/// publisher of a `fanout` (or `slow`) run.
+pub fn prepare(
+    args: &FanoutArgs,
+) -> Result<(Setup, PublisherSpec, Vec<String>, Vec<String>), String> {
+    args.schedule.check()?;
+    if args.control.is_none() && !args.pub_ws {
+        return Err("fanout needs a publisher: --control unix:PATH|tcp:ADDR or --pub-ws".into());
+    }
+    let channels = args.channels as usize;
+    let named_channels = args.control.is_some() || args.pub_ws_format == PubWsFormat::Ringcast;
+    if !named_channels && channels > 1 {
+        return Err(
+            "--channels > 1 needs --control or --pub-ws-format ringcast (a raw \
+                    publisher has no channel)"
+                .into(),
+        );
+    }
+    let setup = scenario::prepare(&args.common, u64::from(args.pub_ws))?;
+    let url = &setup.url;
+    let publisher = if let Some(control) = &args.control {
+        PublisherSpec::Control(target::parse_control(control)?)
+    } else {
+        let pub_url = match &args.pub_url {
+            Some(u) => {
+                let p = target::parse_ws_url(u)?;
+                if p.addr != url.addr {
+                    return Err(format!(
+                        "--pub-url must be on the same address as --url ({})",
+                        url.addr
+                    ));
+                }
+                p
+            }
+            None => url.clone(),
+        };
+        PublisherSpec::Ws {
+            url: pub_url,
+            format: args.pub_ws_format,
+        }
+    };
+    let base = args
+        .channel
+        .clone()
+        .or_else(|| url.channel().map(str::to_string))
+        .unwrap_or_else(|| "bench".into());
+    let channel_names: Vec<String> = if channels == 1 {
+        vec![base]
+    } else {
+        (0..channels).map(|k| format!("{base}{k}")).collect()
+    };
+    // With a control publisher the subscribers' URL names their channel; a --pub-ws run keeps
+    // the URL as given (a peer server may have no channels at all).
+    let paths: Vec<String> = if named_channels {
+        channel_names
+            .iter()
+            .map(|c| url.path_with_channel(c))
+            .collect()
+    } else {
+        vec![url.path.clone()]
+    };
+    Ok((setup, publisher, channel_names, paths))
+}
+
+/// The plot's second line for a fanout-shaped run.
+pub fn plot_subtitle(args: &FanoutArgs, subscribers: u64, extra: &str) -> String {
+    format!(
+        "{} subscribers on {} channel(s), {}-byte payloads, {} s per rate, {} publisher{extra}",
+        human_count(subscribers),
+        args.channels,
+        args.schedule.payload,
+        args.schedule.duration,
+        if args.pub_ws {
+            "WebSocket"
+        } else {
+            "control-socket"
+        },
+    )
+}
+
+/// Runs the scenario.
+pub fn run(args: FanoutArgs) -> Result<(), String> {
+    let (setup, publisher, channel_names, paths) = prepare(&args)?;
+    let n = u64::from(args.common.connections);
+    let result = execute(
+        Plan {
+            scenario: "fanout",
+            params: serde_json::to_value(&args).map_err(|e| e.to_string())?,
+            common: &args.common,
+            schedule: &args.schedule,
+            publisher,
+            channel_names,
+            paths,
+            slow: Vec::new(),
+            slow_read_s: 0.0,
+        },
+        setup,
+    )?;
+    let opened = result["connections"]["opened"].as_u64().unwrap_or(0).min(n);
+    println!(
+        "fanout: {} subscribers on {} channel(s), {}-byte payloads, {} s per rate, p99 budget {} ms",
+        human_count(opened),
+        args.channels,
+        args.schedule.payload,
+        args.schedule.duration,
+        args.schedule.p99_budget_ms
+    );
+    print_report(&result, args.schedule.p99_budget_ms);
+    write_outputs(
+        &result,
+        args.common.json.as_deref(),
+        args.schedule.plot.as_deref(),
+        "ringcast-load fanout: latency against publish rate",
+        &plot_subtitle(&args, opened, ""),
+    )
 }

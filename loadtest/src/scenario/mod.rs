@@ -2,9 +2,12 @@
 //! This module holds what they share: start-up checks (loopback, file limit, ports, server pid)
 //! and CPU sampling.
 
+pub mod chat;
 pub mod connect;
+pub mod control;
 pub mod fanout;
 pub mod idle;
+pub mod slow;
 
 use std::net::IpAddr;
 
