@@ -3,8 +3,9 @@
 //! twice. The JSON report must show exactly that: nothing lost on the correct server, loss on
 //! the dropping one, duplicates on the duplicating one — and a rate that "holds" only for the
 //! correct server. The same server (with a minimal control socket) checks the accounting of
-//! `chat` (each member gets exactly its group's messages), and `slow` (the slow subscribers are
-//! left out of the figures, and what they had queued is read at the end).
+//! `chat` (each member gets exactly its group's messages), `slow` (the slow subscribers are
+//! left out of the figures, and what they had queued is read at the end) and `connect --storm`
+//! (the probe loses nothing while every other connection closes and reopens).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -411,4 +412,51 @@ fn slow_subscribers_are_left_out_and_read_at_the_end() {
     assert_eq!(slow["messages_read_at_end"]["min"], 200);
     assert_eq!(slow["messages_read_at_end"]["max"], 200);
     assert_eq!(v["params"]["slow_fraction"], 0.1);
+}
+
+#[test]
+fn storm_probe_loses_nothing_while_connections_reopen() {
+    let clients: Clients = Arc::default();
+    let port = spawn_server_with(Fault::None, clients.clone());
+    let sock = spawn_control(clients, "storm");
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let control = format!("unix:{sock}");
+    let v = run_load(
+        "storm",
+        &[
+            "connect",
+            "--storm",
+            "--url",
+            &url,
+            "--control",
+            &control,
+            "-n",
+            "30",
+            "--probe",
+            "5",
+            "--rate",
+            "100",
+            "--calm-s",
+            "0.5",
+        ],
+    );
+    let _ = std::fs::remove_file(&sock);
+    let storm = &v["storm"];
+    assert_eq!(storm["first_opened"], 30);
+    assert_eq!(storm["reopened"], 30);
+    assert_eq!(storm["reopen_failed"], 0);
+    assert_eq!(storm["open_at_end"], 30);
+    let probe = &v["probe"];
+    assert_eq!(probe["subscribers"], 5);
+    assert_eq!(probe["lost"], 0);
+    assert_eq!(probe["duplicated"], 0);
+    assert_eq!(probe["foreign"], 0);
+    for period in ["before", "storm", "after"] {
+        let p = &probe["periods"][period];
+        // Every publish of a period reached every probe.
+        assert_eq!(p["delivered"], p["expected"], "{period}");
+    }
+    // 0.5 s at 100/s.
+    let before = probe["periods"]["before"]["published"].as_u64().unwrap();
+    assert!((49..=51).contains(&before), "{before}");
 }
