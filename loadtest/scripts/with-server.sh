@@ -40,7 +40,9 @@ line="$(grep -m1 ' ready ' "$out")" || { echo "no readiness line from the server
 addr="$(sed -E 's/.*listen=([^ ]+).*/\1/' <<<"$line")"
 pid="$(sed -E 's/.*pid=([0-9]+).*/\1/' <<<"$line")"
 port="${addr##*:}"
-echo "# server: $line" >&2
+# Everything the server said up to its readiness line (a memory budget, warnings) goes with the
+# run's output: it belongs to the conditions of the figures.
+sed 's/^/# server: /' "$out.err" "$out" >&2
 
 args=()
 for a in "$@"; do
