@@ -86,6 +86,11 @@ pub struct ShardSetup {
     pub all_published: Arc<Vec<Arc<Published>>>,
 }
 
+/// Input bytes handled per loop turn before the shard flushes what they produced.
+const RECV_BYTES_PER_TURN: usize = 256 * 1024;
+/// Completions taken from the queue at a time.
+const CQE_BATCH: usize = 256;
+
 /// Submission queue entries per ring.
 pub const SQ_ENTRIES: u32 = 4096;
 
@@ -319,7 +324,7 @@ impl Shard {
                     "io_uring_enter failed: {err}"
                 );
                 // EBUSY: the completion queue is full; draining it frees room.
-                self.complete();
+                self.complete_within(usize::MAX);
             }
         }
     }
@@ -390,12 +395,23 @@ impl Shard {
         self.push(entry);
     }
 
+    /// Drains the completion queue (the phase of a loop turn).
     fn complete(&mut self) {
+        self.complete_within(RECV_BYTES_PER_TURN);
+    }
+
+    /// Drains completions until `recv_budget_bytes` of input have been handled. What is left
+    /// waits in the completion queue for the next turn, after a flush: a backend pipelining
+    /// megabytes of publishes then produces bounded bursts per turn, which subscribers' queues
+    /// absorb, instead of one burst as large as everything the kernel had buffered.
+    fn complete_within(&mut self, recv_budget_bytes: usize) {
+        let mut received = 0usize;
         loop {
             self.cqes.clear();
             self.cqes.extend(
                 self.ring
                     .completion()
+                    .take(CQE_BATCH)
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
             if self.cqes.is_empty() {
@@ -403,6 +419,9 @@ impl Shard {
             }
             let cqes = std::mem::take(&mut self.cqes);
             for &(data, result, flags) in &cqes {
+                if uring::parse_user_data(data).is_some_and(|(op, _, _)| op == Op::Recv) && result > 0 {
+                    received += result as usize;
+                }
                 match uring::parse_user_data(data) {
                     Some((Op::Accept, listener, _)) => self.on_accept(listener, result, flags),
                     Some((Op::Recv, slot, generation)) => {
@@ -414,6 +433,9 @@ impl Shard {
                 }
             }
             self.cqes = cqes;
+            if received >= recv_budget_bytes {
+                return;
+            }
         }
     }
 
