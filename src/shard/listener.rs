@@ -113,22 +113,27 @@ pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
             &mut len,
         )
     })?;
+    socket_addr(&storage).ok_or_else(|| io::Error::other("unknown address family"))
+}
+
+/// Reads an IPv4 or IPv6 address out of a `sockaddr_storage` the kernel filled.
+fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match storage.ss_family as libc::c_int {
         libc::AF_INET => {
             // SAFETY: the family says this is a sockaddr_in.
             let sin: libc::sockaddr_in =
-                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
             let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Ok(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says this is a sockaddr_in6.
             let sin6: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
             let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            Ok(SocketAddr::from((ip, u16::from_be(sin6.sin6_port))))
+            Some(SocketAddr::from((ip, u16::from_be(sin6.sin6_port))))
         }
-        _ => Err(io::Error::other("unknown address family")),
+        _ => None,
     }
 }
 
@@ -223,19 +228,5 @@ pub fn peer_ip(fd: libc::c_int) -> Option<std::net::IpAddr> {
     if ret != 0 {
         return None;
     }
-    match storage.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says this is a sockaddr_in.
-            let sin: libc::sockaddr_in =
-                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
-            Some(std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()).into())
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this is a sockaddr_in6.
-            let sin6: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
-            Some(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).into())
-        }
-        _ => None,
-    }
+    socket_addr(&storage).map(|a| a.ip())
 }
