@@ -103,6 +103,8 @@ struct Conn {
     ending: Option<Ending>,
     /// Taken out of the epoll set (`Pool::pause`): nothing is read until `resume`.
     paused: bool,
+    /// `SO_RCVBUF` to set before connecting (0: the kernel's default, autotuned).
+    rcvbuf_bytes: u32,
 }
 
 impl Conn {
@@ -118,6 +120,7 @@ impl Conn {
             reader: FrameReader::default(),
             ending: None,
             paused: false,
+            rcvbuf_bytes: 0,
         }
     }
 }
@@ -285,6 +288,19 @@ impl Pool {
         }
     }
 
+    /// Gives connection `i` a fixed receive buffer of `bytes` (`SO_RCVBUF`, set before it
+    /// connects): a client with a small window, as on a slow mobile link. Without it, a
+    /// loopback socket that is not read autotunes its buffer up to `tcp_rmem`'s maximum and
+    /// absorbs megabytes before the server's own queue grows at all.
+    pub fn set_rcvbuf(&mut self, i: usize, bytes: u32) {
+        assert_eq!(
+            self.conns[i].state,
+            State::New,
+            "set before the connection starts"
+        );
+        self.conns[i].rcvbuf_bytes = bytes;
+    }
+
     /// Unsent output bytes of connection `i`.
     pub fn out_len(&self, i: usize) -> usize {
         self.conns[i].out.len()
@@ -395,6 +411,12 @@ impl Pool {
             Ok(fd) => fd,
             Err(e) => return self.fail(i, format!("socket: {}", describe(&e))),
         };
+        let rcvbuf = self.conns[i].rcvbuf_bytes;
+        if rcvbuf > 0
+            && let Err(e) = sys::set_rcvbuf(&fd, rcvbuf)
+        {
+            return self.fail(i, format!("setsockopt SO_RCVBUF: {e}"));
+        }
         let connected = match sys::connect(&fd, &self.url.addr) {
             Ok(c) => c,
             Err(e) => return self.fail(i, format!("connect: {}", describe(&e))),

@@ -199,6 +199,14 @@ pub fn tcp_socket(dst: &SocketAddr, src: Option<IpAddr>) -> io::Result<OwnedFd> 
     Ok(fd)
 }
 
+/// Sets `SO_RCVBUF` (the kernel doubles it for its bookkeeping, and turns off receive-buffer
+/// autotuning for the socket). Set before `connect`, it also bounds the window scale offered in
+/// the SYN, so the peer sees a small window for the connection's whole life.
+pub fn set_rcvbuf(fd: &OwnedFd, bytes: u32) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)
+}
+
 fn set_int_opt(
     fd: &OwnedFd,
     level: libc::c_int,

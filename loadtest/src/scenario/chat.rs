@@ -70,6 +70,7 @@ pub fn run(args: ChatArgs) -> Result<(), String> {
             paths,
             slow: Vec::new(),
             slow_read_s: 0.0,
+            slow_rcvbuf_bytes: 0,
         },
         setup,
     )?;

@@ -180,6 +180,8 @@ pub struct Plan<'a> {
     pub slow: Vec<bool>,
     /// Seconds to read the slow subscribers at the end.
     pub slow_read_s: f64,
+    /// `SO_RCVBUF` of the slow subscribers' sockets (0: the kernel's default, autotuned).
+    pub slow_rcvbuf_bytes: u32,
 }
 
 /// The publisher in use.
@@ -724,6 +726,11 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
     let slots = n + usize::from(pub_ws);
     let mut pool = Pool::new(url, slots, sources).map_err(|e| format!("epoll: {e}"))?;
     pool.set_coalesce(schedule.coalesce_us * 1000);
+    if plan.slow_rcvbuf_bytes > 0 {
+        for (i, _) in plan.slow.iter().enumerate().filter(|&(_, &s)| s) {
+            pool.set_rcvbuf(i, plan.slow_rcvbuf_bytes);
+        }
+    }
     let timer = Timer::new().map_err(|e| format!("timerfd: {e}"))?;
     pool.poller()
         .add(timer.raw_fd(), TOKEN_TIMER, Interest::Read)
@@ -1210,6 +1217,7 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
             paths,
             slow: Vec::new(),
             slow_read_s: 0.0,
+            slow_rcvbuf_bytes: 0,
         },
         setup,
     )?;

@@ -2,7 +2,11 @@
 //! They keep their sockets open and are never read again until every rate is done, as a client
 //! that hangs or sits behind a dead network path looks to a server: its receive window fills,
 //! then the server's send buffer, then the server's own queue for it (in ringcast, until
-//! `outbound_bytes_max`, when it is closed with 4001).
+//! `outbound_bytes_max`, when it is closed with 4001). On loopback the first two stages are
+//! large: a socket that is not read autotunes its receive buffer (up to `net.ipv4.tcp_rmem`'s
+//! maximum) and the server's send buffer grows with the 64 KiB loopback MSS, so megabytes pass
+//! before the server's own queue grows; `--slow-rcvbuf` gives the slow sockets a small fixed
+//! receive buffer, as a client behind a slow link has, so the server's side fills sooner.
 //!
 //! Reports the healthy subscribers' figures exactly as `fanout` does (the slow ones are left out
 //! of delivery, loss and latency), how each slow subscriber ended as the generator saw it when
@@ -31,6 +35,11 @@ pub struct SlowArgs {
     /// Seconds to read the slow subscribers again at the end, to see how the server closed them.
     #[arg(long, default_value_t = 10.0)]
     slow_read_s: f64,
+    /// Receive buffer (SO_RCVBUF) of the slow subscribers' sockets, set before they connect: a
+    /// client with a small window. Default: the kernel's, which on loopback autotunes up to
+    /// net.ipv4.tcp_rmem's maximum and holds megabytes before the server's queue grows.
+    #[arg(long, default_value_t = 0)]
+    slow_rcvbuf: u32,
 }
 
 /// Parts per million: the selection is integer arithmetic, so it is exact and repeatable.
@@ -79,6 +88,7 @@ pub fn run(args: SlowArgs) -> Result<(), String> {
             paths,
             slow,
             slow_read_s: args.slow_read_s,
+            slow_rcvbuf_bytes: args.slow_rcvbuf,
         },
         setup,
     )?;
