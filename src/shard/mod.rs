@@ -419,7 +419,9 @@ impl Shard {
             }
             let cqes = std::mem::take(&mut self.cqes);
             for &(data, result, flags) in &cqes {
-                if uring::parse_user_data(data).is_some_and(|(op, _, _)| op == Op::Recv) && result > 0 {
+                if uring::parse_user_data(data).is_some_and(|(op, _, _)| op == Op::Recv)
+                    && result > 0
+                {
                     received += result as usize;
                 }
                 match uring::parse_user_data(data) {
