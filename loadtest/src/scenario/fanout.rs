@@ -966,6 +966,8 @@ pub fn print_report(result: &Value, budget_ms: u64) {
         );
         rows.push(vec![
             format!("{}", r["rate"].as_f64().unwrap_or(0.0)),
+            // Subscribers at the start of the rate: fewer than -n after disconnections.
+            human_count(r["subscribers"].as_u64().unwrap_or(0)),
             human_count(r["published"].as_u64().unwrap_or(0)),
             human_count(r["delivered"].as_u64().unwrap_or(0)),
             human_count(r["lost"].as_u64().unwrap_or(0)),
@@ -990,6 +992,7 @@ pub fn print_report(result: &Value, budget_ms: u64) {
         report::table(
             &[
                 "rate/s",
+                "subs",
                 "published",
                 "delivered",
                 "lost",
