@@ -563,6 +563,7 @@ fn run_storm(args: ConnectArgs) -> Result<(), String> {
                 "latency_us": report::percentiles(&f.hist),
                 "server_cpu": scenario::core_fraction(a.0, b.0),
                 "generator_cpu": scenario::round3(a.1.core_fraction_until(&b.1)),
+                "generator_bound": a.1.core_fraction_until(&b.1) >= 0.95,
             }),
         );
     }
@@ -651,9 +652,11 @@ fn print_storm(result: &Value, args: &ConnectArgs) {
             f["server_cpu"]
                 .as_f64()
                 .map_or("-".into(), |c| format!("{c:.2}")),
-            f["generator_cpu"]
-                .as_f64()
-                .map_or("-".into(), |c| format!("{c:.2}")),
+            f["generator_cpu"].as_f64().map_or("-".into(), |c| {
+                // At a saturated generator, probe latency includes the generator's own delay.
+                let bound = if c >= 0.95 { " (generator-bound)" } else { "" };
+                format!("{c:.2}{bound}")
+            }),
         ]);
     }
     print!(
