@@ -119,7 +119,7 @@ impl Default for Limits {
             xshard_overflow_max: 65_536,
             control_line_bytes_max: 1024 * 1024,
             control_pending_max: 65_536,
-            shard_outbound_bytes_max: 256 * 1024 * 1024,
+            shard_outbound_bytes_max: 1024 * 1024 * 1024,
             client_messages_per_s: 200,
             shard_inbound_bytes_max: 256 * 1024 * 1024,
             control_conns_per_shard_max: 64,
@@ -159,8 +159,8 @@ impl Limits {
         if self.message_bytes_max == 0 || self.echo_message_bytes_max == 0 {
             errors.push("message size limits must be above 0".to_string());
         }
-        if self.outbound_bytes_max < 1024 {
-            errors.push("outbound_bytes_max must be at least 1024".to_string());
+        if self.outbound_bytes_max < 1024 || self.outbound_bytes_max >= 1 << 31 {
+            errors.push("outbound_bytes_max must be between 1024 and 2147483647".to_string());
         }
         if self.channels_per_conn_max == 0
             || self.channel_name_bytes_max == 0

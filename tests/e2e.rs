@@ -706,7 +706,7 @@ fn slow_consumer_is_closed_and_others_keep_receiving() {
     let server = Server::start(push_config(1, limits)).unwrap();
     let addr = server.local_addr();
     // The slow client: subscribes, then never reads. Its kernel buffers fill, then its queue.
-    let slow = raw_upgrade(addr, "/ws?channel=chat:feed&format=raw");
+    let mut slow = raw_upgrade(addr, "/ws?channel=chat:feed&format=raw");
     let mut healthy = connect(addr, "/ws?channel=chat:feed&format=raw");
     let mut publisher = connect(addr, "/ws");
     assert_eq!(json(&mut publisher)["op"], "welcome");
@@ -745,6 +745,9 @@ fn slow_consumer_is_closed_and_others_keep_receiving() {
             other => panic!("{other:?}"),
         }
     }
+    // Its backlog was dropped, so when it reads again it finds the reason right behind what
+    // was already on its way.
+    assert_eq!(close_code_of(&read_to_close(&mut slow)), Some(4001));
     drop(slow);
     eventually(&server, "the slow consumer freed with 4001", |c| {
         c.closed_with(4001) == 1 && c.open == 2

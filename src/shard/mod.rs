@@ -743,8 +743,9 @@ impl Shard {
                     } else {
                         OpCode::Binary
                     };
-                    // The echo endpoint is for conformance tests: its limit is the message limit.
-                    let limit = outbound_max.max(limits.message_bytes_max + 16);
+                    // The echo endpoint is for conformance tests: its limit is the message limit
+                    // (plus a frame header and a queue handle).
+                    let limit = outbound_max.max(limits.message_bytes_max + 64);
                     counters.frames_out += 1;
                     if out.push(frame::encode(op, payload), limit, queued) == Enqueue::SlowConsumer
                     {
@@ -880,6 +881,12 @@ impl Shard {
 
     fn slow_consumer(&mut self, slot: usize) {
         self.counters.slow_consumers += 1;
+        // The backlog will never be read in time; dropping it lets the close frame (queued next)
+        // reach the client as soon as it reads again, so it learns why it was closed.
+        let conn = &mut self.conns[slot];
+        if conn.state == State::Open {
+            conn.out.discard_queued(&mut self.queued_bytes);
+        }
         self.start_close(slot, close::SLOW_CONSUMER);
     }
 

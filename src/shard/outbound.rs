@@ -3,6 +3,9 @@
 //! Plain data, no ring types: the driver takes a batch for one vectored send, and reports how
 //! many bytes the kernel took. Frames in flight stay counted until they are sent, so the limit
 //! bounds everything the connection owes, in flight or not.
+//!
+//! A frame costs its length plus `FRAME_OVERHEAD` (its handle in the queue), so a flood of tiny
+//! or empty frames is bounded by the same limit as a few big ones.
 
 use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
@@ -17,19 +20,27 @@ pub enum Enqueue {
     SlowConsumer,
 }
 
+/// What a queued frame costs beyond its bytes: its handle.
+pub const FRAME_OVERHEAD: usize = std::mem::size_of::<Bytes>();
+
 /// The queue.
 #[derive(Debug, Default)]
 pub struct Outbound {
     frames: VecDeque<Bytes>,
-    /// Bytes owed: queued plus in flight.
-    owed_bytes: usize,
+    /// Cost owed (bytes plus `FRAME_OVERHEAD` per frame): queued plus in flight. 32 bits keep
+    /// the connection's state small; `Limits::validate` caps `outbound_bytes_max` below 2^31,
+    /// and exempt control frames are few and small.
+    owed_bytes: u32,
+    /// The front frame is the rest of a partly sent frame (it must go out before anything else
+    /// and may not be dropped, or the stream's framing breaks).
+    partial_front: bool,
 }
 
 impl Outbound {
     /// Queues a data frame unless that would put more than `limit_bytes` in the queue.
     /// `shard_total` is the shard's sum over all queues, kept in step.
     pub fn push(&mut self, frame: Bytes, limit_bytes: usize, shard_total: &mut usize) -> Enqueue {
-        if self.owed_bytes + frame.len() > limit_bytes {
+        if self.owed_bytes as usize + frame.len() + FRAME_OVERHEAD > limit_bytes {
             return Enqueue::SlowConsumer;
         }
         self.push_control(frame, shard_total);
@@ -39,14 +50,26 @@ impl Outbound {
     /// Queues a control frame or handshake response: exempt from the limit (a pong or a close
     /// must reach a client even when its data backlog is full); ≤ 127 bytes for control frames.
     pub fn push_control(&mut self, frame: Bytes, shard_total: &mut usize) {
-        *shard_total += frame.len();
-        self.owed_bytes += frame.len();
+        let cost = frame.len() + FRAME_OVERHEAD;
+        *shard_total += cost;
+        self.owed_bytes = u32::try_from(self.owed_bytes as usize + cost).unwrap_or(u32::MAX);
         self.frames.push_back(frame);
+    }
+
+    /// Drops every queued frame that is not in flight (keeping the rest of a partly sent one),
+    /// so that a close frame queued next reaches a slow client as soon as it reads anything.
+    pub fn discard_queued(&mut self, shard_total: &mut usize) {
+        let keep = usize::from(self.partial_front).min(self.frames.len());
+        for frame in self.frames.drain(keep..) {
+            let cost = frame.len() + FRAME_OVERHEAD;
+            self.owed_bytes -= cost as u32;
+            *shard_total -= cost;
+        }
     }
 
     /// Bytes owed (queued and in flight).
     pub fn owed_bytes(&self) -> usize {
-        self.owed_bytes
+        self.owed_bytes as usize
     }
 
     /// Whether frames wait to be sent (in-flight frames are not counted here).
@@ -59,22 +82,32 @@ impl Outbound {
         debug_assert!(batch.is_empty());
         let n = max_frames.min(self.frames.len());
         batch.extend(self.frames.drain(..n));
+        self.partial_front = false;
     }
 
     /// The kernel took `sent` bytes of `batch`: the rest goes back to the front, in order.
     pub fn complete(&mut self, batch: &mut Vec<Bytes>, mut sent: usize, shard_total: &mut usize) {
-        assert!(sent <= self.owed_bytes);
-        assert!(sent <= *shard_total);
-        self.owed_bytes -= sent;
-        *shard_total -= sent;
+        let mut released = 0;
         let mut rest = batch.drain(..);
+        let mut partial = None;
         for mut frame in rest.by_ref() {
             if sent >= frame.len() {
                 sent -= frame.len();
+                released += frame.len() + FRAME_OVERHEAD;
                 continue;
             }
-            // The first frame not wholly sent: resume it, then everything after it, in order.
+            released += sent;
             frame.advance(sent);
+            partial = Some(frame);
+            break;
+        }
+        assert!(released <= self.owed_bytes as usize);
+        assert!(released <= *shard_total);
+        self.owed_bytes -= released as u32;
+        *shard_total -= released;
+        if let Some(frame) = partial {
+            // The first frame not wholly sent: resume it, then everything after it, in order.
+            self.partial_front = true;
             let tail: Vec<Bytes> = rest.collect();
             for later in tail.into_iter().rev() {
                 self.frames.push_front(later);
@@ -86,10 +119,11 @@ impl Outbound {
 
     /// Frees everything (the connection is gone); the batch in flight is owned by the send slot.
     pub fn clear(&mut self, shard_total: &mut usize) {
-        assert!(self.owed_bytes <= *shard_total);
-        *shard_total -= self.owed_bytes;
+        assert!(self.owed_bytes as usize <= *shard_total);
+        *shard_total -= self.owed_bytes as usize;
         self.frames = VecDeque::new();
         self.owed_bytes = 0;
+        self.partial_front = false;
     }
 
     /// Heap bytes held by the queue's ring of handles (not the shared payloads).
@@ -120,6 +154,8 @@ impl Outbound {
 mod tests {
     use super::*;
 
+    const O: usize = FRAME_OVERHEAD;
+
     fn b(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())
     }
@@ -128,10 +164,22 @@ mod tests {
     fn limit_refuses_data_but_not_control() {
         let mut q = Outbound::default();
         let mut t = 0usize;
-        assert_eq!(q.push(b("12345"), 8, &mut t), Enqueue::Enqueued);
-        assert_eq!(q.push(b("1234"), 8, &mut t), Enqueue::SlowConsumer);
+        assert_eq!(q.push(b("12345"), 5 + O + 3, &mut t), Enqueue::Enqueued);
+        assert_eq!(q.push(b("1234"), 5 + O + 3, &mut t), Enqueue::SlowConsumer);
         q.push_control(b("pong"), &mut t);
-        assert_eq!(q.owed_bytes(), 9);
+        assert_eq!(q.owed_bytes(), 9 + 2 * O);
+        assert_eq!(t, q.owed_bytes());
+    }
+
+    #[test]
+    fn tiny_frames_are_bounded_by_their_handles() {
+        let mut q = Outbound::default();
+        let mut t = 0usize;
+        let mut queued = 0;
+        while q.push(Bytes::new(), 1024, &mut t) == Enqueue::Enqueued {
+            queued += 1;
+        }
+        assert_eq!(queued, 1024 / O);
     }
 
     #[test]
@@ -139,18 +187,21 @@ mod tests {
         let mut q = Outbound::default();
         let mut t = 0usize;
         for s in ["aaa", "bbb", "ccc", "ddd"] {
-            assert_eq!(q.push(b(s), 100, &mut t), Enqueue::Enqueued);
+            assert_eq!(q.push(b(s), 1000, &mut t), Enqueue::Enqueued);
         }
         let mut batch = Vec::new();
         q.take_batch(3, &mut batch);
         assert_eq!(batch.len(), 3);
         q.complete(&mut batch, 4, &mut t); // "aaa" + "b"
         assert!(batch.is_empty());
-        assert_eq!(q.owed_bytes(), 8);
+        assert_eq!(q.owed_bytes(), 8 + 3 * O);
+        // The rest of "bbb" survives a discard; "ccc" and "ddd" do not.
+        q.discard_queued(&mut t);
+        assert_eq!(q.owed_bytes(), 2 + O);
         q.take_batch(10, &mut batch);
         let joined: Vec<u8> = batch.iter().flat_map(|f| f.iter().copied()).collect();
-        assert_eq!(joined, b"bbcccddd");
-        q.complete(&mut batch, 8, &mut t);
+        assert_eq!(joined, b"bb");
+        q.complete(&mut batch, 2, &mut t);
         assert_eq!(q.owed_bytes(), 0);
         assert_eq!(t, 0, "the shard total follows the queue");
         assert!(!q.has_queued());
@@ -160,11 +211,12 @@ mod tests {
     fn in_flight_bytes_count_against_the_limit() {
         let mut q = Outbound::default();
         let mut t = 0usize;
-        assert_eq!(q.push(b("12345678"), 10, &mut t), Enqueue::Enqueued);
+        let limit = 8 + O + 2;
+        assert_eq!(q.push(b("12345678"), limit, &mut t), Enqueue::Enqueued);
         let mut batch = Vec::new();
         q.take_batch(8, &mut batch);
-        assert_eq!(q.push(b("123"), 10, &mut t), Enqueue::SlowConsumer);
+        assert_eq!(q.push(b("123"), limit, &mut t), Enqueue::SlowConsumer);
         q.complete(&mut batch, 8, &mut t);
-        assert_eq!(q.push(b("123"), 10, &mut t), Enqueue::Enqueued);
+        assert_eq!(q.push(b("123"), limit, &mut t), Enqueue::Enqueued);
     }
 }
