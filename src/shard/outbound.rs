@@ -113,7 +113,6 @@ impl Outbound {
                 self.frames.push_front(later);
             }
             self.frames.push_front(frame);
-            return;
         }
     }
 
