@@ -182,8 +182,11 @@ fn main() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let thread = std::thread::current();
+        let conn = ringcast::shard::current_conn().map_or(String::new(), |id| {
+            format!(" while handling connection {id}")
+        });
         eprintln!(
-            "ringcast: BUG: panic in {}",
+            "ringcast: BUG: panic in {}{conn}",
             thread.name().unwrap_or("main")
         );
         default_hook(info);

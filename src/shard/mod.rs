@@ -86,6 +86,17 @@ pub struct ShardSetup {
     pub all_published: Arc<Vec<Arc<Published>>>,
 }
 
+thread_local! {
+    /// The connection whose completion the shard is handling, for the panic report.
+    static CURRENT_CONN: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// The id of the connection this shard thread was handling, if any (read by the panic hook:
+/// a panic in a shard is a bug, and its report names the connection involved).
+pub fn current_conn() -> Option<u64> {
+    CURRENT_CONN.with(|c| c.get())
+}
+
 /// Input bytes handled per loop turn before the shard flushes what they produced.
 const RECV_BYTES_PER_TURN: usize = 256 * 1024;
 /// Completions taken from the queue at a time.
@@ -424,6 +435,17 @@ impl Shard {
                 {
                     received += result as usize;
                 }
+                let involved = match uring::parse_user_data(data) {
+                    Some((Op::Recv, slot, generation)) => Some((slot, generation)),
+                    Some((Op::Send, index, _)) => {
+                        self.sends.get(index).map(|s| (s.conn_slot, s.generation))
+                    }
+                    _ => None,
+                };
+                let id = involved.map(|(slot, generation)| {
+                    crate::id::ConnId::new(self.index, slot, generation).get()
+                });
+                CURRENT_CONN.with(|c| c.set(id));
                 match uring::parse_user_data(data) {
                     Some((Op::Accept, listener, _)) => self.on_accept(listener, result, flags),
                     Some((Op::Recv, slot, generation)) => {
