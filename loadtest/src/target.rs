@@ -48,18 +48,47 @@ fn parse_host_port(hostport: &str, what: &str) -> Result<SocketAddr, String> {
     Ok(SocketAddr::new(loopback_only(ip, what)?, port))
 }
 
+/// Splits what follows the scheme into `HOST:PORT` and the path (with query, starting with `/`).
+fn split_authority(rest: &str) -> (&str, String) {
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    }
+}
+
 /// Parses a `ws://` URL with a loopback host and an explicit port.
 pub fn parse_ws_url(url: &str) -> Result<WsUrl, String> {
     let rest = url
         .strip_prefix("ws://")
         .ok_or_else(|| format!("{url}: only ws:// URLs are supported (no TLS on loopback)"))?;
-    let (hostport, path) = match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
-        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-        None => (rest, "/".to_string()),
-    };
+    let (hostport, path) = split_authority(rest);
     Ok(WsUrl {
         addr: parse_host_port(hostport, "URL")?,
+        host: hostport.to_string(),
+        path,
+    })
+}
+
+/// A parsed `http://HOST:PORT/PATH?QUERY`: where an HTTP publisher sends its `POST`s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// Resolved loopback address.
+    pub addr: SocketAddr,
+    /// The Host header value (as written in the URL).
+    pub host: String,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+/// Parses an `http://` URL with a loopback host and an explicit port.
+pub fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("{url}: only http:// URLs are supported for --pub-http (no TLS on loopback)")
+    })?;
+    let (hostport, path) = split_authority(rest);
+    Ok(HttpUrl {
+        addr: parse_host_port(hostport, "--pub-http")?,
         host: hostport.to_string(),
         path,
     })
@@ -196,6 +225,19 @@ pub fn parse_rates(s: &str) -> Result<Vec<f64>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_urls() {
+        let u = parse_http_url("http://127.0.0.1:8080/publish?channel=a").unwrap();
+        assert_eq!(u.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(u.host, "127.0.0.1:8080");
+        assert_eq!(u.path, "/publish?channel=a");
+        assert_eq!(parse_http_url("http://[::1]:80").unwrap().path, "/");
+        assert!(parse_http_url("http://10.0.0.1:80/publish").is_err());
+        assert!(parse_http_url("http://example.com:80/").is_err());
+        assert!(parse_http_url("https://127.0.0.1:443/").is_err());
+        assert!(parse_http_url("http://127.0.0.1/publish").is_err());
+    }
 
     #[test]
     fn urls() {

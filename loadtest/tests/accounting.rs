@@ -132,6 +132,10 @@ fn spawn_server_with(fault: Fault, clients: Clients) -> u16 {
                     if reader.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
                     }
+                    if line.starts_with("POST ") {
+                        serve_posts(line, reader, stream, clients);
+                        return;
+                    }
                     if let Some(target) = line.strip_prefix("GET ")
                         && let Some((_, query)) = target.split_once("channel=")
                     {
@@ -193,6 +197,65 @@ fn spawn_server_with(fault: Fault, clients: Clients) -> u16 {
     port
 }
 
+/// Serves HTTP/1.1 `POST /publish` requests on a keep-alive connection, starting with the
+/// request line already read: each body goes to every WebSocket client as a text frame, and
+/// each request is answered `204 No Content` — or, with `?fail_every=K` in the request target,
+/// every K-th with a chunked `503` (the body is still broadcast).
+fn serve_posts(
+    mut request_line: String,
+    mut reader: BufReader<TcpStream>,
+    mut stream: TcpStream,
+    clients: Clients,
+) {
+    let mut served = 0u64;
+    loop {
+        assert!(
+            request_line.starts_with("POST /publish"),
+            "{request_line:?}"
+        );
+        let fail_every: Option<u64> = request_line
+            .split_once("fail_every=")
+            .map(|(_, k)| k.split(' ').next().unwrap().parse().unwrap());
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = Some(value.trim().parse::<usize>().unwrap());
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; length.expect("a POST with Content-Length")];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let frame = server_frame(0x1, &body);
+        for (_, _, s) in clients.lock().unwrap().iter_mut() {
+            let _ = s.write_all(&frame);
+        }
+        served += 1;
+        let response: &[u8] = if fail_every.is_some_and(|k| served.is_multiple_of(k)) {
+            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n\
+              4\r\nbusy\r\n0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 204 No Content\r\nServer: test\r\n\r\n"
+        };
+        if stream.write_all(response).is_err() {
+            return;
+        }
+        request_line.clear();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+    }
+}
+
 fn run_fanout(fault: Fault, name: &str) -> serde_json::Value {
     let port = spawn_server(fault);
     let json =
@@ -238,6 +301,106 @@ fn correct_server_loses_nothing() {
     assert_eq!(r["lost"], 0);
     assert_eq!(r["duplicated"], 0);
     assert_eq!(r["held"], true);
+}
+
+#[test]
+fn http_publisher_loses_nothing() {
+    let port = spawn_server(Fault::None);
+    let r = run_load(
+        "http",
+        &[
+            "fanout",
+            "--url",
+            &format!("ws://127.0.0.1:{port}/ws"),
+            "--pub-http",
+            &format!("http://127.0.0.1:{port}/publish"),
+            "-n",
+            "20",
+            "--rate",
+            "200",
+            "--duration",
+            "2",
+            "--drain",
+            "1",
+        ],
+    );
+    assert_eq!(r["publisher"], "http");
+    let rate = &r["rates"][0];
+    assert_eq!(rate["published"], 400);
+    assert_eq!(rate["delivered"], 400 * 20);
+    assert_eq!(rate["lost"], 0);
+    assert_eq!(rate["duplicated"], 0);
+    assert_eq!(rate["publish_errors"], 0);
+    assert_eq!(rate["held"], true);
+    let replies = &r["publisher_replies"];
+    assert_eq!(replies["errors"], 0);
+    assert!(replies["closed"].is_null(), "{replies}");
+    // The warm-up's publishes and the 400, every one answered.
+    let requests = replies["requests"].as_u64().unwrap();
+    assert!(requests >= 401, "{replies}");
+    assert_eq!(
+        replies["responses"].as_u64().unwrap() + replies["unanswered"].as_u64().unwrap(),
+        requests
+    );
+}
+
+#[test]
+fn http_error_statuses_are_publish_errors() {
+    let port = spawn_server(Fault::None);
+    let r = run_load(
+        "http-errors",
+        &[
+            "fanout",
+            "--url",
+            &format!("ws://127.0.0.1:{port}/ws"),
+            "--pub-http",
+            &format!("http://127.0.0.1:{port}/publish?fail_every=100"),
+            "-n",
+            "5",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+            "--drain",
+            "1",
+        ],
+    );
+    let rate = &r["rates"][0];
+    // Every publish was still delivered; every 100th was answered 503 (warm-up included).
+    assert_eq!(rate["lost"], 0);
+    assert_eq!(rate["delivered"], 200 * 5);
+    let errors = rate["publish_errors"].as_u64().unwrap();
+    assert!((1..=3).contains(&errors), "{rate}");
+    assert_eq!(rate["held"], false);
+    let replies = &r["publisher_replies"];
+    assert_eq!(
+        replies["first_error"], "HTTP/1.1 503 Service Unavailable",
+        "{replies}"
+    );
+    assert!(replies["closed"].is_null(), "{replies}");
+}
+
+#[test]
+fn pub_http_conflicts_with_the_other_publishers() {
+    for other in [&["--pub-ws"][..], &["--control", "unix:/nonexistent"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringcast-load"))
+            .args(["fanout", "--url", "ws://127.0.0.1:9/ws"])
+            .args(["--pub-http", "http://127.0.0.1:9/publish"])
+            .args(other)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot be used with"), "{err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcast-load"))
+        .args(["fanout", "--url", "ws://127.0.0.1:9/ws"])
+        .args(["--pub-http", "http://192.0.2.1:80/publish"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a loopback address"), "{err}");
 }
 
 #[test]

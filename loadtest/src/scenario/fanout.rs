@@ -15,7 +15,9 @@
 //!
 //! Publishers: `--control unix:PATH|tcp:ADDR` sends pipelined `noreply` JSON publishes on
 //! ringcast's control socket; `--pub-ws` sends the payload as a text frame on its own WebSocket
-//! connection (`--pub-url`), for servers that broadcast what a client sends.
+//! connection (`--pub-url`), for servers that broadcast what a client sends; `--pub-http URL`
+//! sends the payload as the body of a `POST` to `URL` on one pipelined keep-alive HTTP/1.1
+//! connection, for servers that publish over HTTP (non-2xx answers count as publish errors).
 //!
 //! The engine (`execute`) runs a `Plan`: the channels and the URL path of each, the publisher,
 //! and which subscribers go slow. A slow subscriber (`slow`) leaves the epoll set after the
@@ -36,13 +38,15 @@ use crate::pool::{self, Ending, Handler, Pool, State, TOKEN_SCENARIO};
 use crate::procfs::{CpuSample, RssSeries};
 use crate::report::{self, Progress, human_count, human_us};
 use crate::scenario::control::{self, ControlPub};
+use crate::scenario::http_pub::HttpPub;
 use crate::scenario::{self, Setup};
 use crate::sys::{self, Event, Interest, Timer};
-use crate::target::{self, ControlAddr, WsUrl};
+use crate::target::{self, ControlAddr, HttpUrl, WsUrl};
 use crate::ws;
 
 const TOKEN_TIMER: u64 = TOKEN_SCENARIO;
-const TOKEN_CONTROL: u64 = TOKEN_SCENARIO + 1;
+/// The control socket or the HTTP publisher's connection.
+const TOKEN_PUBLISHER: u64 = TOKEN_SCENARIO + 1;
 /// Publisher output above this is not added to until the server reads: the schedule keeps its
 /// intended times, so the wait shows up as latency.
 const PUBLISH_BACKLOG_BYTES_MAX: usize = 4 << 20;
@@ -113,12 +117,17 @@ pub struct FanoutArgs {
     #[serde(flatten)]
     pub common: Common,
     /// Publish through ringcast's control socket: unix:PATH or tcp:HOST:PORT.
-    #[arg(long, conflicts_with = "pub_ws")]
+    #[arg(long, conflicts_with_all = ["pub_ws", "pub_http"])]
     control: Option<String>,
     /// Publish as a WebSocket client sending the payload frames (servers that broadcast what a
     /// client sends).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pub_http")]
     pub_ws: bool,
+    /// Publish as an HTTP/1.1 client: each payload is the body of a POST to this
+    /// http://HOST:PORT/PATH, pipelined on one keep-alive connection (non-2xx answers count as
+    /// publish errors).
+    #[arg(long, value_name = "URL")]
+    pub_http: Option<String>,
     /// What a --pub-ws publisher sends: `raw` (the payload as a text frame) or `ringcast`
     /// (`{"op":"publish","channel":C,"data":"PAYLOAD"}`, for namespaces with client publish).
     #[arg(long, value_enum, default_value = "raw", requires = "pub_ws")]
@@ -158,6 +167,8 @@ pub enum PublisherSpec {
         /// What it sends.
         format: PubWsFormat,
     },
+    /// An HTTP client POSTing each payload to `url`.
+    Http(HttpUrl),
 }
 
 /// A run of the engine: everything the scenarios built on it differ in.
@@ -193,6 +204,7 @@ enum Publisher {
         frame: Vec<u8>,
         format: PubWsFormat,
     },
+    Http(HttpPub),
 }
 
 /// Per-rate accumulators.
@@ -244,7 +256,7 @@ struct Receiver {
     phase: Phase,
     publisher_received: u64,
     timer_fired: bool,
-    control_ready: bool,
+    publisher_ready: bool,
     rss: Option<RssSeries>,
 }
 
@@ -297,7 +309,7 @@ impl Handler for Receiver {
     fn scenario_event(&mut self, ev: Event) {
         match ev.token {
             TOKEN_TIMER => self.timer_fired = true,
-            TOKEN_CONTROL => self.control_ready = true,
+            TOKEN_PUBLISHER => self.publisher_ready = true,
             _ => {}
         }
     }
@@ -343,6 +355,7 @@ impl Run {
         match &self.publisher {
             Publisher::Control(c) => c.backlog(),
             Publisher::Ws { conn, .. } => self.pool.out_len(*conn),
+            Publisher::Http(h) => h.backlog(),
         }
     }
 
@@ -351,6 +364,7 @@ impl Run {
             Publisher::Control(c) => c.closed.clone(),
             Publisher::Ws { conn, .. } => (self.pool.state(*conn) != State::Open)
                 .then(|| "the publishing WebSocket connection closed".to_string()),
+            Publisher::Http(h) => h.closed.clone(),
         }
     }
 
@@ -366,6 +380,7 @@ impl Run {
         payload::encode(stamp, self.payload_bytes, &mut self.scratch);
         match &mut self.publisher {
             Publisher::Control(c) => c.publish(&self.channel_names[stream], &self.scratch),
+            Publisher::Http(h) => h.publish(&self.scratch),
             Publisher::Ws {
                 conn,
                 frame,
@@ -393,8 +408,19 @@ impl Run {
     }
 
     fn flush_publisher(&mut self) {
-        if let Publisher::Control(c) = &mut self.publisher {
-            c.flush();
+        match &mut self.publisher {
+            Publisher::Control(c) => c.flush(),
+            Publisher::Http(h) => h.flush(),
+            Publisher::Ws { .. } => {}
+        }
+    }
+
+    /// Publishes answered with an error so far (control error replies, non-2xx HTTP statuses).
+    fn publish_errors(&self) -> u64 {
+        match &self.publisher {
+            Publisher::Control(c) => c.errors,
+            Publisher::Http(h) => h.errors,
+            Publisher::Ws { .. } => 0,
         }
     }
 
@@ -408,11 +434,18 @@ impl Run {
             self.rx.timer_fired = false;
             self.timer.clear();
         }
-        if self.rx.control_ready {
-            self.rx.control_ready = false;
-            if let Publisher::Control(c) = &mut self.publisher {
-                c.read_replies(&mut self.read_buf);
-                c.flush();
+        if self.rx.publisher_ready {
+            self.rx.publisher_ready = false;
+            match &mut self.publisher {
+                Publisher::Control(c) => {
+                    c.read_replies(&mut self.read_buf);
+                    c.flush();
+                }
+                Publisher::Http(h) => {
+                    h.read_responses(&mut self.read_buf);
+                    h.flush();
+                }
+                Publisher::Ws { .. } => {}
             }
         }
         Ok(())
@@ -543,6 +576,7 @@ impl Run {
             .sum();
         self.rx.phase = Phase::new(start_seq.clone(), end_seq.clone());
         let dropped_before = self.pool.stats.dropped;
+        let errors_before = self.publish_errors();
 
         let interval_ns = 1e9 / rate;
         let t0 = sys::now_ns() + 2_000_000;
@@ -645,6 +679,7 @@ impl Run {
             ph.hist.value_at_quantile(0.99) as f64 / 1000.0
         };
         let dropped = self.pool.stats.dropped - dropped_before;
+        let publish_errors = self.publish_errors() - errors_before;
         let mut reasons = Vec::new();
         if let Some(f) = failure {
             reasons.push(f);
@@ -654,6 +689,9 @@ impl Run {
         }
         if ph.duplicated > 0 {
             reasons.push(format!("{} duplicated", ph.duplicated));
+        }
+        if publish_errors > 0 {
+            reasons.push(format!("{publish_errors} publishes answered with an error"));
         }
         if dropped > 0 {
             reasons.push(format!("{dropped} subscribers disconnected"));
@@ -683,6 +721,7 @@ impl Run {
             "generator_cpu": generator_cpu,
             "generator_bound": generator_cpu >= 0.95,
             "publisher_stalls": self.stalls,
+            "publish_errors": publish_errors,
             "held": reasons.is_empty(),
             "not_held_because": reasons,
         }))
@@ -752,7 +791,7 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         phase: Phase::new(vec![1; channels], vec![1; channels]),
         publisher_received: 0,
         timer_fired: false,
-        control_ready: false,
+        publisher_ready: false,
         rss: common
             .server_pid
             .map(|pid| RssSeries::new(pid, t_start, RSS_INTERVAL_NS)),
@@ -777,7 +816,12 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
     }
     let control_addr = match &plan.publisher {
         PublisherSpec::Control(a) => Some(a.clone()),
-        PublisherSpec::Ws { .. } => None,
+        PublisherSpec::Ws { .. } | PublisherSpec::Http(_) => None,
+    };
+    let publisher_kind = match &plan.publisher {
+        PublisherSpec::Control(_) => "control",
+        PublisherSpec::Ws { .. } => "ws",
+        PublisherSpec::Http(_) => "http",
     };
     let publisher = match plan.publisher {
         PublisherSpec::Ws {
@@ -808,9 +852,16 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         PublisherSpec::Control(addr) => {
             let c = ControlPub::connect(&addr)?;
             pool.poller()
-                .add(c.raw_fd(), TOKEN_CONTROL, Interest::EdgeBoth)
+                .add(c.raw_fd(), TOKEN_PUBLISHER, Interest::EdgeBoth)
                 .map_err(|e| format!("epoll_ctl: {e}"))?;
             Publisher::Control(c)
+        }
+        PublisherSpec::Http(url) => {
+            let h = HttpPub::connect(&url)?;
+            pool.poller()
+                .add(h.raw_fd(), TOKEN_PUBLISHER, Interest::EdgeBoth)
+                .map_err(|e| format!("epoll_ctl: {e}"))?;
+            Publisher::Http(h)
         }
     };
 
@@ -897,6 +948,14 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
             json!({"replies": c.replies, "errors": c.errors, "first_error": c.first_error})
         }
         Publisher::Ws { .. } => json!({"publisher_received": run.rx.publisher_received}),
+        Publisher::Http(h) => json!({
+            "requests": h.requests,
+            "responses": h.responses,
+            "unanswered": h.unanswered(),
+            "errors": h.errors,
+            "first_error": h.first_error,
+            "closed": h.closed,
+        }),
     };
     let server_rss = run.rx.rss.as_ref().map(|r| {
         let s = r.summary();
@@ -920,7 +979,7 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         "scenario": plan.scenario,
         "params": plan.params,
         "host": host,
-        "publisher": if pub_ws { "ws" } else { "control" },
+        "publisher": publisher_kind,
         "channels": run.channel_names,
         "connect_seconds": scenario::round3(connect_s),
         "connections": scenario::pool_json(&run.pool.stats),
@@ -1071,10 +1130,25 @@ pub fn print_report(result: &Value, budget_ms: u64) {
     }
     let replies = &result["publisher_replies"];
     if let Some(e) = replies["first_error"].as_str() {
-        println!(
-            "control socket: {} error replies, first: {e}",
-            replies["errors"]
-        );
+        if result["publisher"] == "http" {
+            println!(
+                "HTTP publisher: {} of {} responses not 2xx, first: {e}",
+                replies["errors"], replies["responses"]
+            );
+        } else {
+            println!(
+                "control socket: {} error replies, first: {e}",
+                replies["errors"]
+            );
+        }
+    }
+    if result["publisher"] == "http" {
+        if let Some(n) = replies["unanswered"].as_u64().filter(|&n| n > 0) {
+            println!("HTTP publisher: {n} requests without a response at the end");
+        }
+        if let Some(why) = replies["closed"].as_str() {
+            println!("HTTP publisher: {why}");
+        }
     }
     if let Some(errors) = result["connections"]["errors"].as_object()
         && !errors.is_empty()
@@ -1131,11 +1205,15 @@ pub fn prepare(
     args: &FanoutArgs,
 ) -> Result<(Setup, PublisherSpec, Vec<String>, Vec<String>), String> {
     args.schedule.check()?;
-    if args.control.is_none() && !args.pub_ws {
-        return Err("fanout needs a publisher: --control unix:PATH|tcp:ADDR or --pub-ws".into());
+    if args.control.is_none() && !args.pub_ws && args.pub_http.is_none() {
+        return Err(
+            "fanout needs a publisher: --control unix:PATH|tcp:ADDR, --pub-ws or --pub-http URL"
+                .into(),
+        );
     }
     let channels = args.channels as usize;
-    let named_channels = args.control.is_some() || args.pub_ws_format == PubWsFormat::Ringcast;
+    let named_channels =
+        args.control.is_some() || (args.pub_ws && args.pub_ws_format == PubWsFormat::Ringcast);
     if !named_channels && channels > 1 {
         return Err(
             "--channels > 1 needs --control or --pub-ws-format ringcast (a raw \
@@ -1143,10 +1221,13 @@ pub fn prepare(
                 .into(),
         );
     }
-    let setup = scenario::prepare(&args.common, u64::from(args.pub_ws))?;
+    let extra = u64::from(args.pub_ws || args.pub_http.is_some());
+    let setup = scenario::prepare(&args.common, extra)?;
     let url = &setup.url;
     let publisher = if let Some(control) = &args.control {
         PublisherSpec::Control(target::parse_control(control)?)
+    } else if let Some(http) = &args.pub_http {
+        PublisherSpec::Http(target::parse_http_url(http)?)
     } else {
         let pub_url = match &args.pub_url {
             Some(u) => {
@@ -1199,6 +1280,8 @@ pub fn plot_subtitle(args: &FanoutArgs, subscribers: u64, extra: &str) -> String
         args.schedule.duration,
         if args.pub_ws {
             "WebSocket"
+        } else if args.pub_http.is_some() {
+            "HTTP"
         } else {
             "control-socket"
         },

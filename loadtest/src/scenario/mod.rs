@@ -6,6 +6,7 @@ pub mod chat;
 pub mod connect;
 pub mod control;
 pub mod fanout;
+pub mod http_pub;
 pub mod idle;
 pub mod slow;
 
