@@ -340,7 +340,7 @@ phase_conformance() {
   CONFORMANCE_RAN=1
   rm -rf "$REPORT_DIR"
   mkdir -p "$REPORT_DIR"
-  step tools "$TOOLS_LIMIT_S" bash "$CONF/install.sh" python node chromium
+  step tools "$TOOLS_LIMIT_S" bash "$CONF/install.sh" debian python node chromium
   start_server
   echo_smokes
   push_smokes

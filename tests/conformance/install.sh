@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Install the external tools of the conformance tests into the test cache (idempotent).
 #
-# usage: install.sh [python] [node] [chromium]      (no argument: all three)
+# usage: install.sh [debian] [python] [node] [chromium]   (no argument: all four)
+#   debian    the Debian packages the examples use (php-cli, socat, netcat-openbsd), via apt-get
+#             as root when a command is missing (on a fresh machine the test command needs no
+#             separate setup step)
 #   python    venv with kosoku (Autobahn cases) and websockets (client), from PyPI
 #   node      ws (client) and playwright-core (browser driver), from npm
 #   chromium  the chromium Debian package (apt-get, as root) when it is missing
@@ -11,12 +14,35 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
+# apt-get install what is missing (command -> package), once, as root; otherwise say what to run.
+ensure_debian_packages() {
+  local missing=() pair cmd pkg
+  for pair in php:php-cli socat:socat nc:netcat-openbsd; do
+    cmd="${pair%%:*}"
+    pkg="${pair#*:}"
+    command -v "$cmd" >/dev/null || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    log "debian packages ready (php, socat, nc)"
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    die "missing: ${missing[*]} (install them, e.g. apt-get install ${missing[*]})"
+  fi
+  log "installing ${missing[*]} (apt-get)"
+  timeout 1200 apt-get -q -y -o DPkg::Lock::Timeout=300 update >/dev/null \
+    && DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get -q -y -o DPkg::Lock::Timeout=300 \
+      install --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+}
+
 main() {
   local what=("$@")
-  [ ${#what[@]} -gt 0 ] || what=(python node chromium)
+  [ ${#what[@]} -gt 0 ] || what=(debian python node chromium)
   local w
   for w in "${what[@]}"; do
     case "$w" in
+      debian) ensure_debian_packages ;;
       python) ensure_python_tools; log "python tools ready: $VENV (kosoku $KOSOKU_VERSION, websockets $WEBSOCKETS_VERSION)" ;;
       node) ensure_node_tools; log "node tools ready: $NODE_DIR (ws $NODE_WS_VERSION, playwright-core $(playwright_core_version), node $(node --version))" ;;
       chromium) ensure_chromium; log "chromium ready: $CHROMIUM" ;;
