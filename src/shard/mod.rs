@@ -168,6 +168,8 @@ pub struct Shard {
     /// Bytes owed to all connections of this shard (queued or in flight), bounded by
     /// `shard_outbound_bytes_max`.
     queued_bytes: usize,
+    /// While the real figure is under the limit, the running total at which to measure again.
+    shed_recheck_at: usize,
     /// Bytes of partly received messages held by decoders, bounded by `shard_inbound_bytes_max`.
     inbound_bytes: usize,
     published: Arc<Published>,
@@ -234,6 +236,7 @@ impl Shard {
             cqes: Vec::with_capacity(1024),
             counters: Counters::default(),
             queued_bytes: 0,
+            shed_recheck_at: 0,
             inbound_bytes: 0,
             published: setup.published,
             stop: setup.stop,
@@ -994,9 +997,25 @@ impl Shard {
     fn shed_largest_queues(&mut self) {
         let max = self.config.limits.shard_outbound_bytes_max;
         if self.queued_bytes <= max {
+            self.shed_recheck_at = 0;
             return;
         }
-        let target = max / 8 * 7;
+        if self.queued_bytes <= self.shed_recheck_at {
+            return;
+        }
+        // The running total counts a frame shared by N queues N times (cheap to keep). Before
+        // dropping anyone, measure what the queues really hold; while that is under the limit,
+        // look again only after the running total grows by another eighth of it.
+        let real = self.real_queued_bytes();
+        if real <= max {
+            self.shed_recheck_at = self.queued_bytes + max / 8;
+            return;
+        }
+        self.shed_recheck_at = 0;
+        // Shed until the running total is back under 7/8 of the limit, scaled by how much it
+        // overstates the real figure.
+        let target =
+            ((max / 8 * 7) as u128 * self.queued_bytes as u128 / real.max(1) as u128) as usize;
         let mut by_size: Vec<(usize, usize)> = self
             .conns
             .iter()
@@ -1012,6 +1031,29 @@ impl Shard {
             self.counters.slow_consumers += 1;
             self.free(slot, close::SLOW_CONSUMER);
         }
+    }
+
+    /// What the outbound queues really hold: their rings of handles (by capacity), and each
+    /// distinct payload once (frames shared by many queues point at the same bytes). A scan of
+    /// every queue and send slot, done only when the running total passes its limit.
+    fn real_queued_bytes(&self) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        let mut payloads = 0usize;
+        let mut count = |frame: &Bytes| {
+            if seen.insert(frame.as_ptr() as usize) {
+                payloads += frame.len();
+            }
+        };
+        let mut handles = 0usize;
+        for (_, conn) in self.conns.iter() {
+            handles += conn.out.heap_bytes();
+            conn.out.for_each_queued(&mut count);
+        }
+        for send in &self.sends {
+            handles += send.frames.capacity() * outbound::FRAME_OVERHEAD;
+            send.frames.iter().for_each(&mut count);
+        }
+        handles + payloads
     }
 
     fn flush(&mut self) {

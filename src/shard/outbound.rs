@@ -125,6 +125,11 @@ impl Outbound {
         self.partial_front = false;
     }
 
+    /// Calls `f` on every queued frame (not those in flight, which their send slot holds).
+    pub fn for_each_queued(&self, f: &mut impl FnMut(&Bytes)) {
+        self.frames.iter().for_each(f);
+    }
+
     /// Heap bytes held by the queue's ring of handles (not the shared payloads).
     pub fn heap_bytes(&self) -> usize {
         self.frames.capacity() * std::mem::size_of::<Bytes>()
