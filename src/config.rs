@@ -92,6 +92,10 @@ pub struct Limits {
     /// `ceil(conns_per_ip_max / shards)`, since the kernel spreads one address's connections over
     /// the shards. Overflow: HTTP 429, counted. Memory: ≈50 bytes per connection when on.
     pub conns_per_ip_max: usize,
+    /// Connections per shard still in their upgrade handshake (each may hold up to
+    /// `handshake_bytes_max`). Overflow: HTTP 503, counted (`conn_limit_refusals`). Bounds the
+    /// memory of handshake floods and slowloris crowds.
+    pub handshakes_per_shard_max: usize,
 }
 
 impl Default for Limits {
@@ -119,11 +123,12 @@ impl Default for Limits {
             xshard_overflow_max: 65_536,
             control_line_bytes_max: 1024 * 1024,
             control_pending_max: 65_536,
-            shard_outbound_bytes_max: 1024 * 1024 * 1024,
+            shard_outbound_bytes_max: 512 * 1024 * 1024,
             client_messages_per_s: 200,
-            shard_inbound_bytes_max: 256 * 1024 * 1024,
+            shard_inbound_bytes_max: 128 * 1024 * 1024,
             control_conns_per_shard_max: 64,
             conns_per_ip_max: 0,
+            handshakes_per_shard_max: 4096,
         }
     }
 }
@@ -149,6 +154,9 @@ impl Limits {
         }
         if self.send_iovecs_max == 0 || self.send_iovecs_max > 1024 {
             errors.push("send_iovecs_max must be between 1 and 1024 (IOV_MAX)".to_string());
+        }
+        if self.handshakes_per_shard_max == 0 {
+            errors.push("handshakes_per_shard_max must be above 0".to_string());
         }
         if self.handshake_bytes_max < 256 {
             errors.push("handshake_bytes_max must be at least 256".to_string());

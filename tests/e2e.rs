@@ -1339,3 +1339,26 @@ fn control_client_that_half_closes_still_gets_its_replies() {
     });
     stop(server);
 }
+
+#[test]
+fn handshake_crowd_is_bounded_with_503() {
+    let limits = Limits {
+        handshakes_per_shard_max: 2,
+        handshake_timeout_ms: 500,
+        ..Limits::default()
+    };
+    let server = start(1, limits);
+    let addr = server.local_addr();
+    let mut open = connect(addr, "/echo"); // done handshaking: does not count
+    let silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    eventually(&server, "two handshaking", |c| c.accepted == 3);
+    let (status, _) = http_status(addr, b"GET /echo HTTP/1.1\r\n\r\n");
+    assert_eq!(status, 503);
+    open.send(Message::text("fine")).unwrap();
+    assert_eq!(open.read().unwrap(), Message::text("fine"));
+    // Once the silent ones hit their deadline, handshakes are accepted again.
+    eventually(&server, "deadlines", |c| c.handshake_timeouts == 2);
+    drop(silent);
+    let _again = connect(addr, "/echo");
+    stop(server);
+}

@@ -113,7 +113,7 @@ pub fn shard_budget(limits: &Limits, shards: usize, echo: bool) -> Vec<Term> {
         // Upgrade requests being read.
         Term {
             name: "handshake heads",
-            bytes: conns * (limits.handshake_bytes_max + 4),
+            bytes: conns.min(limits.handshakes_per_shard_max) * (limits.handshake_bytes_max + 4),
             fixed: false,
         },
         // Partial control lines.

@@ -168,6 +168,8 @@ pub struct Shard {
     /// Bytes owed to all connections of this shard (queued or in flight), bounded by
     /// `shard_outbound_bytes_max`.
     queued_bytes: usize,
+    /// Connections in the handshaking state, bounded by `handshakes_per_shard_max`.
+    handshaking: usize,
     /// While the real figure is under the limit, the running total at which to measure again.
     shed_recheck_at: usize,
     /// Bytes of partly received messages held by decoders, bounded by `shard_inbound_bytes_max`.
@@ -236,6 +238,7 @@ impl Shard {
             cqes: Vec::with_capacity(1024),
             counters: Counters::default(),
             queued_bytes: 0,
+            handshaking: 0,
             shed_recheck_at: 0,
             inbound_bytes: 0,
             published: setup.published,
@@ -487,7 +490,9 @@ impl Shard {
             return self.open_control(fd);
         }
         self.counters.accepted += 1;
-        if self.conns.len() >= self.limits().conns_per_shard_max || self.shutting_down.is_some() {
+        let full = self.conns.len() >= self.limits().conns_per_shard_max
+            || self.handshaking >= self.limits().handshakes_per_shard_max;
+        if full || self.shutting_down.is_some() {
             self.counters.conn_limit_refusals += 1;
             self.refuse_unregistered(fd, Rejection::Unavailable);
             return;
@@ -510,6 +515,7 @@ impl Shard {
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & ((1 << crate::id::GEN_BITS) - 1);
         let slot = self.conns.insert(Conn::new(fd, generation, self.now_tick));
+        self.handshaking += 1;
         if let Some(ip) = ip {
             *self.per_ip.entry(ip).or_insert(0) += 1;
             self.conn_ip.insert(slot, ip);
@@ -658,6 +664,7 @@ impl Shard {
         self.counters.handshakes += 1;
         let ping_ms = self.config.limits.ping_interval_ms;
         let now = self.now_tick;
+        self.handshaking -= 1;
         let conn = &mut self.conns[slot];
         conn.endpoint = endpoint;
         conn.state = State::Open;
@@ -695,6 +702,8 @@ impl Shard {
 
     fn reject(&mut self, slot: usize, rejection: Rejection) {
         self.counters.rejected(rejection.status());
+        assert_eq!(self.conns[slot].state, State::Handshaking);
+        self.handshaking -= 1;
         let conn = &mut self.conns[slot];
         conn.head = Vec::new();
         conn.out
@@ -1179,6 +1188,9 @@ impl Shard {
     /// Frees a connection now: its slot, its timer, its socket. A send still in flight keeps its
     /// frames in its send slot; its completion will be counted stale.
     fn free(&mut self, slot: usize, code: u16) {
+        if self.conns[slot].state == State::Handshaking {
+            self.handshaking -= 1;
+        }
         self.leave_all(slot);
         self.controls.remove(&slot);
         self.deferred.remove(&slot);
