@@ -436,12 +436,9 @@ impl Shard {
             }
             let cqes = std::mem::take(&mut self.cqes);
             for &(data, result, flags) in &cqes {
-                if uring::parse_user_data(data).is_some_and(|(op, _, _)| op == Op::Recv)
-                    && result > 0
-                {
-                    received += result as usize;
-                }
-                let involved = match uring::parse_user_data(data) {
+                // Decoded once; the connection involved is noted for the panic report.
+                let op = uring::parse_user_data(data);
+                let involved = match op {
                     Some((Op::Recv, slot, generation)) => Some((slot, generation)),
                     Some((Op::Send, index, _)) => {
                         self.sends.get(index).map(|s| (s.conn_slot, s.generation))
@@ -452,9 +449,12 @@ impl Shard {
                     crate::id::ConnId::new(self.index, slot, generation).get()
                 });
                 CURRENT_CONN.with(|c| c.set(id));
-                match uring::parse_user_data(data) {
+                match op {
                     Some((Op::Accept, listener, _)) => self.on_accept(listener, result, flags),
                     Some((Op::Recv, slot, generation)) => {
+                        if result > 0 {
+                            received += result as usize;
+                        }
                         self.on_recv(slot, generation, result, flags)
                     }
                     Some((Op::Send, slot, _)) => self.on_send(slot, result),
@@ -578,7 +578,7 @@ impl Shard {
             self.arm_close_deadline(slot);
             self.mark_dirty(slot);
             return;
-        } else if result == 0 || result != -libc::ENOBUFS {
+        } else if result != -libc::ENOBUFS {
             // The peer's FIN or a socket error: the connection ends with the code of its close
             // handshake if one started, else as abnormal (1006).
             let code = self.conns[slot].close_code;
