@@ -648,23 +648,10 @@ impl Shard {
                     Ok(()) => Part::Done,
                     Err(e) => Part::Failed(e.code(), e.message().to_string()),
                 },
-                ConnAction::Unsubscribe(name) => {
-                    let member = self
-                        .local
-                        .find(&name)
-                        .filter(|&l| self.conns[slot].subs.iter().any(|m| m.channel == l));
-                    match member {
-                        Some(local) => {
-                            self.leave(slot, local);
-                            self.reply(slot, crate::proto::client::unsubscribed(&name, None));
-                            Part::Done
-                        }
-                        None => Part::Failed(
-                            "not_subscribed",
-                            ChannelError::NotSubscribed.message().to_string(),
-                        ),
-                    }
-                }
+                ConnAction::Unsubscribe(name) => match self.unsubscribe(slot, &name, None) {
+                    Ok(()) => Part::Done,
+                    Err(e) => Part::Failed(e.code(), e.message().to_string()),
+                },
                 ConnAction::Disconnect(code, reason) => {
                     self.start_close_with(slot, code, &reason);
                     Part::Done

@@ -306,6 +306,23 @@ impl Shard {
         Ok(())
     }
 
+    /// Unsubscribes `slot` from `name` and tells an envelope client (with the request's id).
+    pub(super) fn unsubscribe(
+        &mut self,
+        slot: usize,
+        name: &str,
+        id: Option<&str>,
+    ) -> Result<(), ChannelError> {
+        let member = self
+            .local
+            .find(name)
+            .filter(|&local| self.conns[slot].subs.iter().any(|m| m.channel == local));
+        let local = member.ok_or(ChannelError::NotSubscribed)?;
+        self.leave(slot, local);
+        self.reply(slot, client::unsubscribed(name, id));
+        Ok(())
+    }
+
     /// Removes `slot` from local channel `id`, withdrawing interest when it was the last one.
     pub(super) fn leave(&mut self, slot: usize, id: u32) {
         let conn = &mut self.conns[slot];
@@ -389,19 +406,8 @@ impl Shard {
                 }
             }
             Command::Unsubscribe(name) => {
-                let member = self
-                    .local
-                    .find(&name)
-                    .filter(|&local| self.conns[slot].subs.iter().any(|m| m.channel == local));
-                match member {
-                    Some(local) => {
-                        self.leave(slot, local);
-                        self.reply(slot, client::unsubscribed(&name, id));
-                    }
-                    None => {
-                        let e = ChannelError::NotSubscribed;
-                        self.reply_error(slot, e.code(), e.message(), id);
-                    }
+                if let Err(e) = self.unsubscribe(slot, &name, id) {
+                    self.reply_error(slot, e.code(), e.message(), id);
                 }
             }
             Command::Publish(name, data) => {
