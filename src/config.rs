@@ -275,12 +275,39 @@ pub struct Config {
     pub echo: bool,
     /// Whether shard threads are pinned to cores (round-robin when shards exceed cores).
     pub pin: bool,
+    /// Which event loop drives the shards (`auto`: io_uring when the kernel allows it, else epoll).
+    pub driver: DriverKind,
     /// Settings per channel namespace.
     pub namespaces: BTreeMap<String, Namespace>,
     /// The control socket.
     pub control: ControlConfig,
     /// Every bound.
     pub limits: Limits,
+}
+
+/// The event loop under the engine (see docs/architecture.md, "Drivers").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// io_uring when `io_uring_setup` works here, else epoll with one line naming the cause.
+    #[default]
+    Auto,
+    /// io_uring only: refuse to start without it.
+    Uring,
+    /// epoll only (readiness-based; for hosts or containers that block io_uring).
+    Epoll,
+}
+
+impl std::str::FromStr for DriverKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DriverKind, String> {
+        match s {
+            "auto" => Ok(DriverKind::Auto),
+            "uring" | "io_uring" => Ok(DriverKind::Uring),
+            "epoll" => Ok(DriverKind::Epoll),
+            other => Err(format!("unknown driver {other:?} (auto, uring or epoll)")),
+        }
+    }
 }
 
 impl Default for Config {
@@ -290,6 +317,7 @@ impl Default for Config {
             shards: 0,
             echo: false,
             pin: true,
+            driver: DriverKind::Auto,
             namespaces: BTreeMap::new(),
             control: ControlConfig::default(),
             limits: Limits::default(),

@@ -15,14 +15,17 @@
 //! - [`stats`]: counters and their published snapshots;
 //! - [`server`]: listeners, shard threads, readiness, shutdown.
 
+pub mod budget;
 pub mod channel;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod driver;
+pub mod engine;
 pub mod id;
 pub mod proto;
 pub mod server;
-pub mod shard;
 pub mod stats;
 pub mod timer;
+pub mod wire;
 pub mod xshard;

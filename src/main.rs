@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use ringcast::config::Config;
 use ringcast::server::Server;
-use ringcast::shard::budget;
+use ringcast::budget;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +47,10 @@ struct ServeArgs {
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Event loop: auto (io_uring when the kernel allows it, else epoll), uring, or epoll
+    /// [default: auto, or the config file's `driver`].
+    #[arg(long, value_name = "auto|uring|epoll")]
+    driver: Option<ringcast::config::DriverKind>,
     /// Control socket address, unix:PATH or tcp:ADDR (repeatable) [default: unix:/tmp/ringcast.sock].
     #[arg(long = "control", value_name = "ADDR")]
     control: Vec<String>,
@@ -102,6 +106,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if args.no_control {
         config.control.listen.clear();
+    }
+    if let Some(driver) = args.driver {
+        config.driver = driver;
     }
     config.limits.validate()?;
     let shards = if config.shards == 0 {
@@ -182,7 +189,7 @@ fn main() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let thread = std::thread::current();
-        let conn = ringcast::shard::current_conn().map_or(String::new(), |id| {
+        let conn = ringcast::engine::current_conn().map_or(String::new(), |id| {
             format!(" while handling connection {id}")
         });
         eprintln!(

@@ -1,8 +1,9 @@
 //! The server: binds one listener per shard, starts the pinned shard threads, reports readiness,
 //! aggregates counters and stops the shards on request.
 
-use crate::config::{Config, ControlAddr};
-use crate::shard::{Shard, ShardSetup, listener};
+use crate::config::{Config, ControlAddr, DriverKind};
+use crate::driver::{ShardIo, socket as listener};
+use crate::engine::{Engine, EngineSetup};
 use crate::stats::{Counters, Published};
 use std::io;
 use std::net::SocketAddr;
@@ -24,6 +25,86 @@ pub struct Server {
     pub notes: Vec<String>,
     /// Control addresses being served.
     control: Vec<ControlAddr>,
+}
+
+/// The driver the shards run on, and the line that says why when it is not the one asked for.
+struct Chosen {
+    kind: DriverKind,
+    note: Option<String>,
+}
+
+/// Resolves `auto`: io_uring when a ring can be set up here, else epoll with one line naming the
+/// cause and the fix. `uring` without io_uring is an error with the same explanation.
+fn choose_driver(wanted: DriverKind) -> Result<Chosen, String> {
+    use crate::driver::uring;
+    match wanted {
+        DriverKind::Epoll => Ok(Chosen {
+            kind: DriverKind::Epoll,
+            note: None,
+        }),
+        DriverKind::Uring => match uring::probe() {
+            Ok(()) => Ok(Chosen {
+                kind: DriverKind::Uring,
+                note: None,
+            }),
+            Err(e) => Err(uring::ring::explain_unavailable(&e)),
+        },
+        DriverKind::Auto => match uring::probe() {
+            Ok(()) => Ok(Chosen {
+                kind: DriverKind::Uring,
+                note: None,
+            }),
+            Err(e) => Ok(Chosen {
+                kind: DriverKind::Epoll,
+                note: Some(format!(
+                    "driver: epoll (io_uring unavailable: {} To run on io_uring, fix that and \
+                     restart; --driver epoll silences this line.)",
+                    uring::ring::explain_unavailable(&e)
+                )),
+            }),
+        },
+    }
+}
+
+/// A shard thread: builds its driver, reports readiness (or the cause of failure), runs.
+fn run_shard(
+    kind: DriverKind,
+    index: usize,
+    engine: Engine,
+    io: ShardIo,
+    limits: &crate::config::Limits,
+    ready: mpsc::Sender<Result<String, String>>,
+) -> io::Result<()> {
+    match kind {
+        DriverKind::Epoll => {
+            let shard = match crate::driver::epoll::EpollShard::new(engine, io, limits) {
+                Ok(shard) => shard,
+                Err(err) => {
+                    let _ = ready.send(Err(format!("shard {index}: epoll set-up failed: {err}")));
+                    return Err(err);
+                }
+            };
+            let _ = ready.send(Ok(format!("shard {index}: driver epoll")));
+            drop(ready);
+            shard.run()
+        }
+        DriverKind::Uring | DriverKind::Auto => {
+            let shard = match crate::driver::uring::UringShard::new(engine, io, limits) {
+                Ok(shard) => shard,
+                Err(err) => {
+                    let why = crate::driver::uring::ring::explain_unavailable(&err);
+                    let _ = ready.send(Err(why));
+                    return Err(err);
+                }
+            };
+            let _ = ready.send(Ok(format!(
+                "shard {index}: driver io_uring, mode {:?}",
+                shard.mode()
+            )));
+            drop(ready);
+            shard.run()
+        }
+    }
 }
 
 /// Raises the soft open-files limit to the hard limit; returns the new soft limit.
@@ -126,8 +207,14 @@ impl Server {
             shards,
             config.limits.xshard_ring_capacity,
             config.limits.xshard_overflow_max,
-        )
-        .map_err(|e| format!("cannot create the cross-shard doorbells: {e}"))?;
+        );
+        let bells = crate::xshard::doorbells(shards)
+            .map_err(|e| format!("cannot create the cross-shard doorbells: {e}"))?;
+        let driver = choose_driver(config.driver)?;
+        if let Some(note) = &driver.note {
+            // The operator must see why io_uring is not used (one line, printed by the caller).
+            notes.push(note.clone());
+        }
         let epoch_base = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -137,45 +224,38 @@ impl Server {
             .collect();
         let all_published = Arc::new(published.clone());
         for ((index, listener), mesh) in listeners.into_iter().enumerate().zip(mesh) {
-            let snapshot = published[index].clone();
             let control_listeners = control_fds
                 .iter()
                 .map(|fd| fd.try_clone())
                 .collect::<io::Result<Vec<_>>>()
                 .map_err(|e| format!("cannot share the control socket: {e}"))?;
-            let setup = ShardSetup {
+            let setup = EngineSetup {
                 index,
-                listener,
-                config: config.clone(),
-                published: snapshot,
-                stop: stop.clone(),
-                mesh,
                 shards,
-                epoch_base,
-                control_listeners,
+                config: config.clone(),
+                published: published[index].clone(),
                 all_published: all_published.clone(),
+                epoch_base,
+                mesh,
+            };
+            let shard_io = ShardIo {
+                listener,
+                control_listeners,
+                bells: bells.clone(),
+                stop: stop.clone(),
             };
             let core = (config.pin && !cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = ready_tx.clone();
+            let limits = config.limits.clone();
+            let kind = driver.kind;
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{index}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let shard = match Shard::new(setup) {
-                        Ok(shard) => shard,
-                        Err(err) => {
-                            let _ = ready.send(Err(crate::shard::uring::explain_unavailable(&err)));
-                            return Err(err);
-                        }
-                    };
-                    let _ = ready.send(Ok(format!(
-                        "shard {index}: io_uring mode {:?}",
-                        shard.ring_mode()
-                    )));
-                    drop(ready);
-                    shard.run()
+                    let engine = Engine::new(setup);
+                    run_shard(kind, index, engine, shard_io, &limits, ready)
                 })
                 .map_err(|e| format!("cannot start shard thread: {e}"))?;
             threads.push(thread);

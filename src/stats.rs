@@ -61,6 +61,18 @@ pub struct Counters {
     pub shard_inbound_overflows: u64,
     /// Control connections refused at `control_conns_per_shard_max`.
     pub control_refusals: u64,
+    /// Control connections closed at once because their first bytes were not a JSON object
+    /// (an HTTP request from a web page, TLS, another protocol); nothing they sent ran.
+    pub control_foreign: u64,
+    /// Pongs not queued because the client's outbound queue was full (it pings without reading;
+    /// RFC 6455 §5.5.3 allows answering only the latest ping).
+    pub pongs_skipped: u64,
+    /// Cross-shard messages dropped because the destination's ring and overflow queue were
+    /// full, by kind: publishes refused at the publisher's shard (a control request waiting for
+    /// the offset gets `overloaded`).
+    pub xshard_refused_publishes: u64,
+    /// ... deliveries refused at the channel's owner (that shard's subscribers see an offset gap).
+    pub xshard_refused_deliveries: u64,
 }
 
 fn bump(list: &mut Vec<(u16, u64)>, key: u16, by: u64) {
@@ -133,6 +145,10 @@ impl Counters {
         self.shard_outbound_overflows += other.shard_outbound_overflows;
         self.shard_inbound_overflows += other.shard_inbound_overflows;
         self.control_refusals += other.control_refusals;
+        self.pongs_skipped += other.pongs_skipped;
+        self.control_foreign += other.control_foreign;
+        self.xshard_refused_publishes += other.xshard_refused_publishes;
+        self.xshard_refused_deliveries += other.xshard_refused_deliveries;
     }
 }
 

@@ -6,6 +6,8 @@
 //! with the owner when its first subscriber arrives and withdraws it when its last one leaves.
 //! Nothing here imports io_uring, libc or std::net, or reads the clock.
 
+use crate::wire::ErrorCode;
+
 pub mod local;
 pub mod owner;
 
@@ -26,26 +28,28 @@ pub enum ChannelError {
 
 impl ChannelError {
     /// The stable error code sent to clients and backends.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> ErrorCode {
         match self {
-            ChannelError::BadName => "bad_channel",
-            ChannelError::TooManySubscriptions => "limit_exceeded",
-            ChannelError::TooManyChannels => "limit_exceeded",
-            ChannelError::AlreadySubscribed => "already_subscribed",
-            ChannelError::NotSubscribed => "not_subscribed",
+            ChannelError::BadName => ErrorCode::BadChannel,
+            ChannelError::TooManySubscriptions => ErrorCode::LimitExceeded,
+            ChannelError::TooManyChannels => ErrorCode::LimitExceeded,
+            ChannelError::AlreadySubscribed => ErrorCode::AlreadySubscribed,
+            ChannelError::NotSubscribed => ErrorCode::NotSubscribed,
         }
     }
 
-    /// A one-line explanation.
-    pub fn message(self) -> &'static str {
+    /// A one-line explanation; `name_bytes_max` is the configured `channel_name_bytes_max`.
+    pub fn message(self, name_bytes_max: usize) -> String {
         match self {
-            ChannelError::BadName => {
-                "channel names are 1 to channel_name_bytes_max characters of [A-Za-z0-9_.:@/-]"
+            ChannelError::BadName => format!(
+                "channel names are 1 to {name_bytes_max} characters of [A-Za-z0-9_.:@/-]"
+            ),
+            ChannelError::TooManySubscriptions => {
+                "too many subscriptions on this connection".to_string()
             }
-            ChannelError::TooManySubscriptions => "too many subscriptions on this connection",
-            ChannelError::TooManyChannels => "too many channels on this shard",
-            ChannelError::AlreadySubscribed => "already subscribed to this channel",
-            ChannelError::NotSubscribed => "not subscribed to this channel",
+            ChannelError::TooManyChannels => "too many channels on this shard".to_string(),
+            ChannelError::AlreadySubscribed => "already subscribed to this channel".to_string(),
+            ChannelError::NotSubscribed => "not subscribed to this channel".to_string(),
         }
     }
 }

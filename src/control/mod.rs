@@ -7,6 +7,8 @@ pub mod request;
 pub use lines::{LineSplitter, TooLong};
 pub use request::{Method, Payload, Request, RequestError, parse};
 
+use crate::wire::ErrorCode;
+
 /// Writes a success reply line: `{"id":ID,"result":RESULT}\n` (no `id` when the request had none).
 pub fn reply_ok(id: Option<&str>, result: &str) -> String {
     let mut out = String::with_capacity(24 + result.len());
@@ -23,7 +25,7 @@ pub fn reply_ok(id: Option<&str>, result: &str) -> String {
 }
 
 /// Writes an error reply line: `{"id":ID,"error":{"code":CODE,"message":MSG}}\n`.
-pub fn reply_error(id: Option<&str>, code: &str, message: &str) -> String {
+pub fn reply_error(id: Option<&str>, code: ErrorCode, message: &str) -> String {
     let mut out = String::with_capacity(64 + message.len());
     out.push('{');
     if let Some(id) = id {
@@ -32,7 +34,9 @@ pub fn reply_error(id: Option<&str>, code: &str, message: &str) -> String {
         out.push(',');
     }
     out.push_str("\"error\":{\"code\":");
-    out.push_str(&serde_json::Value::from(code).to_string());
+    out.push('"');
+    out.push_str(code.as_str());
+    out.push('"');
     out.push_str(",\"message\":");
     out.push_str(&serde_json::Value::from(message).to_string());
     out.push_str("}}\n");

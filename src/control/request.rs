@@ -1,6 +1,7 @@
 //! Parsing one control request line (docs/control.md). Every malformed input maps to one stable
 //! error code; nothing here panics on any input.
 
+use crate::wire::ErrorCode;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -62,7 +63,7 @@ pub struct Request<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestError<'a> {
     /// `bad_json`, `unknown_method` or `bad_params`.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Detail.
     pub message: String,
     /// The request's id (raw JSON), if readable and short enough.
@@ -133,14 +134,14 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
     // serde would also read a struct from a JSON array; a request must be an object.
     if line.trim_ascii_start().first() != Some(&b'{') {
         return Err(RequestError {
-            code: "bad_json",
+            code: ErrorCode::BadJson,
             message: "a request is one JSON object per line".to_string(),
             id: None,
             noreply: false,
         });
     }
     let wire: Wire<'_> = serde_json::from_slice(line).map_err(|e| RequestError {
-        code: "bad_json",
+        code: ErrorCode::BadJson,
         message: format!("not a JSON request object: {e}"),
         id: None,
         noreply: false,
@@ -148,7 +149,7 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
     let noreply = wire.noreply.is_some_and(|v| v.get() == "true");
     let raw_id = wire.id.map(RawValue::get);
     let id = raw_id.filter(|i| i.len() <= ID_BYTES_MAX);
-    let fail = |code: &'static str, message: String| RequestError {
+    let fail = |code: ErrorCode, message: String| RequestError {
         code,
         message,
         id,
@@ -156,12 +157,12 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
     };
     if raw_id.is_some() && id.is_none() {
         return Err(fail(
-            "bad_params",
+            ErrorCode::BadParams,
             format!("\"id\" is longer than {ID_BYTES_MAX} bytes of JSON"),
         ));
     }
-    let method = string(wire.method, "method").map_err(|m| fail("unknown_method", m))?;
-    let params = |r: Result<Method, String>| r.map_err(|m| fail("bad_params", m));
+    let method = string(wire.method, "method").map_err(|m| fail(ErrorCode::UnknownMethod, m))?;
+    let params = |r: Result<Method, String>| r.map_err(|m| fail(ErrorCode::BadParams, m));
     let method = match method.as_str() {
         "auth" => params(string(wire.token, "token").map(Method::Auth))?,
         "publish" => params((|| {
@@ -217,7 +218,7 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
         "info" => Method::Info,
         other => {
             return Err(fail(
-                "unknown_method",
+                ErrorCode::UnknownMethod,
                 format!(
                     "unknown method {:?}",
                     other.chars().take(32).collect::<String>()

@@ -4,7 +4,6 @@
 //! This module knows bytes, not sockets: it never imports io_uring, libc or `std::net` and never
 //! reads the clock. The shard feeds it bytes and acts on what it returns.
 
-pub mod client;
 pub mod close;
 pub mod decoder;
 pub mod frame;

@@ -10,7 +10,12 @@
 //!
 //! Overflow: a full ring never blocks a shard. The message goes to the sender's local overflow
 //! queue (counted), which is retried each loop turn before any newer message, so order is kept.
-//! When the overflow queue is full too, the message is refused (counted) and the caller decides.
+//! When the overflow queue is full too, `send` refuses the message (counted) and the caller
+//! decides; `send_unbounded` queues it anyway, for messages the caller must never lose and whose
+//! number is bounded by other means.
+//!
+//! The rings are plain memory; only the doorbell makes a system call (an eventfd write), and it
+//! is rung by the driver, never by the code that sends: `Outbox::flush` says when to ring.
 
 use rtrb::{Consumer, Producer, PushError, RingBuffer};
 use std::collections::VecDeque;
@@ -90,7 +95,6 @@ pub struct Outbox<T> {
     producer: Producer<T>,
     overflow: VecDeque<T>,
     overflow_max: usize,
-    bell: Arc<Doorbell>,
     pushed_since_ring: bool,
     /// Messages that went to the overflow queue.
     pub overflowed: u64,
@@ -121,9 +125,31 @@ impl<T> Outbox<T> {
         Sent::Overflow
     }
 
-    /// Moves overflowed messages into the ring while it has room, then rings the receiver if
-    /// anything was pushed since the last call. Called once per loop turn.
-    pub fn flush(&mut self) {
+    /// Sends `msg`, never blocking and never refusing: past `overflow_max` the overflow queue
+    /// still takes it, in order behind everything queued before it.
+    pub fn send_unbounded(&mut self, msg: T) -> Sent<T> {
+        if self.overflow.is_empty() {
+            match self.producer.push(msg) {
+                Ok(()) => {
+                    self.pushed_since_ring = true;
+                    Sent::Ring
+                }
+                Err(PushError::Full(msg)) => {
+                    self.overflowed += 1;
+                    self.overflow.push_back(msg);
+                    Sent::Overflow
+                }
+            }
+        } else {
+            self.overflowed += 1;
+            self.overflow.push_back(msg);
+            Sent::Overflow
+        }
+    }
+
+    /// Moves overflowed messages into the ring while it has room; returns whether anything was
+    /// pushed since the last call (the receiver's doorbell must then be rung). Once per turn.
+    pub fn flush(&mut self) -> bool {
         while let Some(msg) = self.overflow.pop_front() {
             match self.producer.push(msg) {
                 Ok(()) => self.pushed_since_ring = true,
@@ -133,10 +159,7 @@ impl<T> Outbox<T> {
                 }
             }
         }
-        if self.pushed_since_ring {
-            self.pushed_since_ring = false;
-            self.bell.ring();
-        }
+        std::mem::take(&mut self.pushed_since_ring)
     }
 
     /// Messages waiting in the overflow queue.
@@ -148,31 +171,46 @@ impl<T> Outbox<T> {
 /// The receiving end of a shard: one consumer per other shard.
 pub struct Inbox<T> {
     consumers: Vec<Consumer<T>>,
-    bell: Arc<Doorbell>,
+    /// The ring served first by the next `drain` (rotates, so no ring is always first).
+    next: usize,
 }
 
-impl<T> Inbox<T> {
-    /// The doorbell to wait on.
-    pub fn bell(&self) -> &Arc<Doorbell> {
-        &self.bell
-    }
+/// Messages taken from one ring before the next ring's turn, within one drain.
+pub const DRAIN_QUANTUM: usize = 64;
 
-    /// Pops up to `budget` messages across all rings (round-robin by ring), calling `f` on each.
-    /// Returns how many were taken.
+impl<T> Inbox<T> {
+    /// Pops up to `budget` messages, round-robin over the rings in turns of at most
+    /// `DRAIN_QUANTUM`, starting one ring further each call: a ring that is always full cannot
+    /// starve the others. Calls `f` on each message (per ring, in order); returns how many.
     pub fn drain(&mut self, budget: usize, mut f: impl FnMut(T)) -> usize {
+        let n = self.consumers.len();
+        if n == 0 {
+            return 0;
+        }
+        let start = self.next % n;
+        self.next = (start + 1) % n;
         let mut taken = 0;
-        for consumer in &mut self.consumers {
-            while taken < budget {
-                match consumer.pop() {
-                    Ok(msg) => {
-                        taken += 1;
-                        f(msg);
+        loop {
+            let mut progress = false;
+            for k in 0..n {
+                let consumer = &mut self.consumers[(start + k) % n];
+                let mut turn = 0;
+                while taken < budget && turn < DRAIN_QUANTUM {
+                    match consumer.pop() {
+                        Ok(msg) => {
+                            taken += 1;
+                            turn += 1;
+                            f(msg);
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
                 }
+                progress |= turn > 0;
+            }
+            if !progress || taken >= budget {
+                return taken;
             }
         }
-        taken
     }
 
     /// Whether any ring holds a message.
@@ -189,15 +227,14 @@ pub struct Endpoints<T> {
     pub inbox: Inbox<T>,
 }
 
+/// One doorbell per shard (the driver of shard `i` waits on `bells[i]` and rings the others').
+pub fn doorbells(shards: usize) -> io::Result<Vec<Arc<Doorbell>>> {
+    (0..shards).map(|_| Doorbell::new().map(Arc::new)).collect()
+}
+
 /// Builds the full mesh for `shards` shards: `shards * (shards - 1)` rings of `capacity`.
-pub fn mesh<T>(
-    shards: usize,
-    capacity: usize,
-    overflow_max: usize,
-) -> io::Result<Vec<Endpoints<T>>> {
-    let bells: Vec<Arc<Doorbell>> = (0..shards)
-        .map(|_| Doorbell::new().map(Arc::new))
-        .collect::<io::Result<_>>()?;
+/// Plain memory, no system call.
+pub fn mesh<T>(shards: usize, capacity: usize, overflow_max: usize) -> Vec<Endpoints<T>> {
     let mut outboxes: Vec<Vec<Option<Outbox<T>>>> = (0..shards)
         .map(|_| (0..shards).map(|_| None).collect())
         .collect();
@@ -213,7 +250,6 @@ pub fn mesh<T>(
                 producer,
                 overflow: VecDeque::new(),
                 overflow_max,
-                bell: bells[to].clone(),
                 pushed_since_ring: false,
                 overflowed: 0,
                 refused: 0,
@@ -221,15 +257,14 @@ pub fn mesh<T>(
             consumers[to].push(consumer);
         }
     }
-    Ok(outboxes
+    outboxes
         .into_iter()
         .zip(consumers)
-        .zip(bells)
-        .map(|((outboxes, consumers), bell)| Endpoints {
+        .map(|(outboxes, consumers)| Endpoints {
             outboxes,
-            inbox: Inbox { consumers, bell },
+            inbox: Inbox { consumers, next: 0 },
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -238,7 +273,7 @@ mod tests {
 
     #[test]
     fn overflow_keeps_order_and_refuses_past_its_bound() {
-        let mut ends = mesh::<u32>(2, 2, 2).unwrap();
+        let mut ends = mesh::<u32>(2, 2, 2);
         let mut b = ends.pop().unwrap();
         let mut a = ends.pop().unwrap();
         let out = a.outboxes[1].as_mut().unwrap();
@@ -265,19 +300,60 @@ mod tests {
     }
 
     #[test]
-    fn doorbell_rings_only_a_sleeping_receiver() {
-        let mut ends = mesh::<u8>(2, 8, 8).unwrap();
-        let b = ends.pop().unwrap();
+    fn unbounded_sends_pass_the_bound_in_order() {
+        let mut ends = mesh::<u32>(2, 1, 1);
+        let mut b = ends.pop().unwrap();
         let mut a = ends.pop().unwrap();
-        let bell = b.inbox.bell().clone();
         let out = a.outboxes[1].as_mut().unwrap();
+        assert_eq!(out.send(1), Sent::Ring);
+        assert_eq!(out.send(2), Sent::Overflow);
+        assert_eq!(out.send(3), Sent::Refused(3));
+        assert_eq!(out.send_unbounded(4), Sent::Overflow);
+        assert_eq!(out.send_unbounded(5), Sent::Overflow);
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            b.inbox.drain(100, |m| got.push(m));
+            out.flush();
+        }
+        assert_eq!(got, vec![1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn drain_is_round_robin_over_rings() {
+        // Shard 0 receives from 1, 2 and 3; ring 1 is far fuller than the others.
+        let mut ends = mesh::<(usize, usize)>(4, 1024, 0);
+        for (from, count) in [(1, 1000), (2, 10), (3, 10)] {
+            let out = ends[from].outboxes[0].as_mut().unwrap();
+            for i in 0..count {
+                assert_eq!(out.send((from, i)), Sent::Ring);
+            }
+        }
+        let mut got = Vec::new();
+        ends[0].inbox.drain(3 * DRAIN_QUANTUM, |m| got.push(m));
+        let from = |r: usize| got.iter().filter(|m| m.0 == r).count();
+        assert_eq!((from(2), from(3)), (10, 10), "small rings are served in the same drain");
+        assert_eq!(from(1), 3 * DRAIN_QUANTUM - 20);
+        // Order within a ring is kept.
+        let ones: Vec<usize> = got.iter().filter(|m| m.0 == 1).map(|m| m.1).collect();
+        assert!(ones.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+
+    #[test]
+    fn doorbell_rings_only_a_sleeping_receiver() {
+        let mut ends = mesh::<u8>(2, 8, 8);
+        let bells = doorbells(2).unwrap();
+        let bell = bells[1].clone();
+        let out = ends[0].outboxes[1].as_mut().unwrap();
         out.send(1);
-        out.flush();
-        assert!(!readable(bell.fd()), "an awake receiver must not be rung");
+        assert!(out.flush(), "a push since the last flush asks for a ring");
+        assert!(!bell.ring(), "an awake receiver must not be rung");
+        assert!(!readable(bell.fd()));
         bell.set_sleeping();
         out.send(2);
-        out.flush();
+        assert!(out.flush());
+        assert!(bell.ring());
         assert!(readable(bell.fd()), "a sleeping receiver must be rung");
+        assert!(!out.flush(), "nothing new: no ring");
     }
 
     fn readable(fd: i32) -> bool {
@@ -296,28 +372,38 @@ mod tests {
     #[ignore]
     fn xshard_stress_no_loss_no_reorder() {
         const N: u64 = 5_000_000;
-        let mut ends = mesh::<u64>(2, 1024, 1 << 16).unwrap();
+        let mut ends = mesh::<u64>(2, 1024, 1 << 16);
         let mut b = ends.pop().unwrap();
         let mut a = ends.pop().unwrap();
+        let bells = doorbells(2).unwrap();
+        let bell_b = bells[1].clone();
         let producer = std::thread::spawn(move || {
             let out = a.outboxes[1].as_mut().unwrap();
             let mut next = 0;
             while next < N {
                 match out.send(next) {
                     Sent::Ring | Sent::Overflow => next += 1,
-                    Sent::Refused(_) => out.flush(),
+                    Sent::Refused(_) => {
+                        if out.flush() {
+                            bell_b.ring();
+                        }
+                    }
                 }
-                if next % 64 == 0 {
-                    out.flush();
+                if next % 64 == 0 && out.flush() {
+                    bell_b.ring();
                 }
             }
             while out.overflow_len() > 0 {
-                out.flush();
+                if out.flush() {
+                    bell_b.ring();
+                }
             }
-            out.flush();
+            if out.flush() {
+                bell_b.ring();
+            }
         });
         let mut expected = 0u64;
-        let bell = b.inbox.bell().clone();
+        let bell = bells[1].clone();
         while expected < N {
             let mut taken = b.inbox.drain(4096, |m| {
                 assert_eq!(m, expected);

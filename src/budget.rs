@@ -2,14 +2,19 @@
 //! `ringcast serve` prints it at start-up and refuses a configuration whose worst case does not
 //! fit the host's available memory (unless told to accept the risk).
 //!
+//! The terms are the io_uring driver's (the epoll driver's fixed part is smaller: one shared
+//! receive buffer instead of the buffer ring, no rings in user memory), so the figure is an
+//! upper bound for either driver.
+//!
 //! Fixed terms are allocated (and touched) when the shard starts; variable terms grow with load
 //! but each is bounded by a limit. Kernel memory (socket buffers, the rings' kernel side) is not
 //! counted: it is governed by the kernel's own limits (`net.ipv4.tcp_mem`, memlock).
 
-use super::conn::Conn;
-use super::xmsg::XMsg;
-use super::{SQ_ENTRIES, SendSlot, WHEEL_BUCKETS, cq_entries};
 use crate::config::Limits;
+use crate::driver::uring::{SQ_ENTRIES, SendSlot, cq_entries};
+use crate::engine::WHEEL_BUCKETS;
+use crate::engine::conn::Conn;
+use crate::engine::xmsg::XMsg;
 use bytes::Bytes;
 
 /// One line of the budget.

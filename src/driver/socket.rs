@@ -1,5 +1,6 @@
-//! Listening sockets: one per shard on the same address with `SO_REUSEPORT`, so the kernel
-//! spreads new connections over the shards without a shared accept queue.
+//! Sockets for the Linux drivers: listeners (one per shard on the same address with
+//! `SO_REUSEPORT`, so the kernel spreads new connections over the shards), Unix control sockets,
+//! and the few socket calls the engine's intents map to.
 
 use std::io;
 use std::net::SocketAddr;
@@ -229,4 +230,59 @@ pub fn peer_ip(fd: libc::c_int) -> Option<std::net::IpAddr> {
         return None;
     }
     socket_addr(&storage).map(|a| a.ip())
+}
+
+/// Writes `response` if it fits the fresh socket's send buffer at once (best effort: a failed or
+/// short write only means the peer sees a reset instead of the status line), then closes.
+pub fn refuse(fd: libc::c_int, response: &[u8]) {
+    // SAFETY: fd is a socket the driver owns and nobody else knows; the buffer is live for the
+    // call.
+    unsafe {
+        if !response.is_empty() {
+            libc::send(
+                fd,
+                response.as_ptr().cast(),
+                response.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            );
+        }
+        libc::close(fd);
+    }
+}
+
+/// Half-closes a socket: our FIN goes out after what is queued in the kernel.
+pub fn shutdown_write(fd: libc::c_int) {
+    // SAFETY: shutdown(2) on a socket the driver owns.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_WR);
+    }
+}
+
+/// Shuts a socket down both ways, then closes it. shutdown first, because an operation in
+/// flight (a multishot receive) holds a reference to the socket, so close alone would neither
+/// send FIN nor end the operation.
+pub fn close(fd: libc::c_int) {
+    // SAFETY: the fd is the driver's; the engine emits one Close per socket.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+        libc::close(fd);
+    }
+}
+
+/// The peer's address of an accepted socket as the engine's plain `PeerAddr` (IPv4 mapped).
+pub fn peer_addr(fd: libc::c_int) -> Option<crate::engine::io::PeerAddr> {
+    let ip = match peer_ip(fd)? {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    Some(crate::engine::io::PeerAddr(u128::from(ip)))
+}
+
+/// Shuts a listening socket down: a pending accept (a multishot accept in io_uring, or epoll's
+/// readiness) ends, and no new connection is accepted.
+pub fn shutdown_listener(fd: libc::c_int) {
+    // SAFETY: shutdown(2) on a listener the driver holds.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
 }

@@ -6,8 +6,10 @@
 //! are in, and complete entries at the front of the queue are written out, so replies keep
 //! request order.
 
-use super::Shard;
-use super::conn::{Conn, Endpoint, FIN_AFTER_FLUSH, State};
+use super::Engine;
+use super::conn::{Endpoint, State};
+use super::io::{Intent, Sock};
+use crate::wire::ErrorCode;
 use super::outbound::Enqueue;
 use super::xmsg::{Body, ConnAction, Part, Query, ReplyTo, XMsg};
 use crate::channel::{self, ChannelError};
@@ -46,7 +48,7 @@ struct Pending {
     id: Option<Box<str>>,
     remaining: u32,
     acc: Acc,
-    error: Option<(&'static str, String)>,
+    error: Option<(ErrorCode, String)>,
 }
 
 /// Per-connection control state (kept beside the slab: control connections are few).
@@ -57,6 +59,8 @@ pub struct ControlState {
     /// Sequence number of `pending[0]`.
     front_seq: u64,
     pending: VecDeque<Pending>,
+    /// Whether a non-blank byte arrived yet (the first one must open a JSON object).
+    seen_input: bool,
 }
 
 impl ControlState {
@@ -132,25 +136,37 @@ fn body_of(payload: Payload) -> Body {
     }
 }
 
-impl Shard {
+impl Engine {
     /// A control connection was accepted.
-    pub(super) fn open_control(&mut self, fd: i32) {
-        if self.controls.len() >= self.config.limits.control_conns_per_shard_max {
+    pub(super) fn open_control(&mut self, sock: Sock) {
+        if self.control_open >= self.config.limits.control_conns_per_shard_max {
             self.counters.control_refusals += 1;
-            // SAFETY: a socket we own and nobody else knows.
-            unsafe { libc::close(fd) };
+            self.intents.push(Intent::Refuse {
+                sock,
+                response: bytes::Bytes::new(),
+            });
             return;
         }
-        let generation = self.next_generation;
-        self.next_generation = (self.next_generation + 1) & ((1 << crate::id::GEN_BITS) - 1);
-        let mut conn = Conn::new(fd, generation, self.now_tick);
+        let slot = self.conns.insert(sock, self.now_tick);
+        let authed = self.config.control.token.is_none();
+        let conn = &mut self.conns[slot];
         conn.endpoint = Endpoint::Control;
         conn.state = State::Open;
-        let slot = self.conns.insert(conn);
-        let authed = self.config.control.token.is_none();
-        self.controls.insert(slot, ControlState::new(authed));
+        conn.ext_mut().control = Some(ControlState::new(authed));
+        self.control_open += 1;
         self.counters.control_conns += 1;
-        self.arm_recv(slot);
+        let token = self.conns.token(slot);
+        self.intents.push(Intent::Read { token, sock });
+    }
+
+    /// The backend half-closed: a last request without its newline is still a request.
+    pub(super) fn on_control_eof(&mut self, slot: usize) {
+        let partial = self.conns[slot]
+            .control()
+            .is_some_and(|s| s.lines.buffered() > 0);
+        if partial {
+            self.on_control_bytes(slot, b"\n");
+        }
     }
 
     /// Bytes from a control connection: split into lines (copied into one arena per read, so
@@ -159,9 +175,38 @@ impl Shard {
         if self.conns[slot].state != State::Open {
             return;
         }
-        let Some(state) = self.controls.get_mut(&slot) else {
+        let Some(state) = self.conns[slot].control() else {
             return;
         };
+        if !state.seen_input {
+            state.seen_input = true;
+            // The protocol is JSON objects, one per line. A client whose first byte is anything
+            // else is not a backend: an HTTP request a web page sent to a loopback port
+            // (`POST / HTTP/1.1`), a TLS ClientHello, a Redis or SSH client. Nothing it sent
+            // may run, and it gets no answer it could learn from.
+            let first = data.iter().find(|b| !b.is_ascii_whitespace());
+            if first.is_some_and(|&b| b != b'{') {
+                self.counters.control_foreign += 1;
+                if !self.foreign_logged {
+                    self.foreign_logged = true;
+                    let head: String = data
+                        .iter()
+                        .take(16)
+                        .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+                        .collect();
+                    eprintln!(
+                        "shard {}: closed a control connection that does not speak the control \
+                         protocol (first bytes {head:?}); counted as control_foreign, logged once",
+                        self.index
+                    );
+                }
+                let code = self.conns[slot].close_code;
+                return self.free(slot, code);
+            }
+            if first.is_none() {
+                state.seen_input = false;
+            }
+        }
         let max = self.config.limits.control_line_bytes_max;
         let mut arena = std::mem::take(&mut self.line_arena);
         let mut ranges: Vec<Option<Range<usize>>> = std::mem::take(&mut self.line_ranges);
@@ -174,7 +219,7 @@ impl Shard {
             Err(_) => ranges.push(None),
         });
         for range in ranges.drain(..) {
-            if !self.controls.contains_key(&slot) || self.conns[slot].state != State::Open {
+            if self.conns.get(slot).is_none_or(|c| c.state != State::Open) {
                 break;
             }
             match range {
@@ -188,7 +233,7 @@ impl Shard {
                         slot,
                         None,
                         Err((
-                            "line_too_long",
+                            ErrorCode::LineTooLong,
                             format!("a request line is limited to {max} bytes"),
                         )),
                     );
@@ -201,15 +246,23 @@ impl Shard {
         }
         self.line_arena = arena;
         self.line_ranges = ranges;
-        self.flush_replies(slot);
+        if self.conns.contains(slot) {
+            self.flush_replies(slot);
+        }
     }
 
     fn on_control_line(&mut self, slot: usize, line: &[u8]) {
         self.counters.control_requests += 1;
+        let authed = self.conns[slot].control().is_some_and(|s| s.authed);
         let request = match control::parse(line) {
             Ok(request) => request,
             Err(e) => {
                 self.counters.control_errors += 1;
+                if !authed {
+                    // Before `auth`, anything but a valid `auth` ends the connection.
+                    self.reply_now(slot, e.id, Err((e.code, e.message)));
+                    return self.close_after_flush(slot);
+                }
                 if !e.noreply {
                     self.reply_now(slot, e.id, Err((e.code, e.message)));
                 }
@@ -217,11 +270,10 @@ impl Shard {
             }
         };
         let (id, noreply) = (request.id, request.noreply);
-        let authed = self.controls.get(&slot).is_some_and(|s| s.authed);
         if !authed {
             let token_ok = matches!(&request.method, Method::Auth(t) if Some(t) == self.config.control.token.as_ref());
             if token_ok {
-                if let Some(state) = self.controls.get_mut(&slot) {
+                if let Some(state) = self.conns[slot].control() {
                     state.authed = true;
                 }
                 return self.reply_now(slot, id, Ok("{}".to_string()));
@@ -234,14 +286,10 @@ impl Shard {
             self.reply_now(
                 slot,
                 id,
-                Err(("unauthorized", unauthorized_message.to_string())),
+                Err((ErrorCode::Unauthorized, unauthorized_message.to_string())),
             );
             // Refuse the rest of the stream: close once the reply is out.
-            let conn = &mut self.conns[slot];
-            conn.state = State::Closing;
-            conn.flags |= FIN_AFTER_FLUSH;
-            self.arm_close_deadline(slot);
-            return;
+            return self.close_after_flush(slot);
         }
         let name_max = self.config.limits.channel_name_bytes_max;
         let bad_name = |name: &str| {
@@ -251,7 +299,7 @@ impl Shard {
                     let why = format!(
                         "channel names are 1 to {name_max} characters of [A-Za-z0-9_.:@/-]"
                     );
-                    ("bad_params", why)
+                    (ErrorCode::BadParams, why)
                 })
         };
         match request.method {
@@ -312,7 +360,7 @@ impl Shard {
                 }
             }
             Method::Broadcast(None, payload) => {
-                let (envelope, raw) = super::pubsub::encode_push(&body_of(payload));
+                let (envelope, raw) = crate::wire::encode_push(&body_of(payload));
                 let to = if noreply {
                     None
                 } else {
@@ -424,7 +472,7 @@ impl Shard {
         slot: usize,
         id: Option<&str>,
         noreply: bool,
-        err: (&'static str, String),
+        err: (ErrorCode, String),
     ) {
         self.counters.control_errors += 1;
         if !noreply {
@@ -446,7 +494,7 @@ impl Shard {
                 slot,
                 id,
                 noreply,
-                ("no_such_conn", format!("no connection {raw}")),
+                (ErrorCode::NoSuchConn, format!("no connection {raw}")),
             );
         };
         let reply = if noreply {
@@ -478,13 +526,9 @@ impl Shard {
     ) -> Option<ReplyTo> {
         let max = self.config.limits.control_pending_max;
         let generation = self.conns[slot].generation;
-        let state = self.controls.get_mut(&slot)?;
+        let state = self.conns[slot].control()?;
         if state.pending.len() >= max {
-            self.counters.control_overloads += 1;
-            let conn = &mut self.conns[slot];
-            conn.state = State::Closing;
-            conn.flags |= FIN_AFTER_FLUSH;
-            self.arm_close_deadline(slot);
+            self.overloaded(slot, id);
             return None;
         }
         let seq = state.front_seq + state.pending.len() as u64;
@@ -507,23 +551,50 @@ impl Shard {
         &mut self,
         slot: usize,
         id: Option<&str>,
-        result: Result<String, (&'static str, String)>,
+        result: Result<String, (ErrorCode, String)>,
     ) {
-        let Some(state) = self.controls.get_mut(&slot) else {
+        let max = self.config.limits.control_pending_max;
+        let Some(state) = self.conns[slot].control() else {
             return;
         };
+        if state.pending.len() >= max {
+            // Immediate replies count against the same bound as the others: a backend that
+            // pipelines `stats` without reading its answers is stopped like any other.
+            return self.overloaded(slot, id);
+        }
         let (acc, error) = match result {
             Ok(text) => (Acc::Ready(text), None),
             Err(e) => (Acc::Done, Some(e)),
         };
-        // Immediate replies bypass the pending bound: each is written out as soon as it reaches
-        // the front, and a connection at the bound was closed by `expect`.
         state.pending.push_back(Pending {
             id: id.map(Box::from),
             remaining: 0,
             acc,
             error,
         });
+    }
+
+    /// The connection has `control_pending_max` replies owed: its last answer is a
+    /// `limit_exceeded` error (queued behind the owed ones, past the bound by exactly one), then
+    /// it is closed once its replies are out; counted as `control_overloads`.
+    fn overloaded(&mut self, slot: usize, id: Option<&str>) {
+        self.counters.control_overloads += 1;
+        let max = self.config.limits.control_pending_max;
+        if let Some(state) = self.conns[slot].control() {
+            state.pending.push_back(Pending {
+                id: id.map(Box::from),
+                remaining: 0,
+                acc: Acc::Done,
+                error: Some((
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "{max} replies are owed on this connection (control_pending_max); read \
+                         them before sending more. Closing."
+                    ),
+                )),
+            });
+        }
+        self.close_after_flush(slot);
     }
 
     /// A part of a reply arrived for one of this shard's control connections.
@@ -536,7 +607,7 @@ impl Shard {
         if !alive {
             return;
         }
-        let Some(state) = self.controls.get_mut(&slot) else {
+        let Some(state) = self.conns[slot].control() else {
             return;
         };
         let Some(index) = to.seq.checked_sub(state.front_seq) else {
@@ -582,10 +653,10 @@ impl Shard {
     /// Writes out the complete replies at the front of the queue.
     pub(super) fn flush_replies(&mut self, slot: usize) {
         let limit = self.config.limits.outbound_bytes_max;
-        let Some(state) = self.controls.get_mut(&slot) else {
+        let conn = &mut self.conns[slot];
+        let Some(state) = conn.ext.as_mut().and_then(|e| e.control.as_mut()) else {
             return;
         };
-        let conn = &mut self.conns[slot];
         let mut wrote = false;
         let mut overflow = false;
         while state.pending.front().is_some_and(|p| p.remaining == 0) {
@@ -594,7 +665,7 @@ impl Shard {
             };
             state.front_seq += 1;
             let line = match &p.error {
-                Some((code, message)) => control::reply_error(p.id.as_deref(), code, message),
+                Some((code, message)) => control::reply_error(p.id.as_deref(), *code, message),
                 None => control::reply_ok(p.id.as_deref(), &result_of(&p)),
             };
             if conn
@@ -608,11 +679,22 @@ impl Shard {
             wrote = true;
         }
         if overflow {
-            // A backend that does not read its replies: close it like any slow consumer.
-            self.counters.slow_consumers += 1;
-            self.controls.remove(&slot);
-            self.free(slot, 0);
-            return;
+            // A backend that does not read its replies: the replies it has not read are
+            // dropped, and the last line it gets says why (exempt from the limit, like a close
+            // frame), then EOF. Counted as a control overload, not as a WebSocket slow consumer.
+            self.counters.control_overloads += 1;
+            let max = self.config.limits.outbound_bytes_max;
+            let line = control::reply_error(
+                None,
+                ErrorCode::LimitExceeded,
+                &format!(
+                    "more than {max} bytes of replies are unread (outbound_bytes_max); closing"
+                ),
+            );
+            state.pending.clear();
+            conn.out.discard_queued(&mut self.queued_bytes);
+            conn.out.push_control(Bytes::from(line), &mut self.queued_bytes);
+            return self.close_after_flush(slot);
         }
         if wrote {
             self.mark_dirty(slot);
@@ -629,13 +711,13 @@ impl Shard {
         });
         let part = if !alive {
             Part::Failed(
-                "no_such_conn",
+                ErrorCode::NoSuchConn,
                 format!("connection {} is not open", conn.get()),
             )
         } else {
             match action {
                 ConnAction::Send(body) => {
-                    let (envelope, raw) = super::pubsub::encode_push(&body);
+                    let (envelope, raw) = crate::wire::encode_push(&body);
                     let frame = if self.conns[slot].endpoint == (Endpoint::Push { raw: true }) {
                         raw
                     } else {
@@ -646,11 +728,11 @@ impl Shard {
                 }
                 ConnAction::Subscribe(name) => match self.subscribe(slot, &name, None) {
                     Ok(()) => Part::Done,
-                    Err(e) => Part::Failed(e.code(), e.message().to_string()),
+                    Err(e) => Part::Failed(e.code(), e.message(self.config.limits.channel_name_bytes_max)),
                 },
                 ConnAction::Unsubscribe(name) => match self.unsubscribe(slot, &name, None) {
                     Ok(()) => Part::Done,
-                    Err(e) => Part::Failed(e.code(), e.message().to_string()),
+                    Err(e) => Part::Failed(e.code(), e.message(self.config.limits.channel_name_bytes_max)),
                 },
                 ConnAction::Disconnect(code, reason) => {
                     self.start_close_with(slot, code, &reason);
@@ -738,7 +820,7 @@ impl Shard {
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "shards": self.shards,
-            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "uptime_ms": self.now_ms,
             "limits": self.config.limits,
         })
         .to_string()

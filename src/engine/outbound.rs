@@ -18,6 +18,8 @@ pub enum Enqueue {
     /// Refused: the queue would pass its byte limit. The caller closes the connection as a
     /// slow consumer.
     SlowConsumer,
+    /// Refused: the connection is no longer open (closing, or gone); nothing was queued.
+    Closed,
 }
 
 /// What a queued frame costs beyond its bytes: its handle.

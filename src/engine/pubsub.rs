@@ -6,16 +6,16 @@
 //! each clones the `Bytes` handle into each subscriber's queue. No per-subscriber allocation,
 //! copy or clock read.
 
-use super::Shard;
+use super::Engine;
 use super::conn::{DIRTY, Endpoint, SENDING, State};
 use super::outbound::Enqueue;
 use super::xmsg::{Body, Part, ReplyTo, XMsg};
 use crate::channel::local::{LocalChannels, Subscribed, Sync};
 use crate::channel::{self, ChannelError};
-use crate::proto::client::{self, Command};
 use crate::proto::frame::{self, OpCode};
+use crate::wire::envelope::{self, Command};
+use crate::wire::{ErrorCode, encode_message};
 use crate::xshard::Sent;
-use base64::Engine;
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -26,9 +26,10 @@ pub const DEFERRED_COMMANDS_MAX: usize = 256;
 /// Cross-shard messages handled per loop turn before the shard returns to its sockets.
 pub const DRAIN_BUDGET: usize = 8192;
 
-impl Shard {
+impl Engine {
     /// Sends a message to shard `to` (to itself through a local queue, so that every pair keeps
-    /// FIFO order and handlers never re-enter).
+    /// FIFO order and handlers never re-enter). Control-plane messages are never refused; a
+    /// refused data-plane message has the outcome docs/limits.md gives for its kind.
     pub(super) fn send_x(&mut self, to: usize, msg: XMsg) {
         if to == self.index {
             self.self_queue.push_back(msg);
@@ -37,15 +38,55 @@ impl Shard {
         let Some(outbox) = self.outboxes[to].as_mut() else {
             unreachable!("an outbox exists for every other shard");
         };
-        match outbox.send(msg) {
+        let sent = if msg.may_be_refused() {
+            outbox.send(msg)
+        } else {
+            outbox.send_unbounded(msg)
+        };
+        match sent {
             Sent::Ring => {}
             Sent::Overflow => self.counters.xshard_overflows += 1,
-            Sent::Refused(_) => self.counters.xshard_refused += 1,
+            Sent::Refused(msg) => self.on_refused(msg),
         }
     }
 
-    /// Handles what other shards sent; returns whether anything was handled.
-    pub(super) fn drain_inbox(&mut self) -> bool {
+    /// A data-plane message did not fit (ring and overflow queue full): the publisher or the
+    /// subscribers learn it, never silently. A request waiting for its outcome gets `overloaded`
+    /// (through the self queue, so no handler re-enters).
+    fn on_refused(&mut self, msg: XMsg) {
+        self.counters.xshard_refused += 1;
+        let reply = match msg {
+            XMsg::Publish { reply, .. } => {
+                self.counters.xshard_refused_publishes += 1;
+                reply.map(|(to, _)| to)
+            }
+            XMsg::Deliver { .. } => {
+                // That shard's subscribers miss this offset: envelope clients see the gap in
+                // the offsets and can recover (docs/limits.md).
+                self.counters.xshard_refused_deliveries += 1;
+                None
+            }
+            XMsg::PushAll { reply, .. } | XMsg::ToConn { reply, .. } => reply,
+            other => {
+                debug_assert!(false, "a control-plane message was refused: {other:?}");
+                None
+            }
+        };
+        if let Some(to) = reply {
+            // Data-plane messages with a reply are sent by the shard of the waiting control
+            // connection, so its answer stays on this shard.
+            assert_eq!(to.shard as usize, self.index);
+            let part = Part::Failed(
+                ErrorCode::Overloaded,
+                "the server's cross-shard queues are full; retry later".to_string(),
+            );
+            self.self_queue.push_back(XMsg::Reply { to, part });
+        }
+    }
+
+    /// Handles what other shards (and this one) sent, up to a budget; returns whether anything
+    /// was handled.
+    pub fn drain_inbox(&mut self) -> bool {
         let mut batch = std::mem::take(&mut self.xbatch);
         while let Some(msg) = self.self_queue.pop_front() {
             batch.push(msg);
@@ -59,10 +100,15 @@ impl Shard {
         any
     }
 
-    /// Retries overflowed messages and rings receivers; once per loop turn.
-    pub(super) fn flush_outboxes(&mut self) {
-        for outbox in self.outboxes.iter_mut().flatten() {
-            outbox.flush();
+    /// Retries overflowed messages; calls `ring(shard)` for every destination that got messages
+    /// since the last call (the driver rings that shard's doorbell). Once per loop turn.
+    pub fn flush_outboxes(&mut self, mut ring: impl FnMut(usize)) {
+        for (to, outbox) in self.outboxes.iter_mut().enumerate() {
+            if let Some(outbox) = outbox {
+                if outbox.flush() {
+                    ring(to);
+                }
+            }
         }
     }
 
@@ -166,6 +212,7 @@ impl Shard {
                     }
                 }
                 Enqueue::SlowConsumer => slow.push(slot),
+                Enqueue::Closed => {}
             }
         }
         for slot in slow.drain(..) {
@@ -226,13 +273,13 @@ impl Shard {
                 Some((offset, epoch)) if subscribed => {
                     self.reply(
                         slot,
-                        client::subscribed(&name, offset, epoch, req.as_deref()),
+                        envelope::subscribed(&name, offset, epoch, req.as_deref()),
                     );
                 }
                 Some(_) => {} // unsubscribed by the backend meanwhile
                 None => {
                     let err = ChannelError::TooManyChannels;
-                    self.reply_error(slot, err.code(), err.message(), req.as_deref());
+                    self.reply_channel_error(slot, err, req.as_deref());
                 }
             }
             if self.conns[slot].awaiting == 0 {
@@ -243,7 +290,8 @@ impl Shard {
 
     /// Runs the commands a client sent while its subscription waited for the owner, in order.
     fn replay_deferred(&mut self, slot: usize) {
-        let Some(mut queue) = self.deferred.remove(&slot) else {
+        let Some(mut queue) = self.conns[slot].ext.as_mut().map(|e| std::mem::take(&mut e.deferred))
+        else {
             return;
         };
         while let Some(command) = queue.pop_front() {
@@ -253,9 +301,10 @@ impl Shard {
             self.on_command(slot, &command);
             if self.conns[slot].awaiting > 0 {
                 // Waiting again: the rest stays queued, in order.
-                if !queue.is_empty() {
-                    self.deferred.insert(slot, queue);
-                }
+                let ext = self.conns[slot].ext_mut();
+                // Commands deferred meanwhile (none: replay runs before new input) go after.
+                queue.append(&mut ext.deferred);
+                ext.deferred = queue;
                 return;
             }
         }
@@ -299,7 +348,7 @@ impl Shard {
             }
             Subscribed::Ready(local) => {
                 let channel = self.local.get(local);
-                let text = client::subscribed(name, channel.last_offset, channel.epoch, id);
+                let text = envelope::subscribed(name, channel.last_offset, channel.epoch, id);
                 self.reply(slot, text);
             }
         }
@@ -319,7 +368,7 @@ impl Shard {
             .filter(|&local| self.conns[slot].subs.iter().any(|m| m.channel == local));
         let local = member.ok_or(ChannelError::NotSubscribed)?;
         self.leave(slot, local);
-        self.reply(slot, client::unsubscribed(name, id));
+        self.reply(slot, envelope::unsubscribed(name, id));
         Ok(())
     }
 
@@ -376,8 +425,20 @@ impl Shard {
         }
     }
 
-    pub(super) fn reply_error(&mut self, slot: usize, code: &str, message: &str, id: Option<&str>) {
-        self.reply(slot, client::error(code, message, id));
+    pub(super) fn reply_error(
+        &mut self,
+        slot: usize,
+        code: ErrorCode,
+        message: &str,
+        id: Option<&str>,
+    ) {
+        self.reply(slot, envelope::error(code, message, id));
+    }
+
+    /// Tells an envelope client why a channel operation was refused.
+    pub(super) fn reply_channel_error(&mut self, slot: usize, e: ChannelError, id: Option<&str>) {
+        let message = e.message(self.config.limits.channel_name_bytes_max);
+        self.reply_error(slot, e.code(), &message, id);
     }
 
     /// Handles one text message from a `/ws` client.
@@ -385,7 +446,7 @@ impl Shard {
         if self.conns[slot].awaiting > 0 {
             // A subscription of this client waits for its channel's owner: keep the command (and
             // the order of replies) until the answer arrives.
-            let queue = self.deferred.entry(slot).or_default();
+            let queue = &mut self.conns[slot].ext_mut().deferred;
             if queue.len() >= DEFERRED_COMMANDS_MAX {
                 self.counters.rate_limited += 1;
                 return self.fail(slot, crate::proto::close::RATE_LIMITED);
@@ -393,21 +454,21 @@ impl Shard {
             queue.push_back(text.to_vec());
             return;
         }
-        let request = match client::parse(text) {
+        let request = match envelope::parse(text) {
             Ok(request) => request,
             Err(e) => return self.reply_error(slot, e.code, &e.message, e.id.as_deref()),
         };
         let id = request.id;
         match request.command {
-            Command::Ping => self.reply(slot, client::pong(id)),
+            Command::Ping => self.reply(slot, envelope::pong(id)),
             Command::Subscribe(name) => {
                 if let Err(e) = self.subscribe(slot, &name, id) {
-                    self.reply_error(slot, e.code(), e.message(), id);
+                    self.reply_channel_error(slot, e, id);
                 }
             }
             Command::Unsubscribe(name) => {
                 if let Err(e) = self.unsubscribe(slot, &name, id) {
-                    self.reply_error(slot, e.code(), e.message(), id);
+                    self.reply_channel_error(slot, e, id);
                 }
             }
             Command::Publish(name, data) => {
@@ -419,7 +480,7 @@ impl Shard {
                 if !allowed {
                     return self.reply_error(
                         slot,
-                        "forbidden",
+                        ErrorCode::Forbidden,
                         "client publish is not enabled for this namespace",
                         id,
                     );
@@ -428,92 +489,13 @@ impl Shard {
                 match self.publish(&name, body) {
                     Ok(()) => {
                         if id.is_some() {
-                            self.reply(slot, client::published(&name, id));
+                            self.reply(slot, envelope::published(&name, id));
                         }
                     }
-                    Err(e) => self.reply_error(slot, e.code(), e.message(), id),
+                    Err(e) => self.reply_channel_error(slot, e, id),
                 }
             }
         }
     }
 }
 
-/// Encodes a direct push (control `send`, or `broadcast` to every connection) once in both
-/// formats: `{"op":"push","data":...}` (or `"b64"`) for envelope clients, the payload for raw ones.
-pub fn encode_push(body: &Body) -> (Bytes, Bytes) {
-    let (raw, data) = match body {
-        Body::Json(b) => (
-            frame::encode(OpCode::Text, b),
-            String::from_utf8_lossy(b).into_owned(),
-        ),
-        Body::Text(b) => (
-            frame::encode(OpCode::Text, b),
-            serde_json::Value::from(String::from_utf8_lossy(b).as_ref()).to_string(),
-        ),
-        Body::Binary(b) => (frame::encode(OpCode::Binary, b), String::new()),
-    };
-    let text = match body {
-        Body::Binary(b) => format!(
-            "{{\"op\":\"push\",\"b64\":\"{}\"}}",
-            base64::engine::general_purpose::STANDARD.encode(b)
-        ),
-        _ => format!("{{\"op\":\"push\",\"data\":{data}}}"),
-    };
-    (frame::encode(OpCode::Text, text.as_bytes()), raw)
-}
-
-/// Encodes a published message once in both formats: the JSON envelope and the raw payload.
-pub fn encode_message(channel: &str, offset: u64, body: &Body) -> (Bytes, Bytes) {
-    let (raw, data_len) = match body {
-        Body::Json(b) | Body::Text(b) => (frame::encode(OpCode::Text, b), b.len()),
-        Body::Binary(b) => (frame::encode(OpCode::Binary, b), b.len() * 4 / 3 + 4),
-    };
-    let mut text = Vec::with_capacity(64 + channel.len() + data_len + data_len / 8);
-    client::message_prefix(&mut text, channel, offset);
-    match body {
-        Body::Json(b) => {
-            text.extend_from_slice(b"\"data\":");
-            text.extend_from_slice(b);
-        }
-        Body::Text(b) => {
-            text.extend_from_slice(b"\"data\":");
-            let s = String::from_utf8_lossy(b);
-            text.extend_from_slice(serde_json::Value::from(s.as_ref()).to_string().as_bytes());
-        }
-        Body::Binary(b) => {
-            text.extend_from_slice(b"\"b64\":\"");
-            text.extend_from_slice(
-                base64::engine::general_purpose::STANDARD
-                    .encode(b)
-                    .as_bytes(),
-            );
-            text.push(b'"');
-        }
-    }
-    text.push(b'}');
-    (frame::encode(OpCode::Text, &text), raw)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn both_formats_encode_once() {
-        let (env, raw) = encode_message("news", 7, &Body::Json(Bytes::from_static(b"{\"a\":1}")));
-        assert_eq!(&raw[..], b"\x81\x07{\"a\":1}");
-        let v: serde_json::Value = serde_json::from_slice(&env[2..]).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"op":"message","channel":"news","offset":7,"data":{"a":1}})
-        );
-        let (env, raw) = encode_message("n", 1, &Body::Text(Bytes::from_static(b"hi \"you\"")));
-        assert_eq!(&raw[2..], b"hi \"you\"");
-        let v: serde_json::Value = serde_json::from_slice(&env[2..]).unwrap();
-        assert_eq!(v["data"], "hi \"you\"");
-        let (env, raw) = encode_message("n", 2, &Body::Binary(Bytes::from_static(&[0, 255])));
-        assert_eq!(raw[0], 0x82);
-        let v: serde_json::Value = serde_json::from_slice(&env[2..]).unwrap();
-        assert_eq!(v["b64"], "AP8=");
-    }
-}

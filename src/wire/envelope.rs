@@ -5,6 +5,7 @@
 //! `pong`, `error`. Replies are written by hand: channel names never need escaping (see
 //! `channel::validate_name`) and `id` and `data` are copied as the raw JSON the client sent.
 
+use crate::wire::ErrorCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -50,7 +51,7 @@ pub struct Request<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientError {
     /// Stable code: `bad_json`, `bad_request`, `unknown_op`.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Human-readable detail.
     pub message: String,
     /// The request's id, when it could be read.
@@ -62,28 +63,28 @@ pub fn parse(text: &[u8]) -> Result<Request<'_>, ClientError> {
     // serde would also read a struct from a JSON array; a command must be an object.
     if text.trim_ascii_start().first() != Some(&b'{') {
         return Err(ClientError {
-            code: "bad_json",
+            code: ErrorCode::BadJson,
             message: "a command is a JSON object".to_string(),
             id: None,
         });
     }
     let wire: Wire<'_> = serde_json::from_slice(text).map_err(|e| ClientError {
-        code: "bad_json",
+        code: ErrorCode::BadJson,
         message: format!("not a JSON command object: {e}"),
         id: None,
     })?;
     let id = wire.id.map(RawValue::get);
-    let fail = |code: &'static str, message: &str| ClientError {
+    let fail = |code: ErrorCode, message: &str| ClientError {
         code,
         message: message.to_string(),
         id: id.filter(|i| i.len() <= ID_BYTES_MAX).map(str::to_string),
     };
     if id.is_some_and(|i| i.len() > ID_BYTES_MAX) {
-        return Err(fail("bad_request", "id is longer than 64 bytes of JSON"));
+        return Err(fail(ErrorCode::BadRequest, "id is longer than 64 bytes of JSON"));
     }
     let channel = wire
         .channel
-        .ok_or_else(|| fail("bad_request", "missing \"channel\""));
+        .ok_or_else(|| fail(ErrorCode::BadRequest, "missing \"channel\""));
     let command = match wire.op.as_ref() {
         "subscribe" => Command::Subscribe(channel?),
         "unsubscribe" => Command::Unsubscribe(channel?),
@@ -91,13 +92,13 @@ pub fn parse(text: &[u8]) -> Result<Request<'_>, ClientError> {
             let ch = channel?;
             let data = wire
                 .data
-                .ok_or_else(|| fail("bad_request", "missing \"data\""))?;
+                .ok_or_else(|| fail(ErrorCode::BadRequest, "missing \"data\""))?;
             Command::Publish(ch, data.get())
         }
         "ping" => Command::Ping,
         _ => {
             return Err(fail(
-                "unknown_op",
+                ErrorCode::UnknownOp,
                 "op must be subscribe, unsubscribe, publish or ping",
             ));
         }
@@ -151,10 +152,11 @@ pub fn pong(id: Option<&str>) -> String {
 }
 
 /// `{"op":"error","code":CODE,"message":TEXT[,"id":X]}`
-pub fn error(code: &str, message: &str, id: Option<&str>) -> String {
-    let mut out = String::from("{\"op\":\"error\",\"code\":");
-    // Codes and messages are ours, but a message may quote client input: encode properly.
-    out.push_str(&serde_json::Value::from(code).to_string());
+pub fn error(code: ErrorCode, message: &str, id: Option<&str>) -> String {
+    let mut out = String::from("{\"op\":\"error\",\"code\":\"");
+    out.push_str(code.as_str());
+    out.push('"');
+    // A message may quote client input: encode it properly.
     out.push_str(",\"message\":");
     out.push_str(&serde_json::Value::from(message).to_string());
     with_id(&mut out, id);
@@ -261,7 +263,7 @@ mod tests {
         assert_eq!(
             parse(br#"{"op":"fly","id":3}"#).unwrap_err(),
             ClientError {
-                code: "unknown_op",
+                code: ErrorCode::UnknownOp,
                 message: "op must be subscribe, unsubscribe, publish or ping".into(),
                 id: Some("3".into()),
             }

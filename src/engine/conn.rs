@@ -1,9 +1,17 @@
-//! One connection's state: lifecycle, decoder, outbound queue. Plain data with no ring types, so
-//! a readiness-based driver could drive the same state machine.
+//! The connection table: one slab entry per connection (lifecycle, decoder, outbound queue) with
+//! rarely used per-connection data in one boxed extension instead of side maps keyed by slot.
+//!
+//! Plain data: a connection names its socket only by the driver's opaque [`Sock`].
+//! Invariant: a slot's generation changes on every insert, so a [`Token`] of a freed connection
+//! never matches its slot's next occupant.
 
+use super::control::ControlState;
+use super::io::{PeerAddr, Sock, Token};
 use super::outbound::Outbound;
 use crate::channel::local::Membership;
 use crate::proto::decoder::Decoder;
+use slab::Slab;
+use std::collections::VecDeque;
 
 /// Where a connection is in its life. Each state has a deadline in the shard's timing wheel,
 /// except `Open` on endpoints without heartbeats.
@@ -54,11 +62,22 @@ pub const TRIM_WHEN_DRAINED: u8 = 1 << 5;
 /// connection as soon as our own FIN would go out.
 pub const PEER_EOF: u8 = 1 << 6;
 
+/// What few connections need, allocated only for them (an idle `/ws` connection has none).
+#[derive(Debug, Default)]
+pub struct Ext {
+    /// A control connection's line splitter and pending replies.
+    pub control: Option<ControlState>,
+    /// Commands of a `/ws` client held while one of its subscriptions waits for its owner.
+    pub deferred: VecDeque<Vec<u8>>,
+    /// The peer's address (kept only while `conns_per_ip_max` is on).
+    pub peer: Option<PeerAddr>,
+}
+
 /// A connection.
 #[derive(Debug)]
 pub struct Conn {
-    /// The socket.
-    pub fd: i32,
+    /// The driver's socket.
+    pub sock: Sock,
     /// Generation of the slot at accept (see `id::ConnId`).
     pub generation: u32,
     /// Lifecycle state.
@@ -87,13 +106,15 @@ pub struct Conn {
     pub out: Outbound,
     /// Channels this connection subscribes to (no heap while it has none).
     pub subs: Vec<Membership>,
+    /// Rarely used data (control state, deferred commands, peer address).
+    pub ext: Option<Box<Ext>>,
 }
 
 impl Conn {
     /// A freshly accepted connection.
-    pub fn new(fd: i32, generation: u32, now_tick: u32) -> Conn {
+    pub fn new(sock: Sock, generation: u32, now_tick: u32) -> Conn {
         Conn {
-            fd,
+            sock,
             generation,
             state: State::Handshaking,
             endpoint: Endpoint::None,
@@ -107,7 +128,18 @@ impl Conn {
             head: Vec::new(),
             out: Outbound::default(),
             subs: Vec::new(),
+            ext: None,
         }
+    }
+
+    /// The extension, allocated on first use.
+    pub fn ext_mut(&mut self) -> &mut Ext {
+        self.ext.get_or_insert_with(Box::default)
+    }
+
+    /// The control state, for a control connection.
+    pub fn control(&mut self) -> Option<&mut ControlState> {
+        self.ext.as_mut().and_then(|e| e.control.as_mut())
     }
 
     /// Whether a flag is set.
@@ -123,6 +155,94 @@ impl Conn {
             State::Closing => !self.has(CLOSE_RECEIVED) && !self.has(FIN_AFTER_FLUSH),
             State::Handshaking | State::Draining => false,
         }
+    }
+}
+
+/// The slab of connections and the generation counter.
+#[derive(Debug)]
+pub struct ConnTable {
+    slab: Slab<Conn>,
+    next_generation: u32,
+}
+
+impl ConnTable {
+    /// A table with room reserved for `capacity` connections (address space; untouched pages
+    /// cost no memory).
+    pub fn with_capacity(capacity: usize) -> ConnTable {
+        ConnTable {
+            slab: Slab::with_capacity(capacity),
+            next_generation: 0,
+        }
+    }
+
+    /// Inserts a fresh connection on `sock` with the next generation; returns its slot.
+    pub fn insert(&mut self, sock: Sock, now_tick: u32) -> usize {
+        let generation = self.next_generation;
+        self.next_generation = (self.next_generation + 1) & ((1 << crate::id::GEN_BITS) - 1);
+        self.slab.insert(Conn::new(sock, generation, now_tick))
+    }
+
+    /// The connection `token` names, if it is still the slot's occupant.
+    pub fn live(&mut self, token: Token) -> Option<&mut Conn> {
+        self.slab
+            .get_mut(token.slot as usize)
+            .filter(|c| c.generation == token.generation)
+    }
+
+    /// The token of the connection in `slot`.
+    pub fn token(&self, slot: usize) -> Token {
+        Token {
+            slot: slot as u32,
+            generation: self.slab[slot].generation,
+        }
+    }
+
+    /// The connection in `slot`, if any.
+    pub fn get(&self, slot: usize) -> Option<&Conn> {
+        self.slab.get(slot)
+    }
+
+    /// The connection in `slot`, if any.
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Conn> {
+        self.slab.get_mut(slot)
+    }
+
+    /// Whether `slot` is occupied.
+    pub fn contains(&self, slot: usize) -> bool {
+        self.slab.contains(slot)
+    }
+
+    /// Removes and returns the connection in `slot`.
+    pub fn remove(&mut self, slot: usize) -> Conn {
+        self.slab.remove(slot)
+    }
+
+    /// Connections in use.
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// Whether no connection is in use.
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// Every connection with its slot.
+    pub fn iter(&self) -> slab::Iter<'_, Conn> {
+        self.slab.iter()
+    }
+}
+
+impl std::ops::Index<usize> for ConnTable {
+    type Output = Conn;
+    fn index(&self, slot: usize) -> &Conn {
+        &self.slab[slot]
+    }
+}
+
+impl std::ops::IndexMut<usize> for ConnTable {
+    fn index_mut(&mut self, slot: usize) -> &mut Conn {
+        &mut self.slab[slot]
     }
 }
 
@@ -143,7 +263,7 @@ mod tests {
             std::mem::size_of::<Decoder>()
         );
         assert!(size <= 160, "connection state is {size} bytes");
-        let conn = Conn::new(3, 1, 0);
+        let conn = Conn::new(Sock(3), 1, 0);
         assert_eq!(conn.decoder.heap_bytes(), 0);
         assert_eq!(conn.head.capacity(), 0);
         assert_eq!(conn.out.heap_bytes(), 0);

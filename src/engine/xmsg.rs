@@ -1,7 +1,15 @@
 //! Messages between shards. Payloads travel as `Bytes` (a refcount), names as `Arc<str>`.
+//!
+//! Two planes: control-plane messages (interest, withdrawals, acknowledgements, queries, reply
+//! parts, actions on a connection other than a push) are never refused — each is bounded by
+//! what produces it (channels per shard, pending replies per control connection); data-plane
+//! messages (publishes, deliveries, pushes) obey `xshard_overflow_max`, and a refused one has a
+//! defined, counted outcome (see `Engine::on_refused`).
 
 use crate::id::ConnId;
+use crate::wire::ErrorCode;
 use bytes::Bytes;
+pub use crate::wire::Body;
 use std::sync::Arc;
 
 /// Where a reply part goes: a control connection on some shard, and the request's sequence
@@ -56,25 +64,13 @@ pub enum Part {
     /// Done, nothing to report.
     Done,
     /// Failed with a stable code.
-    Failed(&'static str, String),
+    Failed(ErrorCode, String),
     /// Connection ids.
     Conns(Vec<u64>),
     /// Channel names and local subscriber counts.
     Channels(Vec<(Arc<str>, u64)>),
     /// A count (connections reached by a broadcast).
     Count(u64),
-}
-
-/// A published payload as the publisher gave it.
-#[derive(Debug, Clone)]
-pub enum Body {
-    /// A JSON value (its text): raw subscribers get it as a text frame, envelopes embed it as
-    /// `"data":VALUE`.
-    Json(Bytes),
-    /// A string: raw subscribers get it as a text frame, envelopes as `"data":"..."`.
-    Text(Bytes),
-    /// Bytes: raw subscribers get a binary frame, envelopes `"b64":"..."`.
-    Binary(Bytes),
 }
 
 /// A message on a cross-shard ring.
@@ -153,4 +149,19 @@ pub enum XMsg {
         /// The payload as a text or binary frame.
         raw: Bytes,
     },
+}
+
+impl XMsg {
+    /// Whether this message is data-plane (may be refused when the destination is overloaded).
+    pub fn may_be_refused(&self) -> bool {
+        match self {
+            XMsg::Publish { .. } | XMsg::Deliver { .. } | XMsg::PushAll { .. } => true,
+            XMsg::ToConn { action, .. } => matches!(action, ConnAction::Send(_)),
+            XMsg::Query { .. }
+            | XMsg::Reply { .. }
+            | XMsg::Interest { .. }
+            | XMsg::Withdraw { .. }
+            | XMsg::Ack { .. } => false,
+        }
+    }
 }

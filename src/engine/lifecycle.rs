@@ -1,0 +1,367 @@
+//! A connection's life on the engine: the upgrade handshake, frames in, the close handshake,
+//! heartbeats, and the failures that end it (docs/architecture.md, "Lifecycle").
+//!
+//! Owns no state of its own: these are the `Engine` methods that move a connection between
+//! `Handshaking`, `Open`, `Closing` and `Draining`, each state with its deadline in the wheel.
+//! Must not: touch a socket (the driver does, on `Intent`s) or read a clock (`now_tick` is the
+//! driver's last `tick`).
+
+use super::Engine;
+use super::conn::{
+    CLOSE_RECEIVED, CLOSE_SENT, Conn, Endpoint, FIN_AFTER_FLUSH, State, TRIM_WHEN_DRAINED,
+};
+use super::outbound::Enqueue;
+use super::{TICK_MS, limits_ticks};
+use crate::proto::close;
+use crate::proto::decoder::Message;
+use crate::proto::frame::{self, OpCode};
+use crate::proto::handshake::{self, Rejection};
+use crate::wire::envelope;
+use bytes::Bytes;
+use std::ops::ControlFlow;
+
+impl Engine {
+    /// Bytes of a handshaking connection: collect the head (bounded), then parse it.
+    pub(super) fn on_head_bytes(&mut self, slot: usize, data: &[u8]) {
+        let max = self.config.limits.handshake_bytes_max;
+        let conn = &mut self.conns[slot];
+        // Keep at most the limit (+4 so a complete head of exactly the limit parses).
+        let room = (max + 4).saturating_sub(conn.head.len());
+        conn.head.extend_from_slice(&data[..room.min(data.len())]);
+        self.on_head(slot);
+    }
+
+    pub(super) fn on_head(&mut self, slot: usize) {
+        let max = self.config.limits.handshake_bytes_max;
+        let parsed = handshake::parse(&self.conns[slot].head, max);
+        let request = match parsed {
+            Ok(None) => return,
+            Ok(Some(request)) => request,
+            Err(rejection) => return self.reject(slot, rejection),
+        };
+        let mut url_channels = Vec::new();
+        let endpoint = match request.path.as_str() {
+            "/echo" if self.config.echo => Endpoint::Echo,
+            "/ws" => {
+                let limits = &self.config.limits;
+                let query = match envelope::parse_query(&request.query, limits.channels_per_conn_max)
+                {
+                    Ok(query) => query,
+                    Err(why) => return self.reject(slot, Rejection::BadRequest(why)),
+                };
+                let bad = query.channels.iter().any(|c| {
+                    crate::channel::validate_name(c, limits.channel_name_bytes_max).is_err()
+                });
+                if bad {
+                    return self.reject(slot, Rejection::BadRequest("bad channel name in the URL"));
+                }
+                url_channels = query.channels;
+                Endpoint::Push { raw: query.raw }
+            }
+            _ => return self.reject(slot, Rejection::NotFound),
+        };
+        self.counters.handshakes += 1;
+        let ping_ms = self.config.limits.ping_interval_ms;
+        let now = self.now_tick;
+        self.handshaking -= 1;
+        let conn = &mut self.conns[slot];
+        conn.endpoint = endpoint;
+        conn.state = State::Open;
+        conn.flags |= TRIM_WHEN_DRAINED;
+        conn.close_code = close::ABNORMAL;
+        conn.out.push_control(
+            handshake::response_101(&request.accept, None),
+            &mut self.queued_bytes,
+        );
+        // Bytes after the head are already frames (a client may pipeline them).
+        let mut rest = std::mem::take(&mut conn.head);
+        rest.drain(..request.head_len);
+        self.wheel.remove(slot);
+        if matches!(endpoint, Endpoint::Push { .. }) && ping_ms > 0 {
+            self.wheel.insert(slot, now + limits_ticks(ping_ms));
+        }
+        if let Endpoint::Push { raw: false } = endpoint {
+            let welcome = envelope::welcome(self.conn_id(slot).get());
+            self.queue_data(slot, frame::encode(OpCode::Text, welcome.as_bytes()));
+        }
+        for name in url_channels {
+            if let Err(e) = self.subscribe(slot, &name, None) {
+                self.reply_channel_error(slot, e, None);
+            }
+        }
+        if !rest.is_empty() {
+            self.decode(slot, &mut rest);
+        }
+    }
+
+    /// The connection's public id.
+    pub(super) fn conn_id(&self, slot: usize) -> crate::id::ConnId {
+        crate::id::ConnId::new(self.index, slot, self.conns[slot].generation)
+    }
+
+    pub(super) fn reject(&mut self, slot: usize, rejection: Rejection) {
+        self.counters.rejected(rejection.status());
+        assert_eq!(self.conns[slot].state, State::Handshaking);
+        self.handshaking -= 1;
+        let conn = &mut self.conns[slot];
+        conn.head = Vec::new();
+        conn.out
+            .push_control(rejection.response(), &mut self.queued_bytes);
+        self.close_after_flush(slot);
+    }
+
+    /// The one way a connection ends after its last bytes: `Closing` with FIN once everything
+    /// queued is sent (for a control connection, once its last pending reply is out), bounded by
+    /// the close deadline.
+    pub(super) fn close_after_flush(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        conn.state = State::Closing;
+        conn.flags |= FIN_AFTER_FLUSH;
+        self.arm_close_deadline(slot);
+        self.mark_dirty(slot);
+    }
+
+    pub(super) fn decode(&mut self, slot: usize, data: &mut [u8]) {
+        let conn = &mut self.conns[slot];
+        let limits = match conn.endpoint {
+            Endpoint::Echo => self.echo_limits,
+            _ => self.ws_limits,
+        };
+        let outbound_max = self.config.limits.outbound_bytes_max;
+        let endpoint = conn.endpoint;
+        // The token bucket of /ws clients: refilled from the ticks elapsed, burst of one second.
+        let rate = match endpoint {
+            Endpoint::Push { .. } => self.config.limits.client_messages_per_s,
+            _ => 0,
+        };
+        if rate > 0 {
+            let burst = u64::from(rate.min(u32::from(u8::MAX)));
+            let elapsed_ms = u64::from(self.now_tick.wrapping_sub(conn.bucket_tick)) * TICK_MS;
+            let refill = elapsed_ms * u64::from(rate) / 1000;
+            if refill > 0 {
+                conn.bucket_tick = self.now_tick;
+            }
+            conn.tokens = (u64::from(conn.tokens) + refill).min(burst) as u8;
+        }
+        let mut limited = false;
+        let held_before = conn.decoder.heap_bytes();
+        let counters = &mut self.counters;
+        let queued = &mut self.queued_bytes;
+        let Conn {
+            decoder,
+            out,
+            flags,
+            close_code,
+            state,
+            tokens,
+            ..
+        } = conn;
+        let mut slow = false;
+        let mut commands: Vec<Vec<u8>> = Vec::new();
+        let mut binary_on_ws = false;
+        let result = decoder.feed(data, &limits, &mut |message| {
+            counters.frames_in += 1;
+            if rate > 0 && !matches!(message, Message::Close { .. }) {
+                if *tokens == 0 {
+                    limited = true;
+                    return ControlFlow::Break(());
+                }
+                *tokens -= 1;
+            }
+            match message {
+                Message::Text(payload) | Message::Binary(payload) if endpoint == Endpoint::Echo => {
+                    let op = if matches!(message, Message::Text(_)) {
+                        OpCode::Text
+                    } else {
+                        OpCode::Binary
+                    };
+                    // The echo endpoint is for conformance tests: its limit is the message limit
+                    // (plus a frame header and a queue handle).
+                    let limit = outbound_max.max(limits.message_bytes_max + 64);
+                    counters.frames_out += 1;
+                    if out.push(frame::encode(op, payload), limit, queued) == Enqueue::SlowConsumer
+                    {
+                        slow = true;
+                        return ControlFlow::Break(());
+                    }
+                }
+                Message::Text(payload) => commands.push(payload.to_vec()),
+                Message::Binary(_) => {
+                    // §7.4.1: 1003 for a data type the endpoint cannot accept.
+                    binary_on_ws = true;
+                    return ControlFlow::Break(());
+                }
+                Message::Ping(payload) => {
+                    // A pong is data for the outbound bound: a client that pings without reading
+                    // fills its queue like any other, and a pong that does not fit is skipped
+                    // (RFC 6455 §5.5.3 lets an endpoint answer only the latest ping).
+                    let limit = outbound_max.max(limits.message_bytes_max + 64);
+                    match out.push(frame::encode(OpCode::Pong, payload), limit, queued) {
+                        Enqueue::Enqueued => counters.frames_out += 1,
+                        _ => counters.pongs_skipped += 1,
+                    }
+                }
+                Message::Pong(_) => {}
+                Message::Close { code, .. } => {
+                    *flags |= CLOSE_RECEIVED | FIN_AFTER_FLUSH;
+                    if *flags & CLOSE_SENT == 0 {
+                        // §5.5.1: answer with a close frame, echoing the status code.
+                        *flags |= CLOSE_SENT;
+                        counters.frames_out += 1;
+                        let reply = match code {
+                            Some(code) => frame::encode_close(code, ""),
+                            None => frame::encode(OpCode::Close, &[]),
+                        };
+                        out.push_control(reply, queued);
+                        *close_code = code.unwrap_or(close::NO_STATUS);
+                    }
+                    *state = State::Closing;
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        let held_after = self.conns[slot].decoder.heap_bytes();
+        // Decoders are the only holders of partial messages; the shard total follows their deltas.
+        self.inbound_bytes = (self.inbound_bytes + held_after).saturating_sub(held_before);
+        if held_after > held_before
+            && self.inbound_bytes > self.config.limits.shard_inbound_bytes_max
+        {
+            // Over the shard's bound: the largest partial message goes (not simply the one that
+            // grew last, which may be a small, innocent one).
+            let largest = self
+                .conns
+                .iter()
+                .max_by_key(|(_, c)| c.decoder.heap_bytes())
+                .map(|(s, _)| s);
+            if let Some(largest) = largest {
+                self.counters.shard_inbound_overflows += 1;
+                self.fail(largest, close::MESSAGE_TOO_BIG);
+                if largest == slot {
+                    return;
+                }
+            }
+        }
+        if slow {
+            return self.slow_consumer(slot);
+        }
+        if limited {
+            // Commands read before the limit was hit are still served, then the close.
+            self.counters.rate_limited += 1;
+        }
+        for command in commands {
+            if self.conns[slot].state != State::Open {
+                break;
+            }
+            self.on_command(slot, &command);
+        }
+        if limited {
+            return self.fail(slot, close::RATE_LIMITED);
+        }
+        if binary_on_ws {
+            return self.fail(slot, close::UNSUPPORTED_DATA);
+        }
+        match result {
+            Ok(()) => {
+                if self.conns[slot].state == State::Closing {
+                    self.arm_close_deadline(slot);
+                }
+            }
+            Err(error) => self.fail(slot, error.close_code()),
+        }
+        let conn = &mut self.conns[slot];
+        if conn.decoder.heap_bytes() == 0 {
+            conn.out.shrink_when_idle();
+        }
+    }
+
+    /// Fails the connection (§7.1.7): send a close frame with `code`, read nothing more, then FIN.
+    pub(super) fn fail(&mut self, slot: usize, code: u16) {
+        let conn = &mut self.conns[slot];
+        // Nothing more is decoded: release a partly received message now.
+        let held = conn.decoder.heap_bytes();
+        conn.decoder = crate::proto::decoder::Decoder::default();
+        self.inbound_bytes -= held.min(self.inbound_bytes);
+        let conn = &mut self.conns[slot];
+        if conn.flags & CLOSE_SENT == 0 {
+            conn.out
+                .push_control(frame::encode_close(code, ""), &mut self.queued_bytes);
+            conn.flags |= CLOSE_SENT;
+            self.counters.frames_out += 1;
+        }
+        conn.close_code = code;
+        self.close_after_flush(slot);
+    }
+
+    /// Starts a server-initiated close (heartbeat, shutdown, slow consumer): send a close frame
+    /// and wait for the peer's, up to the close deadline.
+    pub(super) fn start_close(&mut self, slot: usize, code: u16) {
+        self.start_close_with(slot, code, "");
+    }
+
+    pub(super) fn start_close_with(&mut self, slot: usize, code: u16, reason: &str) {
+        let conn = &mut self.conns[slot];
+        if conn.state != State::Open {
+            return;
+        }
+        conn.out
+            .push_control(frame::encode_close(code, reason), &mut self.queued_bytes);
+        conn.flags |= CLOSE_SENT;
+        conn.close_code = code;
+        conn.state = State::Closing;
+        self.counters.frames_out += 1;
+        self.arm_close_deadline(slot);
+        self.mark_dirty(slot);
+    }
+
+    pub(super) fn slow_consumer(&mut self, slot: usize) {
+        self.counters.slow_consumers += 1;
+        // The backlog will never be read in time; dropping it lets the close frame (queued next)
+        // reach the client as soon as it reads again, so it learns why it was closed.
+        let conn = &mut self.conns[slot];
+        if conn.state == State::Open {
+            conn.out.discard_queued(&mut self.queued_bytes);
+        }
+        self.start_close(slot, close::SLOW_CONSUMER);
+    }
+
+    /// Queues a data frame for `slot`, closing it as a slow consumer when its queue is full.
+    pub(super) fn queue_data(&mut self, slot: usize, frame: Bytes) -> Enqueue {
+        let max = self.config.limits.outbound_bytes_max;
+        let conn = &mut self.conns[slot];
+        if conn.state != State::Open {
+            return Enqueue::Closed;
+        }
+        let outcome = conn.out.push(frame, max, &mut self.queued_bytes);
+        match outcome {
+            Enqueue::Enqueued => {
+                self.counters.frames_out += 1;
+                self.mark_dirty(slot);
+            }
+            Enqueue::SlowConsumer => self.slow_consumer(slot),
+            Enqueue::Closed => {}
+        }
+        outcome
+    }
+
+    pub(super) fn arm_close_deadline(&mut self, slot: usize) {
+        let ticks = limits_ticks(self.config.limits.close_timeout_ms);
+        self.wheel.insert(slot, self.now_tick + ticks);
+    }
+
+    pub(super) fn heartbeat(&mut self, slot: usize) {
+        let interval = limits_ticks(self.config.limits.ping_interval_ms);
+        let silent = self.now_tick.wrapping_sub(self.conns[slot].last_rx_tick);
+        if silent >= 2 * interval {
+            return self.start_close(slot, close::HEARTBEAT_TIMEOUT);
+        }
+        let conn = &mut self.conns[slot];
+        conn.out
+            .push_control(frame::encode(OpCode::Ping, &[]), &mut self.queued_bytes);
+        conn.flags |= TRIM_WHEN_DRAINED;
+        self.counters.frames_out += 1;
+        self.wheel.insert(slot, self.now_tick + interval);
+        self.mark_dirty(slot);
+    }
+
+}

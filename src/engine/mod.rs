@@ -1,0 +1,650 @@
+//! The engine: a shard's connection logic with no ring, no socket and no clock. One `Engine` per
+//! shard owns the connection table, the outbound queues and their bounds, the channel index and
+//! the owner's sequencing, the control connections, the timing wheel and the shard's ends of the
+//! cross-shard rings. A driver (`crate::driver`: io_uring, epoll, or the in-memory one of the
+//! tests) feeds it events and carries out its intents; the contract is written in [`io`].
+//!
+//! Modules (each owns one concern; all are `impl Engine` blocks over the fields below):
+//! - [`conn`]: the connection table and per-connection state;
+//! - [`lifecycle`]: handshake, frames, close handshake, heartbeats, failures;
+//! - [`outbound`]: one connection's queue of frames and its byte limit;
+//! - [`pubsub`]: `/ws` commands, subscriptions, the owner's sequencing, delivery;
+//! - [`control`]: control connections, requests, replies in order;
+//! - [`xmsg`]: the messages between shards, and which of them may be refused;
+//! - [`io`]: the driver contract.
+//!
+//! Invariants: at most one send in flight per connection (`SENDING`); `queued_bytes` is the sum
+//! of every queue's `owed_bytes`; `inbound_bytes` is the sum of the decoders' `heap_bytes`;
+//! `handshaking` counts the connections in `State::Handshaking`. A network event never panics:
+//! bad input is an operating error answered on its own connection.
+
+pub mod conn;
+pub mod control;
+pub mod io;
+pub mod lifecycle;
+pub mod outbound;
+pub mod pubsub;
+pub mod xmsg;
+
+#[cfg(test)]
+mod tests;
+
+use crate::channel::local::LocalChannels;
+use crate::channel::owner::OwnedChannels;
+use crate::config::{Config, Limits};
+use crate::proto::close;
+use crate::proto::decoder::DecoderLimits;
+use crate::proto::handshake::Rejection;
+use crate::stats::{Counters, Published};
+use crate::timer::Wheel;
+use crate::xshard::{Endpoints, Inbox, Outbox};
+use bytes::Bytes;
+use conn::{ConnTable, DIRTY, Endpoint, FIN_AFTER_FLUSH, PEER_EOF, SENDING, State, TRIM_WHEN_DRAINED};
+use io::{Intent, Listener, PeerAddr, SendResult, Sock, Token, Transmit};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use xmsg::XMsg;
+
+/// Milliseconds per wheel tick.
+pub const TICK_MS: u64 = 10;
+/// Buckets of the timing wheel: 4096 × 10 ms ≈ 41 s per revolution, longer than the default
+/// heartbeat, so common deadlines are visited once.
+pub const WHEEL_BUCKETS: usize = 4096;
+/// Ticks between two snapshots of the counters.
+const PUBLISH_EVERY_TICKS: u32 = 10;
+
+pub(crate) fn limits_ticks(ms: u64) -> u32 {
+    ms.div_ceil(TICK_MS).min(u32::MAX as u64 / 2) as u32
+}
+
+/// Everything an engine needs from the server at start.
+pub struct EngineSetup {
+    /// Shard index.
+    pub index: usize,
+    /// Number of shards.
+    pub shards: usize,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Where the shard publishes its counters.
+    pub published: Arc<Published>,
+    /// Every shard's published counters (for the control socket's `stats`).
+    pub all_published: Arc<Vec<Arc<Published>>>,
+    /// Makes channel epochs differ between runs (start time in ms).
+    pub epoch_base: u64,
+    /// This shard's ends of the cross-shard rings.
+    pub mesh: Endpoints<XMsg>,
+}
+
+thread_local! {
+    /// The connection whose event the shard is handling, for the panic report.
+    static CURRENT_CONN: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// The id of the connection this shard thread was handling, if any (read by the panic hook:
+/// a panic in a shard is a bug, and its report names the connection involved).
+pub fn current_conn() -> Option<u64> {
+    CURRENT_CONN.with(|c| c.get())
+}
+
+/// A shard's connection logic.
+pub struct Engine {
+    config: Arc<Config>,
+    index: usize,
+    shards: usize,
+    // Connections and what bounds them.
+    conns: ConnTable,
+    /// Bytes owed to all connections of this shard (queued or in flight), bounded by
+    /// `shard_outbound_bytes_max`.
+    queued_bytes: usize,
+    /// While the real figure is under the limit, the running total at which to measure again.
+    shed_recheck_at: usize,
+    /// Bytes of partly received messages held by decoders, bounded by `shard_inbound_bytes_max`.
+    inbound_bytes: usize,
+    /// Connections in the handshaking state, bounded by `handshakes_per_shard_max`.
+    handshaking: usize,
+    /// Open control connections, bounded by `control_conns_per_shard_max`.
+    control_open: usize,
+    /// Connections per client address (only with `conns_per_ip_max`).
+    per_ip: HashMap<PeerAddr, u32>,
+    dirty: Vec<u32>,
+    dirty_next: Vec<u32>,
+    // Channels.
+    local: LocalChannels,
+    owned: OwnedChannels,
+    slow_scratch: Vec<u32>,
+    // Cross-shard rings.
+    outboxes: Vec<Option<Outbox<XMsg>>>,
+    inbox: Inbox<XMsg>,
+    self_queue: VecDeque<XMsg>,
+    xbatch: Vec<XMsg>,
+    // Control connections.
+    line_arena: Vec<u8>,
+    line_ranges: Vec<Option<std::ops::Range<usize>>>,
+    all_published: Arc<Vec<Arc<Published>>>,
+    /// Whether a foreign-protocol control connection was logged (once per shard).
+    foreign_logged: bool,
+    // Time.
+    wheel: Wheel,
+    fired: Vec<usize>,
+    now_tick: u32,
+    now_ms: u64,
+    last_publish_tick: u32,
+    shutting_down: Option<u32>,
+    counters: Counters,
+    published: Arc<Published>,
+    intents: Vec<Intent>,
+    ws_limits: DecoderLimits,
+    echo_limits: DecoderLimits,
+}
+
+impl Engine {
+    /// An engine with no connections, at time 0.
+    pub fn new(setup: EngineSetup) -> Engine {
+        let limits = &setup.config.limits;
+        let mut wheel = Wheel::new(WHEEL_BUCKETS, 0);
+        wheel.reserve_keys(crate::budget::wheel_keys(limits));
+        Engine {
+            index: setup.index,
+            shards: setup.shards,
+            conns: ConnTable::with_capacity(limits.conns_per_shard_max),
+            queued_bytes: 0,
+            shed_recheck_at: 0,
+            inbound_bytes: 0,
+            handshaking: 0,
+            control_open: 0,
+            per_ip: HashMap::new(),
+            dirty: Vec::new(),
+            dirty_next: Vec::new(),
+            local: LocalChannels::default(),
+            owned: OwnedChannels::new(setup.epoch_base, limits.channels_per_shard_max),
+            slow_scratch: Vec::new(),
+            outboxes: setup.mesh.outboxes,
+            inbox: setup.mesh.inbox,
+            self_queue: VecDeque::new(),
+            xbatch: Vec::new(),
+            line_arena: Vec::new(),
+            line_ranges: Vec::new(),
+            all_published: setup.all_published,
+            foreign_logged: false,
+            wheel,
+            fired: Vec::new(),
+            now_tick: 0,
+            now_ms: 0,
+            last_publish_tick: 0,
+            shutting_down: None,
+            counters: Counters::default(),
+            published: setup.published,
+            intents: Vec::new(),
+            ws_limits: DecoderLimits {
+                message_bytes_max: limits.message_bytes_max,
+                fragments_max: limits.fragments_per_message_max,
+            },
+            echo_limits: DecoderLimits {
+                message_bytes_max: limits.echo_message_bytes_max,
+                fragments_max: limits.echo_fragments_per_message_max,
+            },
+            config: setup.config,
+        }
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// This shard's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Heap bytes the engine allocated at start (the wheel), for the budget check.
+    pub fn preallocated_bytes(&self) -> usize {
+        self.wheel.heap_bytes()
+    }
+
+    /// Counters a driver bumps for its own events (receives re-armed, for instance).
+    pub fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+
+    /// The counters as they are now.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Whether the driver should pass the peer's address with `on_accept` (a `getpeername` per
+    /// accept is paid only when the per-address limit is on).
+    pub fn wants_peer_addr(&self) -> bool {
+        self.config.limits.conns_per_ip_max > 0
+    }
+
+    /// Moves the intents produced so far into `out` (in order).
+    pub fn take_intents(&mut self, out: &mut Vec<Intent>) {
+        out.append(&mut self.intents);
+    }
+
+    /// Whether intents wait to be taken.
+    pub fn has_intents(&self) -> bool {
+        !self.intents.is_empty()
+    }
+
+    /// The socket of `token` if it still names a live connection (a driver re-arms a receive
+    /// only then).
+    pub fn live_sock(&self, token: Token) -> Option<Sock> {
+        self.conns
+            .get(token.slot as usize)
+            .filter(|c| c.generation == token.generation)
+            .map(|c| c.sock)
+    }
+
+    fn note_conn(&self, token: Token) {
+        let id = crate::id::ConnId::new(self.index, token.slot as usize, token.generation).get();
+        CURRENT_CONN.with(|c| c.set(Some(id)));
+    }
+
+    /// A listener produced a socket. `peer` is needed only when `wants_peer_addr`.
+    pub fn on_accept(&mut self, listener: Listener, sock: Sock, peer: Option<PeerAddr>) {
+        CURRENT_CONN.with(|c| c.set(None));
+        if let Listener::Control(_) = listener {
+            if self.shutting_down.is_some() || self.conns.len() >= self.limits().conns_per_shard_max
+            {
+                self.counters.control_refusals += 1;
+                self.intents.push(Intent::Refuse {
+                    sock,
+                    response: Bytes::new(),
+                });
+                return;
+            }
+            return self.open_control(sock);
+        }
+        self.counters.accepted += 1;
+        let full = self.conns.len() >= self.limits().conns_per_shard_max
+            || self.handshaking >= self.limits().handshakes_per_shard_max;
+        if full || self.shutting_down.is_some() {
+            self.counters.conn_limit_refusals += 1;
+            return self.refuse(sock, Rejection::Unavailable);
+        }
+        let peer = match self.config.limits.conns_per_ip_max {
+            0 => None,
+            max => {
+                let per_shard = max.div_ceil(self.shards) as u32;
+                if let Some(peer) = peer {
+                    if self.per_ip.get(&peer).copied().unwrap_or(0) >= per_shard {
+                        return self.refuse(sock, Rejection::TooManyRequests);
+                    }
+                }
+                peer
+            }
+        };
+        let slot = self.conns.insert(sock, self.now_tick);
+        self.handshaking += 1;
+        if let Some(peer) = peer {
+            *self.per_ip.entry(peer).or_insert(0) += 1;
+            self.conns[slot].ext_mut().peer = Some(peer);
+        }
+        let deadline = self.now_tick + limits_ticks(self.limits().handshake_timeout_ms);
+        self.wheel.insert(slot, deadline);
+        let token = self.conns.token(slot);
+        self.intents.push(Intent::Read { token, sock });
+    }
+
+    /// Answers a socket that gets no slot: a short response, then close.
+    fn refuse(&mut self, sock: Sock, rejection: Rejection) {
+        self.counters.rejected(rejection.status());
+        self.intents.push(Intent::Refuse {
+            sock,
+            response: rejection.response(),
+        });
+    }
+
+    /// Bytes arrived on `token`'s socket. The engine may rewrite them (unmasking in place).
+    pub fn on_bytes(&mut self, token: Token, data: &mut [u8]) {
+        let slot = token.slot as usize;
+        let now = self.now_tick;
+        let Some(conn) = self.conns.live(token) else {
+            self.counters.stale_completions += 1;
+            return;
+        };
+        conn.last_rx_tick = now;
+        let state = conn.state;
+        let endpoint = conn.endpoint;
+        self.note_conn(token);
+        self.counters.bytes_in += data.len() as u64;
+        if endpoint == Endpoint::Control {
+            self.on_control_bytes(slot, data);
+            self.mark_dirty(slot);
+            return;
+        }
+        match state {
+            State::Handshaking => self.on_head_bytes(slot, data),
+            State::Open | State::Closing => {
+                if self.conns[slot].reads_frames() {
+                    self.decode(slot, data);
+                }
+            }
+            State::Draining => {}
+        }
+        if self.conns.contains(slot) {
+            self.mark_dirty(slot);
+        }
+    }
+
+    /// The peer's FIN arrived on `token`'s socket.
+    pub fn on_eof(&mut self, token: Token) {
+        let slot = token.slot as usize;
+        let Some(conn) = self.conns.live(token) else {
+            self.counters.stale_completions += 1;
+            return;
+        };
+        if conn.flags & PEER_EOF != 0 {
+            return; // reported once already (a readiness driver may see the FIN again)
+        }
+        if conn.endpoint == Endpoint::Control {
+            // A backend may half-close after writing its requests (`echo ... | socat`): a last
+            // request without its newline is still served, its replies still go out, then the
+            // connection is freed.
+            conn.flags |= PEER_EOF;
+            self.on_control_eof(slot);
+            if self.conns.contains(slot) {
+                self.close_after_flush(slot);
+            }
+            return;
+        }
+        // The connection ends with the code of its close handshake if one started, else as
+        // abnormal (1006).
+        let code = conn.close_code;
+        self.free(slot, code);
+    }
+
+    /// The socket of `token` failed.
+    pub fn on_error(&mut self, token: Token) {
+        let Some(conn) = self.conns.live(token) else {
+            self.counters.stale_completions += 1;
+            return;
+        };
+        let code = conn.close_code;
+        self.free(token.slot as usize, code);
+    }
+
+    /// A send submitted through `Transmit` completed; `frames` is its batch, which the engine
+    /// takes back (what was not sent returns to the front of the queue) and leaves empty.
+    pub fn on_sent(&mut self, token: Token, frames: &mut Vec<Bytes>, result: SendResult) {
+        self.counters.sends += 1;
+        let slot = token.slot as usize;
+        let Some(conn) = self.conns.live(token) else {
+            frames.clear();
+            self.counters.stale_completions += 1;
+            return;
+        };
+        assert!(conn.flags & SENDING != 0, "a send completed that was not in flight");
+        conn.flags &= !SENDING;
+        let sent = match result {
+            SendResult::Sent(n) if n > 0 => n,
+            _ => {
+                frames.clear();
+                let code = conn.close_code;
+                self.note_conn(token);
+                self.free(slot, code);
+                return;
+            }
+        };
+        self.counters.bytes_out += sent as u64;
+        conn.out.complete(frames, sent, &mut self.queued_bytes);
+        if conn.flags & TRIM_WHEN_DRAINED != 0 && conn.out.release_if_empty() {
+            conn.flags &= !TRIM_WHEN_DRAINED;
+        }
+        debug_assert!(frames.is_empty());
+        self.mark_dirty(slot);
+    }
+
+    /// Time passed: `now_ms` on the driver's clock (milliseconds since the shard started).
+    /// Fires due deadlines and publishes the counters every few ticks.
+    pub fn tick(&mut self, now_ms: u64) {
+        CURRENT_CONN.with(|c| c.set(None));
+        debug_assert!(now_ms >= self.now_ms, "time went backwards");
+        self.now_ms = now_ms.max(self.now_ms);
+        self.now_tick = (self.now_ms / TICK_MS) as u32;
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(self.now_tick, &mut fired);
+        for &slot in &fired {
+            let Some(conn) = self.conns.get(slot) else {
+                continue;
+            };
+            match conn.state {
+                State::Handshaking => {
+                    self.counters.handshake_timeouts += 1;
+                    self.free(slot, 0);
+                }
+                State::Open => self.heartbeat(slot),
+                State::Closing | State::Draining => {
+                    let code = conn.close_code;
+                    self.free(slot, code);
+                }
+            }
+        }
+        fired.clear();
+        self.fired = fired;
+        if self.now_tick.wrapping_sub(self.last_publish_tick) >= PUBLISH_EVERY_TICKS {
+            self.last_publish_tick = self.now_tick;
+            self.publish_counters();
+        }
+    }
+
+    /// Publishes a snapshot of the counters (for `stats` and the server's totals).
+    pub fn publish_counters(&mut self) {
+        self.counters.open = self.conns.len() as u64;
+        self.published.publish(&self.counters);
+    }
+
+    /// Connections in use (WebSocket and control).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether a graceful shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.is_some()
+    }
+
+    /// Whether the shutdown is complete: every connection is gone, or its deadline passed.
+    pub fn is_done(&self) -> bool {
+        match self.shutting_down {
+            None => false,
+            Some(deadline) => {
+                self.conns.is_empty() || self.now_tick.wrapping_sub(deadline) as i32 >= 0
+            }
+        }
+    }
+
+    pub(crate) fn mark_dirty(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        if conn.flags & (DIRTY | SENDING) == 0 && conn.out.has_queued() {
+            conn.flags |= DIRTY;
+            self.dirty.push(slot as u32);
+        } else if conn.flags & (SENDING | DIRTY) == 0 && conn.flags & FIN_AFTER_FLUSH != 0 {
+            // A control connection finishes only when its last pending reply is out.
+            let replies_pending = conn.control().is_some_and(|s| s.has_pending());
+            if !replies_pending {
+                self.send_fin(slot);
+            }
+        }
+    }
+
+    /// Everything is sent: half-close, then wait for the peer's FIN (lingering close, so our
+    /// last frames are not destroyed by a reset).
+    fn send_fin(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        if conn.state == State::Draining {
+            return;
+        }
+        if conn.flags & PEER_EOF != 0 {
+            // Both directions are done.
+            let code = conn.close_code;
+            return self.free(slot, code);
+        }
+        conn.state = State::Draining;
+        let sock = conn.sock;
+        self.intents.push(Intent::ShutdownWrite { sock });
+        self.arm_close_deadline(slot);
+    }
+
+    /// Enforces `shard_outbound_bytes_max`: drops the connections with the largest queues as
+    /// slow consumers until the shard is back under 7/8 of the limit. A scan of the slab, but
+    /// only when the limit is passed, which a healthy shard never does.
+    fn shed_largest_queues(&mut self, tx: &impl Transmit) {
+        let max = self.config.limits.shard_outbound_bytes_max;
+        if self.queued_bytes <= max {
+            self.shed_recheck_at = 0;
+            return;
+        }
+        if self.queued_bytes <= self.shed_recheck_at {
+            return;
+        }
+        // The running total counts a frame shared by N queues N times (cheap to keep). Before
+        // dropping anyone, measure what the queues really hold; while that is under the limit,
+        // look again only after the running total grows by another eighth of it.
+        let real = self.real_queued_bytes(tx);
+        if real <= max {
+            self.shed_recheck_at = self.queued_bytes + max / 8;
+            return;
+        }
+        self.shed_recheck_at = 0;
+        // Shed until the running total is back under 7/8 of the limit, scaled by how much it
+        // overstates the real figure.
+        let target =
+            ((max / 8 * 7) as u128 * self.queued_bytes as u128 / real.max(1) as u128) as usize;
+        let mut by_size: Vec<(usize, usize)> = self
+            .conns
+            .iter()
+            .map(|(slot, c)| (c.out.owed_bytes(), slot))
+            .filter(|&(owed, _)| owed > 0)
+            .collect();
+        by_size.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, slot) in by_size {
+            if self.queued_bytes <= target {
+                break;
+            }
+            self.counters.shard_outbound_overflows += 1;
+            self.counters.slow_consumers += 1;
+            self.free(slot, close::SLOW_CONSUMER);
+        }
+    }
+
+    /// What the outbound queues really hold: their rings of handles (by capacity), and each
+    /// distinct payload once (frames shared by many queues point at the same bytes). A scan of
+    /// every queue and send in flight, done only when the running total passes its limit.
+    fn real_queued_bytes(&self, tx: &impl Transmit) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        let mut payloads = 0usize;
+        let mut count = |frame: &Bytes| {
+            if seen.insert(frame.as_ptr() as usize) {
+                payloads += frame.len();
+            }
+        };
+        let mut handles = 0usize;
+        for (_, conn) in self.conns.iter() {
+            handles += conn.out.heap_bytes();
+            conn.out.for_each_queued(&mut count);
+        }
+        handles += tx.in_flight(&mut count);
+        handles + payloads
+    }
+
+    /// The flush phase of a loop turn: every connection with queued frames and no send in
+    /// flight gets one batch (up to `send_iovecs_max` frames) handed to `tx`.
+    pub fn flush(&mut self, tx: &mut impl Transmit) {
+        self.shed_largest_queues(tx);
+        std::mem::swap(&mut self.dirty, &mut self.dirty_next);
+        let mut list = std::mem::take(&mut self.dirty_next);
+        let iov_max = self.config.limits.send_iovecs_max;
+        for &slot in &list {
+            let slot = slot as usize;
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            if conn.flags & DIRTY == 0 {
+                continue; // a stale entry: the slot was freed and reused
+            }
+            conn.flags &= !DIRTY;
+            if conn.flags & SENDING != 0 || !conn.out.has_queued() {
+                continue;
+            }
+            let Some((index, frames)) = tx.reserve() else {
+                // Every send buffer is in flight: try again next turn.
+                conn.flags |= DIRTY;
+                self.dirty.push(slot as u32);
+                continue;
+            };
+            conn.out.take_batch(iov_max, frames);
+            conn.flags |= SENDING;
+            let token = Token {
+                slot: slot as u32,
+                generation: conn.generation,
+            };
+            tx.submit(index, token, conn.sock);
+        }
+        list.clear();
+        self.dirty_next = list;
+    }
+
+    /// Frees a connection now: its slot, its timer, its socket (by `Intent::Close`). A send
+    /// still in flight keeps its frames in the driver; its completion will be counted stale.
+    pub(crate) fn free(&mut self, slot: usize, code: u16) {
+        if self.conns[slot].state == State::Handshaking {
+            self.handshaking -= 1;
+        }
+        self.leave_all(slot);
+        let mut conn = self.conns.remove(slot);
+        if let Some(ext) = conn.ext.take() {
+            if ext.control.is_some() {
+                self.control_open -= 1;
+            }
+            if let Some(peer) = ext.peer {
+                if let Some(n) = self.per_ip.get_mut(&peer) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_ip.remove(&peer);
+                    }
+                }
+            }
+        }
+        conn.out.clear(&mut self.queued_bytes);
+        self.inbound_bytes -= conn.decoder.heap_bytes().min(self.inbound_bytes);
+        self.wheel.remove(slot);
+        if code != 0 {
+            self.counters.closed(code);
+        }
+        self.intents.push(Intent::Close { sock: conn.sock });
+    }
+
+    /// Starts a graceful shutdown: stop accepting, close every WebSocket with 1001 behind what is
+    /// queued, answer what control connections already asked, all within `shutdown_timeout_ms`.
+    pub fn begin_shutdown(&mut self) {
+        if self.shutting_down.is_some() {
+            return;
+        }
+        let timeout = limits_ticks(self.config.limits.shutdown_timeout_ms);
+        self.shutting_down = Some(self.now_tick + timeout);
+        self.intents.push(Intent::StopAccepting);
+        let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            if !self.conns.contains(slot) {
+                continue;
+            }
+            if self.conns[slot].endpoint == Endpoint::Control {
+                // Replies to requests already read still go out; then EOF.
+                self.close_after_flush(slot);
+                self.wheel.insert(slot, self.now_tick + timeout);
+                continue;
+            }
+            match self.conns[slot].state {
+                State::Handshaking => self.free(slot, 0),
+                State::Open => {
+                    self.start_close(slot, close::GOING_AWAY);
+                    // Shutdown has its own deadline; the close deadline must not cut it short.
+                    self.wheel.insert(slot, self.now_tick + timeout);
+                }
+                State::Closing | State::Draining => {}
+            }
+        }
+    }
+}
