@@ -4,9 +4,9 @@
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ringcast::shard::outbound::Outbound;
-use ringcast::shard::pubsub::encode_message;
-use ringcast::shard::xmsg::Body;
+use ringcast::engine::outbound::Outbound;
+use ringcast::wire::encode_message;
+use ringcast::wire::Body;
 use std::hint::black_box;
 
 fn fanout(c: &mut Criterion) {

@@ -2,7 +2,7 @@
 //! threads (send, the receiver wakes from its eventfd, answers, the sender wakes from its own).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ringcast::xshard::{Sent, mesh};
+use ringcast::xshard::{Sent, doorbells, mesh};
 use std::hint::black_box;
 
 fn wait_readable(fd: i32) {
@@ -21,7 +21,7 @@ fn wait_readable(fd: i32) {
 fn push_pop(c: &mut Criterion) {
     let mut group = c.benchmark_group("xshard_ring");
     for batch in [1usize, 64, 1024] {
-        let mut ends = mesh::<u64>(2, 4096, 0).unwrap();
+        let mut ends = mesh::<u64>(2, 4096, 0);
         let mut b_end = ends.pop().unwrap();
         let mut a_end = ends.pop().unwrap();
         group.throughput(Throughput::Elements(batch as u64));
@@ -45,14 +45,18 @@ fn push_pop(c: &mut Criterion) {
 }
 
 fn doorbell_round_trip(c: &mut Criterion) {
-    let mut ends = mesh::<u64>(2, 1024, 0).unwrap();
+    let mut ends = mesh::<u64>(2, 1024, 0);
     let mut b_end = ends.pop().unwrap();
     let mut a_end = ends.pop().unwrap();
+    let bells = doorbells(2).unwrap();
+    let (bell_a, bell_b) = (bells[0].clone(), bells[1].clone());
+    let bell_a2 = bell_a.clone();
+    let bell_b_echo = bell_b.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     // The echo side: sleep on its doorbell, answer every message.
     let echo = std::thread::spawn(move || {
-        let bell = b_end.inbox.bell().clone();
+        let bell = bell_b_echo;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
             let mut got = Vec::new();
             if b_end.inbox.drain(64, |m| got.push(m)) == 0 {
@@ -66,15 +70,19 @@ fn doorbell_round_trip(c: &mut Criterion) {
             for m in got {
                 out.send(m);
             }
-            out.flush();
+            if out.flush() {
+                bell_a2.ring();
+            }
         }
     });
-    let bell = a_end.inbox.bell().clone();
+    let bell = bell_a.clone();
     c.bench_function("xshard_doorbell_round_trip", |b| {
         b.iter(|| {
             let out = a_end.outboxes[1].as_mut().unwrap();
             out.send(7);
-            out.flush();
+            if out.flush() {
+                bell_b.ring();
+            }
             loop {
                 let mut n = a_end.inbox.drain(1, |m| assert_eq!(m, 7));
                 if n == 0 {
@@ -95,6 +103,8 @@ fn doorbell_round_trip(c: &mut Criterion) {
     let out = a_end.outboxes[1].as_mut().unwrap();
     out.send(0);
     out.flush();
+    bells[1].set_sleeping();
+    bells[1].ring();
     echo.join().unwrap();
 }
 

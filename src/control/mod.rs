@@ -52,8 +52,8 @@ mod tests {
         for line in [
             reply_ok(Some("7"), "{\"offset\":1}"),
             reply_ok(None, "{}"),
-            reply_error(Some("\"a\""), "bad_json", "quote \" and newline \n inside"),
-            reply_error(None, "unknown_method", "x"),
+            reply_error(Some("\"a\""), ErrorCode::BadJson, "quote \" and newline \n inside"),
+            reply_error(None, ErrorCode::UnknownMethod, "x"),
         ] {
             assert!(line.ends_with('\n'));
             assert_eq!(line.matches('\n').count(), 1, "{line}");

@@ -238,7 +238,7 @@ mod tests {
     use super::*;
 
     fn code(line: &str) -> &'static str {
-        parse(line.as_bytes()).unwrap_err().code
+        parse(line.as_bytes()).unwrap_err().code.as_str()
     }
 
     #[test]

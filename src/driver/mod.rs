@@ -14,6 +14,7 @@
 //! → tick. The doorbell protocol (drain, mark sleeping, drain again, then wait) is the same.
 
 pub mod epoll;
+pub mod memory;
 pub mod socket;
 pub mod uring;
 

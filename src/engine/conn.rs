@@ -71,6 +71,15 @@ pub struct Ext {
     pub deferred: VecDeque<Vec<u8>>,
     /// The peer's address (kept only while `conns_per_ip_max` is on).
     pub peer: Option<PeerAddr>,
+    /// Bytes of an upgrade request that did not arrive in one read.
+    pub head: Vec<u8>,
+}
+
+impl Ext {
+    /// Whether nothing is held (the box can go).
+    pub fn is_empty(&self) -> bool {
+        self.control.is_none() && self.deferred.is_empty() && self.peer.is_none() && self.head.is_empty()
+    }
 }
 
 /// A connection.
@@ -100,8 +109,6 @@ pub struct Conn {
     pub awaiting: u8,
     /// Frame decoder (no heap when idle).
     pub decoder: Decoder,
-    /// Bytes of the upgrade request so far; empty and unallocated once open.
-    pub head: Vec<u8>,
     /// Frames waiting to be sent.
     pub out: Outbound,
     /// Channels this connection subscribes to (no heap while it has none).
@@ -125,7 +132,6 @@ impl Conn {
             tokens: u8::MAX,
             awaiting: 0,
             decoder: Decoder::default(),
-            head: Vec::new(),
             out: Outbound::default(),
             subs: Vec::new(),
             ext: None,
@@ -265,7 +271,7 @@ mod tests {
         assert!(size <= 160, "connection state is {size} bytes");
         let conn = Conn::new(Sock(3), 1, 0);
         assert_eq!(conn.decoder.heap_bytes(), 0);
-        assert_eq!(conn.head.capacity(), 0);
+        assert!(conn.ext.is_none());
         assert_eq!(conn.out.heap_bytes(), 0);
         assert_eq!(conn.subs.capacity(), 0);
     }

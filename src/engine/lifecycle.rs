@@ -21,24 +21,48 @@ use bytes::Bytes;
 use std::ops::ControlFlow;
 
 impl Engine {
-    /// Bytes of a handshaking connection: collect the head (bounded), then parse it.
-    pub(super) fn on_head_bytes(&mut self, slot: usize, data: &[u8]) {
+    /// Bytes of a handshaking connection. A head that arrives whole in one read (the common
+    /// case) is parsed where it lies; a partial one is kept in the connection's extension
+    /// (bounded by `handshake_bytes_max`) until the rest arrives.
+    pub(super) fn on_head_bytes(&mut self, slot: usize, data: &mut [u8]) {
         let max = self.config.limits.handshake_bytes_max;
-        let conn = &mut self.conns[slot];
-        // Keep at most the limit (+4 so a complete head of exactly the limit parses).
-        let room = (max + 4).saturating_sub(conn.head.len());
-        conn.head.extend_from_slice(&data[..room.min(data.len())]);
-        self.on_head(slot);
+        let held = self.conns[slot]
+            .ext
+            .as_mut()
+            .map(|e| std::mem::take(&mut e.head))
+            .unwrap_or_default();
+        if held.is_empty() {
+            match handshake::parse(data, max) {
+                Ok(Some(request)) => {
+                    let rest = &mut data[request.head_len..];
+                    return self.on_request(slot, request, rest);
+                }
+                Ok(None) => {
+                    // Keep at most the limit (+4 so a complete head of exactly the limit parses).
+                    let keep = data.len().min(max + 4);
+                    self.conns[slot].ext_mut().head = data[..keep].to_vec();
+                    return;
+                }
+                Err(rejection) => return self.reject(slot, rejection),
+            }
+        }
+        let mut head = held;
+        head.extend_from_slice(data);
+        match handshake::parse(&head, max) {
+            Ok(Some(request)) => {
+                let mut rest = head.split_off(request.head_len);
+                self.on_request(slot, request, &mut rest);
+            }
+            Ok(None) => {
+                head.truncate(max + 4);
+                self.conns[slot].ext_mut().head = head;
+            }
+            Err(rejection) => self.reject(slot, rejection),
+        }
     }
 
-    pub(super) fn on_head(&mut self, slot: usize) {
-        let max = self.config.limits.handshake_bytes_max;
-        let parsed = handshake::parse(&self.conns[slot].head, max);
-        let request = match parsed {
-            Ok(None) => return,
-            Ok(Some(request)) => request,
-            Err(rejection) => return self.reject(slot, rejection),
-        };
+    /// A complete upgrade request: route it, open the WebSocket, decode what followed it.
+    fn on_request(&mut self, slot: usize, request: handshake::Request, rest: &mut [u8]) {
         let mut url_channels = Vec::new();
         let endpoint = match request.path.as_str() {
             "/echo" if self.config.echo => Endpoint::Echo,
@@ -73,9 +97,9 @@ impl Engine {
             handshake::response_101(&request.accept, None),
             &mut self.queued_bytes,
         );
-        // Bytes after the head are already frames (a client may pipeline them).
-        let mut rest = std::mem::take(&mut conn.head);
-        rest.drain(..request.head_len);
+        if conn.ext.as_ref().is_some_and(|e| e.is_empty()) {
+            conn.ext = None;
+        }
         self.wheel.remove(slot);
         if matches!(endpoint, Endpoint::Push { .. }) && ping_ms > 0 {
             self.wheel.insert(slot, now + limits_ticks(ping_ms));
@@ -89,8 +113,9 @@ impl Engine {
                 self.reply_channel_error(slot, e, None);
             }
         }
+        // Bytes after the head are already frames (a client may pipeline them).
         if !rest.is_empty() {
-            self.decode(slot, &mut rest);
+            self.decode(slot, rest);
         }
     }
 
@@ -104,7 +129,9 @@ impl Engine {
         assert_eq!(self.conns[slot].state, State::Handshaking);
         self.handshaking -= 1;
         let conn = &mut self.conns[slot];
-        conn.head = Vec::new();
+        if let Some(ext) = conn.ext.as_mut() {
+            ext.head = Vec::new();
+        }
         conn.out
             .push_control(rejection.response(), &mut self.queued_bytes);
         self.close_after_flush(slot);

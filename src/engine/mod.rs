@@ -311,7 +311,9 @@ impl Engine {
         self.counters.bytes_in += data.len() as u64;
         if endpoint == Endpoint::Control {
             self.on_control_bytes(slot, data);
-            self.mark_dirty(slot);
+            if self.conns.contains(slot) {
+                self.mark_dirty(slot);
+            }
             return;
         }
         match state {
@@ -433,6 +435,11 @@ impl Engine {
     pub fn publish_counters(&mut self) {
         self.counters.open = self.conns.len() as u64;
         self.published.publish(&self.counters);
+    }
+
+    /// Bytes owed to this shard's connections (queued or in flight).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 
     /// Connections in use (WebSocket and control).

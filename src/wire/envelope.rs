@@ -296,7 +296,7 @@ mod tests {
             unsubscribed("a", None),
             published("a", Some("1")),
             pong(None),
-            error("bad_json", "it said \"x\"\n", Some("[1]")),
+            error(ErrorCode::BadJson, "it said \"x\"\n", Some("[1]")),
         ] {
             let v: serde_json::Value =
                 serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));

@@ -1,0 +1,547 @@
+//! The engine on the in-memory driver: every lifecycle state and every overflow path, with no
+//! socket and deterministic time.
+
+use crate::channel::owner_of;
+use crate::config::Config;
+use crate::driver::memory::Cluster;
+use crate::engine::io::{Listener, Sock};
+use crate::proto::close;
+use crate::proto::frame::{OpCode, encode_client};
+use serde_json::{Value, json};
+
+const MASK: [u8; 4] = [1, 2, 3, 4];
+
+fn config() -> Config {
+    let mut config = Config {
+        echo: true,
+        ..Config::default()
+    };
+    // Small enough for tests to reach, large enough for the handshake.
+    config.limits.outbound_bytes_max = 64 * 1024;
+    config
+}
+
+/// A channel name whose owner is `shard` (of `shards`).
+fn owned_by(shard: usize, shards: usize, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|n| owner_of(n, shards) == shard)
+        .unwrap()
+}
+
+/// A WebSocket client: its socket and the bytes received but not yet parsed.
+struct Ws {
+    sock: Sock,
+    buf: Vec<u8>,
+}
+
+/// A server frame: opcode and payload.
+type Frame = (u8, Vec<u8>);
+
+impl Ws {
+    fn open(c: &mut Cluster, shard: usize, path: &str) -> Ws {
+        let sock = c.connect(shard, Listener::WebSocket);
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        c.write(sock, req.as_bytes());
+        c.settle();
+        let mut ws = Ws {
+            sock,
+            buf: Vec::new(),
+        };
+        ws.buf.extend(c.read(sock));
+        let end = ws
+            .buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a complete response head");
+        let head = String::from_utf8_lossy(&ws.buf[..end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        ws.buf.drain(..end + 4);
+        ws
+    }
+
+    fn send_text(&self, c: &mut Cluster, text: &str) {
+        c.write(self.sock, &encode_client(OpCode::Text, true, text.as_bytes(), MASK));
+    }
+
+    /// Every complete frame received so far.
+    fn frames(&mut self, c: &mut Cluster) -> Vec<Frame> {
+        self.buf.extend(c.read(self.sock));
+        let mut out = Vec::new();
+        loop {
+            let b = &self.buf;
+            if b.len() < 2 {
+                break;
+            }
+            let (len, start) = match b[1] & 0x7f {
+                126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 if b.len() >= 10 => {
+                    (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10)
+                }
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if b.len() < start + len {
+                break;
+            }
+            out.push((b[0] & 0x0f, b[start..start + len].to_vec()));
+            self.buf.drain(..start + len);
+        }
+        out
+    }
+
+    /// The JSON texts received so far.
+    fn texts(&mut self, c: &mut Cluster) -> Vec<Value> {
+        self.frames(c)
+            .into_iter()
+            .filter(|f| f.0 == 1)
+            .map(|f| serde_json::from_slice(&f.1).unwrap())
+            .collect()
+    }
+}
+
+/// The close code of a close frame among `frames`.
+fn close_code(frames: &[Frame]) -> Option<u16> {
+    frames
+        .iter()
+        .find(|f| f.0 == 8)
+        .map(|f| u16::from_be_bytes([f.1[0], f.1[1]]))
+}
+
+/// A control connection on `shard`.
+fn control(c: &mut Cluster, shard: usize) -> Sock {
+    c.connect(shard, Listener::Control(0))
+}
+
+/// The reply lines received so far.
+fn lines(c: &mut Cluster, sock: Sock) -> Vec<Value> {
+    let bytes = c.read(sock);
+    String::from_utf8(bytes)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn call(c: &mut Cluster, sock: Sock, requests: &[Value]) -> Vec<Value> {
+    let mut text = String::new();
+    for r in requests {
+        text.push_str(&r.to_string());
+        text.push('\n');
+    }
+    c.write(sock, text.as_bytes());
+    c.settle();
+    lines(c, sock)
+}
+
+#[test]
+fn handshake_deadline_frees_a_silent_connection() {
+    let mut c = Cluster::new(config(), 1);
+    let sock = c.connect(0, Listener::WebSocket);
+    c.write(sock, b"GET /ws HTTP/1.1\r\n");
+    c.settle();
+    assert_eq!(c.engine(0).connections(), 1);
+    c.advance(c_limits().handshake_timeout_ms - 20);
+    assert!(!c.pipe(sock).closed, "closed before its deadline");
+    c.advance(40);
+    assert!(c.pipe(sock).closed);
+    assert_eq!(c.engine(0).connections(), 0);
+    assert_eq!(c.counters(0).handshake_timeouts, 1);
+}
+
+fn c_limits() -> crate::config::Limits {
+    config().limits
+}
+
+#[test]
+fn bad_handshake_gets_an_http_error_then_fin() {
+    let mut c = Cluster::new(config(), 1);
+    let sock = c.connect(0, Listener::WebSocket);
+    c.write(sock, b"GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.settle();
+    let text = String::from_utf8(c.read(sock)).unwrap();
+    assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+    assert!(c.pipe(sock).server_fin, "FIN follows the response");
+    c.client_fin(sock);
+    c.settle();
+    assert!(c.pipe(sock).closed);
+    assert_eq!(c.engine(0).connections(), 0);
+}
+
+#[test]
+fn heartbeat_pings_then_closes_a_silent_client() {
+    let mut c = Cluster::new(config(), 1);
+    let interval = c_limits().ping_interval_ms;
+    let mut ws = Ws::open(&mut c, 0, "/ws");
+    assert_eq!(ws.texts(&mut c)[0]["op"], "welcome");
+    c.advance(interval);
+    let frames = ws.frames(&mut c);
+    assert!(frames.iter().any(|f| f.0 == 9), "a ping after one interval: {frames:?}");
+    c.advance(interval);
+    let frames = ws.frames(&mut c);
+    assert_eq!(close_code(&frames), Some(close::HEARTBEAT_TIMEOUT));
+    // The close handshake's deadline frees the slot though the client never answers.
+    c.advance(c_limits().close_timeout_ms + 20);
+    assert!(c.pipe(ws.sock).closed);
+    assert_eq!(c.counters(0).closed_with(close::HEARTBEAT_TIMEOUT), 1);
+}
+
+#[test]
+fn a_client_that_answers_pings_stays_open() {
+    let mut c = Cluster::new(config(), 1);
+    let interval = c_limits().ping_interval_ms;
+    let mut ws = Ws::open(&mut c, 0, "/ws");
+    for _ in 0..4 {
+        c.advance(interval);
+        assert!(ws.frames(&mut c).iter().any(|f| f.0 == 9));
+        c.write(ws.sock, &encode_client(OpCode::Pong, true, b"", MASK));
+        c.settle();
+    }
+    assert!(!c.pipe(ws.sock).closed);
+    assert_eq!(c.counters(0).closed_with(close::HEARTBEAT_TIMEOUT), 0);
+}
+
+#[test]
+fn client_close_is_echoed_then_fin_then_freed() {
+    let mut c = Cluster::new(config(), 1);
+    let mut ws = Ws::open(&mut c, 0, "/echo");
+    let mut payload = 1000u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"bye");
+    c.write(ws.sock, &encode_client(OpCode::Close, true, &payload, MASK));
+    c.settle();
+    assert_eq!(close_code(&ws.frames(&mut c)), Some(1000));
+    assert!(c.pipe(ws.sock).server_fin, "half-closed after the close frame");
+    assert!(!c.pipe(ws.sock).closed, "waits for the peer's FIN (lingering close)");
+    c.client_fin(ws.sock);
+    c.settle();
+    assert!(c.pipe(ws.sock).closed);
+    assert_eq!(c.counters(0).closed_with(1000), 1);
+}
+
+#[test]
+fn draining_connection_is_freed_at_its_deadline() {
+    let mut c = Cluster::new(config(), 1);
+    let ws = Ws::open(&mut c, 0, "/echo");
+    c.write(ws.sock, &encode_client(OpCode::Close, true, &1000u16.to_be_bytes(), MASK));
+    c.settle();
+    assert!(c.pipe(ws.sock).server_fin);
+    c.advance(c_limits().close_timeout_ms + 20);
+    assert!(c.pipe(ws.sock).closed, "no FIN from the peer: freed at the deadline");
+}
+
+#[test]
+fn echo_and_protocol_errors() {
+    let mut c = Cluster::new(config(), 1);
+    let mut ws = Ws::open(&mut c, 0, "/echo");
+    ws.send_text(&mut c, "hello");
+    c.settle();
+    assert_eq!(ws.frames(&mut c), vec![(1, b"hello".to_vec())]);
+    // An unmasked frame is a protocol error (RFC 6455 §5.1): 1002.
+    c.write(ws.sock, b"\x81\x02hi");
+    c.settle();
+    assert_eq!(close_code(&ws.frames(&mut c)), Some(close::PROTOCOL_ERROR));
+}
+
+#[test]
+fn slow_consumer_is_closed_with_4001_and_others_keep_receiving() {
+    let mut c = Cluster::new(config(), 1);
+    let mut slow = Ws::open(&mut c, 0, "/ws?channel=news");
+    let mut fast = Ws::open(&mut c, 0, "/ws?channel=news");
+    slow.texts(&mut c);
+    fast.texts(&mut c);
+    c.set_window(slow.sock, Some(0));
+    let ctl = control(&mut c, 0);
+    let data = "x".repeat(1000);
+    // Ten reads of ten publishes (10 KiB each): the reader keeps up; the slow client's queue
+    // passes its 64 KiB bound.
+    for _ in 0..10 {
+        let mut text = String::new();
+        for _ in 0..10 {
+            let line = json!({"method":"publish","channel":"news","text":data,"noreply":true});
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        c.write(ctl, text.as_bytes());
+        c.settle();
+    }
+    assert_eq!(fast.texts(&mut c).len(), 100, "the reader got everything");
+    assert_eq!(c.counters(0).slow_consumers, 1);
+    // The backlog was dropped, so the close frame is what the slow client reads next.
+    c.set_window(slow.sock, None);
+    c.settle();
+    assert_eq!(close_code(&slow.frames(&mut c)), Some(close::SLOW_CONSUMER));
+}
+
+#[test]
+fn replies_keep_request_order_across_shards() {
+    let mut c = Cluster::new(config(), 2);
+    let remote = owned_by(1, 2, "r");
+    let local = owned_by(0, 2, "l");
+    let ctl = control(&mut c, 0);
+    let replies = call(
+        &mut c,
+        ctl,
+        &[
+            json!({"id":1,"method":"publish","channel":remote,"text":"a"}),
+            json!({"id":2,"method":"info"}),
+            json!({"id":3,"method":"publish","channel":local,"text":"b"}),
+            json!({"id":4,"method":"channels"}),
+            json!({"id":5,"method":"nope"}),
+        ],
+    );
+    let ids: Vec<i64> = replies.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+    assert_eq!(replies[4]["error"]["code"], "unknown_method");
+}
+
+#[test]
+fn commands_wait_for_a_subscription_on_another_shard() {
+    let mut c = Cluster::new(config(), 2);
+    let remote = owned_by(1, 2, "d");
+    let mut ws = Ws::open(&mut c, 0, "/ws");
+    ws.texts(&mut c);
+    // One read: subscribe (its owner is the other shard) then ping.
+    let mut bytes = encode_client(
+        OpCode::Text,
+        true,
+        json!({"op":"subscribe","channel":remote,"id":1}).to_string().as_bytes(),
+        MASK,
+    );
+    bytes.extend(encode_client(OpCode::Text, true, br#"{"op":"ping","id":2}"#, MASK));
+    c.write(ws.sock, &bytes);
+    c.settle();
+    let replies = ws.texts(&mut c);
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(replies[0]["op"], "subscribed");
+    assert_eq!(replies[1]["op"], "pong");
+}
+
+#[test]
+fn graceful_shutdown_closes_with_1001_and_answers_control() {
+    let mut c = Cluster::new(config(), 2);
+    let mut ws = Ws::open(&mut c, 0, "/ws?channel=a");
+    ws.texts(&mut c);
+    let ctl = control(&mut c, 0);
+    let remote = owned_by(1, 2, "q");
+    let publish = json!({"id":1,"method":"publish","channel":remote,"text":"x"}).to_string();
+    c.write(ctl, format!("{publish}\n").as_bytes());
+    // Shard 0 reads the request and sends it to the owner; then both shards shut down.
+    c.turn_shard(0);
+    c.engine(0).begin_shutdown();
+    c.engine(1).begin_shutdown();
+    c.settle();
+    assert!(c.stopped_accepting[0] && c.stopped_accepting[1]);
+    assert_eq!(close_code(&ws.frames(&mut c)), Some(close::GOING_AWAY));
+    assert_eq!(lines(&mut c, ctl)[0]["id"], 1, "a request read before shutdown is answered");
+    assert!(c.pipe(ctl).server_fin);
+    assert!(!c.engine(0).is_done());
+    c.client_fin(ws.sock);
+    c.client_fin(ctl);
+    c.settle();
+    assert!(c.engine(0).is_done() && c.engine(1).is_done());
+    // A connection arriving now is refused with 503.
+    let late = c.connect(0, Listener::WebSocket);
+    assert!(c.pipe(late).refused.as_ref().unwrap().starts_with(b"HTTP/1.1 503"));
+}
+
+fn tight_rings() -> Config {
+    let mut config = config();
+    config.limits.xshard_ring_capacity = 1;
+    config.limits.xshard_overflow_max = 1;
+    config
+}
+
+#[test]
+fn refused_publish_answers_overloaded_and_later_replies_still_come() {
+    let mut c = Cluster::new(tight_rings(), 2);
+    let remote = owned_by(1, 2, "p");
+    let ctl = control(&mut c, 0);
+    let mut text = String::new();
+    for id in 1..=5 {
+        text.push_str(&json!({"id":id,"method":"publish","channel":remote,"text":"x"}).to_string());
+        text.push('\n');
+    }
+    text.push_str("{\"id\":6,\"method\":\"info\"}\n");
+    c.write(ctl, text.as_bytes());
+    // Only shard 0 runs: shard 1 does not drain, so its ring (1) and the overflow queue (1) fill.
+    c.turn_shard(0);
+    c.turn_shard(0);
+    c.settle();
+    let replies = lines(&mut c, ctl);
+    let ids: Vec<i64> = replies.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5, 6], "every request answered, in order");
+    let overloaded = replies
+        .iter()
+        .filter(|r| r["error"]["code"] == "overloaded")
+        .count();
+    assert_eq!(overloaded, 3);
+    assert_eq!(c.counters(0).xshard_refused_publishes, 3);
+    assert!(replies[5]["result"]["version"].is_string());
+}
+
+#[test]
+fn control_plane_messages_are_never_refused() {
+    let mut c = Cluster::new(tight_rings(), 2);
+    // Ten channels owned by shard 1, all subscribed from the URL: ten interest messages at once.
+    let names: Vec<String> = (0..10).map(|i| owned_by(1, 2, &format!("s{i}x"))).collect();
+    let query: Vec<String> = names.iter().map(|n| format!("channel={n}")).collect();
+    let sock = c.connect(0, Listener::WebSocket);
+    let req = format!(
+        "GET /ws?{} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        query.join("&")
+    );
+    c.write(sock, req.as_bytes());
+    // Only shard 0 runs: its ring to shard 1 (1) and overflow queue (1) fill up.
+    for _ in 0..3 {
+        c.turn_shard(0);
+    }
+    assert!(c.counters(0).xshard_overflows >= 8, "the interest overflowed the ring");
+    c.settle();
+    let bytes = c.read(sock);
+    let text = String::from_utf8_lossy(&bytes);
+    let subscribed = text.matches("\"op\":\"subscribed\"").count();
+    assert_eq!(subscribed, 10, "every interest acknowledged: {text}");
+    assert_eq!(c.total().xshard_refused, 0);
+}
+
+#[test]
+fn refused_deliveries_show_as_an_offset_gap() {
+    let mut c = Cluster::new(tight_rings(), 2);
+    let name = owned_by(0, 2, "g");
+    let mut ws = Ws::open(&mut c, 1, &format!("/ws?channel={name}"));
+    c.settle();
+    assert_eq!(ws.texts(&mut c).len(), 2, "welcome and subscribed");
+    let ctl = control(&mut c, 0);
+    let mut text = String::new();
+    for i in 0..6 {
+        let text_i = format!("m{i}");
+        text.push_str(
+            &json!({"method":"publish","channel":name,"text":text_i,"noreply":true}).to_string(),
+        );
+        text.push('\n');
+    }
+    c.write(ctl, text.as_bytes());
+    c.turn_shard(0);
+    c.turn_shard(0);
+    c.settle();
+    let offsets: Vec<u64> = ws
+        .texts(&mut c)
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    let refused = c.counters(0).xshard_refused_deliveries;
+    assert!(refused > 0);
+    assert_eq!(offsets.len() as u64 + refused, 6);
+    assert!(
+        offsets.windows(2).any(|w| w[1] > w[0] + 1) || offsets.last() != Some(&6),
+        "the gap is visible in the offsets: {offsets:?}"
+    );
+}
+
+#[test]
+fn foreign_protocol_on_the_control_socket_runs_nothing() {
+    let mut c = Cluster::new(config(), 1);
+    let mut ws = Ws::open(&mut c, 0, "/ws?channel=chat");
+    ws.texts(&mut c);
+    let ctl = control(&mut c, 0);
+    let body = json!({"method":"publish","channel":"chat","text":"pwned"}).to_string();
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}\n",
+        body.len() + 1
+    );
+    c.write(ctl, request.as_bytes());
+    c.settle();
+    assert!(c.pipe(ctl).closed, "closed at once");
+    assert!(c.read(ctl).is_empty(), "no answer");
+    assert_eq!(c.counters(0).control_foreign, 1);
+    assert_eq!(c.counters(0).control_requests, 0);
+    assert!(ws.texts(&mut c).is_empty(), "the body did not run");
+    // TLS: a ClientHello starts with 0x16.
+    let tls = control(&mut c, 0);
+    c.write(tls, &[0x16, 0x03, 0x01, 0x00, 0xa5]);
+    c.settle();
+    assert!(c.pipe(tls).closed);
+    assert_eq!(c.counters(0).control_foreign, 2);
+}
+
+#[test]
+fn immediate_replies_count_against_the_pending_bound() {
+    let mut config = config();
+    config.limits.control_pending_max = 4;
+    let mut c = Cluster::new(config, 1);
+    let ctl = control(&mut c, 0);
+    let requests: Vec<Value> = (1..=10).map(|id| json!({"id":id,"method":"info"})).collect();
+    let replies = call(&mut c, ctl, &requests);
+    assert_eq!(replies.len(), 5, "{replies:?}");
+    assert_eq!(replies[4]["id"], 5);
+    assert_eq!(replies[4]["error"]["code"], "limit_exceeded");
+    assert!(c.pipe(ctl).server_fin, "then EOF");
+    assert_eq!(c.counters(0).control_overloads, 1);
+}
+
+#[test]
+fn half_closed_control_client_gets_its_last_unterminated_request_answered() {
+    let mut c = Cluster::new(config(), 1);
+    let ctl = control(&mut c, 0);
+    c.write(ctl, b"{\"id\":1,\"method\":\"info\"}\n{\"id\":2,\"method\":\"info\"}");
+    c.client_fin(ctl);
+    c.settle();
+    let replies = lines(&mut c, ctl);
+    assert_eq!(replies.len(), 2);
+    assert_eq!(replies[1]["id"], 2);
+    assert!(c.pipe(ctl).closed);
+}
+
+#[test]
+fn with_a_token_a_malformed_line_before_auth_closes() {
+    let mut config = config();
+    config.control.token = Some("s3cret".into());
+    let mut c = Cluster::new(config, 1);
+    let ctl = control(&mut c, 0);
+    c.write(ctl, b"{not json}\n{\"method\":\"auth\",\"token\":\"s3cret\"}\n");
+    c.settle();
+    let replies = lines(&mut c, ctl);
+    assert_eq!(replies.len(), 1, "nothing after the bad line is read: {replies:?}");
+    assert_eq!(replies[0]["error"]["code"], "bad_json");
+    assert!(c.pipe(ctl).server_fin);
+}
+
+#[test]
+fn pongs_to_a_client_that_does_not_read_are_bounded() {
+    let mut config = config();
+    config.limits.client_messages_per_s = 0;
+    let mut c = Cluster::new(config, 1);
+    let ws = Ws::open(&mut c, 0, "/ws");
+    c.set_window(ws.sock, Some(0));
+    let ping = encode_client(OpCode::Ping, true, &[7u8; 125], MASK);
+    let mut flood = Vec::new();
+    for _ in 0..2000 {
+        flood.extend_from_slice(&ping);
+    }
+    c.write(ws.sock, &flood);
+    c.settle();
+    let skipped = c.counters(0).pongs_skipped;
+    assert!(skipped > 1000, "pongs past the outbound bound are skipped: {skipped}");
+    assert!(c.engine(0).queued_bytes() <= c_limits().outbound_bytes_max);
+    assert!(!c.pipe(ws.sock).closed, "skipping pongs closes nobody");
+}
+
+#[test]
+fn stale_send_completion_after_close_is_counted_not_applied() {
+    let mut c = Cluster::new(config(), 1);
+    let ws = Ws::open(&mut c, 0, "/echo");
+    c.set_window(ws.sock, Some(0));
+    c.write(ws.sock, &encode_client(OpCode::Text, true, b"stuck", MASK));
+    c.settle();
+    // The echo's send is in flight (window 0); the peer resets.
+    c.client_fin(ws.sock);
+    c.settle();
+    assert!(c.pipe(ws.sock).closed);
+    assert_eq!(c.engine(0).connections(), 0);
+    assert!(c.counters(0).stale_completions >= 1);
+}
+
