@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ringcast::engine::outbound::Outbound;
-use ringcast::wire::encode_message;
 use ringcast::wire::Body;
+use ringcast::wire::encode_message;
 use std::hint::black_box;
 
 fn fanout(c: &mut Criterion) {

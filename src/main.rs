@@ -2,9 +2,9 @@
 //! prints start-up errors as "cause + fix".
 
 use clap::{Parser, Subcommand};
+use ringcast::budget;
 use ringcast::config::Config;
 use ringcast::server::Server;
-use ringcast::budget;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;

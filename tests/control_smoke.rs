@@ -54,7 +54,10 @@ fn check(data: &[u8]) {
         match parse(&line) {
             Ok(request) => assert!(request.id.is_none_or(|id| id.len() <= 64)),
             Err(e) => assert!(
-                matches!(e.code.as_str(), "bad_json" | "unknown_method" | "bad_params"),
+                matches!(
+                    e.code.as_str(),
+                    "bad_json" | "unknown_method" | "bad_params"
+                ),
                 "{e:?}"
             ),
         }

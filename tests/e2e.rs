@@ -11,8 +11,18 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
+/// The driver under test: `RINGCAST_DRIVER=epoll|uring|auto` (the test command runs this suite
+/// once per driver); auto by default.
+fn driver() -> ringcast::config::DriverKind {
+    std::env::var("RINGCAST_DRIVER")
+        .ok()
+        .map(|d| d.parse().expect("RINGCAST_DRIVER is auto, uring or epoll"))
+        .unwrap_or_default()
+}
+
 fn config(shards: usize, limits: Limits) -> Config {
     Config {
+        driver: driver(),
         listen: "127.0.0.1:0".parse().unwrap(),
         shards,
         echo: true,

@@ -41,9 +41,9 @@ impl ChannelError {
     /// A one-line explanation; `name_bytes_max` is the configured `channel_name_bytes_max`.
     pub fn message(self, name_bytes_max: usize) -> String {
         match self {
-            ChannelError::BadName => format!(
-                "channel names are 1 to {name_bytes_max} characters of [A-Za-z0-9_.:@/-]"
-            ),
+            ChannelError::BadName => {
+                format!("channel names are 1 to {name_bytes_max} characters of [A-Za-z0-9_.:@/-]")
+            }
             ChannelError::TooManySubscriptions => {
                 "too many subscriptions on this connection".to_string()
             }

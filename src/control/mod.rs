@@ -52,7 +52,11 @@ mod tests {
         for line in [
             reply_ok(Some("7"), "{\"offset\":1}"),
             reply_ok(None, "{}"),
-            reply_error(Some("\"a\""), ErrorCode::BadJson, "quote \" and newline \n inside"),
+            reply_error(
+                Some("\"a\""),
+                ErrorCode::BadJson,
+                "quote \" and newline \n inside",
+            ),
             reply_error(None, ErrorCode::UnknownMethod, "x"),
         ] {
             assert!(line.ends_with('\n'));

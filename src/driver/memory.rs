@@ -118,8 +118,9 @@ impl Cluster {
             config.limits.xshard_ring_capacity,
             config.limits.xshard_overflow_max,
         );
-        let published: Vec<Arc<Published>> =
-            (0..shards).map(|_| Arc::new(Published::default())).collect();
+        let published: Vec<Arc<Published>> = (0..shards)
+            .map(|_| Arc::new(Published::default()))
+            .collect();
         let all = Arc::new(published.clone());
         let shards: Vec<Shard> = mesh
             .into_iter()
@@ -200,7 +201,9 @@ impl Cluster {
 
     /// The client's end of `sock`.
     pub fn pipe(&mut self, sock: Sock) -> &mut Pipe {
-        self.pipes.get_mut(&sock.0).expect("a socket of this cluster")
+        self.pipes
+            .get_mut(&sock.0)
+            .expect("a socket of this cluster")
     }
 
     /// The client writes `bytes` (delivered to the engine on the next turn).
@@ -285,7 +288,10 @@ impl Cluster {
         let mut still = Vec::new();
         for index in in_flight {
             let slot = &mut self.shards[i].tx.slots[index];
-            let pipe = self.pipes.get_mut(&slot.sock.0).expect("a socket of this cluster");
+            let pipe = self
+                .pipes
+                .get_mut(&slot.sock.0)
+                .expect("a socket of this cluster");
             if pipe.closed {
                 // The socket is gone: the kernel would fail the send.
                 let mut frames = std::mem::take(&mut slot.frames);

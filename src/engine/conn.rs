@@ -78,7 +78,10 @@ pub struct Ext {
 impl Ext {
     /// Whether nothing is held (the box can go).
     pub fn is_empty(&self) -> bool {
-        self.control.is_none() && self.deferred.is_empty() && self.peer.is_none() && self.head.is_empty()
+        self.control.is_none()
+            && self.deferred.is_empty()
+            && self.peer.is_none()
+            && self.head.is_empty()
     }
 }
 

@@ -9,12 +9,12 @@
 use super::Engine;
 use super::conn::{Endpoint, State};
 use super::io::{Intent, Sock};
-use crate::wire::ErrorCode;
 use super::outbound::Enqueue;
 use super::xmsg::{Body, ConnAction, Part, Query, ReplyTo, XMsg};
 use crate::channel::{self, ChannelError};
 use crate::control::{self, LineSplitter, Method, Payload};
 use crate::id::ConnId;
+use crate::wire::ErrorCode;
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
@@ -693,7 +693,8 @@ impl Engine {
             );
             state.pending.clear();
             conn.out.discard_queued(&mut self.queued_bytes);
-            conn.out.push_control(Bytes::from(line), &mut self.queued_bytes);
+            conn.out
+                .push_control(Bytes::from(line), &mut self.queued_bytes);
             return self.close_after_flush(slot);
         }
         if wrote {
@@ -728,11 +729,17 @@ impl Engine {
                 }
                 ConnAction::Subscribe(name) => match self.subscribe(slot, &name, None) {
                     Ok(()) => Part::Done,
-                    Err(e) => Part::Failed(e.code(), e.message(self.config.limits.channel_name_bytes_max)),
+                    Err(e) => Part::Failed(
+                        e.code(),
+                        e.message(self.config.limits.channel_name_bytes_max),
+                    ),
                 },
                 ConnAction::Unsubscribe(name) => match self.unsubscribe(slot, &name, None) {
                     Ok(()) => Part::Done,
-                    Err(e) => Part::Failed(e.code(), e.message(self.config.limits.channel_name_bytes_max)),
+                    Err(e) => Part::Failed(
+                        e.code(),
+                        e.message(self.config.limits.channel_name_bytes_max),
+                    ),
                 },
                 ConnAction::Disconnect(code, reason) => {
                     self.start_close_with(slot, code, &reason);

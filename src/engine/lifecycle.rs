@@ -68,11 +68,11 @@ impl Engine {
             "/echo" if self.config.echo => Endpoint::Echo,
             "/ws" => {
                 let limits = &self.config.limits;
-                let query = match envelope::parse_query(&request.query, limits.channels_per_conn_max)
-                {
-                    Ok(query) => query,
-                    Err(why) => return self.reject(slot, Rejection::BadRequest(why)),
-                };
+                let query =
+                    match envelope::parse_query(&request.query, limits.channels_per_conn_max) {
+                        Ok(query) => query,
+                        Err(why) => return self.reject(slot, Rejection::BadRequest(why)),
+                    };
                 let bad = query.channels.iter().any(|c| {
                     crate::channel::validate_name(c, limits.channel_name_bytes_max).is_err()
                 });
@@ -390,5 +390,4 @@ impl Engine {
         self.wheel.insert(slot, self.now_tick + interval);
         self.mark_dirty(slot);
     }
-
 }

@@ -39,7 +39,9 @@ use crate::stats::{Counters, Published};
 use crate::timer::Wheel;
 use crate::xshard::{Endpoints, Inbox, Outbox};
 use bytes::Bytes;
-use conn::{ConnTable, DIRTY, Endpoint, FIN_AFTER_FLUSH, PEER_EOF, SENDING, State, TRIM_WHEN_DRAINED};
+use conn::{
+    ConnTable, DIRTY, Endpoint, FIN_AFTER_FLUSH, PEER_EOF, SENDING, State, TRIM_WHEN_DRAINED,
+};
 use io::{Intent, Listener, PeerAddr, SendResult, Sock, Token, Transmit};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -377,7 +379,10 @@ impl Engine {
             self.counters.stale_completions += 1;
             return;
         };
-        assert!(conn.flags & SENDING != 0, "a send completed that was not in flight");
+        assert!(
+            conn.flags & SENDING != 0,
+            "a send completed that was not in flight"
+        );
         conn.flags &= !SENDING;
         let sent = match result {
             SendResult::Sent(n) if n > 0 => n,

@@ -290,7 +290,10 @@ impl Engine {
 
     /// Runs the commands a client sent while its subscription waited for the owner, in order.
     fn replay_deferred(&mut self, slot: usize) {
-        let Some(mut queue) = self.conns[slot].ext.as_mut().map(|e| std::mem::take(&mut e.deferred))
+        let Some(mut queue) = self.conns[slot]
+            .ext
+            .as_mut()
+            .map(|e| std::mem::take(&mut e.deferred))
         else {
             return;
         };
@@ -498,4 +501,3 @@ impl Engine {
         }
     }
 }
-

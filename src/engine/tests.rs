@@ -64,7 +64,10 @@ impl Ws {
     }
 
     fn send_text(&self, c: &mut Cluster, text: &str) {
-        c.write(self.sock, &encode_client(OpCode::Text, true, text.as_bytes(), MASK));
+        c.write(
+            self.sock,
+            &encode_client(OpCode::Text, true, text.as_bytes(), MASK),
+        );
     }
 
     /// Every complete frame received so far.
@@ -78,9 +81,10 @@ impl Ws {
             }
             let (len, start) = match b[1] & 0x7f {
                 126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-                127 if b.len() >= 10 => {
-                    (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10)
-                }
+                127 if b.len() >= 10 => (
+                    u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
                 126 | 127 => break,
                 n => (n as usize, 2),
             };
@@ -179,7 +183,10 @@ fn heartbeat_pings_then_closes_a_silent_client() {
     assert_eq!(ws.texts(&mut c)[0]["op"], "welcome");
     c.advance(interval);
     let frames = ws.frames(&mut c);
-    assert!(frames.iter().any(|f| f.0 == 9), "a ping after one interval: {frames:?}");
+    assert!(
+        frames.iter().any(|f| f.0 == 9),
+        "a ping after one interval: {frames:?}"
+    );
     c.advance(interval);
     let frames = ws.frames(&mut c);
     assert_eq!(close_code(&frames), Some(close::HEARTBEAT_TIMEOUT));
@@ -213,8 +220,14 @@ fn client_close_is_echoed_then_fin_then_freed() {
     c.write(ws.sock, &encode_client(OpCode::Close, true, &payload, MASK));
     c.settle();
     assert_eq!(close_code(&ws.frames(&mut c)), Some(1000));
-    assert!(c.pipe(ws.sock).server_fin, "half-closed after the close frame");
-    assert!(!c.pipe(ws.sock).closed, "waits for the peer's FIN (lingering close)");
+    assert!(
+        c.pipe(ws.sock).server_fin,
+        "half-closed after the close frame"
+    );
+    assert!(
+        !c.pipe(ws.sock).closed,
+        "waits for the peer's FIN (lingering close)"
+    );
     c.client_fin(ws.sock);
     c.settle();
     assert!(c.pipe(ws.sock).closed);
@@ -225,11 +238,17 @@ fn client_close_is_echoed_then_fin_then_freed() {
 fn draining_connection_is_freed_at_its_deadline() {
     let mut c = Cluster::new(config(), 1);
     let ws = Ws::open(&mut c, 0, "/echo");
-    c.write(ws.sock, &encode_client(OpCode::Close, true, &1000u16.to_be_bytes(), MASK));
+    c.write(
+        ws.sock,
+        &encode_client(OpCode::Close, true, &1000u16.to_be_bytes(), MASK),
+    );
     c.settle();
     assert!(c.pipe(ws.sock).server_fin);
     c.advance(c_limits().close_timeout_ms + 20);
-    assert!(c.pipe(ws.sock).closed, "no FIN from the peer: freed at the deadline");
+    assert!(
+        c.pipe(ws.sock).closed,
+        "no FIN from the peer: freed at the deadline"
+    );
 }
 
 #[test]
@@ -307,10 +326,17 @@ fn commands_wait_for_a_subscription_on_another_shard() {
     let mut bytes = encode_client(
         OpCode::Text,
         true,
-        json!({"op":"subscribe","channel":remote,"id":1}).to_string().as_bytes(),
+        json!({"op":"subscribe","channel":remote,"id":1})
+            .to_string()
+            .as_bytes(),
         MASK,
     );
-    bytes.extend(encode_client(OpCode::Text, true, br#"{"op":"ping","id":2}"#, MASK));
+    bytes.extend(encode_client(
+        OpCode::Text,
+        true,
+        br#"{"op":"ping","id":2}"#,
+        MASK,
+    ));
     c.write(ws.sock, &bytes);
     c.settle();
     let replies = ws.texts(&mut c);
@@ -335,7 +361,11 @@ fn graceful_shutdown_closes_with_1001_and_answers_control() {
     c.settle();
     assert!(c.stopped_accepting[0] && c.stopped_accepting[1]);
     assert_eq!(close_code(&ws.frames(&mut c)), Some(close::GOING_AWAY));
-    assert_eq!(lines(&mut c, ctl)[0]["id"], 1, "a request read before shutdown is answered");
+    assert_eq!(
+        lines(&mut c, ctl)[0]["id"],
+        1,
+        "a request read before shutdown is answered"
+    );
     assert!(c.pipe(ctl).server_fin);
     assert!(!c.engine(0).is_done());
     c.client_fin(ws.sock);
@@ -344,7 +374,13 @@ fn graceful_shutdown_closes_with_1001_and_answers_control() {
     assert!(c.engine(0).is_done() && c.engine(1).is_done());
     // A connection arriving now is refused with 503.
     let late = c.connect(0, Listener::WebSocket);
-    assert!(c.pipe(late).refused.as_ref().unwrap().starts_with(b"HTTP/1.1 503"));
+    assert!(
+        c.pipe(late)
+            .refused
+            .as_ref()
+            .unwrap()
+            .starts_with(b"HTTP/1.1 503")
+    );
 }
 
 fn tight_rings() -> Config {
@@ -372,7 +408,11 @@ fn refused_publish_answers_overloaded_and_later_replies_still_come() {
     c.settle();
     let replies = lines(&mut c, ctl);
     let ids: Vec<i64> = replies.iter().map(|r| r["id"].as_i64().unwrap()).collect();
-    assert_eq!(ids, vec![1, 2, 3, 4, 5, 6], "every request answered, in order");
+    assert_eq!(
+        ids,
+        vec![1, 2, 3, 4, 5, 6],
+        "every request answered, in order"
+    );
     let overloaded = replies
         .iter()
         .filter(|r| r["error"]["code"] == "overloaded")
@@ -399,7 +439,10 @@ fn control_plane_messages_are_never_refused() {
     for _ in 0..3 {
         c.turn_shard(0);
     }
-    assert!(c.counters(0).xshard_overflows >= 8, "the interest overflowed the ring");
+    assert!(
+        c.counters(0).xshard_overflows >= 8,
+        "the interest overflowed the ring"
+    );
     c.settle();
     let bytes = c.read(sock);
     let text = String::from_utf8_lossy(&bytes);
@@ -474,7 +517,9 @@ fn immediate_replies_count_against_the_pending_bound() {
     config.limits.control_pending_max = 4;
     let mut c = Cluster::new(config, 1);
     let ctl = control(&mut c, 0);
-    let requests: Vec<Value> = (1..=10).map(|id| json!({"id":id,"method":"info"})).collect();
+    let requests: Vec<Value> = (1..=10)
+        .map(|id| json!({"id":id,"method":"info"}))
+        .collect();
     let replies = call(&mut c, ctl, &requests);
     assert_eq!(replies.len(), 5, "{replies:?}");
     assert_eq!(replies[4]["id"], 5);
@@ -487,7 +532,10 @@ fn immediate_replies_count_against_the_pending_bound() {
 fn half_closed_control_client_gets_its_last_unterminated_request_answered() {
     let mut c = Cluster::new(config(), 1);
     let ctl = control(&mut c, 0);
-    c.write(ctl, b"{\"id\":1,\"method\":\"info\"}\n{\"id\":2,\"method\":\"info\"}");
+    c.write(
+        ctl,
+        b"{\"id\":1,\"method\":\"info\"}\n{\"id\":2,\"method\":\"info\"}",
+    );
     c.client_fin(ctl);
     c.settle();
     let replies = lines(&mut c, ctl);
@@ -502,10 +550,17 @@ fn with_a_token_a_malformed_line_before_auth_closes() {
     config.control.token = Some("s3cret".into());
     let mut c = Cluster::new(config, 1);
     let ctl = control(&mut c, 0);
-    c.write(ctl, b"{not json}\n{\"method\":\"auth\",\"token\":\"s3cret\"}\n");
+    c.write(
+        ctl,
+        b"{not json}\n{\"method\":\"auth\",\"token\":\"s3cret\"}\n",
+    );
     c.settle();
     let replies = lines(&mut c, ctl);
-    assert_eq!(replies.len(), 1, "nothing after the bad line is read: {replies:?}");
+    assert_eq!(
+        replies.len(),
+        1,
+        "nothing after the bad line is read: {replies:?}"
+    );
     assert_eq!(replies[0]["error"]["code"], "bad_json");
     assert!(c.pipe(ctl).server_fin);
 }
@@ -525,7 +580,10 @@ fn pongs_to_a_client_that_does_not_read_are_bounded() {
     c.write(ws.sock, &flood);
     c.settle();
     let skipped = c.counters(0).pongs_skipped;
-    assert!(skipped > 1000, "pongs past the outbound bound are skipped: {skipped}");
+    assert!(
+        skipped > 1000,
+        "pongs past the outbound bound are skipped: {skipped}"
+    );
     assert!(c.engine(0).queued_bytes() <= c_limits().outbound_bytes_max);
     assert!(!c.pipe(ws.sock).closed, "skipping pongs closes nobody");
 }
@@ -544,4 +602,3 @@ fn stale_send_completion_after_close_is_counted_not_applied() {
     assert_eq!(c.engine(0).connections(), 0);
     assert!(c.counters(0).stale_completions >= 1);
 }
-

@@ -7,9 +7,9 @@
 //! defined, counted outcome (see `Engine::on_refused`).
 
 use crate::id::ConnId;
+pub use crate::wire::Body;
 use crate::wire::ErrorCode;
 use bytes::Bytes;
-pub use crate::wire::Body;
 use std::sync::Arc;
 
 /// Where a reply part goes: a control connection on some shard, and the request's sequence

@@ -80,7 +80,10 @@ pub fn parse(text: &[u8]) -> Result<Request<'_>, ClientError> {
         id: id.filter(|i| i.len() <= ID_BYTES_MAX).map(str::to_string),
     };
     if id.is_some_and(|i| i.len() > ID_BYTES_MAX) {
-        return Err(fail(ErrorCode::BadRequest, "id is longer than 64 bytes of JSON"));
+        return Err(fail(
+            ErrorCode::BadRequest,
+            "id is longer than 64 bytes of JSON",
+        ));
     }
     let channel = wire
         .channel

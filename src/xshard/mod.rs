@@ -331,7 +331,11 @@ mod tests {
         let mut got = Vec::new();
         ends[0].inbox.drain(3 * DRAIN_QUANTUM, |m| got.push(m));
         let from = |r: usize| got.iter().filter(|m| m.0 == r).count();
-        assert_eq!((from(2), from(3)), (10, 10), "small rings are served in the same drain");
+        assert_eq!(
+            (from(2), from(3)),
+            (10, 10),
+            "small rings are served in the same drain"
+        );
         assert_eq!(from(1), 3 * DRAIN_QUANTUM - 20);
         // Order within a ring is kept.
         let ones: Vec<usize> = got.iter().filter(|m| m.0 == 1).map(|m| m.1).collect();

@@ -44,7 +44,9 @@ const KIND_WAKE: u64 = 2;
 const KIND_CONN: u64 = 3;
 
 fn conn_data(token: Token) -> u64 {
-    (KIND_CONN << KIND_SHIFT) | (u64::from(token.slot) << crate::id::GEN_BITS) | u64::from(token.generation)
+    (KIND_CONN << KIND_SHIFT)
+        | (u64::from(token.slot) << crate::id::GEN_BITS)
+        | u64::from(token.generation)
 }
 
 fn parse_conn(data: u64) -> Token {
@@ -125,10 +127,11 @@ enum Wrote {
 
 fn write_batch(slot: &mut SendSlot) -> Wrote {
     slot.iov.clear();
-    slot.iov.extend(slot.frames.iter().take(IOV_MAX).map(|f| libc::iovec {
-        iov_base: f.as_ptr() as *mut libc::c_void,
-        iov_len: f.len(),
-    }));
+    slot.iov
+        .extend(slot.frames.iter().take(IOV_MAX).map(|f| libc::iovec {
+            iov_base: f.as_ptr() as *mut libc::c_void,
+            iov_len: f.len(),
+        }));
     // SAFETY: msghdr is plain data; all-zero is valid (no name, no control).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = slot.iov.as_mut_ptr();
@@ -204,7 +207,11 @@ impl EpollShard {
             .collect();
         for (index, fd) in listen_fds.into_iter().enumerate() {
             set_nonblocking(fd)?;
-            shard.add(fd, libc::EPOLLIN as u32, (KIND_LISTENER << KIND_SHIFT) | index as u64)?;
+            shard.add(
+                fd,
+                libc::EPOLLIN as u32,
+                (KIND_LISTENER << KIND_SHIFT) | index as u64,
+            )?;
         }
         let bell = shard.io.bells[shard.engine.index()].fd();
         set_nonblocking(bell)?;
@@ -215,8 +222,10 @@ impl EpollShard {
     fn add(&self, fd: i32, events: u32, data: u64) -> io::Result<()> {
         let mut event = libc::epoll_event { events, u64: data };
         // SAFETY: a valid epoll fd, a valid target fd, and a live event struct.
-        check(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) })
-            .map(drop)
+        check(unsafe {
+            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
+        })
+        .map(drop)
     }
 
     fn now_ms(&self) -> u64 {
@@ -295,8 +304,8 @@ impl EpollShard {
                     if flags & libc::EPOLLOUT as u32 != 0 {
                         self.on_writable(token);
                     }
-                    let input = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR)
-                        as u32;
+                    let input =
+                        (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
                     if flags & input != 0 && self.queued.insert(token) {
                         self.readable.push_back(token);
                     }
@@ -457,8 +466,9 @@ impl EpollShard {
             for intent in intents.drain(..) {
                 match intent {
                     Intent::Read { token, sock } => {
-                        let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET)
-                            as u32;
+                        let events =
+                            (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET)
+                                as u32;
                         if self.add(sock.0, events, conn_data(token)).is_err() {
                             // Cannot watch it (ENOMEM, ENOSPC): the connection cannot be served.
                             self.engine.on_error(token);
@@ -483,7 +493,11 @@ impl EpollShard {
     }
 
     fn stop_accepting(&mut self) {
-        let listeners = self.listener.take().into_iter().chain(self.control_listeners.drain(..));
+        let listeners = self
+            .listener
+            .take()
+            .into_iter()
+            .chain(self.control_listeners.drain(..));
         for listener in listeners {
             // SAFETY: removing our listener from our epoll set; a null event is allowed for DEL.
             unsafe {

@@ -42,8 +42,16 @@ pub fn cq_entries(limits: &Limits) -> u32 {
 
 /// Whether io_uring can be set up here (a small ring, created and dropped); the error names
 /// what blocks it (see `ring::explain_unavailable`).
+///
+/// The ring lives on a thread of its own: tearing a ring down queues task work on the thread
+/// that created it, and the kernel delivers that work by interrupting the thread's next
+/// blocking system call (`EINTR`), which would surprise the caller's thread.
 pub fn probe() -> io::Result<()> {
-    IoUring::new(8).map(drop)
+    std::thread::Builder::new()
+        .name("io_uring-probe".into())
+        .spawn(|| IoUring::new(8).map(drop))?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the io_uring probe thread panicked")))
 }
 
 /// A send in flight: the kernel reads `iov` and `frames` until its completion arrives, so the
