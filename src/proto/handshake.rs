@@ -9,6 +9,8 @@
 //!   `Ok(None)` until the head is complete, then the same result the whole buffer gives.
 //! - `parse` never looks past `head_bytes_max` bytes, so its cost per call is bounded by the
 //!   limit, whatever the peer sends.
+//! - A line of the head ends at CRLF or at a bare LF (RFC 9112 §2.2), the head at its first empty
+//!   line; responses always use CRLF.
 //! - Every rejection is one fixed HTTP status with a one-line body and `Connection: close`.
 
 use base64::Engine as _;
@@ -142,24 +144,37 @@ impl Rejection {
     }
 }
 
-/// Where the head ends: the index just past the first `\r\n\r\n` in `buf`.
+/// Where the head ends: the index just past the first empty line in `buf`.
 ///
-/// A Horspool search: the byte under the pattern's last position decides how far to skip, and
-/// header text is mostly bytes that are neither `\r` nor `\n`, so it usually skips 4 at a time.
+/// RFC 9112 §2.2: "a recipient MAY recognize a single LF as a line terminator and ignore any
+/// preceding CR". Tools (`nc`, scripts, hand-written clients) send bare LF, and a head we could
+/// not see the end of would wait for the handshake deadline instead of being answered. So a
+/// line ends at an LF, and the head at the first LF that closes an empty line: the earliest end
+/// of `\n\n` or `\n\r\n`, which covers `\r\n\r\n` and every mix. A bare CR ends nothing (the
+/// same section makes it invalid). httparse reads line ends the same way, so both agree on where
+/// the frames start.
+///
+/// A Horspool-style search over the candidate last byte: every byte of an end is `\r` or `\n`,
+/// and header text is mostly neither, so it usually skips 2 at a time. It never skips a
+/// possible end, so the answer is the earliest one and a prefix of `buf` gives the same answer
+/// as soon as it contains it.
 fn head_end(buf: &[u8]) -> Option<usize> {
-    const END: &[u8; 4] = b"\r\n\r\n";
-    let mut at = 0;
-    while at + END.len() <= buf.len() {
-        let last = buf[at + 3];
-        if last == b'\n' && buf[at..at + 4] == *END {
-            return Some(at + 4);
-        }
-        // Shift so that the last occurrence of `last` in the pattern's first three bytes lines up
-        // with it: `\n` is at index 1 (shift 2), `\r` at 2 (shift 1), anything else is absent.
-        at += match last {
-            b'\n' => 2,
+    // The shortest end, `\n\n`, has its last byte at index 1 at the earliest.
+    let mut at = 1;
+    while at < buf.len() {
+        at += match buf[at] {
+            b'\n' => {
+                let through = &buf[..=at];
+                if through.ends_with(b"\n\n") || through.ends_with(b"\n\r\n") {
+                    return Some(at + 1);
+                }
+                // This LF may start an end whose last byte is the next one or the one after.
+                1
+            }
+            // A CR can only be the middle of `\n\r\n`, whose last byte would be the next one.
             b'\r' => 1,
-            _ => 4,
+            // No end contains this byte; an end after it is 2 bytes long at least.
+            _ => 2,
         };
     }
     None
@@ -220,8 +235,8 @@ pub fn parse(buf: &[u8], head_bytes_max: usize) -> Result<Option<Request>, Rejec
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(&buf[..head_len]) {
-        // httparse also ends a head at a bare `\n\n`; a head that ends anywhere but where our
-        // search did would disagree about where the frames start, so it is refused.
+        // httparse ends the head at the same empty line as `head_end`; should the two ever
+        // disagree, they would disagree about where the frames start, so the head is refused.
         Ok(httparse::Status::Complete(len)) if len == head_len => {}
         Ok(_) => return Err(Rejection::BadRequest(reason::MALFORMED)),
         Err(httparse::Error::TooManyHeaders) => return Err(Rejection::HeadersTooLarge),
@@ -578,9 +593,80 @@ mod tests {
         let at = bytes.iter().position(|&b| b == 1).unwrap();
         bytes[at] = 0xfe;
         assert_eq!(parse(&bytes, MAX), Err(BadRequest(reason::PROTOCOL)));
-        // A head ended by a bare LF pair before the CRLF pair is refused, not misframed.
-        let request = "GET / HTTP/1.1\nHost: x\n\nxx\r\n\r\n";
-        assert_eq!(parse_str(request), Err(BadRequest(reason::MALFORMED)));
+        // A head ends at its first empty line, bare LF or not: what follows is not part of it.
+        let request = "GET / HTTP/1.1\nHost: x\n\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(parse_str(request), Err(BadRequest(reason::UPGRADE)));
+    }
+
+    /// RFC 9112 §2.2 lets a recipient take a bare LF as a line end; tools such as `nc` and
+    /// hand-written clients send one. A bare-LF head and mixed heads parse to the same request
+    /// as the CRLF original, whatever the split, and the size limit still counts every byte.
+    #[test]
+    fn bare_lf_and_mixed_line_ends() {
+        let crlf = rfc_request("");
+        let expected = parse_str(&crlf).unwrap().unwrap();
+        let relined = |keep_crlf: &dyn Fn(usize) -> bool| -> String {
+            crlf.split_inclusive("\r\n")
+                .enumerate()
+                .map(|(i, line)| {
+                    if keep_crlf(i) {
+                        line.to_owned()
+                    } else {
+                        line.replace("\r\n", "\n")
+                    }
+                })
+                .collect()
+        };
+        let bare = relined(&|_| false);
+        // The two mixes end the head with `\n\r\n` and `\r\n\n` (9 lines, the last empty).
+        let mixed_even = relined(&|i| i % 2 == 0);
+        let mixed_odd = relined(&|i| i % 2 == 1);
+        assert!(bare.ends_with("13\n\n"));
+        assert!(mixed_even.ends_with("13\n\r\n"));
+        assert!(mixed_odd.ends_with("13\r\n\n"));
+        for head in [&bare, &mixed_even, &mixed_odd] {
+            let mut bytes = head.clone().into_bytes();
+            // A masked empty text frame right behind the head is not part of it.
+            bytes.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
+            let whole = parse(&bytes, MAX);
+            let want = Request {
+                head_len: head.len(),
+                ..expected.clone()
+            };
+            assert_eq!(whole, Ok(Some(want)), "{head:?}");
+            // Fed byte by byte: every prefix short of the head needs more, every longer one
+            // gives the whole buffer's answer.
+            for end in 0..=bytes.len() {
+                let prefix = parse(&bytes[..end], MAX);
+                if end < head.len() {
+                    assert_eq!(prefix, Ok(None), "prefix {end} of {head:?}");
+                } else {
+                    assert_eq!(prefix, whole, "prefix {end} of {head:?}");
+                }
+            }
+            assert!(parse(head.as_bytes(), head.len()).unwrap().is_some());
+            assert_eq!(
+                parse(head.as_bytes(), head.len() - 1),
+                Err(Rejection::HeadersTooLarge)
+            );
+        }
+        // Every spelling of the empty line ends the head, so a plain GET is answered at once.
+        for (eol, end) in [
+            ("\r\n", "\r\n"),
+            ("\n", "\n"),
+            ("\r\n", "\n"),
+            ("\n", "\r\n"),
+        ] {
+            let request = format!("GET / HTTP/1.1{eol}Host: x{eol}{end}");
+            assert_eq!(
+                parse_str(&request),
+                Err(Rejection::BadRequest(reason::UPGRADE)),
+                "{request:?}"
+            );
+        }
+        assert_eq!(parse(b"GET / HTTP/1.1\nHost: x\n", MAX), Ok(None));
+        // A bare CR is not a line end (RFC 9112 §2.2): the head has not ended.
+        assert_eq!(parse(b"GET / HTTP/1.1\nHost: x\r\r", MAX), Ok(None));
     }
 
     #[test]
@@ -630,26 +716,40 @@ mod tests {
         assert_eq!(head_end(b"\r\n\r\n"), Some(4));
         assert_eq!(head_end(b"a\r\n\r\n"), Some(5));
         assert_eq!(head_end(b"\r\r\n\r\n"), Some(5));
-        assert_eq!(head_end(b"\n\r\n\r\n"), Some(5));
+        assert_eq!(head_end(b"\n\r\n\r\n"), Some(3));
         assert_eq!(head_end(b"ab\r\n\r\r\n\r\nx"), Some(9));
         assert_eq!(head_end(b"\r\n\r"), None);
-        assert_eq!(head_end(b"\n\n\r\n\n\r\r\n"), None);
+        assert_eq!(head_end(b"\n\n\r\n\n\r\r\n"), Some(2));
+        assert_eq!(head_end(b"a\n\n"), Some(3));
+        assert_eq!(head_end(b"a\r\n\n"), Some(4));
+        assert_eq!(head_end(b"a\n\r\n"), Some(4));
+        assert_eq!(head_end(b"\n"), None);
+        assert_eq!(head_end(b"a\n\r"), None);
+        assert_eq!(head_end(b"a\n\r\r\n"), None);
+        assert_eq!(head_end(b"a\r\r\nb\r\n"), None);
     }
 
+    /// The earliest end of an empty line, by brute force.
     fn reference_head_end(buf: &[u8]) -> Option<usize> {
-        buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+        (1..=buf.len()).find(|&end| {
+            let through = &buf[..end];
+            through.ends_with(b"\n\n") || through.ends_with(b"\n\r\n")
+        })
     }
 
-    /// A valid request with arbitrary (legal) variations.
+    /// A valid request with arbitrary (legal) variations, each line ended by CRLF or, as RFC
+    /// 9112 §2.2 lets a recipient accept, by a bare LF.
     fn request_strategy() -> impl Strategy<Value = String> {
         (
             "/[a-z0-9/]{0,12}(\\?[a-z=&]{0,8})?",
             proptest::collection::vec("[a-z][a-z0-9.]{0,6}", 0..4),
             proptest::collection::vec(("X-[A-Za-z]{1,6}", "[ -~]{0,20}"), 0..5),
             any::<bool>(),
+            // One choice per line: at most 1 + 5 + 1 + 4 + 1 = 12 lines.
+            proptest::collection::vec(any::<bool>(), 12),
         )
-            .prop_map(|(target, protocols, extra, upper)| {
-                let mut head = format!("GET {target} HTTP/1.1\r\n");
+            .prop_map(|(target, protocols, extra, upper, bare_lf)| {
+                let mut lines = vec![format!("GET {target} HTTP/1.1")];
                 let names = [
                     "Host",
                     "Upgrade",
@@ -670,19 +770,20 @@ mod tests {
                     } else {
                         name.to_string()
                     };
-                    head.push_str(&format!("{name}: {value}\r\n"));
+                    lines.push(format!("{name}: {value}"));
                 }
                 if !protocols.is_empty() {
-                    head.push_str(&format!(
-                        "Sec-WebSocket-Protocol: {}\r\n",
-                        protocols.join(", ")
-                    ));
+                    lines.push(format!("Sec-WebSocket-Protocol: {}", protocols.join(", ")));
                 }
                 for (name, value) in extra {
-                    head.push_str(&format!("{name}: {}\r\n", value.trim()));
+                    lines.push(format!("{name}: {}", value.trim()));
                 }
-                head.push_str("\r\n");
-                head
+                lines.push(String::new());
+                lines
+                    .iter()
+                    .zip(bare_lf)
+                    .map(|(line, bare)| format!("{line}{}", if bare { "\n" } else { "\r\n" }))
+                    .collect()
             })
     }
 
