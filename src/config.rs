@@ -32,7 +32,7 @@ pub struct Limits {
     pub fragments_per_message_max: u32,
     /// Largest message on `/echo` (the conformance endpoint; Autobahn 9.* sends 16 MiB).
     pub echo_message_bytes_max: usize,
-    /// Most frames in one fragmented `/echo` message (Autobahn 9.3.1 sends 65,536).
+    /// Most frames in one fragmented `/echo` message (wstest 0.8.2 sends 65,537 in 9.3.1, 9.4.1).
     pub echo_fragments_per_message_max: u32,
     /// Bytes queued for one connection and not yet sent. Overflow: the connection is a slow
     /// consumer and is closed with 4001, counted. Control frames are exempt.
@@ -108,7 +108,7 @@ impl Default for Limits {
             message_bytes_max: 64 * 1024,
             fragments_per_message_max: 1024,
             echo_message_bytes_max: 16 * 1024 * 1024,
-            echo_fragments_per_message_max: 65_536,
+            echo_fragments_per_message_max: 131_072,
             outbound_bytes_max: 1024 * 1024,
             conns_per_shard_max: 65_536,
             recv_buffer_bytes: 4096,
@@ -392,5 +392,36 @@ mod tests {
         assert!(c.namespaces["chat"].client_publish);
         assert!(Config::from_toml("[limits]\nmesage_bytes_max = 1\n").is_err());
         assert!(Config::from_toml("[limits]\nrecv_buffers = 1000\n").is_err());
+    }
+
+    /// The original Autobahn runner, wstest 0.8.2, sends cases 9.3.1 and 9.4.1 as 4 MiB in
+    /// 64-byte fragments and then an empty final one: 65,537 frames. `/echo` must echo them.
+    #[test]
+    fn echo_defaults_take_the_autobahn_fragment_count() {
+        use crate::proto::decoder::{Decoder, DecoderLimits, Message};
+        use crate::proto::frame::{OpCode, encode_client};
+        use std::ops::ControlFlow;
+        let limits = Limits::default();
+        let echo = DecoderLimits {
+            message_bytes_max: limits.echo_message_bytes_max,
+            fragments_max: limits.echo_fragments_per_message_max,
+        };
+        let mask = [1, 2, 3, 4];
+        let fragment = [b'*'; 64];
+        let mut stream = encode_client(OpCode::Binary, false, &fragment, mask);
+        for _ in 1..(4 << 20) / fragment.len() {
+            stream.extend(encode_client(OpCode::Continuation, false, &fragment, mask));
+        }
+        stream.extend(encode_client(OpCode::Continuation, true, &[], mask));
+        let mut echoed = None;
+        Decoder::default()
+            .feed(&mut stream, &echo, &mut |message| {
+                if let Message::Binary(bytes) = message {
+                    echoed = Some(bytes.len());
+                }
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(echoed, Some(4 << 20));
     }
 }
