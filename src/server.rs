@@ -148,7 +148,7 @@ fn open_control(config: &Config) -> Result<(Vec<std::os::fd::OwnedFd>, Vec<Contr
                          client. Fix: use a loopback address, or set [control] token in the config."
                     ));
                 }
-                listener::listen(*tcp)
+                listener::listen(*tcp, true)
                     .map_err(|e| format!("cannot listen on control socket {addr}: {e}"))?
                     .0
             }
@@ -190,12 +190,12 @@ impl Server {
             ));
         }
         let mut listeners = Vec::with_capacity(shards);
-        let (first, bound) = listener::listen(config.listen)
+        let (first, bound) = listener::listen(config.listen, true)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         listeners.push(first);
         for _ in 1..shards {
-            let (fd, _) =
-                listener::listen(bound).map_err(|e| format!("cannot listen on {bound}: {e}"))?;
+            let (fd, _) = listener::listen(bound, false)
+                .map_err(|e| format!("cannot listen on {bound}: {e}"))?;
             listeners.push(fd);
         }
         let (control_fds, control) = open_control(&config)?;

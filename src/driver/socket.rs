@@ -1,6 +1,8 @@
 //! Sockets for the Linux drivers: listeners (one per shard on the same address with
-//! `SO_REUSEPORT`, so the kernel spreads new connections over the shards), Unix control sockets,
-//! and the few socket calls the engine's intents map to.
+//! `SO_REUSEPORT`, so the kernel spreads new connections over the shards without a shared
+//! accept queue), Unix control sockets, and the few socket calls the engine's intents map to.
+//! The first listener on an address checks that no other process serves it, since
+//! `SO_REUSEPORT` would otherwise let the two share it silently.
 
 use std::io;
 use std::net::SocketAddr;
@@ -72,9 +74,8 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
-/// Opens a listener on `addr` with `SO_REUSEPORT`; returns it and the bound address (the port
-/// the kernel chose when `addr` had port 0).
-pub fn listen(addr: SocketAddr) -> io::Result<(OwnedFd, SocketAddr)> {
+/// A fresh TCP socket of `addr`'s family.
+fn stream_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -83,10 +84,12 @@ pub fn listen(addr: SocketAddr) -> io::Result<(OwnedFd, SocketAddr)> {
     // SAFETY: plain socket(2) call; the fd is owned at once.
     let fd = check(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: fd is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-    let (storage, len) = sockaddr(&addr);
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Binds `fd` to `addr`.
+fn bind(fd: &OwnedFd, addr: &SocketAddr) -> io::Result<()> {
+    let (storage, len) = sockaddr(addr);
     // SAFETY: storage holds a valid address of length len.
     check(unsafe {
         libc::bind(
@@ -94,7 +97,55 @@ pub fn listen(addr: SocketAddr) -> io::Result<(OwnedFd, SocketAddr)> {
             (&storage as *const libc::sockaddr_storage).cast(),
             len,
         )
-    })?;
+    })
+    .map(drop)
+}
+
+/// Fails with `AddrInUse` when any socket already holds `addr`, by binding a probe socket
+/// without `SO_REUSEPORT` and closing it again.
+///
+/// The probe sets `SO_REUSEADDR`: that lets it bind past the TIME_WAIT connections an earlier
+/// server left behind (no one serves those), but never beside a listening socket. It leaves out
+/// `SO_REUSEPORT`, and that is the point: a listener with it set admits only sockets that set it
+/// too, so a live server with `SO_REUSEPORT` (another ringcast, or our own earlier shard)
+/// makes the probe's bind fail with EADDRINUSE.
+///
+/// Between the probe's close and the real bind lie a few system calls, so two servers started
+/// within microseconds of each other could both pass; the check is for the common mistake, a
+/// second server started while the first runs.
+fn check_unserved(addr: &SocketAddr) -> io::Result<()> {
+    let probe = stream_socket(addr)?;
+    set_int_opt(&probe, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    match bind(&probe, addr) {
+        Ok(()) => Ok(()),
+        Err(err) if err.raw_os_error() == Some(libc::EADDRINUSE) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "another process is already listening on {addr} (stop it; for a rolling \
+                 restart that shares the port on purpose, pass --reuse-port)"
+            ),
+        )),
+        Err(err) => Err(err),
+    }
+}
+
+/// Opens a listener on `addr` with `SO_REUSEPORT`; returns it and the bound address (the port
+/// the kernel chose when `addr` had port 0).
+///
+/// `SO_REUSEPORT` lets every shard bind the same address, but it would just as well let a
+/// second server of the same user bind it, and the kernel would then split new clients between
+/// the two processes. So with `exclusive` and a fixed port, the address must first be held by
+/// no socket at all (see `check_unserved`). Pass `exclusive` only for the first listener on an
+/// address: the later shards' listeners join it on purpose and would fail the check.
+pub fn listen(addr: SocketAddr, exclusive: bool) -> io::Result<(OwnedFd, SocketAddr)> {
+    // Port 0 asks the kernel for a port nobody holds, so there is nothing to check.
+    if exclusive && addr.port() != 0 {
+        check_unserved(&addr)?;
+    }
+    let fd = stream_socket(&addr)?;
+    set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    bind(&fd, &addr)?;
     // SAFETY: plain listen(2) on our socket.
     check(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) })?;
     let bound = local_addr(&fd)?;
@@ -284,5 +335,71 @@ pub fn shutdown_listener(fd: libc::c_int) {
     // SAFETY: shutdown(2) on a listener the driver holds.
     unsafe {
         libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn served_elsewhere(addr: SocketAddr) -> String {
+        format!(
+            "another process is already listening on {addr} (stop it; for a rolling restart \
+             that shares the port on purpose, pass --reuse-port)"
+        )
+    }
+
+    /// A free port, found by letting the kernel pick one and closing it again.
+    fn free_port() -> SocketAddr {
+        let (fd, bound) = listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        drop(fd);
+        bound
+    }
+
+    #[test]
+    fn listen_tcp_exclusive_check() {
+        let addr = free_port();
+        let (first, bound) = listen(addr, true).unwrap();
+        assert_eq!(bound, addr);
+        // A second server on the same fixed port is refused, naming the cause and the fix.
+        let err = listen(addr, true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert_eq!(err.to_string(), served_elsewhere(addr));
+        // A later shard's listener shares the port on purpose.
+        let (second, bound) = listen(addr, false).unwrap();
+        assert_eq!(bound, addr);
+        drop((first, second));
+        // Once nobody serves it, the port is free for an exclusive listen again.
+        let (_third, _) = listen(addr, true).unwrap();
+    }
+
+    /// A listener without `SO_REUSEPORT` (another program) is found by the same check.
+    #[test]
+    fn exclusive_check_sees_a_plain_listener() {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = other.local_addr().unwrap();
+        let err = listen(addr, true).unwrap_err();
+        assert_eq!(err.to_string(), served_elsewhere(addr));
+        // Port 0 is never checked: the kernel picks a port nobody holds.
+        assert!(listen("127.0.0.1:0".parse().unwrap(), true).is_ok());
+    }
+
+    /// Connections an earlier server closed first linger in TIME_WAIT on its port; they serve
+    /// no one, so a restart on that port must pass the check.
+    #[test]
+    fn exclusive_check_ignores_time_wait() {
+        let addr = free_port();
+        let (fd, _) = listen(addr, true).unwrap();
+        let server = std::net::TcpListener::from(fd);
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let (accepted, _) = server.accept().unwrap();
+        // The server side closes first, so it is the side that enters TIME_WAIT.
+        drop(accepted);
+        assert_eq!(client.read(&mut [0u8; 1]).unwrap(), 0);
+        drop(client);
+        drop(server);
+        let (_restarted, bound) = listen(addr, true).unwrap();
+        assert_eq!(bound, addr);
     }
 }
