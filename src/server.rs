@@ -25,6 +25,9 @@ pub struct Server {
     pub notes: Vec<String>,
     /// Control addresses being served.
     control: Vec<ControlAddr>,
+    /// The `PATH.lock` of each Unix control socket, held until `wait` has removed the socket
+    /// files and stopped the shards, so a successor never binds a path we are about to remove.
+    control_locks: Vec<std::os::fd::OwnedFd>,
 }
 
 /// The driver the shards run on, and the line that says why when it is not the one asked for.
@@ -132,15 +135,21 @@ pub fn raise_nofile() -> u64 {
 }
 
 /// Opens the control listeners of `config`: Unix sockets, and TCP only on loopback unless a token
-/// is configured (the control socket can publish to every client).
-fn open_control(config: &Config) -> Result<(Vec<std::os::fd::OwnedFd>, Vec<ControlAddr>), String> {
+/// is configured (the control socket can publish to every client). Also returns the locks of
+/// the Unix sockets, which must stay open for as long as the server runs.
+fn open_control(config: &Config) -> Result<ControlListeners, String> {
     let mut fds = Vec::new();
     let mut addrs = Vec::new();
+    let mut locks = Vec::new();
     for text in &config.control.listen {
         let addr = ControlAddr::parse(text)?;
         let fd = match &addr {
-            ControlAddr::Unix(path) => listener::listen_unix(path)
-                .map_err(|e| format!("cannot listen on control socket {addr}: {e}"))?,
+            ControlAddr::Unix(path) => {
+                let unix = listener::listen_unix(path)
+                    .map_err(|e| format!("cannot listen on control socket {addr}: {e}"))?;
+                locks.push(unix.lock);
+                unix.fd
+            }
             ControlAddr::Tcp(tcp) => {
                 if !tcp.ip().is_loopback() && config.control.token.is_none() {
                     return Err(format!(
@@ -156,8 +165,15 @@ fn open_control(config: &Config) -> Result<(Vec<std::os::fd::OwnedFd>, Vec<Contr
         fds.push(fd);
         addrs.push(addr);
     }
-    Ok((fds, addrs))
+    Ok((fds, addrs, locks))
 }
+
+/// Control listeners, their addresses, and the locks of the Unix ones.
+type ControlListeners = (
+    Vec<std::os::fd::OwnedFd>,
+    Vec<ControlAddr>,
+    Vec<std::os::fd::OwnedFd>,
+);
 
 impl Server {
     /// Binds the listeners and starts the shards; returns once every shard is ready to accept.
@@ -198,7 +214,7 @@ impl Server {
                 .map_err(|e| format!("cannot listen on {bound}: {e}"))?;
             listeners.push(fd);
         }
-        let (control_fds, control) = open_control(&config)?;
+        let (control_fds, control, control_locks) = open_control(&config)?;
         let config = Arc::new(config);
         let stop = Arc::new(AtomicBool::new(false));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -277,6 +293,7 @@ impl Server {
             local_addr: bound,
             notes,
             control,
+            control_locks,
         };
         if let Some(err) = failure {
             server.stop.store(true, Ordering::Relaxed);
@@ -341,6 +358,8 @@ impl Server {
                 Err(_) => result = result.and(Err(format!("shard {index} panicked"))),
             }
         }
+        // Only now may a successor take the control paths: their socket files are gone.
+        drop(self.control_locks);
         result
     }
 }

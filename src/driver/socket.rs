@@ -2,7 +2,9 @@
 //! `SO_REUSEPORT`, so the kernel spreads new connections over the shards without a shared
 //! accept queue), Unix control sockets, and the few socket calls the engine's intents map to.
 //! The first listener on an address checks that no other process serves it, since
-//! `SO_REUSEPORT` would otherwise let the two share it silently.
+//! `SO_REUSEPORT` would otherwise let the two share it silently. A Unix control socket is owned
+//! through an flock on `PATH.lock`, the one liveness test that a killed server cannot leave
+//! behind.
 
 use std::io;
 use std::net::SocketAddr;
@@ -225,21 +227,82 @@ fn unix_sockaddr(path: &std::path::Path) -> io::Result<(libc::sockaddr_un, libc:
     Ok((addr, len as libc::socklen_t))
 }
 
-/// Opens a Unix stream listener at `path` with mode 0660. A stale socket file (nothing accepts on
-/// it) is replaced; a live one means another server is running, which is an error.
-pub fn listen_unix(path: &std::path::Path) -> io::Result<OwnedFd> {
+/// A Unix stream listener and the lock that marks it as the live one.
+#[derive(Debug)]
+pub struct UnixListener {
+    /// The listening socket.
+    pub fd: OwnedFd,
+    /// `PATH.lock`, held with `flock(LOCK_EX)`. Keep it open for as long as the socket serves,
+    /// and past the removal of the socket file: its release tells the next server that the
+    /// socket file is stale. Never hand it to the ring or to a child, which would keep the
+    /// lock alive after this process dies.
+    pub lock: OwnedFd,
+}
+
+/// The lock file next to a control socket: `PATH.lock`.
+fn lock_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    lock.into()
+}
+
+/// Opens `PATH.lock` (mode 0600, created if missing) and takes `flock(LOCK_EX | LOCK_NB)` on it.
+fn lock_socket_path(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock_path = lock_path(path);
+    // O_NOFOLLOW: the socket may live in a shared directory such as /tmp, where a symlink
+    // planted at the lock path must not make us create or lock a file elsewhere. std opens
+    // with O_CLOEXEC, so no child inherits the lock.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&lock_path)
+        .map_err(|e| io::Error::new(e.kind(), format!("lock file {}: {e}", lock_path.display())))?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(format!(
+            "lock file {} exists and is not a regular file",
+            lock_path.display()
+        )));
+    }
+    let lock = OwnedFd::from(file);
+    // SAFETY: flock(2) on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "another server is listening on {} (stop it, or choose another --control \
+                     path)",
+                    path.display()
+                ),
+            ));
+        }
+        return Err(err);
+    }
+    Ok(lock)
+}
+
+/// Opens a Unix stream listener at `path` with mode 0660, holding the lock `PATH.lock`.
+///
+/// Whether a server is alive is decided by the lock, not by the socket file: a process that
+/// dies, even by SIGKILL, drops its flock as its descriptors close, while its listening socket
+/// can go on accepting `connect()` for a few milliseconds (the kernel tears down an io_uring
+/// that still holds an accept on it asynchronously). So a lock held by another process means a
+/// live server, which is an error; a lock taken means any socket file at `path` is stale, and
+/// it is replaced. The lock file is left on disk when the server stops: removing it would let a
+/// successor that opened the old file and one that creates a new file both hold "the" lock.
+pub fn listen_unix(path: &std::path::Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let (addr, len) = unix_sockaddr(path)?;
+    let lock = lock_socket_path(path)?;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(io::Error::other(format!(
                 "{} exists and is not a socket",
-                path.display()
-            )));
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io::Error::other(format!(
-                "another server is listening on {} (stop it, or choose another --control path)",
                 path.display()
             )));
         }
@@ -261,7 +324,7 @@ pub fn listen_unix(path: &std::path::Path) -> io::Result<OwnedFd> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     // SAFETY: plain listen(2) on our socket.
     check(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) })?;
-    Ok(fd)
+    Ok(UnixListener { fd, lock })
 }
 
 /// The peer's IP address of an accepted socket (`None` if the kernel cannot say).
@@ -383,6 +446,90 @@ mod tests {
         assert_eq!(err.to_string(), served_elsewhere(addr));
         // Port 0 is never checked: the kernel picks a port nobody holds.
         assert!(listen("127.0.0.1:0".parse().unwrap(), true).is_ok());
+    }
+
+    /// A socket path unique to this process and test, with its lock file cleared.
+    fn socket_path(name: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "ringcast-listener-{}-{name}.sock",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(lock_path(&path));
+        path
+    }
+
+    fn cleanup(path: &std::path::Path) {
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(lock_path(path));
+    }
+
+    #[test]
+    fn unix_listener_held_lock_refuses_and_released_lock_replaces() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = socket_path("held");
+        let first = listen_unix(&path).unwrap();
+        let mode = std::fs::metadata(lock_path(&path))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let err = listen_unix(&path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "another server is listening on {} (stop it, or choose another --control path)",
+                path.display()
+            )
+        );
+        // The first server dies without cleaning up: its socket file stays, its lock goes.
+        drop(first);
+        assert!(std::fs::symlink_metadata(&path).is_ok());
+        let second = listen_unix(&path).unwrap();
+        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (_accepted, _) = std::os::unix::net::UnixListener::from(second.fd)
+            .accept()
+            .unwrap();
+        cleanup(&path);
+    }
+
+    /// Right after a SIGKILL the dead server's socket may still accept `connect()`, but its
+    /// lock is already free: the socket is stale and must be replaced, not taken for a live
+    /// server.
+    #[test]
+    fn unix_listener_replaces_a_stale_socket_that_still_accepts() {
+        let path = socket_path("stale");
+        let dead = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        let live = listen_unix(&path).unwrap();
+        // New clients reach the new listener, not the stale one.
+        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let live = std::os::unix::net::UnixListener::from(live.fd);
+        live.set_nonblocking(true).unwrap();
+        assert!(live.accept().is_ok());
+        drop(dead);
+        cleanup(&path);
+    }
+
+    #[test]
+    fn unix_listener_refuses_odd_files() {
+        let path = socket_path("odd");
+        std::fs::write(&path, b"not a socket").unwrap();
+        let err = listen_unix(&path).unwrap_err();
+        assert!(
+            err.to_string().ends_with("exists and is not a socket"),
+            "{err}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        // A symlink at the lock path is not followed.
+        std::fs::remove_file(lock_path(&path)).unwrap();
+        let elsewhere = socket_path("odd-target");
+        std::os::unix::fs::symlink(&elsewhere, lock_path(&path)).unwrap();
+        let err = listen_unix(&path).unwrap_err();
+        assert!(err.to_string().starts_with("lock file "), "{err}");
+        assert!(std::fs::symlink_metadata(&elsewhere).is_err());
+        cleanup(&path);
     }
 
     /// Connections an earlier server closed first linger in TIME_WAIT on its port; they serve
