@@ -9,6 +9,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 /// Backlog of each listener (capped by `net.core.somaxconn`).
 pub const BACKLOG: i32 = 4096;
@@ -103,31 +104,56 @@ fn bind(fd: &OwnedFd, addr: &SocketAddr) -> io::Result<()> {
     .map(drop)
 }
 
-/// Fails with `AddrInUse` when any socket already holds `addr`, by binding a probe socket
-/// without `SO_REUSEPORT` and closing it again.
+/// How long `check_unserved` keeps probing an address that is held before it calls it served.
+///
+/// A server killed with SIGKILL leaves its listener bound for a while after the process is
+/// gone: the kernel tears down the process's io_uring, which still holds an accept on the
+/// socket, in a worker, not at exit. Measured on a loaded 2-core host: 5 to 20 ms, more when
+/// the ring has many connections to cancel. Without this wait, a restart right after a kill
+/// would fail. A live server holds the address for the whole wait, so what the wait costs is a
+/// start-up error that comes this much later.
+const PROBE_WAIT_MS_MAX: u64 = 500;
+
+/// The pause between two probes of a held address.
+const PROBE_INTERVAL_MS: u64 = 2;
+
+/// Binds a probe socket to `addr` without `SO_REUSEPORT` and closes it again.
 ///
 /// The probe sets `SO_REUSEADDR`: that lets it bind past the TIME_WAIT connections an earlier
 /// server left behind (no one serves those), but never beside a listening socket. It leaves out
 /// `SO_REUSEPORT`, and that is the point: a listener with it set admits only sockets that set it
 /// too, so a live server with `SO_REUSEPORT` (another ringcast, or our own earlier shard)
 /// makes the probe's bind fail with EADDRINUSE.
+fn probe(addr: &SocketAddr) -> io::Result<()> {
+    let probe = stream_socket(addr)?;
+    set_int_opt(&probe, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    bind(&probe, addr)
+}
+
+/// Fails with `AddrInUse` when a socket holds `addr` for longer than `PROBE_WAIT_MS_MAX`.
 ///
-/// Between the probe's close and the real bind lie a few system calls, so two servers started
+/// Between the last probe and the real bind lie a few system calls, so two servers started
 /// within microseconds of each other could both pass; the check is for the common mistake, a
 /// second server started while the first runs.
 fn check_unserved(addr: &SocketAddr) -> io::Result<()> {
-    let probe = stream_socket(addr)?;
-    set_int_opt(&probe, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    match bind(&probe, addr) {
-        Ok(()) => Ok(()),
-        Err(err) if err.raw_os_error() == Some(libc::EADDRINUSE) => Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!(
-                "another process is already listening on {addr} (stop it; for a rolling \
-                 restart that shares the port on purpose, pass --reuse-port)"
-            ),
-        )),
-        Err(err) => Err(err),
+    let deadline = Instant::now() + Duration::from_millis(PROBE_WAIT_MS_MAX);
+    loop {
+        match probe(addr) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.raw_os_error() == Some(libc::EADDRINUSE) => {
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!(
+                            "another process is already listening on {addr} (stop it; for a \
+                             rolling restart that shares the port on purpose, pass --reuse-port)"
+                        ),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(PROBE_INTERVAL_MS));
+            }
+            Err(err) => return Err(err),
+        }
     }
 }
 
@@ -530,6 +556,23 @@ mod tests {
         assert!(err.to_string().starts_with("lock file "), "{err}");
         assert!(std::fs::symlink_metadata(&elsewhere).is_err());
         cleanup(&path);
+    }
+
+    /// A killed server's listener stays bound until the kernel has torn down its io_uring; an
+    /// exclusive listen waits that out instead of calling the address served.
+    #[test]
+    fn exclusive_check_waits_out_a_listener_that_goes_away() {
+        let (dying, addr) = listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let (started, start) = std::sync::mpsc::channel();
+        let closer = std::thread::spawn(move || {
+            start.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            drop(dying);
+        });
+        started.send(()).unwrap();
+        let (_restarted, bound) = listen(addr, true).unwrap();
+        assert_eq!(bound, addr);
+        closer.join().unwrap();
     }
 
     /// Connections an earlier server closed first linger in TIME_WAIT on its port; they serve
