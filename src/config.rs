@@ -275,6 +275,9 @@ pub struct Config {
     pub echo: bool,
     /// Whether shard threads are pinned to cores (round-robin when shards exceed cores).
     pub pin: bool,
+    /// Share the WebSocket port with another running server on purpose (`SO_REUSEPORT`, for a
+    /// rolling restart). Off: `serve` refuses to start when the address is already served.
+    pub reuse_port: bool,
     /// Which event loop drives the shards (`auto`: io_uring when the kernel allows it, else epoll).
     pub driver: DriverKind,
     /// Settings per channel namespace.
@@ -317,6 +320,7 @@ impl Default for Config {
             shards: 0,
             echo: false,
             pin: true,
+            reuse_port: false,
             driver: DriverKind::Auto,
             namespaces: BTreeMap::new(),
             control: ControlConfig::default(),

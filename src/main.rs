@@ -47,6 +47,10 @@ struct ServeArgs {
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Share the WebSocket port with a server already running on it (rolling restarts); without
+    /// it, `serve` refuses an address another process serves.
+    #[arg(long)]
+    reuse_port: bool,
     /// Event loop: auto (io_uring when the kernel allows it, else epoll), uring, or epoll
     /// [default: auto, or the config file's `driver`].
     #[arg(long, value_name = "auto|uring|epoll")]
@@ -106,6 +110,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if args.no_control {
         config.control.listen.clear();
+    }
+    if args.reuse_port {
+        config.reuse_port = true;
     }
     if let Some(driver) = args.driver {
         config.driver = driver;

@@ -151,6 +151,17 @@ fn open_control(config: &Config) -> Result<ControlListeners, String> {
                 unix.fd
             }
             ControlAddr::Tcp(tcp) => {
+                let same_port = tcp.port() != 0 && tcp.port() == config.listen.port();
+                let overlap = tcp.ip() == config.listen.ip()
+                    || tcp.ip().is_unspecified()
+                    || config.listen.ip().is_unspecified();
+                if same_port && overlap {
+                    return Err(format!(
+                        "control address {addr} is the WebSocket address {}: clients and backends \
+                         would reach each other's service. Fix: give the control socket its own port.",
+                        config.listen
+                    ));
+                }
                 if !tcp.ip().is_loopback() && config.control.token.is_none() {
                     return Err(format!(
                         "control address {addr} is not loopback: anyone reaching it could push to every \
@@ -206,7 +217,7 @@ impl Server {
             ));
         }
         let mut listeners = Vec::with_capacity(shards);
-        let (first, bound) = listener::listen(config.listen, true)
+        let (first, bound) = listener::listen(config.listen, !config.reuse_port)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         listeners.push(first);
         for _ in 1..shards {

@@ -113,11 +113,11 @@ fn confine(command: &mut Command, program: Box<[libc::sock_filter]>) {
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, one, zero, zero, zero) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        let mode = libc::c_ulong::from(libc::SECCOMP_MODE_FILTER);
+        let prog_ptr: *const libc::sock_fprog = &prog;
         // SAFETY: PR_SET_SECCOMP with SECCOMP_MODE_FILTER reads the `sock_fprog` it is given
         // and the `len` instructions it points to; both are alive for the call (the kernel
         // copies the program).
-        let mode = libc::c_ulong::from(libc::SECCOMP_MODE_FILTER);
-        let prog_ptr: *const libc::sock_fprog = &prog;
         if unsafe { libc::prctl(libc::PR_SET_SECCOMP, mode, prog_ptr) } != 0 {
             return Err(std::io::Error::last_os_error());
         }

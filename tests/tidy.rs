@@ -18,8 +18,12 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The file's lines before its `#[cfg(test)]` module (tests may do as they like).
+/// The file's lines before its `#[cfg(test)]` module (tests may do as they like); none for a
+/// file that is a test module itself (`tests.rs`).
 fn shipped_lines(path: &Path) -> Vec<(usize, String)> {
+    if path.file_name().is_some_and(|n| n == "tests.rs") {
+        return Vec::new();
+    }
     let text = std::fs::read_to_string(path).unwrap();
     text.lines()
         .enumerate()
@@ -41,7 +45,7 @@ fn sans_io_layers_touch_no_io_and_no_clock() {
         "std::thread",
     ];
     let mut problems = Vec::new();
-    for layer in ["proto", "control", "channel"] {
+    for layer in ["proto", "control", "channel", "wire"] {
         let mut files = Vec::new();
         rust_files(&root().join("src").join(layer), &mut files);
         assert!(!files.is_empty(), "src/{layer} has no files?");
@@ -58,12 +62,40 @@ fn sans_io_layers_touch_no_io_and_no_clock() {
             }
         }
     }
+    // The engine is ring-free: no io_uring, no libc, no sockets, no clock, no driver (the driver
+    // contract in engine/io.rs is the only seam).
+    let engine_forbidden = [
+        "io_uring",
+        "libc::",
+        "std::net",
+        "std::time",
+        "Instant::",
+        "SystemTime",
+        "crate::driver",
+        "std::thread",
+        "std::os::",
+    ];
+    let mut files = Vec::new();
+    rust_files(&root().join("src/engine"), &mut files);
+    assert!(files.len() >= 8, "src/engine has its modules");
+    for file in files {
+        for (n, line) in shipped_lines(&file) {
+            for word in engine_forbidden {
+                if line.contains(word) && !line.trim_start().starts_with("//") {
+                    problems.push(format!("{}:{n}: `{word}` in the engine", file.display()));
+                }
+            }
+        }
+    }
     // The cross-shard rings know nothing about WebSocket.
     let mut files = Vec::new();
     rust_files(&root().join("src/xshard"), &mut files);
     for file in files {
         for (n, line) in shipped_lines(&file) {
-            if line.contains("proto::") || line.contains("crate::shard") {
+            if line.contains("proto::")
+                || line.contains("crate::engine")
+                || line.contains("crate::wire")
+            {
                 problems.push(format!(
                     "{}:{n}: xshard must not know the protocol",
                     file.display()
@@ -118,4 +150,44 @@ fn no_leftover_debugging_and_unwraps_name_their_invariant() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Every field of `Limits` has its row in docs/limits.md (and every row names a field).
+#[test]
+fn every_limit_has_its_row_in_the_docs() {
+    let limits = serde_json::to_value(ringcast::config::Limits::default()).unwrap();
+    let fields: Vec<&String> = limits.as_object().unwrap().keys().collect();
+    let doc = std::fs::read_to_string(root().join("docs/limits.md")).unwrap();
+    let rows: Vec<String> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| l.split('`').nth(1).map(str::to_string))
+        .collect();
+    let missing: Vec<&&String> = fields.iter().filter(|f| !rows.contains(f)).collect();
+    assert!(missing.is_empty(), "Limits fields without a row in docs/limits.md: {missing:?}");
+    let unknown: Vec<&String> = rows
+        .iter()
+        .filter(|r| !fields.iter().any(|f| f == r))
+        .collect();
+    assert!(unknown.is_empty(), "docs/limits.md rows that are not Limits fields: {unknown:?}");
+}
+
+/// Every stable error code is documented in docs/protocol.md or docs/control.md.
+#[test]
+fn every_error_code_is_documented() {
+    let protocol = std::fs::read_to_string(root().join("docs/protocol.md")).unwrap();
+    let control = std::fs::read_to_string(root().join("docs/control.md")).unwrap();
+    let missing: Vec<&str> = ringcast::wire::ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .filter(|c| !protocol.contains(&format!("`{c}`")) && !control.contains(&format!("`{c}`")))
+        .collect();
+    assert!(missing.is_empty(), "error codes no document names: {missing:?}");
+}
+
+/// `unsafe` needs its `// SAFETY:` comment, machine-checked by clippy.
+#[test]
+fn clippy_requires_safety_comments() {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("undocumented_unsafe_blocks = \"deny\""));
 }

@@ -203,6 +203,7 @@ impl Cluster {
     pub fn pipe(&mut self, sock: Sock) -> &mut Pipe {
         self.pipes
             .get_mut(&sock.0)
+            // Invariant: every Sock the engines name was handed out by `connect`.
             .expect("a socket of this cluster")
     }
 
@@ -291,6 +292,7 @@ impl Cluster {
             let pipe = self
                 .pipes
                 .get_mut(&slot.sock.0)
+                // Invariant: every Sock the engines name was handed out by `connect`.
                 .expect("a socket of this cluster");
             if pipe.closed {
                 // The socket is gone: the kernel would fail the send.
@@ -343,6 +345,7 @@ impl Cluster {
             .map(|(&s, _)| s)
             .collect();
         for s in socks {
+            // Invariant: pipes are never removed, and the list holds those with a token.
             let pipe = self.pipes.get_mut(&s).expect("listed above");
             let token = pipe.token.expect("filtered");
             if !pipe.to_server.is_empty() {
@@ -351,6 +354,7 @@ impl Cluster {
                 self.shards[i].engine.on_bytes(token, &mut bytes);
                 self.apply(i);
             }
+            // Invariant: pipes are never removed.
             let pipe = self.pipes.get_mut(&s).expect("listed above");
             if pipe.client_fin && !pipe.fin_delivered && !pipe.closed {
                 pipe.fin_delivered = true;
