@@ -1,19 +1,31 @@
 //! ringcast: a WebSocket push engine for Linux.
 //!
 //! Data flow: clients connect to one of the shards' `SO_REUSEPORT` listeners; the shard (one
-//! thread, one io_uring) accepts, runs the handshake and the frame codec, and owns the
-//! connection for its whole life. Server frames are encoded once into `Bytes` and the same
-//! handle is queued to every recipient.
+//! thread: an engine under a driver) accepts, runs the handshake and the frame codec, and owns
+//! the connection for its whole life. A publish goes to the channel's owner shard, which
+//! assigns the offset and encodes the frame once into `Bytes`; the same handle is queued to
+//! every recipient on every shard, and each connection's queue leaves in one vectored send per
+//! loop turn.
 //!
 //! Module map (each owns one thing):
-//! - [`proto`]: sans-IO WebSocket handshake, frame codec, masking, UTF-8, close codes;
-//! - [`shard`]: the only io_uring user: ring set-up, listener, buffer ring, connection
-//!   lifecycle, outbound queues, timers;
+//! - [`engine`]: the ring-free connection logic of a shard — connection table, lifecycle,
+//!   outbound queues, channels, control connections, timers; its driver contract in
+//!   [`engine::io`];
+//! - [`driver`]: the event loops under the engine — io_uring, epoll, and an in-memory one for
+//!   tests — and the sockets; the only code that talks to the kernel (with `xshard`'s doorbell);
+//! - [`proto`]: sans-IO WebSocket: handshake, frame codec, masking, UTF-8, close codes;
+//! - [`wire`]: what clients read: the `/ws` envelope and commands, payloads encoded once in both
+//!   formats, the stable error codes;
+//! - [`control`]: the sans-IO control protocol: line splitting, request parsing, reply lines;
+//! - [`channel`]: pub/sub state as plain data: local subscriber index, the owner's sequence;
+//! - [`xshard`]: bounded SPSC rings between shards, the overflow queue, the eventfd doorbell;
 //! - [`timer`]: the timing wheel (pure data);
 //! - [`config`]: `Config` and `Limits`, every bound of the server;
+//! - [`budget`]: a shard's worst-case memory, term by term, from `Limits`;
 //! - [`id`]: connection ids;
 //! - [`stats`]: counters and their published snapshots;
-//! - [`server`]: listeners, shard threads, readiness, shutdown.
+//! - [`server`]: listeners, driver choice, shard threads, readiness, shutdown;
+//! - [`ctl`]: `ringcast ctl`, the control socket's command-line client.
 
 pub mod budget;
 pub mod channel;

@@ -2,16 +2,19 @@
 # The project's test command: everything that must pass before a change lands.
 #
 # usage: bash tests/run.sh [PHASE...]          (from any directory)
-#   cargo        release build of every target, all unit + integration tests, benches compile
-#   conformance  start `ringcast serve --echo` on a free loopback port, run the Autobahn cases and
-#                the real-client smokes (Chromium, Python websockets, Node ws) against /echo,
-#                the push smokes on /ws, the control-socket examples (PHP, Python, Node, shell),
-#                then stop the server with SIGTERM
+#   cargo        release build of every target, all unit + integration tests (the end-to-end
+#                suite once more on the epoll driver), benches compile
+#   conformance  for each driver (io_uring, then epoll): start `ringcast serve --echo --driver D`
+#                on a free loopback port, run the Autobahn cases and the real-client smokes
+#                (Chromium, Python websockets, Node ws) against /echo, the push smokes on /ws,
+#                the control-socket examples (PHP, Python, Node, shell), then stop the server
+#                with SIGTERM
 #   (no PHASE: cargo, then conformance)
 #
 # Environment (all optional):
 #   RINGCAST_BIN         server binary for the conformance phase (default target/release/ringcast)
 #   CARGO_TARGET_DIR     honoured: the binary and the reports are then under it
+#   DRIVERS              drivers the conformance phase runs on (default "uring epoll")
 #   AUTOBAHN_CASES       default "1.* 2.* 3.* 4.* 5.* 6.* 7.* 9.* 10.*" (see conformance/autobahn.sh)
 #   RINGCAST_TEST_CACHE  tool cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/ringcast-test)
 #   CI=true              no terminal and no standard input are assumed
@@ -29,7 +32,10 @@ CONF="$REPO_ROOT/tests/conformance"
 # cargo resolves a relative CARGO_TARGET_DIR against its working directory, the repository root.
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 [[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$REPO_ROOT/$TARGET_DIR"
-REPORT_DIR="$TARGET_DIR/conformance"
+REPORT_BASE="$TARGET_DIR/conformance"
+REPORT_DIR="$REPORT_BASE"
+DRIVERS="${DRIVERS:-uring epoll}"
+STEP_PREFIX=""     # the driver's name in step names during the conformance phase
 # The Python venv that tests/conformance/install.sh fills (kosoku, websockets).
 VENV="${RINGCAST_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ringcast-test}/venv"
 RINGCAST_BIN="${RINGCAST_BIN:-$TARGET_DIR/release/ringcast}"
@@ -51,8 +57,11 @@ SERVER_LIFETIME_S="${SERVER_LIFETIME_S:-3600}"
 # The server under test. Heartbeats must be off on the echo endpoint (Autobahn's runner counts an
 # unsolicited ping as a case event), and its limits must let 16 MiB messages through (cases 9.*).
 # The control socket lives with the reports (never the shared default /tmp/ringcast.sock).
-SERVE_ARGS=(serve --listen 127.0.0.1:0 --shards 2 --echo --config tests/conformance/smoke.toml
-  --control "unix:$REPORT_DIR/control.sock")
+# serve_args DRIVER: the arguments for one driver's run (its reports in its own directory).
+serve_args() {
+  SERVE_ARGS=(serve --driver "$1" --listen 127.0.0.1:0 --shards 2 --echo
+    --config tests/conformance/smoke.toml --control "unix:$REPORT_DIR/control.sock")
+}
 SHARDS=2
 
 log() { echo "[run.sh] $*" >&2; }
@@ -70,10 +79,10 @@ SERVER_PID=""      # the server itself, from its readiness line
 PORT=""
 
 record() { # record NAME VERDICT SECONDS
-  STEP_NAMES+=("$1")
+  STEP_NAMES+=("$STEP_PREFIX$1")
   STEP_VERDICTS+=("$2")
   STEP_SECS+=("$3")
-  log "<== $1: $2 (${3}s)"
+  log "<== $STEP_PREFIX$1: $2 (${3}s)"
 }
 
 verdict_of() { # verdict_of STATUS LIMIT
@@ -126,7 +135,7 @@ print_summary() {
     printf '  %-16s %6ss  %s\n' "${STEP_NAMES[$i]}" "${STEP_SECS[$i]}" "${STEP_VERDICTS[$i]}"
     if [ "${STEP_VERDICTS[$i]}" = ok ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
   done
-  [ -z "$CONFORMANCE_RAN" ] || log "reports: $REPORT_DIR"
+  [ -z "$CONFORMANCE_RAN" ] || log "reports: $REPORT_BASE"
   log "total ${SECONDS}s"
   echo "steps: $passed passed, $failed failed"
 }
@@ -174,6 +183,7 @@ phase_cargo() {
   log "$(cargo --version), $(rustc --version)"
   step build "$BUILD_LIMIT_S" cargo build --release --workspace --all-targets
   step test "$TEST_LIMIT_S" cargo test --release --workspace
+  step test-epoll "$TEST_LIMIT_S" env RINGCAST_DRIVER=epoll cargo test --release --test e2e
   step bench-build "$BENCH_LIMIT_S" cargo bench --workspace --no-run
 }
 
@@ -269,6 +279,21 @@ stop_server() {
   [ "$verdict" = ok ]
 }
 
+# wait_for_driver_line DRIVER: the server's stderr names the driver of every shard.
+wait_for_driver_line() {
+  local want="driver $1" t0=$SECONDS n
+  [ "$1" != uring ] || want="driver io_uring"
+  n="$(grep -c "shard [0-9]*: $want" "$REPORT_DIR/server.stderr" || true)"
+  if [ "$n" = "$SHARDS" ]; then
+    record driver ok $((SECONDS - t0))
+    return 0
+  fi
+  log "expected $SHARDS lines 'shard N: $want' on the server's stderr, found $n"
+  tail -n 20 "$REPORT_DIR/server.stderr" >&2
+  record driver "FAILED: not running on $1" $((SECONDS - t0))
+  return 1
+}
+
 # A conformance step that fails is recorded and the next one still runs, so that one run shows
 # every failure; the phase fails at the end.
 check() {
@@ -338,13 +363,28 @@ push_smokes() {
 
 phase_conformance() {
   CONFORMANCE_RAN=1
-  rm -rf "$REPORT_DIR"
-  mkdir -p "$REPORT_DIR"
+  rm -rf "$REPORT_BASE"
+  mkdir -p "$REPORT_BASE"
   step tools "$TOOLS_LIMIT_S" bash "$CONF/install.sh" debian python node chromium
-  start_server
-  echo_smokes
-  push_smokes
-  stop_server || FAILED_STEPS=$((FAILED_STEPS + 1))
+  local driver
+  for driver in $DRIVERS; do
+    REPORT_DIR="$REPORT_BASE/$driver"
+    STEP_PREFIX="$driver:"
+    mkdir -p "$REPORT_DIR"
+    serve_args "$driver"
+    if start_server; then
+      # The server must say which driver it runs on: a silent fallback would test the wrong one.
+      if ! wait_for_driver_line "$driver"; then
+        FAILED_STEPS=$((FAILED_STEPS + 1))
+      fi
+      echo_smokes
+      push_smokes
+      stop_server || FAILED_STEPS=$((FAILED_STEPS + 1))
+    else
+      FAILED_STEPS=$((FAILED_STEPS + 1))
+    fi
+    STEP_PREFIX=""
+  done
   [ "$FAILED_STEPS" = 0 ]
 }
 

@@ -164,12 +164,18 @@ fn every_limit_has_its_row_in_the_docs() {
         .filter_map(|l| l.split('`').nth(1).map(str::to_string))
         .collect();
     let missing: Vec<&&String> = fields.iter().filter(|f| !rows.contains(f)).collect();
-    assert!(missing.is_empty(), "Limits fields without a row in docs/limits.md: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "Limits fields without a row in docs/limits.md: {missing:?}"
+    );
     let unknown: Vec<&String> = rows
         .iter()
         .filter(|r| !fields.iter().any(|f| f == r))
         .collect();
-    assert!(unknown.is_empty(), "docs/limits.md rows that are not Limits fields: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "docs/limits.md rows that are not Limits fields: {unknown:?}"
+    );
 }
 
 /// Every stable error code is documented in docs/protocol.md or docs/control.md.
@@ -182,7 +188,10 @@ fn every_error_code_is_documented() {
         .map(|c| c.as_str())
         .filter(|c| !protocol.contains(&format!("`{c}`")) && !control.contains(&format!("`{c}`")))
         .collect();
-    assert!(missing.is_empty(), "error codes no document names: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "error codes no document names: {missing:?}"
+    );
 }
 
 /// `unsafe` needs its `// SAFETY:` comment, machine-checked by clippy.

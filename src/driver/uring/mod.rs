@@ -502,3 +502,44 @@ impl UringShard {
         self.sends.free.push(index as u16);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::EngineSetup;
+    use crate::stats::Published;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    /// The budget's fixed part is what a shard really allocates at start (one shard: no
+    /// cross-shard rings).
+    #[test]
+    fn preallocation_matches_the_budget() {
+        let mut config = Config::default();
+        config.limits.recv_buffers = 256;
+        let (listener, _) = socket::listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let mesh = crate::xshard::mesh(1, 16, 16).pop().unwrap();
+        let engine = Engine::new(EngineSetup {
+            index: 0,
+            shards: 1,
+            config: Arc::new(config.clone()),
+            published: Arc::new(Published::default()),
+            all_published: Arc::new(Vec::new()),
+            epoch_base: 0,
+            mesh,
+        });
+        let io = ShardIo {
+            listener,
+            control_listeners: Vec::new(),
+            bells: crate::xshard::doorbells(1).unwrap(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let shard = UringShard::new(engine, io, &config.limits).unwrap();
+        let terms = crate::budget::shard_budget(&config.limits, 1, false);
+        assert_eq!(
+            shard.preallocated_bytes(),
+            crate::budget::fixed_bytes(&terms)
+        );
+    }
+}
