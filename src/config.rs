@@ -71,8 +71,9 @@ pub struct Limits {
     /// next newline and the connection stays open. Memory: this much per control connection
     /// holding a partial line.
     pub control_line_bytes_max: usize,
-    /// Requests awaiting their reply on one control connection (`noreply` requests do not
-    /// count). Overflow: the connection is closed, counted (`control_overloads`).
+    /// Replies owed on one control connection, whether they wait for other shards or are known
+    /// at once (`noreply` requests owe none). Overflow: the request gets `limit_exceeded`, the
+    /// connection is closed once the owed replies are out, counted (`control_overloads`).
     pub control_pending_max: usize,
     /// Bytes owed to all connections of one shard (queued or in flight). Overflow: the
     /// connections with the largest queues are dropped as slow consumers (4001) until the shard
@@ -85,9 +86,23 @@ pub struct Limits {
     /// Bytes of partly received messages held by all connections of one shard. Overflow: the
     /// connection whose message passed it is closed with 1009, counted (`shard_inbound_overflows`).
     pub shard_inbound_bytes_max: usize,
-    /// Control connections per shard. Overflow: the new connection is closed at once, counted
-    /// (`control_refusals`). Memory: up to `control_line_bytes_max` each for a partial line.
+    /// Control connections per shard, enforced over the whole process as shards × this (a
+    /// listener's connections may all be accepted by one shard). Overflow: the new connection is
+    /// closed at once, counted (`control_refusals`). Memory: up to `control_line_bytes_max`
+    /// each for a partial line.
     pub control_conns_per_shard_max: usize,
+    /// Control connections that have not sent `auth` yet (only with a token), over the whole
+    /// process; they do not count against `control_conns_per_shard_max`. Overflow: the oldest
+    /// unauthenticated connection of the accepting shard is closed to make room (or, when that
+    /// shard has none, the new one is refused), counted (`control_unauthed_evictions`).
+    pub control_unauthed_max: usize,
+    /// Time a control connection has to authenticate (only with a token). Overflow: error
+    /// `unauthorized`, then the connection is closed, counted (`control_auth_timeouts`).
+    pub control_auth_timeout_ms: u64,
+    /// Time a control connection may send nothing (0: no limit, the default, since a backend
+    /// may hold one connection open for hours between pushes). Overflow: the connection is
+    /// closed after its owed replies, counted (`control_idle_timeouts`).
+    pub control_idle_timeout_ms: u64,
     /// WebSocket connections from one client IP address (0: no limit). Enforced per shard as
     /// `ceil(conns_per_ip_max / shards)`, since the kernel spreads one address's connections over
     /// the shards. Overflow: HTTP 429, counted. Memory: ≈50 bytes per connection when on.
@@ -127,6 +142,9 @@ impl Default for Limits {
             client_messages_per_s: 200,
             shard_inbound_bytes_max: 128 * 1024 * 1024,
             control_conns_per_shard_max: 64,
+            control_unauthed_max: 64,
+            control_auth_timeout_ms: 5_000,
+            control_idle_timeout_ms: 0,
             conns_per_ip_max: 0,
             handshakes_per_shard_max: 4096,
         }

@@ -174,9 +174,22 @@ enum MethodArgs {
     Presence {
         /// Channel name.
         channel: String,
+        /// Ids per page (1 to 5000) [default: 1000].
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start after this id (the `next` of the previous page).
+        #[arg(long)]
+        cursor: Option<u64>,
     },
-    /// List channels with their subscriber counts.
-    Channels,
+    /// List channels with their subscriber counts (a page at a time).
+    Channels {
+        /// Channels per page (1 to 5000) [default: 1000].
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start after this name (the `next` of the previous page).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// Show counters: totals and per-shard open connections.
     Stats,
     /// Show version, shards, uptime and limits.
@@ -221,6 +234,10 @@ struct Request<'a> {
     reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<Value>,
 }
 
 /// A control address.
@@ -537,13 +554,21 @@ fn request_line(method: &MethodArgs) -> Result<String, String> {
             request.reason = reason.as_deref();
             None
         }
-        MethodArgs::Presence { channel } => {
+        MethodArgs::Presence {
+            channel,
+            limit,
+            cursor,
+        } => {
             request.method = "presence";
             request.channel = Some(channel);
+            request.limit = *limit;
+            request.cursor = cursor.map(Value::from);
             None
         }
-        MethodArgs::Channels => {
+        MethodArgs::Channels { limit, cursor } => {
             request.method = "channels";
+            request.limit = *limit;
+            request.cursor = cursor.as_deref().map(Value::from);
             None
         }
         MethodArgs::Stats => {
@@ -705,28 +730,43 @@ fn render(method: &MethodArgs, result: &Value) -> String {
                 code.unwrap_or(4003)
             )
         }
-        MethodArgs::Presence { channel } => match result.get("conns").and_then(Value::as_array) {
-            Some(conns) => {
-                out = format!("{channel}: {} connection(s)\n", conns.len());
-                for conn in conns {
-                    out.push_str(&format!("{conn}\n"));
+        MethodArgs::Presence { channel, .. } => {
+            match result.get("conns").and_then(Value::as_array) {
+                Some(conns) => {
+                    out = format!("{channel}: {} connection(s)\n", conns.len());
+                    for conn in conns {
+                        out.push_str(&format!("{conn}\n"));
+                    }
                 }
+                None => out = format!("{channel}: {result}\n"),
             }
-            None => out = format!("{channel}: {result}\n"),
-        },
-        MethodArgs::Channels => match result.get("channels").and_then(Value::as_object) {
-            Some(channels) if channels.is_empty() => out.push_str("no channels\n"),
-            Some(channels) => {
-                let mut rows = vec![(String::from("CHANNEL"), String::from("SUBSCRIBERS"))];
-                rows.extend(channels.iter().map(|(name, n)| (name.clone(), cell(n))));
-                table(&rows, &mut out);
+            more_pages(result, &mut out);
+        }
+        MethodArgs::Channels { .. } => {
+            match result.get("channels").and_then(Value::as_object) {
+                Some(channels) if channels.is_empty() => out.push_str("no channels\n"),
+                Some(channels) => {
+                    let mut rows = vec![(String::from("CHANNEL"), String::from("SUBSCRIBERS"))];
+                    rows.extend(channels.iter().map(|(name, n)| (name.clone(), cell(n))));
+                    table(&rows, &mut out);
+                }
+                None => out = format!("{result}\n"),
             }
-            None => out = format!("{result}\n"),
-        },
+            more_pages(result, &mut out);
+        }
         MethodArgs::Stats => render_stats(result, &mut out),
         MethodArgs::Info => render_info(result, &mut out),
     }
     out
+}
+
+/// Says how to get the next page when the reply has one.
+fn more_pages(result: &Value, out: &mut String) {
+    match result.get("next") {
+        Some(Value::String(next)) => out.push_str(&format!("(more: --cursor {next})\n")),
+        Some(Value::Number(next)) => out.push_str(&format!("(more: --cursor {next})\n")),
+        _ => {}
+    }
 }
 
 fn render_stats(result: &Value, out: &mut String) {
@@ -1360,6 +1400,8 @@ mod tests {
         let presence = render(
             &MethodArgs::Presence {
                 channel: "n".into(),
+                limit: None,
+                cursor: None,
             },
             &serde_json::json!({"conns": [5, 6]}),
         );
@@ -1369,9 +1411,14 @@ mod tests {
             publish,
             MethodArgs::Stats,
             MethodArgs::Info,
-            MethodArgs::Channels,
+            MethodArgs::Channels {
+                limit: None,
+                cursor: None,
+            },
             MethodArgs::Presence {
                 channel: "n".into(),
+                limit: None,
+                cursor: None,
             },
         ] {
             for v in [

@@ -250,6 +250,7 @@ impl Server {
             .map(|_| Arc::new(Published::default()))
             .collect();
         let all_published = Arc::new(published.clone());
+        let control_gate = Arc::new(crate::engine::control::ControlGate::default());
         for ((index, listener), mesh) in listeners.into_iter().enumerate().zip(mesh) {
             let control_listeners = control_fds
                 .iter()
@@ -264,6 +265,7 @@ impl Server {
                 all_published: all_published.clone(),
                 epoch_base,
                 mesh,
+                control_gate: control_gate.clone(),
             };
             let shard_io = ShardIo {
                 listener,

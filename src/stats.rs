@@ -64,6 +64,12 @@ pub struct Counters {
     /// Control connections closed at once because their first bytes were not a JSON object
     /// (an HTTP request from a web page, TLS, another protocol); nothing they sent ran.
     pub control_foreign: u64,
+    /// Unauthenticated control connections closed to make room at `control_unauthed_max`.
+    pub control_unauthed_evictions: u64,
+    /// Control connections closed for not authenticating within `control_auth_timeout_ms`.
+    pub control_auth_timeouts: u64,
+    /// Control connections closed after `control_idle_timeout_ms` without input.
+    pub control_idle_timeouts: u64,
     /// Pongs not queued because the client's outbound queue was full (it pings without reading;
     /// RFC 6455 §5.5.3 allows answering only the latest ping).
     pub pongs_skipped: u64,
@@ -147,6 +153,9 @@ impl Counters {
         self.control_refusals += other.control_refusals;
         self.pongs_skipped += other.pongs_skipped;
         self.control_foreign += other.control_foreign;
+        self.control_unauthed_evictions += other.control_unauthed_evictions;
+        self.control_auth_timeouts += other.control_auth_timeouts;
+        self.control_idle_timeouts += other.control_idle_timeouts;
         self.xshard_refused_publishes += other.xshard_refused_publishes;
         self.xshard_refused_deliveries += other.xshard_refused_deliveries;
     }

@@ -10,6 +10,15 @@ use std::borrow::Cow;
 /// Longest `id` (raw JSON) echoed back.
 pub const ID_BYTES_MAX: usize = 64;
 
+/// Entries per page of `channels` and `presence` when the request gives no `limit`.
+pub const PAGE_DEFAULT: usize = 1000;
+/// Largest `limit` of `channels` and `presence`: a page of 5,000 entries of the longest names
+/// (128 bytes) stays under 1 MiB, the default `outbound_bytes_max` a reply line must fit.
+pub const PAGE_MAX: usize = 5000;
+/// Most channels in one `broadcast`: its reply (one result per channel, up to ≈170 bytes each)
+/// stays under 1 MiB.
+pub const BROADCAST_CHANNELS_MAX: usize = 4096;
+
 /// What a push carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
@@ -38,10 +47,22 @@ pub enum Method {
     Unsubscribe(u64, String),
     /// Close a connection.
     Disconnect(u64, u16, String),
-    /// Connection ids subscribed to a channel.
-    Presence(String),
-    /// Channels with subscriber counts.
-    Channels,
+    /// Connection ids subscribed to a channel: a page of at most `limit` ids above `after`.
+    Presence {
+        /// The channel.
+        channel: String,
+        /// Ids after this one (the previous page's `next`).
+        after: Option<u64>,
+        /// Page size (≤ `PAGE_MAX`).
+        limit: usize,
+    },
+    /// Channels with subscriber counts: a page of at most `limit` names after `after`.
+    Channels {
+        /// Names after this one, in byte order (the previous page's `next`).
+        after: Option<String>,
+        /// Page size (≤ `PAGE_MAX`).
+        limit: usize,
+    },
     /// Counters.
     Stats,
     /// Version, shards, uptime, limits.
@@ -98,6 +119,20 @@ struct Wire<'a> {
     reason: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    limit: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cursor: Option<&'a RawValue>,
+}
+
+fn limit(raw: Option<&RawValue>) -> Result<usize, String> {
+    let Some(raw) = raw else {
+        return Ok(PAGE_DEFAULT);
+    };
+    serde_json::from_str::<usize>(raw.get())
+        .ok()
+        .filter(|n| (1..=PAGE_MAX).contains(n))
+        .ok_or_else(|| format!("\"limit\" must be an integer from 1 to {PAGE_MAX}"))
 }
 
 fn string(raw: Option<&RawValue>, name: &str) -> Result<String, String> {
@@ -179,6 +214,14 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
                         .map_err(|_| "\"channels\" must be an array of strings".to_string())?,
                 ),
             };
+            if channels
+                .as_ref()
+                .is_some_and(|c| c.len() > BROADCAST_CHANNELS_MAX)
+            {
+                return Err(format!(
+                    "a broadcast names at most {BROADCAST_CHANNELS_MAX} channels (send several)"
+                ));
+            }
             Ok(Method::Broadcast(channels, payload(&wire)?))
         })())?,
         "send" => params((|| Ok(Method::Send(conn_id(wire.conn)?, payload(&wire)?)))())?,
@@ -212,8 +255,30 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
             }
             Ok(Method::Disconnect(conn, code, reason))
         })())?,
-        "presence" => params(string(wire.channel, "channel").map(Method::Presence))?,
-        "channels" => Method::Channels,
+        "presence" => params((|| {
+            let after = match wire.cursor {
+                None => None,
+                Some(raw) => Some(
+                    serde_json::from_str::<u64>(raw.get())
+                        .map_err(|_| "\"cursor\" must be a connection id (the last page's next)")?,
+                ),
+            };
+            Ok(Method::Presence {
+                channel: string(wire.channel, "channel")?,
+                after,
+                limit: limit(wire.limit)?,
+            })
+        })())?,
+        "channels" => params((|| {
+            let after = match wire.cursor {
+                None => None,
+                Some(_) => Some(string(wire.cursor, "cursor")?),
+            };
+            Ok(Method::Channels {
+                after,
+                limit: limit(wire.limit)?,
+            })
+        })())?,
         "stats" => Method::Stats,
         "info" => Method::Info,
         other => {

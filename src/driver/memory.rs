@@ -122,6 +122,7 @@ impl Cluster {
             .map(|_| Arc::new(Published::default()))
             .collect();
         let all = Arc::new(published.clone());
+        let gate = Arc::new(crate::engine::control::ControlGate::default());
         let shards: Vec<Shard> = mesh
             .into_iter()
             .enumerate()
@@ -134,6 +135,7 @@ impl Cluster {
                     all_published: all.clone(),
                     epoch_base: 1000,
                     mesh,
+                    control_gate: gate.clone(),
                 }),
                 tx: MemTx {
                     max: config.limits.sends_in_flight_max,

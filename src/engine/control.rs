@@ -9,6 +9,7 @@
 use super::Engine;
 use super::conn::{Endpoint, State};
 use super::io::{Intent, Sock};
+use super::limits_ticks;
 use super::outbound::Enqueue;
 use super::xmsg::{Body, ConnAction, Part, Query, ReplyTo, XMsg};
 use crate::channel::{self, ChannelError};
@@ -20,6 +21,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A sequenced position of a channel: offset and epoch (`None` until the owner answers).
 type Position = Option<(u64, u64)>;
@@ -34,9 +36,19 @@ enum Acc {
     /// `{}` when done.
     Done,
     /// Presence: connection ids.
-    Conns(Vec<u64>),
+    Conns {
+        /// Ids gathered so far (each shard sends at most `limit + 1`).
+        ids: Vec<u64>,
+        /// Page size.
+        limit: usize,
+    },
     /// Channels: summed counts.
-    Channels(BTreeMap<Arc<str>, u64>),
+    Channels {
+        /// Names with their summed counts (each shard sends at most `limit + 1` names).
+        map: BTreeMap<Arc<str>, u64>,
+        /// Page size.
+        limit: usize,
+    },
     /// A broadcast to every connection: connections reached.
     Count(u64),
     /// A result computed at once.
@@ -51,11 +63,46 @@ struct Pending {
     error: Option<(ErrorCode, String)>,
 }
 
-/// Per-connection control state (kept beside the slab: control connections are few).
+/// The process-wide count of control connections, shared by every shard's engine: a listener's
+/// connections may all be accepted by one shard, so the limits are applied to the process, not
+/// per shard (docs/control.md). Touched once per control connection open, auth and close.
+#[derive(Debug, Default)]
+pub struct ControlGate {
+    /// Authenticated control connections (every one, without a token).
+    pub authed: AtomicUsize,
+    /// Connections still owing their `auth`.
+    pub unauthed: AtomicUsize,
+}
+
+impl ControlGate {
+    /// Takes a place in `counter` if it holds fewer than `max`.
+    fn enter(counter: &AtomicUsize, max: usize) -> bool {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// Which count of the gate a control connection holds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// None (refused after auth, or already released).
+    #[default]
+    Nothing,
+    /// An unauthenticated place.
+    Unauthed,
+    /// An authenticated place.
+    Authed,
+}
+
+/// Per-connection control state (in the connection's extension).
 #[derive(Debug, Default)]
 pub struct ControlState {
     lines: LineSplitter,
     authed: bool,
+    counted: Counted,
     /// Sequence number of `pending[0]`.
     front_seq: u64,
     pending: VecDeque<Pending>,
@@ -75,6 +122,11 @@ impl ControlState {
             authed,
             ..ControlState::default()
         }
+    }
+
+    /// Whether the connection authenticated (always, without a token).
+    pub fn is_authed(&self) -> bool {
+        self.authed
     }
 }
 
@@ -100,7 +152,11 @@ fn result_of(p: &Pending) -> String {
             out.push_str("]}");
         }
         Acc::Done => out.push_str("{}"),
-        Acc::Conns(ids) => {
+        Acc::Conns { ids, limit } => {
+            let mut ids = ids.clone();
+            ids.sort_unstable();
+            let next = (ids.len() > *limit).then(|| ids[*limit - 1]);
+            ids.truncate(*limit);
             out.push_str("{\"conns\":[");
             for (i, id) in ids.iter().enumerate() {
                 if i > 0 {
@@ -108,17 +164,28 @@ fn result_of(p: &Pending) -> String {
                 }
                 let _ = write!(out, "{id}");
             }
-            out.push_str("]}");
+            match next {
+                Some(next) => {
+                    let _ = write!(out, "],\"next\":{next}}}");
+                }
+                None => out.push_str("],\"next\":null}"),
+            }
         }
-        Acc::Channels(map) => {
+        Acc::Channels { map, limit } => {
             out.push_str("{\"channels\":{");
-            for (i, (name, n)) in map.iter().enumerate() {
+            for (i, (name, n)) in map.iter().take(*limit).enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
+                // Channel names never need JSON escaping (`channel::validate_name`).
                 let _ = write!(out, "\"{name}\":{n}");
             }
-            out.push_str("}}");
+            match map.keys().nth(*limit).and(map.keys().nth(*limit - 1)) {
+                Some(last) => {
+                    let _ = write!(out, "}},\"next\":\"{last}\"}}");
+                }
+                None => out.push_str("},\"next\":null}"),
+            }
         }
         Acc::Count(n) => {
             let _ = write!(out, "{{\"connections\":{n}}}");
@@ -139,24 +206,107 @@ fn body_of(payload: Payload) -> Body {
 impl Engine {
     /// A control connection was accepted.
     pub(super) fn open_control(&mut self, sock: Sock) {
-        if self.control_open >= self.config.limits.control_conns_per_shard_max {
+        let limits = &self.config.limits;
+        let authed = self.config.control.token.is_none();
+        let counted = if authed {
+            let max = limits.control_conns_per_shard_max * self.shards;
+            ControlGate::enter(&self.control_gate.authed, max).then_some(Counted::Authed)
+        } else {
+            let max = limits.control_unauthed_max;
+            let mut entered = ControlGate::enter(&self.control_gate.unauthed, max);
+            if !entered && self.evict_oldest_unauthed() {
+                // The place the evicted connection held is free now.
+                entered = ControlGate::enter(&self.control_gate.unauthed, max);
+            }
+            entered.then_some(Counted::Unauthed)
+        };
+        let Some(counted) = counted else {
             self.counters.control_refusals += 1;
             self.intents.push(Intent::Refuse {
                 sock,
                 response: bytes::Bytes::new(),
             });
             return;
-        }
+        };
         let slot = self.conns.insert(sock, self.now_tick);
-        let authed = self.config.control.token.is_none();
+        let mut state = ControlState::new(authed);
+        state.counted = counted;
         let conn = &mut self.conns[slot];
         conn.endpoint = Endpoint::Control;
         conn.state = State::Open;
-        conn.ext_mut().control = Some(ControlState::new(authed));
+        conn.ext_mut().control = Some(state);
         self.control_open += 1;
         self.counters.control_conns += 1;
         let token = self.conns.token(slot);
+        if !authed {
+            self.unauthed_order.push_back(token);
+            let ticks = limits_ticks(self.config.limits.control_auth_timeout_ms);
+            self.wheel.insert(slot, self.now_tick + ticks);
+        } else {
+            self.arm_control_idle(slot);
+        }
         self.intents.push(Intent::Read { token, sock });
+    }
+
+    /// Arms the idle deadline of an authenticated control connection, if one is configured.
+    fn arm_control_idle(&mut self, slot: usize) {
+        match self.config.limits.control_idle_timeout_ms {
+            0 => self.wheel.remove(slot),
+            ms => {
+                let last = self.conns[slot].last_rx_tick;
+                self.wheel.insert(slot, last + limits_ticks(ms));
+            }
+        }
+    }
+
+    /// Closes this shard's oldest connection still owing its `auth`; whether there was one.
+    fn evict_oldest_unauthed(&mut self) -> bool {
+        while let Some(token) = self.unauthed_order.pop_front() {
+            let slot = token.slot as usize;
+            let waiting = self
+                .conns
+                .live(token)
+                .and_then(|c| c.control())
+                .is_some_and(|s| !s.authed);
+            if waiting {
+                self.counters.control_unauthed_evictions += 1;
+                self.free(slot, 0);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A control connection's deadline: its `auth` (with a token) or its idle time.
+    pub(super) fn control_deadline(&mut self, slot: usize) {
+        let authed = self.conns[slot].control().is_some_and(|s| s.authed);
+        if !authed {
+            self.counters.control_auth_timeouts += 1;
+            let ms = self.config.limits.control_auth_timeout_ms;
+            let why = format!("no auth within {ms} ms (control_auth_timeout_ms)");
+            self.reply_now(slot, None, Err((ErrorCode::Unauthorized, why)));
+            self.flush_replies(slot);
+            return self.close_after_flush(slot);
+        }
+        let idle = limits_ticks(self.config.limits.control_idle_timeout_ms);
+        if idle == 0 {
+            return;
+        }
+        let silent = self.now_tick.wrapping_sub(self.conns[slot].last_rx_tick);
+        if silent >= idle {
+            self.counters.control_idle_timeouts += 1;
+            return self.close_after_flush(slot);
+        }
+        self.arm_control_idle(slot);
+    }
+
+    /// Gives the connection's place in the gate back (it is being freed).
+    pub(super) fn release_control(&mut self, state: &ControlState) {
+        match state.counted {
+            Counted::Authed => self.control_gate.authed.fetch_sub(1, Ordering::AcqRel),
+            Counted::Unauthed => self.control_gate.unauthed.fetch_sub(1, Ordering::AcqRel),
+            Counted::Nothing => 0,
+        };
     }
 
     /// The backend half-closed: a last request without its newline is still a request.
@@ -273,9 +423,30 @@ impl Engine {
         if !authed {
             let token_ok = matches!(&request.method, Method::Auth(t) if Some(t) == self.config.control.token.as_ref());
             if token_ok {
+                let max = self.config.limits.control_conns_per_shard_max * self.shards;
+                let admitted = ControlGate::enter(&self.control_gate.authed, max);
                 if let Some(state) = self.conns[slot].control() {
-                    state.authed = true;
+                    if state.counted == Counted::Unauthed {
+                        self.control_gate.unauthed.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    state.counted = if admitted {
+                        Counted::Authed
+                    } else {
+                        Counted::Nothing
+                    };
+                    state.authed = admitted;
                 }
+                if !admitted {
+                    self.counters.control_refusals += 1;
+                    let max = self.config.limits.control_conns_per_shard_max;
+                    let why = format!(
+                        "the server has its {max} control connections per shard \
+                         (control_conns_per_shard_max); closing"
+                    );
+                    self.reply_now(slot, id, Err((ErrorCode::LimitExceeded, why)));
+                    return self.close_after_flush(slot);
+                }
+                self.arm_control_idle(slot);
                 return self.reply_now(slot, id, Ok("{}".to_string()));
             }
             self.counters.control_errors += 1;
@@ -412,7 +583,11 @@ impl Engine {
                 conn,
                 ConnAction::Disconnect(code, reason),
             ),
-            Method::Presence(name) => {
+            Method::Presence {
+                channel: name,
+                after,
+                limit,
+            } => {
                 if let Some(err) = bad_name(&name) {
                     return self.fail_request(slot, id, noreply, err);
                 }
@@ -420,32 +595,48 @@ impl Engine {
                     return;
                 }
                 let channel: Arc<str> = Arc::from(name.as_str());
-                if let Some(to) =
-                    self.await_parts(slot, id, self.shards as u32, Acc::Conns(Vec::new()))
-                {
+                if let Some(to) = self.await_parts(
+                    slot,
+                    id,
+                    self.shards as u32,
+                    Acc::Conns {
+                        ids: Vec::new(),
+                        limit,
+                    },
+                ) {
                     for shard in 0..self.shards {
                         self.send_x(
                             shard,
                             XMsg::Query {
-                                query: Query::Presence(channel.clone()),
+                                query: Query::Presence {
+                                    channel: channel.clone(),
+                                    after,
+                                    limit,
+                                },
                                 reply: to,
                             },
                         );
                     }
                 }
             }
-            Method::Channels => {
+            Method::Channels { after, limit } => {
                 if noreply {
                     return;
                 }
-                if let Some(to) =
-                    self.await_parts(slot, id, self.shards as u32, Acc::Channels(BTreeMap::new()))
-                {
+                let acc = Acc::Channels {
+                    map: BTreeMap::new(),
+                    limit,
+                };
+                let after: Option<Arc<str>> = after.map(|a| Arc::from(a.as_str()));
+                if let Some(to) = self.await_parts(slot, id, self.shards as u32, acc) {
                     for shard in 0..self.shards {
                         self.send_x(
                             shard,
                             XMsg::Query {
-                                query: Query::Channels,
+                                query: Query::Channels {
+                                    after: after.clone(),
+                                    limit,
+                                },
                                 reply: to,
                             },
                         );
@@ -635,8 +826,8 @@ impl Engine {
                 }
             }
             (Part::Failed(code, message), _) => p.error = Some((code, message)),
-            (Part::Conns(ids), Acc::Conns(all)) => all.extend(ids),
-            (Part::Channels(list), Acc::Channels(map)) => {
+            (Part::Conns(ids), Acc::Conns { ids: all, .. }) => all.extend(ids),
+            (Part::Channels(list), Acc::Channels { map, .. }) => {
                 for (name, n) in list {
                     *map.entry(name).or_insert(0) += n;
                 }
@@ -755,8 +946,14 @@ impl Engine {
     /// Answers a question about this shard's channels.
     pub(super) fn on_query(&mut self, query: Query, reply: ReplyTo) {
         let part = match query {
-            Query::Presence(name) => {
-                let ids = match self.local.find(&name) {
+            Query::Presence {
+                channel,
+                after,
+                limit,
+            } => {
+                // This shard's smallest `limit + 1` ids above the cursor: with every shard's, the
+                // asker has the page and knows whether another follows.
+                let mut ids: Vec<u64> = match self.local.find(&channel) {
                     Some(local) => self
                         .local
                         .get(local)
@@ -766,18 +963,28 @@ impl Engine {
                             ConnId::new(self.index, s as usize, self.conns[s as usize].generation)
                                 .get()
                         })
+                        .filter(|&id| after.is_none_or(|a| id > a))
                         .collect(),
                     None => Vec::new(),
                 };
+                ids.sort_unstable();
+                ids.truncate(limit + 1);
                 Part::Conns(ids)
             }
-            Query::Channels => Part::Channels(
-                self.local
+            Query::Channels { after, limit } => {
+                // Each shard sends its first `limit + 1` names after the cursor; a name on the
+                // page is then complete: a shard that cut it off sent `limit + 1` smaller names.
+                let mut list: Vec<(Arc<str>, u64)> = self
+                    .local
                     .iter()
                     .filter(|c| !c.subscribers.is_empty())
+                    .filter(|c| after.as_deref().is_none_or(|a| &*c.name > a))
                     .map(|c| (c.name.clone(), c.subscribers.len() as u64))
-                    .collect(),
-            ),
+                    .collect();
+                list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                list.truncate(limit + 1);
+                Part::Channels(list)
+            }
         };
         self.send_x(reply.shard as usize, XMsg::Reply { to: reply, part });
     }

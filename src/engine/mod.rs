@@ -75,6 +75,8 @@ pub struct EngineSetup {
     pub epoch_base: u64,
     /// This shard's ends of the cross-shard rings.
     pub mesh: Endpoints<XMsg>,
+    /// The process-wide count of control connections (one for all shards).
+    pub control_gate: Arc<control::ControlGate>,
 }
 
 thread_local! {
@@ -104,8 +106,12 @@ pub struct Engine {
     inbound_bytes: usize,
     /// Connections in the handshaking state, bounded by `handshakes_per_shard_max`.
     handshaking: usize,
-    /// Open control connections, bounded by `control_conns_per_shard_max`.
+    /// Open control connections on this shard.
     control_open: usize,
+    /// The process-wide control connection count.
+    control_gate: Arc<control::ControlGate>,
+    /// This shard's unauthenticated control connections, oldest first (may hold stale tokens).
+    unauthed_order: VecDeque<Token>,
     /// Connections per client address (only with `conns_per_ip_max`).
     per_ip: HashMap<PeerAddr, u32>,
     dirty: Vec<u32>,
@@ -154,6 +160,8 @@ impl Engine {
             inbound_bytes: 0,
             handshaking: 0,
             control_open: 0,
+            control_gate: setup.control_gate,
+            unauthed_order: VecDeque::new(),
             per_ip: HashMap::new(),
             dirty: Vec::new(),
             dirty_next: Vec::new(),
@@ -421,6 +429,7 @@ impl Engine {
                     self.counters.handshake_timeouts += 1;
                     self.free(slot, 0);
                 }
+                State::Open if conn.endpoint == Endpoint::Control => self.control_deadline(slot),
                 State::Open => self.heartbeat(slot),
                 State::Closing | State::Draining => {
                     let code = conn.close_code;
@@ -607,8 +616,9 @@ impl Engine {
         self.leave_all(slot);
         let mut conn = self.conns.remove(slot);
         if let Some(ext) = conn.ext.take() {
-            if ext.control.is_some() {
+            if let Some(state) = &ext.control {
                 self.control_open -= 1;
+                self.release_control(state);
             }
             if let Some(peer) = ext.peer {
                 if let Some(n) = self.per_ip.get_mut(&peer) {

@@ -602,3 +602,163 @@ fn stale_send_completion_after_close_is_counted_not_applied() {
     assert_eq!(c.engine(0).connections(), 0);
     assert!(c.counters(0).stale_completions >= 1);
 }
+
+fn with_token() -> Config {
+    let mut config = config();
+    config.control.token = Some("s3cret".into());
+    config.limits.control_unauthed_max = 4;
+    config.limits.control_conns_per_shard_max = 2;
+    config
+}
+
+#[test]
+fn unauthenticated_control_connections_time_out_and_make_room() {
+    let mut c = Cluster::new(with_token(), 2);
+    // Four silent connections fill the unauthenticated places (across both shards).
+    let idle: Vec<Sock> = (0..4).map(|i| control(&mut c, i % 2)).collect();
+    c.settle();
+    // A fifth on shard 0 evicts shard 0's oldest silent one instead of being refused.
+    let backend = control(&mut c, 0);
+    assert!(!c.pipe(backend).closed);
+    assert!(
+        c.pipe(idle[0]).closed,
+        "the oldest silent connection made room"
+    );
+    assert_eq!(c.counters(0).control_unauthed_evictions, 1);
+    let replies = call(
+        &mut c,
+        backend,
+        &[json!({"id":1,"method":"auth","token":"s3cret"})],
+    );
+    assert_eq!(replies[0]["result"], json!({}));
+    // Authenticated connections no longer count as unauthenticated, and are not timed out.
+    c.advance(c_limits().control_auth_timeout_ms + 100);
+    assert!(!c.pipe(backend).server_fin);
+    for sock in &idle[1..] {
+        assert!(c.pipe(*sock).server_fin, "no auth within the deadline");
+        let text = String::from_utf8(c.read(*sock)).unwrap();
+        assert!(text.contains("\"unauthorized\""), "{text}");
+    }
+    assert_eq!(c.total().control_auth_timeouts, 3);
+    let replies = call(&mut c, backend, &[json!({"id":2,"method":"info"})]);
+    assert_eq!(replies[0]["id"], 2);
+}
+
+#[test]
+fn authenticated_control_connections_are_bounded_for_the_whole_process() {
+    let mut c = Cluster::new(with_token(), 2);
+    // The limit is 2 per shard, 4 for the process, whichever shard accepts them.
+    let mut admitted = 0;
+    for _ in 0..5 {
+        let sock = control(&mut c, 0);
+        let replies = call(&mut c, sock, &[json!({"method":"auth","token":"s3cret"})]);
+        if replies[0]["result"] == json!({}) {
+            admitted += 1;
+        } else {
+            assert_eq!(replies[0]["error"]["code"], "limit_exceeded");
+        }
+    }
+    assert_eq!(admitted, 4);
+    assert_eq!(c.counters(0).control_refusals, 1);
+}
+
+#[test]
+fn idle_deadline_closes_a_silent_backend_when_configured() {
+    let mut config = config();
+    config.limits.control_idle_timeout_ms = 1000;
+    let mut c = Cluster::new(config, 1);
+    let chatty = control(&mut c, 0);
+    let silent = control(&mut c, 0);
+    for _ in 0..4 {
+        call(&mut c, chatty, &[json!({"method":"info"})]);
+        c.advance(400);
+    }
+    assert!(c.pipe(silent).server_fin, "EOF after the idle deadline");
+    assert!(!c.pipe(chatty).server_fin, "input keeps a connection alive");
+    assert_eq!(c.counters(0).control_idle_timeouts, 1);
+}
+
+#[test]
+fn channels_and_presence_come_in_pages() {
+    let mut c = Cluster::new(config(), 2);
+    let mut subs = Vec::new();
+    for i in 0..7 {
+        subs.push(Ws::open(
+            &mut c,
+            i % 2,
+            &format!("/ws?channel=p{i}&channel=all"),
+        ));
+    }
+    c.settle();
+    let ctl = control(&mut c, 0);
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let mut req = json!({"method":"channels","limit":3});
+        if let Some(cur) = &cursor {
+            req["cursor"] = json!(cur);
+        }
+        let reply = call(&mut c, ctl, &[req]).remove(0);
+        let page = reply["result"]["channels"].as_object().unwrap().clone();
+        assert!(page.len() <= 3);
+        names.extend(page.keys().cloned());
+        match &reply["result"]["next"] {
+            Value::String(next) => cursor = Some(next.clone()),
+            _ => break,
+        }
+    }
+    let mut expected: Vec<String> = (0..7).map(|i| format!("p{i}")).collect();
+    expected.push("all".into());
+    expected.sort();
+    assert_eq!(names, expected, "every channel once, in order");
+    let reply = call(
+        &mut c,
+        ctl,
+        &[json!({"method":"channels","cursor":"all","limit":1})],
+    );
+    assert_eq!(reply[0]["result"]["channels"], json!({"p0":1}));
+    // Presence: 7 connections on "all", pages of 2.
+    let mut ids = Vec::new();
+    let mut cursor: Option<u64> = None;
+    loop {
+        let mut req = json!({"method":"presence","channel":"all","limit":2});
+        if let Some(cur) = cursor {
+            req["cursor"] = json!(cur);
+        }
+        let reply = call(&mut c, ctl, &[req]).remove(0);
+        ids.extend(
+            reply["result"]["conns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap()),
+        );
+        match reply["result"]["next"].as_u64() {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(ids.len(), 7);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let bad = call(&mut c, ctl, &[json!({"method":"channels","limit":0})]);
+    assert_eq!(bad[0]["error"]["code"], "bad_params");
+}
+
+#[test]
+fn broadcast_names_a_bounded_number_of_channels() {
+    let mut c = Cluster::new(config(), 1);
+    let ctl = control(&mut c, 0);
+    let names: Vec<String> = (0..crate::control::request::BROADCAST_CHANNELS_MAX + 1)
+        .map(|i| format!("c{i}"))
+        .collect();
+    let reply = call(
+        &mut c,
+        ctl,
+        &[json!({"method":"broadcast","channels":names,"text":"x"})],
+    );
+    assert_eq!(reply[0]["error"]["code"], "bad_params");
+    assert_eq!(
+        c.counters(0).published + c.counters(0).published_no_audience,
+        0
+    );
+}

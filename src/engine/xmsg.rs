@@ -42,10 +42,22 @@ pub enum ConnAction {
 /// A question for every shard.
 #[derive(Debug)]
 pub enum Query {
-    /// Connection ids subscribed to a channel.
-    Presence(Arc<str>),
-    /// Local channels with subscriber counts.
-    Channels,
+    /// Connection ids subscribed to a channel, above `after`: the smallest `limit + 1`.
+    Presence {
+        /// The channel.
+        channel: Arc<str>,
+        /// The cursor.
+        after: Option<u64>,
+        /// Page size.
+        limit: usize,
+    },
+    /// Local channels with subscriber counts, after `after`: the first `limit + 1` names.
+    Channels {
+        /// The cursor.
+        after: Option<Arc<str>>,
+        /// Page size.
+        limit: usize,
+    },
 }
 
 /// One shard's part of a reply.

@@ -528,6 +528,7 @@ mod tests {
             all_published: Arc::new(Vec::new()),
             epoch_base: 0,
             mesh,
+            control_gate: Default::default(),
         });
         let io = ShardIo {
             listener,
