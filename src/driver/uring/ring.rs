@@ -57,7 +57,8 @@ pub fn explain_unavailable(err: &io::Error) -> String {
             "io_uring_setup failed ({err}): the kernel lacks io_uring or a seccomp profile blocks \
              it (Docker 25+ and containerd 2.0 RuntimeDefault do). Fix: run on Linux 6.1 or newer \
              with a seccomp profile that allows io_uring_setup, io_uring_enter and \
-             io_uring_register (deploy/seccomp-io_uring.json is Docker's default profile plus those three; docker run --security-opt seccomp=deploy/seccomp-io_uring.json)."
+             io_uring_register (deploy/seccomp-io_uring.json is Docker's default profile plus \
+             those three: docker run --security-opt seccomp=deploy/seccomp-io_uring.json)."
         ),
         (Some(libc::ENOMEM), _) => format!(
             "io_uring_setup failed ({err}): not enough locked memory for the rings. \
