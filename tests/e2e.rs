@@ -1372,3 +1372,6 @@ fn handshake_crowd_is_bounded_with_503() {
     let _again = connect(addr, "/echo");
     stop(server);
 }
+
+#[path = "e2e/hardening.rs"]
+mod hardening;

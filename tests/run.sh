@@ -15,6 +15,8 @@
 #   RINGCAST_BIN         server binary for the conformance phase (default target/release/ringcast)
 #   CARGO_TARGET_DIR     honoured: the binary and the reports are then under it
 #   DRIVERS              drivers the conformance phase runs on (default "uring epoll")
+#   WSTEST=1             also run the original Autobahn runner (wstest 0.8.2, Python 2.7 unpacked
+#                        privately from Debian 11 packages; tests/conformance/wstest/) per driver
 #   AUTOBAHN_CASES       default "1.* 2.* 3.* 4.* 5.* 6.* 7.* 9.* 10.*" (see conformance/autobahn.sh)
 #   RINGCAST_TEST_CACHE  tool cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/ringcast-test)
 #   CI=true              no terminal and no standard input are assumed
@@ -303,6 +305,10 @@ check() {
 echo_smokes() {
   local url="ws://127.0.0.1:$PORT/echo" client
   check autobahn $((AUTOBAHN_TIMEOUT + 60)) bash "$CONF/autobahn.sh" "$url" "$REPORT_DIR/autobahn"
+  if [ "${WSTEST:-}" = 1 ]; then
+    check autobahn-wstest $((AUTOBAHN_TIMEOUT + 600)) bash "$CONF/wstest/autobahn-wstest.sh" \
+      "$url" "$REPORT_DIR/autobahn-wstest"
+  fi
   for client in browser python node; do
     check "smoke-$client" "$SMOKE_LIMIT_S" bash "$CONF/smoke.sh" "$client" "$url"
   done

@@ -40,3 +40,89 @@ pub struct ShardIo {
     /// Set to start a graceful shutdown; polled once per loop turn.
     pub stop: Arc<AtomicBool>,
 }
+
+/// Gives memory back to the kernel after a burst: once the bytes a shard owed its connections
+/// have passed `TRIM_AFTER_BYTES` and fallen back under a sixteenth of their peak, the driver
+/// asks the allocator to release its free pages (`malloc_trim`, glibc) — `TRIMS_PER_BURST`
+/// times, `TRIM_EVERY_MS` apart, since what a burst leaves behind (overflow queues, closed
+/// connections) is freed over the following seconds. Without it, the heap a flood grew (millions
+/// of small frames freed in no particular order) stays resident long after the flood ends. A
+/// trim walks the heap on the shard's thread (milliseconds), which only happens after a burst.
+pub struct Trimmer {
+    peak_bytes: usize,
+    trims_left: u8,
+    last_ms: u64,
+}
+
+/// Owed bytes a burst must reach before its end is worth a trim.
+pub const TRIM_AFTER_BYTES: usize = 32 << 20;
+/// Fewest milliseconds between two trims.
+pub const TRIM_EVERY_MS: u64 = 1000;
+/// Trims after the end of one burst.
+pub const TRIMS_PER_BURST: u8 = 3;
+
+impl Trimmer {
+    /// A trimmer that has seen no burst.
+    pub fn new() -> Trimmer {
+        Trimmer {
+            peak_bytes: 0,
+            trims_left: 0,
+            last_ms: 0,
+        }
+    }
+
+    /// Called once per loop turn with the shard's owed bytes; trims when a burst is over.
+    /// Returns whether it trimmed.
+    pub fn tick(&mut self, owed_bytes: usize, now_ms: u64) -> bool {
+        self.peak_bytes = self.peak_bytes.max(owed_bytes);
+        if self.peak_bytes >= TRIM_AFTER_BYTES && owed_bytes <= self.peak_bytes / 16 {
+            // A burst ended: trim now and twice more as the rest of it is freed.
+            self.peak_bytes = owed_bytes;
+            self.trims_left = TRIMS_PER_BURST;
+        }
+        if self.trims_left == 0 || now_ms.saturating_sub(self.last_ms) < TRIM_EVERY_MS {
+            return false;
+        }
+        self.trims_left -= 1;
+        self.last_ms = now_ms;
+        release_free_memory();
+        true
+    }
+}
+
+impl Default for Trimmer {
+    fn default() -> Self {
+        Trimmer::new()
+    }
+}
+
+/// Returns the allocator's free pages to the kernel (every arena).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and shrinks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_after_a_burst_then_stops() {
+        let mut t = Trimmer::new();
+        assert!(!t.tick(TRIM_AFTER_BYTES / 2, 0), "no burst yet");
+        assert!(!t.tick(0, 5_000), "small ups and downs are no burst");
+        assert!(
+            !t.tick(TRIM_AFTER_BYTES * 2, 6_000),
+            "a burst is not over while it lasts"
+        );
+        let trims: usize = (0..100).map(|i| t.tick(0, 7_000 + i * 100) as usize).sum();
+        assert_eq!(
+            trims, TRIMS_PER_BURST as usize,
+            "three trims, a second apart"
+        );
+        assert!(!t.tick(0, 60_000), "then none until the next burst");
+    }
+}

@@ -168,6 +168,7 @@ pub struct EpollShard {
     buf: Vec<u8>,
     events: Vec<libc::epoll_event>,
     intents: Vec<Intent>,
+    trimmer: super::Trimmer,
     started: Instant,
 }
 
@@ -198,6 +199,7 @@ impl EpollShard {
             buf: vec![0u8; RECV_BUFFER_BYTES],
             events: Vec::with_capacity(EVENTS_MAX),
             intents: Vec::new(),
+            trimmer: super::Trimmer::new(),
             started: Instant::now(),
             io,
         };
@@ -259,6 +261,7 @@ impl EpollShard {
             self.read_ready();
             let now = self.now_ms();
             self.engine.tick(now);
+            self.trimmer.tick(self.engine.queued_bytes(), now);
             if self.io.stop.load(Ordering::Relaxed) && !self.engine.is_shutting_down() {
                 self.engine.begin_shutdown();
             }

@@ -137,6 +137,7 @@ pub struct UringShard {
     accept_armed: Vec<bool>,
     cqes: Vec<(u64, i32, u32)>,
     intents: Vec<Intent>,
+    trimmer: super::Trimmer,
     started: Instant,
     mode: RingMode,
 }
@@ -171,6 +172,7 @@ impl UringShard {
             control_listeners,
             cqes: Vec::with_capacity(1024),
             intents: Vec::new(),
+            trimmer: super::Trimmer::new(),
             started: Instant::now(),
             mode,
         })
@@ -223,6 +225,7 @@ impl UringShard {
             self.complete_within(RECV_BYTES_PER_TURN);
             let now = self.now_ms();
             self.engine.tick(now);
+            self.trimmer.tick(self.engine.queued_bytes(), now);
             if self.io.stop.load(Ordering::Relaxed) && !self.engine.is_shutting_down() {
                 self.engine.begin_shutdown();
             }
