@@ -91,10 +91,11 @@ pub struct Limits {
     /// closed at once, counted (`control_refusals`). Memory: up to `control_line_bytes_max`
     /// each for a partial line.
     pub control_conns_per_shard_max: usize,
-    /// Control connections that have not sent `auth` yet (only with a token), over the whole
-    /// process; they do not count against `control_conns_per_shard_max`. Overflow: the oldest
-    /// unauthenticated connection of the accepting shard is closed to make room (or, when that
-    /// shard has none, the new one is refused), counted (`control_unauthed_evictions`).
+    /// Control connections that have not sent `auth` yet (only with a token), for the whole
+    /// process, enforced per shard as ceil(this / shards); they do not count against
+    /// `control_conns_per_shard_max`. Overflow: the accepting shard's oldest unauthenticated
+    /// connection is closed to make room, counted (`control_unauthed_evictions`), so a new
+    /// connection always gets its chance to authenticate.
     pub control_unauthed_max: usize,
     /// Time a control connection has to authenticate (only with a token). Overflow: error
     /// `unauthorized`, then the connection is closed, counted (`control_auth_timeouts`).

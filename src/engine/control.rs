@@ -63,15 +63,14 @@ struct Pending {
     error: Option<(ErrorCode, String)>,
 }
 
-/// The process-wide count of control connections, shared by every shard's engine: a listener's
-/// connections may all be accepted by one shard, so the limits are applied to the process, not
-/// per shard (docs/control.md). Touched once per control connection open, auth and close.
+/// The process-wide count of authenticated control connections, shared by every shard's engine:
+/// a listener's connections may all be accepted by one shard, so the limit is applied to the
+/// process, not per shard (docs/control.md). Unauthenticated ones are counted per shard instead
+/// (`Engine::unauthed_open`), so that a shard can always evict one of its own to make room. Touched once per control connection open, auth and close.
 #[derive(Debug, Default)]
 pub struct ControlGate {
     /// Authenticated control connections (every one, without a token).
     pub authed: AtomicUsize,
-    /// Connections still owing their `auth`.
-    pub unauthed: AtomicUsize,
 }
 
 impl ControlGate {
@@ -212,13 +211,13 @@ impl Engine {
             let max = limits.control_conns_per_shard_max * self.shards;
             ControlGate::enter(&self.control_gate.authed, max).then_some(Counted::Authed)
         } else {
-            let max = limits.control_unauthed_max;
-            let mut entered = ControlGate::enter(&self.control_gate.unauthed, max);
-            if !entered && self.evict_oldest_unauthed() {
-                // The place the evicted connection held is free now.
-                entered = ControlGate::enter(&self.control_gate.unauthed, max);
+            // Per shard, so that the accepting shard can always make room itself: at its share
+            // it has a waiting connection of its own to evict.
+            let max = limits.control_unauthed_max.div_ceil(self.shards).max(1);
+            if self.unauthed_open >= max {
+                self.evict_oldest_unauthed();
             }
-            entered.then_some(Counted::Unauthed)
+            (self.unauthed_open < max).then_some(Counted::Unauthed)
         };
         let Some(counted) = counted else {
             self.counters.control_refusals += 1;
@@ -229,6 +228,9 @@ impl Engine {
             return;
         };
         let slot = self.conns.insert(sock, self.now_tick);
+        if counted == Counted::Unauthed {
+            self.unauthed_open += 1;
+        }
         let mut state = ControlState::new(authed);
         state.counted = counted;
         let conn = &mut self.conns[slot];
@@ -304,7 +306,10 @@ impl Engine {
     pub(super) fn release_control(&mut self, state: &ControlState) {
         match state.counted {
             Counted::Authed => self.control_gate.authed.fetch_sub(1, Ordering::AcqRel),
-            Counted::Unauthed => self.control_gate.unauthed.fetch_sub(1, Ordering::AcqRel),
+            Counted::Unauthed => {
+                self.unauthed_open -= 1;
+                0
+            }
             Counted::Nothing => 0,
         };
     }
@@ -427,7 +432,7 @@ impl Engine {
                 let admitted = ControlGate::enter(&self.control_gate.authed, max);
                 if let Some(state) = self.conns[slot].control() {
                     if state.counted == Counted::Unauthed {
-                        self.control_gate.unauthed.fetch_sub(1, Ordering::AcqRel);
+                        self.unauthed_open -= 1;
                     }
                     state.counted = if admitted {
                         Counted::Authed

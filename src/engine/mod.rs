@@ -110,6 +110,9 @@ pub struct Engine {
     control_open: usize,
     /// The process-wide control connection count.
     control_gate: Arc<control::ControlGate>,
+    /// This shard's control connections still owing their `auth`, bounded by
+    /// ceil(`control_unauthed_max` / shards).
+    unauthed_open: usize,
     /// This shard's unauthenticated control connections, oldest first (may hold stale tokens).
     unauthed_order: VecDeque<Token>,
     /// Connections per client address (only with `conns_per_ip_max`).
@@ -161,6 +164,7 @@ impl Engine {
             handshaking: 0,
             control_open: 0,
             control_gate: setup.control_gate,
+            unauthed_open: 0,
             unauthed_order: VecDeque::new(),
             per_ip: HashMap::new(),
             dirty: Vec::new(),
