@@ -70,6 +70,9 @@ pub struct Counters {
     pub control_auth_timeouts: u64,
     /// Control connections closed after `control_idle_timeout_ms` without input.
     pub control_idle_timeouts: u64,
+    /// Pongs that replaced a pong still queued for a client whose queue backs up (only the
+    /// latest ping is answered, RFC 6455 §5.5.3).
+    pub pongs_conflated: u64,
     /// Pongs not queued because the client's outbound queue was full (it pings without reading;
     /// RFC 6455 §5.5.3 allows answering only the latest ping).
     pub pongs_skipped: u64,
@@ -152,6 +155,7 @@ impl Counters {
         self.shard_inbound_overflows += other.shard_inbound_overflows;
         self.control_refusals += other.control_refusals;
         self.pongs_skipped += other.pongs_skipped;
+        self.pongs_conflated += other.pongs_conflated;
         self.control_foreign += other.control_foreign;
         self.control_unauthed_evictions += other.control_unauthed_evictions;
         self.control_auth_timeouts += other.control_auth_timeouts;

@@ -66,7 +66,8 @@ struct Pending {
 /// The process-wide count of authenticated control connections, shared by every shard's engine:
 /// a listener's connections may all be accepted by one shard, so the limit is applied to the
 /// process, not per shard (docs/control.md). Unauthenticated ones are counted per shard instead
-/// (`Engine::unauthed_open`), so that a shard can always evict one of its own to make room. Touched once per control connection open, auth and close.
+/// (`Engine::unauthed_open`), so that a shard can always evict one of its own to make room.
+/// Touched once per control connection open, auth and close.
 #[derive(Debug, Default)]
 pub struct ControlGate {
     /// Authenticated control connections (every one, without a token).

@@ -20,6 +20,9 @@ use crate::wire::envelope;
 use bytes::Bytes;
 use std::ops::ControlFlow;
 
+/// Queued frames searched (from the most recent) for a pong to replace.
+const PONG_SCAN_FRAMES: usize = 16;
+
 impl Engine {
     /// Bytes of a handshaking connection. A head that arrives whole in one read (the common
     /// case) is parsed where it lies; a partial one is kept in the connection's extension
@@ -219,11 +222,25 @@ impl Engine {
                     return ControlFlow::Break(());
                 }
                 Message::Ping(payload) => {
-                    // A pong is data for the outbound bound: a client that pings without reading
-                    // fills its queue like any other, and a pong that does not fit is skipped
-                    // (RFC 6455 §5.5.3 lets an endpoint answer only the latest ping).
+                    // RFC 6455 §5.5.3 lets an endpoint answer only the most recent ping. A client
+                    // that reads gets every pong; one whose queue backs up (it pings without
+                    // reading) gets its pending pong replaced by the latest one, and a pong that
+                    // does not fit the outbound bound at all is skipped: memory stays bounded.
+                    let pong = frame::encode(OpCode::Pong, payload);
                     let limit = outbound_max.max(limits.message_bytes_max + 64);
-                    match out.push(frame::encode(OpCode::Pong, payload), limit, queued) {
+                    let pong = if out.owed_bytes() > outbound_max / 16 {
+                        let is_pong = |f: &Bytes| f.first() == Some(&0x8a);
+                        match out.replace_recent(is_pong, pong, PONG_SCAN_FRAMES, queued) {
+                            Ok(()) => {
+                                counters.pongs_conflated += 1;
+                                return ControlFlow::Continue(());
+                            }
+                            Err(pong) => pong,
+                        }
+                    } else {
+                        pong
+                    };
+                    match out.push(pong, limit, queued) {
                         Enqueue::Enqueued => counters.frames_out += 1,
                         _ => counters.pongs_skipped += 1,
                     }

@@ -69,6 +69,30 @@ impl Outbound {
         }
     }
 
+    /// Replaces the most recent queued frame among the last `scan` that `is_it` picks (never the
+    /// rest of a partly sent frame) with `frame`, keeping its place; returns whether one was
+    /// found. Used to conflate pongs: only the latest ping's answer matters.
+    pub fn replace_recent(
+        &mut self,
+        is_it: impl Fn(&Bytes) -> bool,
+        frame: Bytes,
+        scan: usize,
+        shard_total: &mut usize,
+    ) -> Result<(), Bytes> {
+        let first = usize::from(self.partial_front);
+        let len = self.frames.len();
+        let from = len.saturating_sub(scan).max(first);
+        let Some(index) = (from..len).rev().find(|&i| is_it(&self.frames[i])) else {
+            return Err(frame);
+        };
+        let old = std::mem::replace(&mut self.frames[index], frame);
+        let new_len = self.frames[index].len();
+        // Owed bytes follow the payload difference (the handle cost is unchanged).
+        self.owed_bytes = (self.owed_bytes as usize + new_len - old.len()) as u32;
+        *shard_total = *shard_total + new_len - old.len();
+        Ok(())
+    }
+
     /// Bytes owed (queued and in flight).
     pub fn owed_bytes(&self) -> usize {
         self.owed_bytes as usize
@@ -211,6 +235,27 @@ mod tests {
         assert_eq!(q.owed_bytes(), 0);
         assert_eq!(t, 0, "the shard total follows the queue");
         assert!(!q.has_queued());
+    }
+
+    #[test]
+    fn replace_recent_keeps_order_and_accounting() {
+        let mut q = Outbound::default();
+        let mut t = 0usize;
+        for s in ["aaa", "P1", "bbb"] {
+            q.push_control(b(s), &mut t);
+        }
+        let is_pong = |f: &Bytes| f.starts_with(b"P");
+        assert!(q.replace_recent(is_pong, b("P22"), 8, &mut t).is_ok());
+        assert_eq!(q.owed_bytes(), 9 + 3 * O);
+        assert_eq!(t, q.owed_bytes());
+        assert!(
+            q.replace_recent(is_pong, b("P3"), 1, &mut t).is_err(),
+            "outside the scan"
+        );
+        let mut batch = Vec::new();
+        q.take_batch(10, &mut batch);
+        let joined: Vec<u8> = batch.iter().flat_map(|f| f.iter().copied()).collect();
+        assert_eq!(joined, b"aaaP22bbb");
     }
 
     #[test]
