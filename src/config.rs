@@ -83,6 +83,19 @@ pub struct Limits {
     /// Messages and control frames a `/ws` client may send per second (token bucket, burst of
     /// one second's worth; 0: no limit). Overflow: close 4002, counted (`rate_limited`).
     pub client_messages_per_s: u32,
+    /// Publisher backpressure: when the bytes a shard owes its connections pass this (or a
+    /// quarter of what its WebSocket connections may owe in all, but at least four connections'
+    /// `outbound_bytes_max`, whichever is lower), every shard stops
+    /// reading the control connections that publish, so backends' writes block instead of
+    /// subscribers being shed; reading resumes when the shard is under a quarter of it. Counted
+    /// (`backpressure_episodes`, `publisher_pauses`). Memory: bounds what a shard holds under
+    /// load well below `shard_outbound_bytes_max`, which stays the last resort.
+    pub shard_outbound_high_bytes: usize,
+    /// While the shard is over its high watermark, a connection that owes bytes and has taken
+    /// none for this long is closed as a slow consumer (4001): it does not read, and must not
+    /// hold every publisher back. Readers that make progress are never closed for being slow
+    /// while the shard is the one behind.
+    pub outbound_stall_ms: u64,
     /// Bytes of partly received messages held by all connections of one shard. Overflow: the
     /// connection whose message passed it is closed with 1009, counted (`shard_inbound_overflows`).
     pub shard_inbound_bytes_max: usize,
@@ -142,6 +155,8 @@ impl Default for Limits {
             shard_outbound_bytes_max: 512 * 1024 * 1024,
             client_messages_per_s: 200,
             shard_inbound_bytes_max: 128 * 1024 * 1024,
+            shard_outbound_high_bytes: 64 * 1024 * 1024,
+            outbound_stall_ms: 2_000,
             control_conns_per_shard_max: 64,
             control_unauthed_max: 64,
             control_auth_timeout_ms: 5_000,

@@ -251,6 +251,7 @@ impl Server {
             .collect();
         let all_published = Arc::new(published.clone());
         let control_gate = Arc::new(crate::engine::control::ControlGate::default());
+        let congestion = Arc::new(crate::engine::control::Congestion::new(shards));
         for ((index, listener), mesh) in listeners.into_iter().enumerate().zip(mesh) {
             let control_listeners = control_fds
                 .iter()
@@ -266,6 +267,7 @@ impl Server {
                 epoch_base,
                 mesh,
                 control_gate: control_gate.clone(),
+                congestion: congestion.clone(),
             };
             let shard_io = ShardIo {
                 listener,

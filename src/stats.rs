@@ -70,6 +70,14 @@ pub struct Counters {
     pub control_auth_timeouts: u64,
     /// Control connections closed after `control_idle_timeout_ms` without input.
     pub control_idle_timeouts: u64,
+    /// Times this shard passed its high watermark (publishers were paused everywhere).
+    pub backpressure_episodes: u64,
+    /// Control connections this shard stopped reading because some shard was over its
+    /// watermark.
+    pub publisher_pauses: u64,
+    /// Connections closed as slow consumers because they took no bytes for `outbound_stall_ms`
+    /// while their shard was over its watermark.
+    pub stalled_consumers: u64,
     /// Pongs that replaced a pong still queued for a client whose queue backs up (only the
     /// latest ping is answered, RFC 6455 §5.5.3).
     pub pongs_conflated: u64,
@@ -155,6 +163,9 @@ impl Counters {
         self.shard_inbound_overflows += other.shard_inbound_overflows;
         self.control_refusals += other.control_refusals;
         self.pongs_skipped += other.pongs_skipped;
+        self.backpressure_episodes += other.backpressure_episodes;
+        self.publisher_pauses += other.publisher_pauses;
+        self.stalled_consumers += other.stalled_consumers;
         self.pongs_conflated += other.pongs_conflated;
         self.control_foreign += other.control_foreign;
         self.control_unauthed_evictions += other.control_unauthed_evictions;

@@ -34,10 +34,18 @@ pub struct Pipe {
     pub closed: bool,
     /// The response written to a socket that got no slot.
     pub refused: Option<Bytes>,
+    /// The engine paused reading this socket (backpressure): `to_server` waits.
+    pub paused: bool,
+    /// Bytes the client reads per turn (`None`: whatever the window allows): the window is
+    /// refilled to this at every turn, like a reader at a fixed speed.
+    pub bandwidth: Option<usize>,
     /// Bytes the socket can still take from the server (`None`: unlimited). A send completes
     /// with at most this many bytes; at 0 it stays in flight, like a peer that stopped reading.
     pub window: Option<usize>,
 }
+
+/// Input bytes delivered per socket per turn.
+pub const INPUT_PER_TURN: usize = 16 * 1024;
 
 struct Slot {
     token: Token,
@@ -123,6 +131,7 @@ impl Cluster {
             .collect();
         let all = Arc::new(published.clone());
         let gate = Arc::new(crate::engine::control::ControlGate::default());
+        let congestion = Arc::new(crate::engine::control::Congestion::new(shards));
         let shards: Vec<Shard> = mesh
             .into_iter()
             .enumerate()
@@ -136,6 +145,7 @@ impl Cluster {
                     epoch_base: 1000,
                     mesh,
                     control_gate: gate.clone(),
+                    congestion: congestion.clone(),
                 }),
                 tx: MemTx {
                     max: config.limits.sends_in_flight_max,
@@ -230,6 +240,13 @@ impl Cluster {
         self.pipe(sock).window = window;
     }
 
+    /// The client of `sock` reads `bytes` per turn from now on.
+    pub fn set_bandwidth(&mut self, sock: Sock, bytes: usize) {
+        let pipe = self.pipe(sock);
+        pipe.bandwidth = Some(bytes);
+        pipe.window = Some(bytes);
+    }
+
     /// One loop turn on every shard, at the current time; returns whether any did work.
     pub fn turn(&mut self) -> bool {
         let mut busy = false;
@@ -252,6 +269,11 @@ impl Cluster {
             shard.engine.flush(&mut shard.tx);
         }
         self.apply(i);
+        for pipe in self.pipes.values_mut().filter(|p| p.shard == i) {
+            if let Some(bandwidth) = pipe.bandwidth {
+                pipe.window = Some(bandwidth);
+            }
+        }
         self.complete_sends(i);
         self.deliver_input(i);
         let now = self.now_ms;
@@ -343,7 +365,7 @@ impl Cluster {
         let socks: Vec<i32> = self
             .pipes
             .iter()
-            .filter(|(_, p)| p.shard == i && p.token.is_some() && !p.closed)
+            .filter(|(_, p)| p.shard == i && p.token.is_some() && !p.closed && !p.paused)
             .map(|(&s, _)| s)
             .collect();
         for s in socks {
@@ -352,13 +374,16 @@ impl Cluster {
             let token = pipe.token.expect("filtered");
             if !pipe.to_server.is_empty() {
                 self.work = true;
-                let mut bytes: Vec<u8> = pipe.to_server.drain(..).collect();
+                // At most INPUT_PER_TURN per socket and turn, as the Linux drivers bound the
+                // input they handle between two flushes.
+                let n = pipe.to_server.len().min(INPUT_PER_TURN);
+                let mut bytes: Vec<u8> = pipe.to_server.drain(..n).collect();
                 self.shards[i].engine.on_bytes(token, &mut bytes);
                 self.apply(i);
             }
             // Invariant: pipes are never removed.
             let pipe = self.pipes.get_mut(&s).expect("listed above");
-            if pipe.client_fin && !pipe.fin_delivered && !pipe.closed {
+            if pipe.client_fin && !pipe.fin_delivered && !pipe.closed && pipe.to_server.is_empty() {
                 pipe.fin_delivered = true;
                 self.work = true;
                 self.shards[i].engine.on_eof(token);
@@ -383,6 +408,8 @@ impl Cluster {
                     }
                     Intent::ShutdownWrite { sock } => self.pipe(sock).server_fin = true,
                     Intent::Close { sock } => self.pipe(sock).closed = true,
+                    Intent::PauseRead { sock, .. } => self.pipe(sock).paused = true,
+                    Intent::ResumeRead { sock, .. } => self.pipe(sock).paused = false,
                     Intent::StopAccepting => self.stopped_accepting[i] = true,
                 }
             }

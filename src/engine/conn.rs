@@ -105,6 +105,9 @@ pub struct Conn {
     pub last_rx_tick: u32,
     /// Tick of the last refill of the message token bucket.
     pub bucket_tick: u32,
+    /// Tick when the outbound queue last made progress (a send took bytes, or the queue became
+    /// non-empty): a connection owing bytes with an old tick is not reading.
+    pub progress_tick: u32,
     /// Messages the client may still send before the next refill (burst ≤ 255).
     pub tokens: u8,
     /// Subscriptions of this connection waiting for their channel owner's answer; while above
@@ -132,6 +135,7 @@ impl Conn {
             close_code: 0,
             last_rx_tick: now_tick,
             bucket_tick: now_tick,
+            progress_tick: now_tick,
             tokens: u8::MAX,
             awaiting: 0,
             decoder: Decoder::default(),

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// A sequenced position of a channel: offset and epoch (`None` until the owner answers).
 type Position = Option<(u64, u64)>;
@@ -108,6 +108,43 @@ pub struct ControlState {
     pending: VecDeque<Pending>,
     /// Whether a non-blank byte arrived yet (the first one must open a JSON object).
     seen_input: bool,
+    /// The connection has published (publish, broadcast, send): backpressure pauses it.
+    pub(super) publisher: bool,
+    /// Its input is paused (backpressure); bytes still on their way are held in `held`.
+    pub(super) paused: bool,
+    /// Input received while paused, handled on resume (bounded by what was in flight when the
+    /// pause began: a driver stops reading at once).
+    pub(super) held: Vec<u8>,
+}
+
+/// Congestion flags, one per shard, shared by every shard's engine: a shard over its high
+/// watermark sets its flag, and every shard stops reading its publishing control connections
+/// while any flag is set (the publisher may sit on another shard than the subscribers it
+/// floods). One relaxed load per check; set and cleared with hysteresis, so rarely written.
+#[derive(Debug)]
+pub struct Congestion {
+    flags: Vec<AtomicBool>,
+}
+
+impl Congestion {
+    /// Flags for `shards` shards, all clear.
+    pub fn new(shards: usize) -> Congestion {
+        Congestion {
+            flags: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Sets or clears shard `index`'s flag.
+    pub fn set(&self, index: usize, on: bool) {
+        if let Some(flag) = self.flags.get(index) {
+            flag.store(on, Ordering::Release);
+        }
+    }
+
+    /// Whether any shard is over its watermark.
+    pub fn any(&self) -> bool {
+        self.flags.iter().any(|f| f.load(Ordering::Acquire))
+    }
 }
 
 impl ControlState {
@@ -315,8 +352,82 @@ impl Engine {
         };
     }
 
+    /// Marks a control connection as a publisher; pauses it at once if publishers are paused.
+    fn mark_publisher(&mut self, slot: usize) {
+        let paused = self.publishers_paused;
+        let Some(state) = self.conns[slot].control() else {
+            return;
+        };
+        state.publisher = true;
+        if paused && !state.paused {
+            state.paused = true;
+            self.counters.publisher_pauses += 1;
+            let token = self.conns.token(slot);
+            let sock = self.conns[slot].sock;
+            self.intents.push(Intent::PauseRead { token, sock });
+        }
+    }
+
+    /// Stops or resumes reading every publishing control connection of this shard.
+    pub(super) fn set_publishers_paused(&mut self, pause: bool) {
+        self.publishers_paused = pause;
+        let slots: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.endpoint == Endpoint::Control && c.state == State::Open)
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in slots {
+            let token = self.conns.token(slot);
+            let sock = self.conns[slot].sock;
+            let Some(state) = self.conns[slot].control() else {
+                continue;
+            };
+            if pause && state.publisher && !state.paused {
+                state.paused = true;
+                self.counters.publisher_pauses += 1;
+                self.intents.push(Intent::PauseRead { token, sock });
+            } else if !pause && state.paused {
+                state.paused = false;
+                let held = std::mem::take(&mut state.held);
+                self.intents.push(Intent::ResumeRead { token, sock });
+                if !held.is_empty() {
+                    self.on_control_bytes(slot, &held);
+                    if self.conns.contains(slot) {
+                        self.mark_dirty(slot);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Input for a paused control connection: kept for when it resumes. Returns false when the
+    /// connection is not paused (the caller handles the bytes now).
+    pub(super) fn hold_control_input(&mut self, slot: usize, data: &[u8]) -> bool {
+        match self.conns[slot].control() {
+            Some(state) if state.paused => {
+                state.held.extend_from_slice(data);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The backend half-closed: a last request without its newline is still a request.
     pub(super) fn on_control_eof(&mut self, slot: usize) {
+        let held = match self.conns[slot].control() {
+            Some(state) => {
+                state.paused = false;
+                std::mem::take(&mut state.held)
+            }
+            None => Vec::new(),
+        };
+        if !held.is_empty() {
+            self.on_control_bytes(slot, &held);
+            if !self.conns.contains(slot) {
+                return;
+            }
+        }
         let partial = self.conns[slot]
             .control()
             .is_some_and(|s| s.lines.buffered() > 0);
@@ -479,6 +590,12 @@ impl Engine {
                     (ErrorCode::BadParams, why)
                 })
         };
+        if matches!(
+            request.method,
+            Method::Publish(..) | Method::Broadcast(..) | Method::Send(..)
+        ) {
+            self.mark_publisher(slot);
+        }
         match request.method {
             Method::Auth(_) => self.reply_now(slot, id, Ok("{}".to_string())),
             Method::Publish(name, payload) => {

@@ -86,6 +86,21 @@ pub enum Intent {
         /// The socket.
         sock: Sock,
     },
+    /// Stop delivering this socket's input (publisher backpressure): bytes already on their way
+    /// may still be reported; the rest stays in the socket until `ResumeRead`.
+    PauseRead {
+        /// The connection.
+        token: Token,
+        /// Its socket.
+        sock: Sock,
+    },
+    /// Deliver this socket's input again (bytes may already be waiting in it).
+    ResumeRead {
+        /// The connection.
+        token: Token,
+        /// Its socket.
+        sock: Sock,
+    },
     /// Stop accepting on every listener (graceful shutdown has begun).
     StopAccepting,
 }

@@ -371,10 +371,14 @@ impl Engine {
 
     /// Queues a data frame for `slot`, closing it as a slow consumer when its queue is full.
     pub(super) fn queue_data(&mut self, slot: usize, frame: Bytes) -> Enqueue {
-        let max = self.config.limits.outbound_bytes_max;
+        let mut max = self.config.limits.outbound_bytes_max;
         let conn = &mut self.conns[slot];
         if conn.state != State::Open {
             return Enqueue::Closed;
+        }
+        if self.congested && self.now_tick.wrapping_sub(conn.progress_tick) < self.stall_ticks {
+            // A reader that makes progress while the shard is behind (see `deliver`).
+            max *= super::LAGGING_FACTOR;
         }
         let outcome = conn.out.push(frame, max, &mut self.queued_bytes);
         match outcome {

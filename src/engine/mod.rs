@@ -54,6 +54,11 @@ pub const TICK_MS: u64 = 10;
 pub const WHEEL_BUCKETS: usize = 4096;
 /// Ticks between two snapshots of the counters.
 const PUBLISH_EVERY_TICKS: u32 = 10;
+/// While its shard is over the high watermark, a connection that makes progress may owe this
+/// many times `outbound_bytes_max` before it counts as a slow consumer: the shard, not the
+/// reader, is behind (publishers are paused meanwhile, so this is bounded by what was already
+/// on its way).
+pub const LAGGING_FACTOR: usize = 4;
 
 pub(crate) fn limits_ticks(ms: u64) -> u32 {
     ms.div_ceil(TICK_MS).min(u32::MAX as u64 / 2) as u32
@@ -77,6 +82,8 @@ pub struct EngineSetup {
     pub mesh: Endpoints<XMsg>,
     /// The process-wide count of control connections (one for all shards).
     pub control_gate: Arc<control::ControlGate>,
+    /// Every shard's congestion flag (one for all shards).
+    pub congestion: Arc<control::Congestion>,
 }
 
 thread_local! {
@@ -110,6 +117,14 @@ pub struct Engine {
     control_open: usize,
     /// The process-wide control connection count.
     control_gate: Arc<control::ControlGate>,
+    /// Every shard's congestion flag.
+    congestion: Arc<control::Congestion>,
+    /// Whether this shard is over its high watermark (its flag is set).
+    congested: bool,
+    /// Whether this shard's publishing control connections are paused (some shard is congested).
+    publishers_paused: bool,
+    /// `outbound_stall_ms` in ticks.
+    stall_ticks: u32,
     /// This shard's control connections still owing their `auth`, bounded by
     /// ceil(`control_unauthed_max` / shards).
     unauthed_open: usize,
@@ -164,6 +179,10 @@ impl Engine {
             handshaking: 0,
             control_open: 0,
             control_gate: setup.control_gate,
+            congestion: setup.congestion,
+            congested: false,
+            publishers_paused: false,
+            stall_ticks: limits_ticks(limits.outbound_stall_ms).max(1),
             unauthed_open: 0,
             unauthed_order: VecDeque::new(),
             per_ip: HashMap::new(),
@@ -324,6 +343,9 @@ impl Engine {
         self.note_conn(token);
         self.counters.bytes_in += data.len() as u64;
         if endpoint == Endpoint::Control {
+            if self.hold_control_input(slot, data) {
+                return;
+            }
             self.on_control_bytes(slot, data);
             if self.conns.contains(slot) {
                 self.mark_dirty(slot);
@@ -407,6 +429,7 @@ impl Engine {
             }
         };
         self.counters.bytes_out += sent as u64;
+        conn.progress_tick = self.now_tick;
         conn.out.complete(frames, sent, &mut self.queued_bytes);
         if conn.flags & TRIM_WHEN_DRAINED != 0 && conn.out.release_if_empty() {
             conn.flags &= !TRIM_WHEN_DRAINED;
@@ -443,6 +466,7 @@ impl Engine {
         }
         fired.clear();
         self.fired = fired;
+        self.update_backpressure();
         if self.now_tick.wrapping_sub(self.last_publish_tick) >= PUBLISH_EVERY_TICKS {
             self.last_publish_tick = self.now_tick;
             self.publish_counters();
@@ -483,6 +507,8 @@ impl Engine {
     pub(crate) fn mark_dirty(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
         if conn.flags & (DIRTY | SENDING) == 0 && conn.out.has_queued() {
+            // Idle until now: its wait for the client starts here (see `stalled_consumers`).
+            conn.progress_tick = self.now_tick;
             conn.flags |= DIRTY;
             self.dirty.push(slot as u32);
         } else if conn.flags & (SENDING | DIRTY) == 0 && conn.flags & FIN_AFTER_FLUSH != 0 {
@@ -510,6 +536,52 @@ impl Engine {
         let sock = conn.sock;
         self.intents.push(Intent::ShutdownWrite { sock });
         self.arm_close_deadline(slot);
+    }
+
+    /// Publisher backpressure (once per tick): sets or clears this shard's congestion flag
+    /// with hysteresis, pauses or resumes this shard's publishers as any shard is congested,
+    /// and, while this shard is congested, closes connections that owe bytes and took none for
+    /// `outbound_stall_ms` (they do not read; they must not hold every publisher back).
+    fn update_backpressure(&mut self) {
+        let config = self.config.clone();
+        let limits = &config.limits;
+        let ws_conns = self.conns.len().saturating_sub(self.control_open).max(1);
+        // A quarter of what the WebSocket connections may owe in all, but never less than four
+        // connections' worth: one client that stops reading (it owes at most its own limit)
+        // must not pause every publisher of a small shard.
+        let per_conn = limits.outbound_bytes_max;
+        let high = limits
+            .shard_outbound_high_bytes
+            .min((ws_conns.saturating_mul(per_conn) / 4).max(per_conn.saturating_mul(4)))
+            .max(1);
+        if !self.congested && self.queued_bytes > high {
+            self.congested = true;
+            self.counters.backpressure_episodes += 1;
+            self.congestion.set(self.index, true);
+        } else if self.congested && self.queued_bytes <= high / 4 {
+            self.congested = false;
+            self.congestion.set(self.index, false);
+        }
+        let any = self.congested || self.congestion.any();
+        if any != self.publishers_paused {
+            self.set_publishers_paused(any);
+        }
+        if self.congested && self.now_tick % PUBLISH_EVERY_TICKS == 0 {
+            let stall = self.stall_ticks;
+            let now = self.now_tick;
+            let stalled: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.endpoint != Endpoint::Control && c.state == State::Open)
+                .filter(|(_, c)| c.out.owed_bytes() > 0)
+                .filter(|(_, c)| now.wrapping_sub(c.progress_tick) >= stall)
+                .map(|(slot, _)| slot)
+                .collect();
+            for slot in stalled {
+                self.counters.stalled_consumers += 1;
+                self.slow_consumer(slot);
+            }
+        }
     }
 
     /// Enforces `shard_outbound_bytes_max`: drops the connections with the largest queues as
@@ -577,6 +649,9 @@ impl Engine {
     /// The flush phase of a loop turn: every connection with queued frames and no send in
     /// flight gets one batch (up to `send_iovecs_max` frames) handed to `tx`.
     pub fn flush(&mut self, tx: &mut impl Transmit) {
+        // Every turn, not only every tick: a pipelining publisher must be stopped before the
+        // queues it fills reach their per-connection limits.
+        self.update_backpressure();
         self.shed_largest_queues(tx);
         std::mem::swap(&mut self.dirty, &mut self.dirty_next);
         let mut list = std::mem::take(&mut self.dirty_next);

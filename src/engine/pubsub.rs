@@ -193,6 +193,8 @@ impl Engine {
         debug_assert!(offset > channel.last_offset);
         channel.last_offset = offset;
         let limit = self.config.limits.outbound_bytes_max;
+        let now = self.now_tick;
+        let (congested, stall) = (self.congested, self.stall_ticks);
         let mut slow = std::mem::take(&mut self.slow_scratch);
         for &slot in &self.local.get(id).subscribers {
             let conn = &mut self.conns[slot as usize];
@@ -203,10 +205,18 @@ impl Engine {
                 Endpoint::Push { raw: true } => raw.clone(),
                 _ => envelope.clone(),
             };
+            // While the shard is the one behind, a reader that makes progress may owe up to
+            // LAGGING_FACTOR times its limit: it is not the slow side.
+            let limit = if congested && now.wrapping_sub(conn.progress_tick) < stall {
+                limit * super::LAGGING_FACTOR
+            } else {
+                limit
+            };
             match conn.out.push(frame, limit, &mut self.queued_bytes) {
                 Enqueue::Enqueued => {
                     self.counters.frames_out += 1;
                     if conn.flags & (DIRTY | SENDING) == 0 {
+                        conn.progress_tick = now;
                         conn.flags |= DIRTY;
                         self.dirty.push(slot);
                     }

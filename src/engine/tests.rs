@@ -286,6 +286,9 @@ fn slow_consumer_is_closed_with_4001_and_others_keep_receiving() {
         c.write(ctl, text.as_bytes());
         c.settle();
     }
+    // A client that does not read: closed at its limit, or after outbound_stall_ms while it
+    // holds its shard over the watermark.
+    c.advance(c_limits().outbound_stall_ms + 100);
     assert_eq!(fast.texts(&mut c).len(), 100, "the reader got everything");
     assert_eq!(c.counters(0).slow_consumers, 1);
     // The backlog was dropped, so the close frame is what the slow client reads next.
@@ -771,4 +774,96 @@ fn broadcast_names_a_bounded_number_of_channels() {
         c.counters(0).published + c.counters(0).published_no_audience,
         0
     );
+}
+
+#[test]
+fn backpressure_slows_the_publisher_instead_of_closing_readers() {
+    let mut c = Cluster::new(config(), 2);
+    let name = owned_by(1, 2, "bp");
+    // Ten subscribers on shard 1, each reading 2 KiB per turn: far slower than the publisher.
+    let mut subs: Vec<Ws> = (0..10)
+        .map(|_| Ws::open(&mut c, 1, &format!("/ws?channel={name}&format=raw")))
+        .collect();
+    c.settle();
+    for s in &mut subs {
+        s.frames(&mut c);
+        c.set_bandwidth(s.sock, 2048);
+    }
+    // One backend on shard 0 pipelines 5,000 publishes of ~100 bytes.
+    let ctl = control(&mut c, 0);
+    let data = "y".repeat(100);
+    let mut text = String::new();
+    for _ in 0..5000 {
+        let line = json!({"method":"publish","channel":name,"text":data,"noreply":true});
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    c.write(ctl, text.as_bytes());
+    let mut delivered = 0;
+    for _ in 0..20_000 {
+        c.advance(10);
+        delivered += subs
+            .iter_mut()
+            .map(|s| s.frames(&mut c).len())
+            .sum::<usize>();
+        if c.pipe(ctl).to_server.is_empty() && c.engine(1).queued_bytes() == 0 {
+            break;
+        }
+    }
+    assert!(
+        c.counters(1).backpressure_episodes >= 1,
+        "the subscribers' shard fell behind"
+    );
+    assert!(
+        c.counters(0).publisher_pauses >= 1,
+        "the publisher's shard paused it"
+    );
+    assert_eq!(c.total().slow_consumers, 0, "no reader was closed");
+    assert!(
+        c.pipe(ctl).to_server.is_empty(),
+        "everything was read in the end"
+    );
+    assert_eq!(c.total().published, 5000);
+    assert_eq!(delivered, 50_000, "every subscriber got every message");
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_does_not_hold_publishers_back() {
+    let mut c = Cluster::new(config(), 1);
+    let mut readers: Vec<Ws> = (0..5)
+        .map(|_| Ws::open(&mut c, 0, "/ws?channel=st&format=raw"))
+        .collect();
+    let stuck = Ws::open(&mut c, 0, "/ws?channel=st&format=raw");
+    c.settle();
+    for r in &mut readers {
+        r.frames(&mut c);
+        c.set_bandwidth(r.sock, 1024);
+    }
+    c.set_window(stuck.sock, Some(0));
+    let ctl = control(&mut c, 0);
+    let data = "z".repeat(200);
+    let mut text = String::new();
+    for _ in 0..3000 {
+        let line = json!({"method":"publish","channel":"st","text":data,"noreply":true});
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    c.write(ctl, text.as_bytes());
+    for _ in 0..2000 {
+        c.advance(10);
+        for r in &mut readers {
+            r.frames(&mut c);
+        }
+        if c.pipe(ctl).to_server.is_empty() && c.engine(0).queued_bytes() == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        c.counters(0).stalled_consumers,
+        1,
+        "the stuck one was closed"
+    );
+    assert_eq!(c.counters(0).slow_consumers, 1);
+    assert!(c.pipe(ctl).to_server.is_empty(), "publishing went on");
+    assert_eq!(c.counters(0).published, 3000);
 }

@@ -165,6 +165,8 @@ pub struct EpollShard {
     /// Connections with unread input, in turn order, and the set of them (no duplicates).
     readable: VecDeque<Token>,
     queued: HashSet<Token>,
+    /// Connections whose input the engine paused (backpressure); not read until resumed.
+    paused: HashSet<Token>,
     buf: Vec<u8>,
     events: Vec<libc::epoll_event>,
     intents: Vec<Intent>,
@@ -196,6 +198,7 @@ impl EpollShard {
             done: Vec::new(),
             readable: VecDeque::new(),
             queued: HashSet::new(),
+            paused: HashSet::new(),
             buf: vec![0u8; RECV_BUFFER_BYTES],
             events: Vec::with_capacity(EVENTS_MAX),
             intents: Vec::new(),
@@ -373,6 +376,11 @@ impl EpollShard {
                 self.queued.remove(&token);
                 continue;
             };
+            if self.paused.contains(&token) {
+                // Resuming puts it back in the list: its input waits in the socket meanwhile.
+                self.queued.remove(&token);
+                continue;
+            }
             let mut taken = 0;
             let mut drained = false;
             while taken < READ_BYTES_PER_CONN && budget > 0 {
@@ -480,12 +488,24 @@ impl EpollShard {
                     Intent::Refuse { sock, response } => socket::refuse(sock.0, &response),
                     Intent::ShutdownWrite { sock } => socket::shutdown_write(sock.0),
                     Intent::Close { sock } => {
+                        // The closed connection's token is dead now: forget it.
+                        self.paused.retain(|t| self.engine.live_sock(*t).is_some());
                         // A send waiting for EPOLLOUT on this socket never completes now: report
                         // it (the engine counts it stale) before the descriptor can be reused.
                         if let Some(index) = self.blocked.remove(&sock.0) {
                             self.done.push((index, SendResult::Failed));
                         }
                         socket::close(sock.0);
+                    }
+                    Intent::PauseRead { token, .. } => {
+                        self.paused.insert(token);
+                    }
+                    Intent::ResumeRead { token, .. } => {
+                        // Edge-triggered: input that arrived while paused raises no new event.
+                        self.paused.remove(&token);
+                        if self.queued.insert(token) {
+                            self.readable.push_back(token);
+                        }
                     }
                     Intent::StopAccepting => self.stop_accepting(),
                 }

@@ -136,6 +136,8 @@ pub struct UringShard {
     /// Whether each listener (0: WebSocket, 1..: control) has its multishot accept armed.
     accept_armed: Vec<bool>,
     cqes: Vec<(u64, i32, u32)>,
+    /// Connections whose receive the engine paused (backpressure): not re-armed until resumed.
+    paused: std::collections::HashSet<Token>,
     intents: Vec<Intent>,
     trimmer: super::Trimmer,
     started: Instant,
@@ -171,6 +173,7 @@ impl UringShard {
             listener: Some(listener),
             control_listeners,
             cqes: Vec::with_capacity(1024),
+            paused: std::collections::HashSet::new(),
             intents: Vec::new(),
             trimmer: super::Trimmer::new(),
             started: Instant::now(),
@@ -333,6 +336,16 @@ impl UringShard {
         self.push(entry);
     }
 
+    /// Ends the multishot receive of `token` (`ASYNC_CANCEL` by its `user_data`, 5.5); the
+    /// receive completes with `ECANCELED`, and bytes not yet received stay in the socket.
+    fn cancel_recv(&mut self, token: Token) {
+        let target = ring::user_data(Op::Recv, token.slot as usize, token.generation);
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(ring::user_data(Op::Cancel, 0, 0));
+        self.push(entry);
+    }
+
     /// The engine's flush, then one `SENDMSG` submission per batch it handed over.
     fn flush(&mut self) {
         self.engine.flush(&mut self.sends);
@@ -366,7 +379,21 @@ impl UringShard {
                     Intent::Read { token, sock } => self.arm_recv(token, sock),
                     Intent::Refuse { sock, response } => socket::refuse(sock.0, &response),
                     Intent::ShutdownWrite { sock } => socket::shutdown_write(sock.0),
-                    Intent::Close { sock } => socket::close(sock.0),
+                    Intent::Close { sock } => {
+                        // The closed connection's token is dead now: forget it.
+                        self.paused.retain(|t| self.engine.live_sock(*t).is_some());
+                        socket::close(sock.0)
+                    }
+                    Intent::PauseRead { token, .. } => {
+                        if self.paused.insert(token) {
+                            self.cancel_recv(token);
+                        }
+                    }
+                    Intent::ResumeRead { token, sock } => {
+                        if self.paused.remove(&token) {
+                            self.arm_recv(token, sock);
+                        }
+                    }
                     Intent::StopAccepting => self.stop_accepting(),
                 }
             }
@@ -417,7 +444,7 @@ impl UringShard {
                     }
                     Some((Op::Send, index, _)) => self.on_send(index, result),
                     Some((Op::Wake, _, _)) => self.arm_wake(),
-                    None => {}
+                    Some((Op::Cancel, _, _)) | None => {}
                 }
             }
             self.cqes = cqes;
@@ -470,6 +497,10 @@ impl UringShard {
             if let Some(bid) = bid {
                 self.bufs.recycle(bid);
             }
+            if result == -libc::ECANCELED {
+                // Paused by the engine (or a cancel that raced a close): nothing to report.
+                return;
+            }
             if result == 0 {
                 return self.engine.on_eof(token);
             }
@@ -477,7 +508,7 @@ impl UringShard {
                 return self.engine.on_error(token);
             }
         }
-        if more {
+        if more || self.paused.contains(&token) {
             return;
         }
         if let Some(sock) = self.engine.live_sock(token) {
@@ -532,6 +563,7 @@ mod tests {
             epoch_base: 0,
             mesh,
             control_gate: Default::default(),
+            congestion: Arc::new(crate::engine::control::Congestion::new(1)),
         });
         let io = ShardIo {
             listener,

@@ -205,6 +205,8 @@ pub enum Op {
     Send = 3,
     /// The shard's wake-up eventfd.
     Wake = 4,
+    /// A cancellation of a receive (backpressure); its own completion carries nothing.
+    Cancel = 5,
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -224,6 +226,7 @@ pub fn parse_user_data(data: u64) -> Option<(Op, usize, u32)> {
         2 => Op::Recv,
         3 => Op::Send,
         4 => Op::Wake,
+        5 => Op::Cancel,
         _ => return None,
     };
     let slot = ((data >> SLOT_SHIFT) & ((1 << crate::id::SLOT_BITS) - 1)) as usize;
@@ -237,7 +240,7 @@ mod tests {
 
     #[test]
     fn user_data_round_trip() {
-        for op in [Op::Accept, Op::Recv, Op::Send, Op::Wake] {
+        for op in [Op::Accept, Op::Recv, Op::Send, Op::Wake, Op::Cancel] {
             let ud = user_data(op, 123_456, 2_000_000);
             assert_eq!(parse_user_data(ud), Some((op, 123_456, 2_000_000)));
         }
