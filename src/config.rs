@@ -155,7 +155,7 @@ impl Default for Limits {
             shard_outbound_bytes_max: 512 * 1024 * 1024,
             client_messages_per_s: 200,
             shard_inbound_bytes_max: 128 * 1024 * 1024,
-            shard_outbound_high_bytes: 64 * 1024 * 1024,
+            shard_outbound_high_bytes: 256 * 1024 * 1024,
             outbound_stall_ms: 2_000,
             control_conns_per_shard_max: 64,
             control_unauthed_max: 64,

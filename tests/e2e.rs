@@ -1375,3 +1375,6 @@ fn handshake_crowd_is_bounded_with_503() {
 
 #[path = "e2e/hardening.rs"]
 mod hardening;
+
+#[path = "e2e/flow.rs"]
+mod flow;

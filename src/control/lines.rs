@@ -24,7 +24,20 @@ impl LineSplitter {
 
     /// Feeds bytes; calls `on_line` with each complete line (without `\n` and a trailing `\r`)
     /// or `Err(TooLong)` once per line longer than `max` bytes.
-    pub fn feed(&mut self, mut input: &[u8], max: usize, on_line: &mut dyn FnMut(Line<'_>)) {
+    pub fn feed(&mut self, input: &[u8], max: usize, on_line: &mut dyn FnMut(Line<'_>)) {
+        self.feed_with_ends(input, max, &mut |line, _| on_line(line));
+    }
+
+    /// As `feed`, and tells with each line where it ended in `input` when the splitter holds
+    /// nothing after it (`Some(offset just past its newline)`): a caller may stop there, call
+    /// `reset`, and feed `input[offset..]` again later with the same result.
+    pub fn feed_with_ends(
+        &mut self,
+        mut input: &[u8],
+        max: usize,
+        on_line: &mut dyn FnMut(Line<'_>, Option<usize>),
+    ) {
+        let total = input.len();
         while !input.is_empty() {
             let newline = input.iter().position(|&b| b == b'\n');
             let (chunk, rest, ended) = match newline {
@@ -32,6 +45,7 @@ impl LineSplitter {
                 None => (input, &[][..], false),
             };
             input = rest;
+            let end = ended.then_some(total - input.len());
             if self.skipping {
                 if ended {
                     self.skipping = false;
@@ -40,8 +54,8 @@ impl LineSplitter {
             }
             if self.partial.len() + chunk.len() > max {
                 self.partial = Vec::new();
-                on_line(Err(TooLong));
                 self.skipping = !ended;
+                on_line(Err(TooLong), end);
                 continue;
             }
             if !ended {
@@ -50,11 +64,11 @@ impl LineSplitter {
             }
             if self.partial.is_empty() {
                 // The common case: a whole line inside one read, no copy.
-                on_line(Ok(strip_cr(chunk)));
+                on_line(Ok(strip_cr(chunk)), end);
             } else {
                 self.partial.extend_from_slice(chunk);
                 let line = std::mem::take(&mut self.partial);
-                on_line(Ok(strip_cr(&line)));
+                on_line(Ok(strip_cr(&line)), end);
                 if line.capacity() <= 4096 {
                     // Keep a small buffer for the next partial line.
                     self.partial = line;
@@ -62,6 +76,12 @@ impl LineSplitter {
                 }
             }
         }
+    }
+
+    /// Forgets any partial line (the caller re-feeds from a clean point, see `feed_with_ends`).
+    pub fn reset(&mut self) {
+        self.partial.clear();
+        self.skipping = false;
     }
 }
 
@@ -97,6 +117,29 @@ mod tests {
         assert_eq!(got, vec![Err(TooLong), Ok(b"ok".to_vec())]);
         let got = split(&[b"123456789\nok\n"], 8);
         assert_eq!(got, vec![Err(TooLong), Ok(b"ok".to_vec())]);
+    }
+
+    #[test]
+    fn stopping_at_a_line_end_and_refeeding_gives_the_same_lines() {
+        let input = b"ab\n123456789\ncd\nef";
+        let whole = split(&[input], 8);
+        for stop_after in 0..3 {
+            let mut s = LineSplitter::default();
+            let mut out = Vec::new();
+            let mut cut = None;
+            s.feed_with_ends(input, 8, &mut |l, end| {
+                if cut.is_none() {
+                    out.push(l.map(|b| b.to_vec()));
+                    if out.len() > stop_after {
+                        cut = end;
+                    }
+                }
+            });
+            let cut = cut.expect("each of the first three lines ends cleanly");
+            s.reset();
+            s.feed(&input[cut..], 8, &mut |l| out.push(l.map(|b| b.to_vec())));
+            assert_eq!(out, whole, "stopped after line {stop_after}");
+        }
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub const TRIM_WHEN_DRAINED: u8 = 1 << 5;
 /// The peer's FIN arrived (a control client that half-closed after its requests): free the
 /// connection as soon as our own FIN would go out.
 pub const PEER_EOF: u8 = 1 << 6;
+/// The connection reads, but owes more than `outbound_bytes_max` (the publisher is faster than
+/// it): it holds its shard congested until it is back under half its limit.
+pub const LAGGING: u8 = 1 << 7;
 
 /// What few connections need, allocated only for them (an idle `/ws` connection has none).
 #[derive(Debug, Default)]
@@ -73,6 +76,8 @@ pub struct Ext {
     pub peer: Option<PeerAddr>,
     /// Bytes of an upgrade request that did not arrive in one read.
     pub head: Vec<u8>,
+    /// Tick when the connection was last flagged `LAGGING`.
+    pub lagging_since: u32,
 }
 
 impl Ext {

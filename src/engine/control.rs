@@ -401,6 +401,37 @@ impl Engine {
         }
     }
 
+    /// Whether this publishing connection must stop before its next line: this shard is over
+    /// its high watermark, or another shard said so.
+    fn publisher_must_wait(&mut self, slot: usize) -> bool {
+        let publisher = self.conns[slot].control().is_some_and(|s| s.publisher);
+        publisher
+            && (self.queued_bytes > self.high_watermark()
+                || self.lagging > 0
+                || self.congested
+                || self.congestion.any())
+    }
+
+    /// Pauses a publishing connection in the middle of a read: `rest` (everything after the
+    /// last line handled) waits in `held`, and the line splitter starts clean from it on resume.
+    fn pause_with_input(&mut self, slot: usize, rest: &[u8]) {
+        let token = self.conns.token(slot);
+        let sock = self.conns[slot].sock;
+        let Some(state) = self.conns[slot].control() else {
+            return;
+        };
+        state.lines.reset();
+        let mut held = rest.to_vec();
+        held.append(&mut state.held);
+        state.held = held;
+        if !state.paused {
+            state.paused = true;
+            self.counters.publisher_pauses += 1;
+            self.intents.push(Intent::PauseRead { token, sock });
+        }
+        self.publishers_paused = true;
+    }
+
     /// Input for a paused control connection: kept for when it resumes. Returns false when the
     /// connection is not paused (the caller handles the bytes now).
     pub(super) fn hold_control_input(&mut self, slot: usize, data: &[u8]) -> bool {
@@ -476,19 +507,32 @@ impl Engine {
         }
         let max = self.config.limits.control_line_bytes_max;
         let mut arena = std::mem::take(&mut self.line_arena);
-        let mut ranges: Vec<Option<Range<usize>>> = std::mem::take(&mut self.line_ranges);
-        state.lines.feed(data, max, &mut |line| match line {
-            Ok(bytes) => {
-                let start = arena.len();
-                arena.extend_from_slice(bytes);
-                ranges.push(Some(start..arena.len()));
-            }
-            Err(_) => ranges.push(None),
-        });
-        for range in ranges.drain(..) {
+        let mut ranges: Vec<(Option<Range<usize>>, Option<usize>)> =
+            std::mem::take(&mut self.line_ranges);
+        state
+            .lines
+            .feed_with_ends(data, max, &mut |line, end| match line {
+                Ok(bytes) => {
+                    let start = arena.len();
+                    arena.extend_from_slice(bytes);
+                    ranges.push((Some(start..arena.len()), end));
+                }
+                Err(_) => ranges.push((None, end)),
+            });
+        let mut previous_end = Some(0);
+        for (range, end) in ranges.drain(..) {
             if self.conns.get(slot).is_none_or(|c| c.state != State::Open) {
                 break;
             }
+            // Backpressure between two lines: a publisher's remaining input waits, unread, for
+            // the shards to catch up (the requests already handled stay answered in order).
+            if let Some(from) = previous_end {
+                if self.publisher_must_wait(slot) {
+                    self.pause_with_input(slot, &data[from..]);
+                    break;
+                }
+            }
+            previous_end = end;
             match range {
                 // Blank (or whitespace-only) lines are allowed between requests.
                 Some(range) if arena[range.clone()].iter().all(u8::is_ascii_whitespace) => {}
@@ -507,6 +551,7 @@ impl Engine {
                 }
             }
         }
+        ranges.clear();
         arena.clear();
         if arena.capacity() > 64 * 1024 {
             arena = Vec::new();

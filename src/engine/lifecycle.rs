@@ -360,6 +360,12 @@ impl Engine {
 
     pub(super) fn slow_consumer(&mut self, slot: usize) {
         self.counters.slow_consumers += 1;
+        // It no longer holds its shard congested: nothing more is queued for it.
+        let conn = &mut self.conns[slot];
+        if conn.flags & super::conn::LAGGING != 0 {
+            conn.flags &= !super::conn::LAGGING;
+            self.lagging -= 1;
+        }
         // The backlog will never be read in time; dropping it lets the close frame (queued next)
         // reach the client as soon as it reads again, so it learns why it was closed.
         let conn = &mut self.conns[slot];
@@ -376,9 +382,15 @@ impl Engine {
         if conn.state != State::Open {
             return Enqueue::Closed;
         }
-        if self.congested && self.now_tick.wrapping_sub(conn.progress_tick) < self.stall_ticks {
-            // A reader that makes progress while the shard is behind (see `deliver`).
+        let over = conn.out.owed_bytes() + frame.len() + super::outbound::FRAME_OVERHEAD > max;
+        if over && self.now_tick.wrapping_sub(conn.progress_tick) < self.stall_ticks {
+            // A reader that makes progress lags; it is not shed (see `deliver`).
             max *= super::LAGGING_FACTOR;
+            if conn.flags & super::conn::LAGGING == 0 {
+                conn.flags |= super::conn::LAGGING;
+                conn.ext_mut().lagging_since = self.now_tick;
+                self.lagging += 1;
+            }
         }
         let outcome = conn.out.push(frame, max, &mut self.queued_bytes);
         match outcome {

@@ -40,7 +40,8 @@ use crate::timer::Wheel;
 use crate::xshard::{Endpoints, Inbox, Outbox};
 use bytes::Bytes;
 use conn::{
-    ConnTable, DIRTY, Endpoint, FIN_AFTER_FLUSH, PEER_EOF, SENDING, State, TRIM_WHEN_DRAINED,
+    ConnTable, DIRTY, Endpoint, FIN_AFTER_FLUSH, LAGGING, PEER_EOF, SENDING, State,
+    TRIM_WHEN_DRAINED,
 };
 use io::{Intent, Listener, PeerAddr, SendResult, Sock, Token, Transmit};
 use std::collections::{HashMap, VecDeque};
@@ -54,10 +55,10 @@ pub const TICK_MS: u64 = 10;
 pub const WHEEL_BUCKETS: usize = 4096;
 /// Ticks between two snapshots of the counters.
 const PUBLISH_EVERY_TICKS: u32 = 10;
-/// While its shard is over the high watermark, a connection that makes progress may owe this
-/// many times `outbound_bytes_max` before it counts as a slow consumer: the shard, not the
-/// reader, is behind (publishers are paused meanwhile, so this is bounded by what was already
-/// on its way).
+/// A connection that makes progress may owe this many times `outbound_bytes_max` before it
+/// counts as a slow consumer: it reads, the publisher is faster, and its shard is congested
+/// (publishers paused) until it is back under half its limit, so this bounds only what was
+/// already on its way.
 pub const LAGGING_FACTOR: usize = 4;
 
 pub(crate) fn limits_ticks(ms: u64) -> u32 {
@@ -125,6 +126,8 @@ pub struct Engine {
     publishers_paused: bool,
     /// `outbound_stall_ms` in ticks.
     stall_ticks: u32,
+    /// Connections flagged `LAGGING` (they keep the shard congested).
+    lagging: u32,
     /// This shard's control connections still owing their `auth`, bounded by
     /// ceil(`control_unauthed_max` / shards).
     unauthed_open: usize,
@@ -142,10 +145,12 @@ pub struct Engine {
     outboxes: Vec<Option<Outbox<XMsg>>>,
     inbox: Inbox<XMsg>,
     self_queue: VecDeque<XMsg>,
-    xbatch: Vec<XMsg>,
+    /// Cross-shard messages taken from the rings and not handled yet (handling stops while the
+    /// shard is over its high watermark; the rest waits here, in order).
+    xbatch: VecDeque<XMsg>,
     // Control connections.
     line_arena: Vec<u8>,
-    line_ranges: Vec<Option<std::ops::Range<usize>>>,
+    line_ranges: Vec<(Option<std::ops::Range<usize>>, Option<usize>)>,
     all_published: Arc<Vec<Arc<Published>>>,
     /// Whether a foreign-protocol control connection was logged (once per shard).
     foreign_logged: bool,
@@ -183,6 +188,7 @@ impl Engine {
             congested: false,
             publishers_paused: false,
             stall_ticks: limits_ticks(limits.outbound_stall_ms).max(1),
+            lagging: 0,
             unauthed_open: 0,
             unauthed_order: VecDeque::new(),
             per_ip: HashMap::new(),
@@ -194,7 +200,7 @@ impl Engine {
             outboxes: setup.mesh.outboxes,
             inbox: setup.mesh.inbox,
             self_queue: VecDeque::new(),
-            xbatch: Vec::new(),
+            xbatch: VecDeque::new(),
             line_arena: Vec::new(),
             line_ranges: Vec::new(),
             all_published: setup.all_published,
@@ -431,6 +437,12 @@ impl Engine {
         self.counters.bytes_out += sent as u64;
         conn.progress_tick = self.now_tick;
         conn.out.complete(frames, sent, &mut self.queued_bytes);
+        if conn.flags & LAGGING != 0
+            && conn.out.owed_bytes() <= self.config.limits.outbound_bytes_max / 2
+        {
+            conn.flags &= !LAGGING;
+            self.lagging -= 1;
+        }
         if conn.flags & TRIM_WHEN_DRAINED != 0 && conn.out.release_if_empty() {
             conn.flags &= !TRIM_WHEN_DRAINED;
         }
@@ -538,27 +550,31 @@ impl Engine {
         self.arm_close_deadline(slot);
     }
 
-    /// Publisher backpressure (once per tick): sets or clears this shard's congestion flag
+    /// The owed bytes above which this shard is congested: `shard_outbound_high_bytes`, or a
+    /// quarter of what the WebSocket connections may owe in all if lower, but never less than
+    /// four connections' worth (one client that stops reading owes at most its own limit, and
+    /// must not pause every publisher of a small shard).
+    pub(crate) fn high_watermark(&self) -> usize {
+        let limits = &self.config.limits;
+        let ws_conns = self.conns.len().saturating_sub(self.control_open).max(1);
+        let per_conn = limits.outbound_bytes_max;
+        limits
+            .shard_outbound_high_bytes
+            .min((ws_conns.saturating_mul(per_conn) / 4).max(per_conn.saturating_mul(4)))
+            .max(1)
+    }
+
+    /// Publisher backpressure (once per turn): sets or clears this shard's congestion flag
     /// with hysteresis, pauses or resumes this shard's publishers as any shard is congested,
     /// and, while this shard is congested, closes connections that owe bytes and took none for
     /// `outbound_stall_ms` (they do not read; they must not hold every publisher back).
     fn update_backpressure(&mut self) {
-        let config = self.config.clone();
-        let limits = &config.limits;
-        let ws_conns = self.conns.len().saturating_sub(self.control_open).max(1);
-        // A quarter of what the WebSocket connections may owe in all, but never less than four
-        // connections' worth: one client that stops reading (it owes at most its own limit)
-        // must not pause every publisher of a small shard.
-        let per_conn = limits.outbound_bytes_max;
-        let high = limits
-            .shard_outbound_high_bytes
-            .min((ws_conns.saturating_mul(per_conn) / 4).max(per_conn.saturating_mul(4)))
-            .max(1);
-        if !self.congested && self.queued_bytes > high {
+        let high = self.high_watermark();
+        if !self.congested && (self.queued_bytes > high || self.lagging > 0) {
             self.congested = true;
             self.counters.backpressure_episodes += 1;
             self.congestion.set(self.index, true);
-        } else if self.congested && self.queued_bytes <= high / 4 {
+        } else if self.congested && self.queued_bytes <= high / 4 && self.lagging == 0 {
             self.congested = false;
             self.congestion.set(self.index, false);
         }
@@ -569,12 +585,21 @@ impl Engine {
         if self.congested && self.now_tick % PUBLISH_EVERY_TICKS == 0 {
             let stall = self.stall_ticks;
             let now = self.now_tick;
+            // A lagging reader may hold publishers back for twice the stall time at most: one
+            // that reads a byte a second must not pause every backend for days.
+            let lag_max = stall.saturating_mul(2);
             let stalled: Vec<usize> = self
                 .conns
                 .iter()
                 .filter(|(_, c)| c.endpoint != Endpoint::Control && c.state == State::Open)
                 .filter(|(_, c)| c.out.owed_bytes() > 0)
-                .filter(|(_, c)| now.wrapping_sub(c.progress_tick) >= stall)
+                .filter(|(_, c)| {
+                    let lagging_too_long = c.flags & LAGGING != 0
+                        && c.ext
+                            .as_ref()
+                            .is_some_and(|e| now.wrapping_sub(e.lagging_since) >= lag_max);
+                    now.wrapping_sub(c.progress_tick) >= stall || lagging_too_long
+                })
                 .map(|(slot, _)| slot)
                 .collect();
             for slot in stalled {
@@ -694,6 +719,9 @@ impl Engine {
         }
         self.leave_all(slot);
         let mut conn = self.conns.remove(slot);
+        if conn.flags & LAGGING != 0 {
+            self.lagging -= 1;
+        }
         if let Some(ext) = conn.ext.take() {
             if let Some(state) = &ext.control {
                 self.control_open -= 1;

@@ -7,8 +7,9 @@
 //! copy or clock read.
 
 use super::Engine;
-use super::conn::{DIRTY, Endpoint, SENDING, State};
+use super::conn::{DIRTY, Endpoint, LAGGING, SENDING, State};
 use super::outbound::Enqueue;
+use super::outbound::FRAME_OVERHEAD;
 use super::xmsg::{Body, Part, ReplyTo, XMsg};
 use crate::channel::local::{LocalChannels, Subscribed, Sync};
 use crate::channel::{self, ChannelError};
@@ -85,15 +86,28 @@ impl Engine {
     }
 
     /// Handles what other shards (and this one) sent, up to a budget; returns whether anything
-    /// was handled.
+    /// was handled (not when everything waits for the queues to drain: the driver may then
+    /// sleep until sends complete or the next tick).
     pub fn drain_inbox(&mut self) -> bool {
         let mut batch = std::mem::take(&mut self.xbatch);
-        while let Some(msg) = self.self_queue.pop_front() {
-            batch.push(msg);
+        if batch.is_empty() {
+            while let Some(msg) = self.self_queue.pop_front() {
+                batch.push_back(msg);
+            }
+            self.inbox.drain(DRAIN_BUDGET, |m| batch.push_back(m));
         }
-        self.inbox.drain(DRAIN_BUDGET, |m| batch.push(m));
-        let any = !batch.is_empty();
-        for msg in batch.drain(..) {
+        let mut any = false;
+        let high = self.high_watermark();
+        while let Some(msg) = batch.pop_front() {
+            if self.queued_bytes > high
+                && matches!(msg, XMsg::Deliver { .. } | XMsg::PushAll { .. })
+            {
+                // Over the watermark: the rest waits, in order, until the queues drain (the
+                // rings behind it fill up, and publishers are paused meanwhile).
+                batch.push_front(msg);
+                break;
+            }
+            any = true;
             self.handle_x(msg);
         }
         self.xbatch = batch;
@@ -194,7 +208,7 @@ impl Engine {
         channel.last_offset = offset;
         let limit = self.config.limits.outbound_bytes_max;
         let now = self.now_tick;
-        let (congested, stall) = (self.congested, self.stall_ticks);
+        let stall = self.stall_ticks;
         let mut slow = std::mem::take(&mut self.slow_scratch);
         for &slot in &self.local.get(id).subscribers {
             let conn = &mut self.conns[slot as usize];
@@ -205,13 +219,21 @@ impl Engine {
                 Endpoint::Push { raw: true } => raw.clone(),
                 _ => envelope.clone(),
             };
-            // While the shard is the one behind, a reader that makes progress may owe up to
-            // LAGGING_FACTOR times its limit: it is not the slow side.
-            let limit = if congested && now.wrapping_sub(conn.progress_tick) < stall {
+            // A reader that makes progress is never shed for owing more than its limit: it is
+            // lagging, the publisher is faster, and its shard turns congested (publishers
+            // pause) while it may owe up to LAGGING_FACTOR times its limit.
+            let over = conn.out.owed_bytes() + frame.len() + FRAME_OVERHEAD > limit;
+            let lagging = over && now.wrapping_sub(conn.progress_tick) < stall;
+            let limit = if lagging {
                 limit * super::LAGGING_FACTOR
             } else {
                 limit
             };
+            if lagging && conn.flags & LAGGING == 0 {
+                conn.flags |= LAGGING;
+                conn.ext_mut().lagging_since = now;
+                self.lagging += 1;
+            }
             match conn.out.push(frame, limit, &mut self.queued_bytes) {
                 Enqueue::Enqueued => {
                     self.counters.frames_out += 1;

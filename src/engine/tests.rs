@@ -288,7 +288,7 @@ fn slow_consumer_is_closed_with_4001_and_others_keep_receiving() {
     }
     // A client that does not read: closed at its limit, or after outbound_stall_ms while it
     // holds its shard over the watermark.
-    c.advance(c_limits().outbound_stall_ms + 100);
+    c.advance(c_limits().outbound_stall_ms + 1000);
     assert_eq!(fast.texts(&mut c).len(), 100, "the reader got everything");
     assert_eq!(c.counters(0).slow_consumers, 1);
     // The backlog was dropped, so the close frame is what the slow client reads next.
@@ -866,4 +866,34 @@ fn a_subscriber_that_stops_reading_does_not_hold_publishers_back() {
     assert_eq!(c.counters(0).slow_consumers, 1);
     assert!(c.pipe(ctl).to_server.is_empty(), "publishing went on");
     assert_eq!(c.counters(0).published, 3000);
+}
+
+#[test]
+fn a_reader_that_trickles_cannot_hold_publishers_back_for_long() {
+    let mut c = Cluster::new(config(), 1);
+    let mut fast = Ws::open(&mut c, 0, "/ws?channel=tr&format=raw");
+    let mut trickle = Ws::open(&mut c, 0, "/ws?channel=tr&format=raw");
+    c.settle();
+    fast.frames(&mut c);
+    trickle.frames(&mut c);
+    // 64 bytes per 10 ms turn: it makes progress, but far too little.
+    c.set_bandwidth(trickle.sock, 64);
+    let ctl = control(&mut c, 0);
+    let data = "t".repeat(500);
+    let mut text = String::new();
+    for _ in 0..400 {
+        let line = json!({"method":"publish","channel":"tr","text":data,"noreply":true});
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    c.write(ctl, text.as_bytes());
+    let lag_max = 2 * c_limits().outbound_stall_ms;
+    c.advance(lag_max + 1000);
+    assert_eq!(
+        c.counters(0).stalled_consumers,
+        1,
+        "closed after lagging too long"
+    );
+    c.advance(1000);
+    assert_eq!(fast.frames(&mut c).len(), 400, "then publishing went on");
 }
