@@ -17,6 +17,8 @@
 //! - [`wire`]: what clients read: the `/ws` envelope and commands, payloads encoded once in both
 //!   formats, the stable error codes;
 //! - [`control`]: the sans-IO control protocol: line splitting, request parsing, reply lines;
+//! - [`auth`]: who may connect, sans-IO: JWT connection tokens (time is an argument) and the
+//!   `Origin` allowlist;
 //! - [`channel`]: pub/sub state as plain data: local subscriber index, the owner's sequence;
 //! - [`xshard`]: bounded SPSC rings between shards, the overflow queue, the eventfd doorbell;
 //! - [`timer`]: the timing wheel (pure data);
@@ -27,6 +29,7 @@
 //! - [`server`]: listeners, driver choice, shard threads, readiness, shutdown;
 //! - [`ctl`]: `ringcast ctl`, the control socket's command-line client.
 
+pub mod auth;
 pub mod budget;
 pub mod channel;
 pub mod config;
