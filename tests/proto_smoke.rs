@@ -1,11 +1,12 @@
 //! A quick, seeded fuzz run inside `cargo test`: a few thousand pseudo-random and mutated inputs
-//! through `handshake::parse` and `Decoder::feed`, starting from the committed fuzz seeds in
-//! fuzz/seeds/. It catches regressions on every test run; the real fuzzing (cargo fuzz, see
+//! through `handshake::parse`, `Decoder::feed` and `auth::Verifier::verify`, starting from the
+//! committed fuzz seeds in fuzz/seeds/. It catches regressions on every test run; the real fuzzing (cargo fuzz, see
 //! docs/testing.md) runs for minutes. Deterministic: the same inputs on every run.
 
 use std::ops::ControlFlow;
 use std::path::Path;
 
+use ringcast::auth::{Claims, TokenError, TokenLimits, Verifier};
 use ringcast::proto::decoder::{Decoder, DecoderLimits, Message, ProtocolError};
 use ringcast::proto::frame::{OpCode, encode_client};
 use ringcast::proto::handshake;
@@ -178,6 +179,66 @@ fn check_decoder(data: &[u8], rng: &mut Rng) {
     assert_eq!(whole, pieces, "stream {stream:?}");
 }
 
+/// The secret and the time of the token fuzz target (fuzz/fuzz_targets/token.rs), which signed
+/// its seeds.
+const TOKEN_SECRET: &[u8] = b"ringcast-fuzz-secret-0123456789ab";
+const TOKEN_NOW_S: u64 = 1_700_000_000;
+
+fn check_token_result(result: &Result<Claims, TokenError>, token: &str, limits: &TokenLimits) {
+    match result {
+        Ok(claims) => {
+            assert!(token.len() <= limits.token_bytes_max);
+            assert!(claims.channels.len() <= limits.channels_max);
+            assert!(
+                claims
+                    .info
+                    .as_ref()
+                    .is_none_or(|i| i.len() <= limits.info_bytes_max)
+            );
+            assert!(
+                claims
+                    .sub
+                    .as_ref()
+                    .is_none_or(|s| !s.is_empty() && s.len() <= 128)
+            );
+            assert!(claims.exp.is_none_or(|exp| exp > TOKEN_NOW_S));
+        }
+        Err(e) => {
+            assert!(matches!(e.code(), "token_invalid" | "token_expired"));
+            assert_eq!(
+                *e == TokenError::TooLong,
+                token.len() > limits.token_bytes_max
+            );
+        }
+    }
+}
+
+/// Runs one token input (fuzz target layout: the token's bytes), then the same header and
+/// claims correctly signed, so the claims parser sees the mutations too.
+fn check_token(data: &[u8]) {
+    let token = String::from_utf8_lossy(data);
+    let limits = TokenLimits::default();
+    let verifier = Verifier::hs256(TOKEN_SECRET).unwrap();
+    check_token_result(
+        &verifier.verify(&token, TOKEN_NOW_S, &limits),
+        &token,
+        &limits,
+    );
+    let mut segments = token.splitn(3, '.');
+    let (Some(header), Some(payload)) = (segments.next(), segments.next()) else {
+        return;
+    };
+    let message = format!("{header}.{payload}");
+    let key = jsonwebtoken::EncodingKey::from_secret(TOKEN_SECRET).unwrap();
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+            .unwrap();
+    let signed = format!("{message}.{signature}");
+    let result = verifier.verify(&signed, TOKEN_NOW_S, &limits);
+    check_token_result(&result, &signed, &limits);
+    assert_ne!(result, Err(TokenError::BadSignature), "{signed}");
+}
+
 #[test]
 fn seeds_pass_as_they_are() {
     let mut rng = Rng(1);
@@ -187,7 +248,21 @@ fn seeds_pass_as_they_are() {
     for seed in seeds("decoder") {
         check_decoder(&seed, &mut rng);
     }
-    // The seeds that are meant to be valid are.
+    for seed in seeds("token") {
+        check_token(&seed);
+    }
+    // The seeds that are meant to be valid are, and the others are refused for their reason.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/token");
+    let token = |name: &str| {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        Verifier::hs256(TOKEN_SECRET)
+            .unwrap()
+            .verify(&text, TOKEN_NOW_S, &TokenLimits::default())
+    };
+    assert_eq!(token("valid").unwrap().sub.as_deref(), Some("user-1"));
+    assert_eq!(token("alg-none"), Err(TokenError::WrongAlgorithm));
+    assert_eq!(token("expired"), Err(TokenError::Expired));
+    assert!(token("truncated").is_err());
     let rfc = &seeds("handshake")[..];
     assert!(
         rfc.iter()
@@ -218,6 +293,19 @@ fn mutated_decoder_streams() {
             mutate(&mut input, &mut rng);
         }
         check_decoder(&input, &mut rng);
+    }
+}
+
+#[test]
+fn mutated_tokens() {
+    let mut rng = Rng(0x5eed_0005);
+    let seeds = seeds("token");
+    for _ in 0..3000 {
+        let mut input = seeds[rng.below(seeds.len())].clone();
+        for _ in 0..1 + rng.below(4) {
+            mutate(&mut input, &mut rng);
+        }
+        check_token(&input);
     }
 }
 
@@ -258,5 +346,6 @@ fn random_bytes() {
         let input: Vec<u8> = (0..len).map(|_| rng.byte()).collect();
         check_handshake(&input);
         check_decoder(&input, &mut rng);
+        check_token(&input);
     }
 }
