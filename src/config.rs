@@ -312,6 +312,11 @@ pub struct Config {
     /// Share the WebSocket port with another running server on purpose (`SO_REUSEPORT`, for a
     /// rolling restart). Off: `serve` refuses to start when the address is already served.
     pub reuse_port: bool,
+    /// Origins whose pages may open WebSocket connections (`https://app.example.com`,
+    /// `https://*.example.com`, `*`); empty: every origin (the start-up output says so). A
+    /// request from another origin gets HTTP 403, counted (`origin_refusals`); a request with
+    /// no Origin header (not a browser) is always allowed.
+    pub allowed_origins: Vec<String>,
     /// Which event loop drives the shards (`auto`: io_uring when the kernel allows it, else epoll).
     pub driver: DriverKind,
     /// Settings per channel namespace.
@@ -355,6 +360,7 @@ impl Default for Config {
             echo: false,
             pin: true,
             reuse_port: false,
+            allowed_origins: Vec::new(),
             driver: DriverKind::Auto,
             namespaces: BTreeMap::new(),
             control: ControlConfig::default(),

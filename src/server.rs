@@ -190,6 +190,8 @@ impl Server {
     /// Binds the listeners and starts the shards; returns once every shard is ready to accept.
     pub fn start(config: Config) -> Result<Server, String> {
         config.limits.validate()?;
+        let origins = crate::auth::OriginPolicy::parse(&config.allowed_origins)
+            .map_err(|e| format!("allowed_origins: {e}"))?;
         let shards = if config.shards == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -202,6 +204,13 @@ impl Server {
             ));
         }
         let mut notes = Vec::new();
+        if origins.is_open() {
+            notes.push(
+                "origin check off: pages from any origin may open WebSocket connections \
+                 (set allowed_origins in the config to restrict them)"
+                    .to_string(),
+            );
+        }
         let nofile = raise_nofile();
         if nofile < NOFILE_MIN {
             return Err(format!(

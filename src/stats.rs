@@ -78,6 +78,8 @@ pub struct Counters {
     /// Connections closed as slow consumers because they took no bytes for `outbound_stall_ms`
     /// while their shard was over its watermark.
     pub stalled_consumers: u64,
+    /// Handshakes refused with 403 because their Origin is not allowed.
+    pub origin_refusals: u64,
     /// Pongs that replaced a pong still queued for a client whose queue backs up (only the
     /// latest ping is answered, RFC 6455 §5.5.3).
     pub pongs_conflated: u64,
@@ -163,6 +165,7 @@ impl Counters {
         self.shard_inbound_overflows += other.shard_inbound_overflows;
         self.control_refusals += other.control_refusals;
         self.pongs_skipped += other.pongs_skipped;
+        self.origin_refusals += other.origin_refusals;
         self.backpressure_episodes += other.backpressure_episodes;
         self.publisher_pauses += other.publisher_pauses;
         self.stalled_consumers += other.stalled_consumers;

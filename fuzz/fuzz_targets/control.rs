@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(line.len() <= max);
         match parse(&line) {
             Ok(request) => assert!(request.id.is_none_or(|id| id.len() <= 64)),
-            Err(e) => assert!(matches!(e.code, "bad_json" | "unknown_method" | "bad_params")),
+            Err(e) => assert!(matches!(e.code.as_str(), "bad_json" | "unknown_method" | "bad_params")),
         }
     }
 });

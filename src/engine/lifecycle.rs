@@ -66,6 +66,10 @@ impl Engine {
 
     /// A complete upgrade request: route it, open the WebSocket, decode what followed it.
     fn on_request(&mut self, slot: usize, request: handshake::Request, rest: &mut [u8]) {
+        if !self.origins.allows(request.origin.as_deref()) {
+            self.counters.origin_refusals += 1;
+            return self.reject(slot, Rejection::Forbidden);
+        }
         let mut url_channels = Vec::new();
         let endpoint = match request.path.as_str() {
             "/echo" if self.config.echo => Endpoint::Echo,

@@ -128,6 +128,8 @@ pub struct Engine {
     stall_ticks: u32,
     /// Connections flagged `LAGGING` (they keep the shard congested).
     lagging: u32,
+    /// Which page origins may connect (`allowed_origins`).
+    origins: crate::auth::OriginPolicy,
     /// This shard's control connections still owing their `auth`, bounded by
     /// ceil(`control_unauthed_max` / shards).
     unauthed_open: usize,
@@ -189,6 +191,10 @@ impl Engine {
             publishers_paused: false,
             stall_ticks: limits_ticks(limits.outbound_stall_ms).max(1),
             lagging: 0,
+            // Validated by `Server::start` before any engine is built; a bad list here would
+            // only leave every origin allowed, never panic.
+            origins: crate::auth::OriginPolicy::parse(&setup.config.allowed_origins)
+                .unwrap_or_default(),
             unauthed_open: 0,
             unauthed_order: VecDeque::new(),
             per_ip: HashMap::new(),

@@ -897,3 +897,43 @@ fn a_reader_that_trickles_cannot_hold_publishers_back_for_long() {
     c.advance(1000);
     assert_eq!(fast.frames(&mut c).len(), 400, "then publishing went on");
 }
+
+#[test]
+fn pages_from_other_origins_get_403() {
+    let mut config = config();
+    config.allowed_origins = vec![
+        "https://app.example.com".into(),
+        "https://*.example.org".into(),
+    ];
+    let mut c = Cluster::new(config, 1);
+    let upgrade = |origin: Option<&str>| {
+        let origin = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: t\r\n{origin}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    let mut status = |origin: Option<&str>| {
+        let sock = c.connect(0, Listener::WebSocket);
+        c.write(sock, upgrade(origin).as_bytes());
+        c.settle();
+        String::from_utf8_lossy(&c.read(sock))
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(status(Some("https://evil.example")).starts_with("HTTP/1.1 403"));
+    assert!(status(Some("https://example.org")).starts_with("HTTP/1.1 403"));
+    assert!(status(Some("null")).starts_with("HTTP/1.1 403"));
+    assert!(status(Some("https://app.example.com")).starts_with("HTTP/1.1 101"));
+    assert!(status(Some("https://a.b.example.org")).starts_with("HTTP/1.1 101"));
+    assert!(
+        status(None).starts_with("HTTP/1.1 101"),
+        "not a browser: allowed"
+    );
+    assert_eq!(c.counters(0).origin_refusals, 3);
+    assert_eq!(c.counters(0).rejected_with(403), 3);
+}

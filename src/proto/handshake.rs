@@ -59,6 +59,8 @@ pub enum Rejection {
     Unavailable,
     /// 429: this client address has too many connections.
     TooManyRequests,
+    /// 403: the page's Origin is not in `allowed_origins`.
+    Forbidden,
 }
 
 /// The reasons `parse` gives with `Rejection::BadRequest`, one per rule it checks.
@@ -97,6 +99,7 @@ impl Rejection {
             Rejection::HeadersTooLarge => 431,
             Rejection::Unavailable => 503,
             Rejection::TooManyRequests => 429,
+            Rejection::Forbidden => 403,
         }
     }
 
@@ -109,6 +112,7 @@ impl Rejection {
             Rejection::HeadersTooLarge => "Request Header Fields Too Large",
             Rejection::Unavailable => "Service Unavailable",
             Rejection::TooManyRequests => "Too Many Requests",
+            Rejection::Forbidden => "Forbidden",
         }
     }
 
@@ -121,6 +125,7 @@ impl Rejection {
             Rejection::HeadersTooLarge => "request head too large",
             Rejection::Unavailable => "server unavailable, retry later",
             Rejection::TooManyRequests => "too many connections from this address",
+            Rejection::Forbidden => "this origin may not connect",
         }
     }
 
