@@ -83,6 +83,11 @@ pub struct Limits {
     /// Messages and control frames a `/ws` client may send per second (token bucket, burst of
     /// one second's worth; 0: no limit). Overflow: close 4002, counted (`rate_limited`).
     pub client_messages_per_s: u32,
+    /// Bytes of history (kept messages of namespaces with `history_size`) one shard holds in
+    /// all. Overflow: the channel keeping a new message drops its own oldest first; a message
+    /// that alone would pass the bound is not kept, so recovery past it answers
+    /// `recovered: false`.
+    pub history_bytes_per_shard_max: usize,
     /// Publisher backpressure: when the bytes a shard owes its connections pass this (or a
     /// quarter of what its WebSocket connections may owe in all, but at least four connections'
     /// `outbound_bytes_max`, whichever is lower), every shard stops
@@ -156,6 +161,7 @@ impl Default for Limits {
             client_messages_per_s: 200,
             shard_inbound_bytes_max: 128 * 1024 * 1024,
             shard_outbound_high_bytes: 256 * 1024 * 1024,
+            history_bytes_per_shard_max: 64 * 1024 * 1024,
             outbound_stall_ms: 2_000,
             control_conns_per_shard_max: 64,
             control_unauthed_max: 64,
@@ -233,6 +239,11 @@ impl Limits {
 pub struct Namespace {
     /// Whether `/ws` clients may publish to channels of this namespace.
     pub client_publish: bool,
+    /// Messages each channel keeps at its owner for recovery (0: none). Memory: the encoded
+    /// frames, bounded per shard by `history_bytes_per_shard_max`.
+    pub history_size: usize,
+    /// Age after which kept messages are dropped, in seconds (0: no age limit).
+    pub history_ttl_s: u64,
 }
 
 /// A control socket address: `unix:PATH` or `tcp:ADDR`.

@@ -78,6 +78,12 @@ pub struct Counters {
     /// Connections closed as slow consumers because they took no bytes for `outbound_stall_ms`
     /// while their shard was over its watermark.
     pub stalled_consumers: u64,
+    /// Messages not kept in history because they alone would pass `history_bytes_per_shard_max`.
+    pub history_refused: u64,
+    /// Subscribes with `since` answered with the missed messages.
+    pub recoveries: u64,
+    /// Subscribes with `since` answered `recovered: false` (window passed or epoch changed).
+    pub recoveries_refused: u64,
     /// Handshakes refused with 403 because their Origin is not allowed.
     pub origin_refusals: u64,
     /// Pongs that replaced a pong still queued for a client whose queue backs up (only the
@@ -166,6 +172,9 @@ impl Counters {
         self.control_refusals += other.control_refusals;
         self.pongs_skipped += other.pongs_skipped;
         self.origin_refusals += other.origin_refusals;
+        self.history_refused += other.history_refused;
+        self.recoveries += other.recoveries;
+        self.recoveries_refused += other.recoveries_refused;
         self.backpressure_episodes += other.backpressure_episodes;
         self.publisher_pauses += other.publisher_pauses;
         self.stalled_consumers += other.stalled_consumers;

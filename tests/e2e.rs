@@ -513,6 +513,7 @@ fn push_config(shards: usize, limits: Limits) -> Config {
         "chat".into(),
         ringcast::config::Namespace {
             client_publish: true,
+            ..Default::default()
         },
     );
     c

@@ -8,6 +8,7 @@
 
 use crate::wire::ErrorCode;
 
+pub mod history;
 pub mod local;
 pub mod owner;
 

@@ -3,6 +3,7 @@
 //! bounded by the channels that have an audience; when the last interested shard leaves, the
 //! entry goes and a later one starts a new epoch (clients see offsets restart with it).
 
+use super::history::{Entry, History, Since};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -42,6 +43,8 @@ pub struct Owned {
     pub epoch: u64,
     /// Shards with local subscribers.
     pub shards: ShardSet,
+    /// Kept messages (empty unless the namespace keeps history).
+    pub history: History,
 }
 
 /// The channels this shard owns.
@@ -50,6 +53,17 @@ pub struct OwnedChannels {
     map: HashMap<Arc<str>, Owned>,
     next_epoch: u64,
     max: usize,
+    /// Bytes of history kept by all channels of this shard.
+    history_bytes: usize,
+}
+
+/// What a recovery from an offset and epoch found.
+#[derive(Debug)]
+pub struct Recovery {
+    /// The channel's last offset and epoch.
+    pub position: (u64, u64),
+    /// The messages after the client's offset, when all of them are kept in the same epoch.
+    pub replay: Option<Vec<Entry>>,
 }
 
 impl OwnedChannels {
@@ -60,6 +74,7 @@ impl OwnedChannels {
             map: HashMap::new(),
             next_epoch: epoch_base % (1 << 52),
             max,
+            history_bytes: 0,
         }
     }
 
@@ -81,33 +96,93 @@ impl OwnedChannels {
                 return None;
             }
             self.next_epoch += 1;
-            self.map.insert(
-                name.clone(),
-                Owned {
-                    offset: 0,
-                    epoch: self.next_epoch,
-                    shards: ShardSet::default(),
-                },
-            );
+            self.create(name);
         }
         let owned = self.map.get_mut(name)?;
         owned.shards.insert(shard);
         Some((owned.offset, owned.epoch))
     }
 
+    fn create(&mut self, name: &Arc<str>) {
+        self.next_epoch += 1;
+        self.map.insert(
+            name.clone(),
+            Owned {
+                offset: 0,
+                epoch: self.next_epoch,
+                shards: ShardSet::default(),
+                history: History::default(),
+            },
+        );
+    }
+
+    /// Bytes of history kept by this shard's channels.
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes
+    }
+
+    /// Keeps the channel's newest message in its history (after `publish` sequenced it).
+    pub fn keep(&mut self, name: &str, entry: Entry, size_max: usize, shard_max: usize) -> bool {
+        let Some(owned) = self.map.get_mut(name) else {
+            return false;
+        };
+        owned
+            .history
+            .push(entry, size_max, &mut self.history_bytes, shard_max)
+    }
+
+    /// Drops the channel's messages older than `ttl_ms`; forgets the channel when nothing is
+    /// left of it (no history, no interest).
+    pub fn expire(&mut self, name: &str, now_ms: u64, ttl_ms: u64) {
+        let Some(owned) = self.map.get_mut(name) else {
+            return;
+        };
+        owned
+            .history
+            .expire(now_ms, ttl_ms, &mut self.history_bytes);
+        if owned.shards.is_empty() && owned.history.is_empty() {
+            self.map.remove(name);
+        }
+    }
+
+    /// What a client that saw offset `since` of epoch `epoch` missed, with the channel's
+    /// position. A channel this shard does not know has position (0, 0) and recovers nothing
+    /// unless the client saw nothing either.
+    pub fn recover(&self, name: &str, since: u64, epoch: u64) -> Recovery {
+        let Some(owned) = self.map.get(name) else {
+            return Recovery {
+                position: (0, 0),
+                replay: None,
+            };
+        };
+        let position = (owned.offset, owned.epoch);
+        let same_epoch = epoch == owned.epoch && since <= owned.offset;
+        let replay = (same_epoch && owned.history.covers(since, owned.offset) == Since::Complete)
+            .then(|| owned.history.after(since).cloned().collect());
+        Recovery { position, replay }
+    }
+
     /// A shard's last local subscriber left.
     pub fn withdraw(&mut self, name: &str, shard: usize) {
         if let Some(owned) = self.map.get_mut(name) {
             owned.shards.remove(shard);
-            if owned.shards.is_empty() {
+            // A channel that keeps history outlives its subscribers: a client reconnecting
+            // later recovers what was published meanwhile.
+            if owned.shards.is_empty() && owned.history.is_empty() {
                 self.map.remove(name);
             }
         }
     }
 
     /// Sequences a publish: the new offset, the epoch and the shards to deliver to; `None` when
-    /// nobody subscribes (nothing to deliver, nothing remembered).
-    pub fn publish(&mut self, name: &str) -> Option<(u64, u64, ShardSet)> {
+    /// nobody subscribes and the channel keeps no history (nothing to deliver or remember).
+    /// With `keeps_history`, a channel without subscribers is sequenced too (created if new,
+    /// within the bound), so its history has every offset.
+    pub fn publish(&mut self, name: &str, keeps_history: bool) -> Option<(u64, u64, ShardSet)> {
+        if keeps_history && !self.map.contains_key(name) && self.map.len() < self.max {
+            let name: Arc<str> = Arc::from(name);
+            self.create(&name);
+        }
         let owned = self.map.get_mut(name)?;
         owned.offset += 1;
         Some((owned.offset, owned.epoch, owned.shards))
@@ -128,19 +203,19 @@ mod tests {
         let mut owned = OwnedChannels::new(1000, 2);
         let news: Arc<str> = Arc::from("news");
         assert_eq!(
-            owned.publish("news"),
+            owned.publish("news", false),
             None,
             "no audience, nothing sequenced"
         );
         let (offset, epoch) = owned.interest(&news, 3).unwrap();
         assert_eq!(offset, 0);
-        let (o1, e1, shards) = owned.publish("news").unwrap();
+        let (o1, e1, shards) = owned.publish("news", false).unwrap();
         assert_eq!((o1, e1), (1, epoch));
         assert!(shards.contains(3) && !shards.contains(0));
         assert_eq!(owned.interest(&news, 0), Some((1, epoch)));
-        assert_eq!(owned.publish("news").unwrap().0, 2);
+        assert_eq!(owned.publish("news", false).unwrap().0, 2);
         owned.withdraw("news", 3);
-        assert_eq!(owned.publish("news").unwrap().0, 3);
+        assert_eq!(owned.publish("news", false).unwrap().0, 3);
         owned.withdraw("news", 0);
         assert!(owned.is_empty());
         let (offset, epoch2) = owned.interest(&news, 1).unwrap();

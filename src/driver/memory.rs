@@ -113,6 +113,8 @@ pub struct Cluster {
     intents: Vec<Intent>,
     /// Whether the current turn did anything.
     work: bool,
+    /// The engines' shared congestion flags.
+    congestion: Arc<crate::engine::control::Congestion>,
     /// Whether `StopAccepting` was carried out, per shard.
     pub stopped_accepting: Vec<bool>,
 }
@@ -162,6 +164,7 @@ impl Cluster {
             now_ms: 0,
             intents: Vec::new(),
             work: false,
+            congestion,
             stopped_accepting: vec![false; n],
         }
     }
@@ -238,6 +241,12 @@ impl Cluster {
     /// at a zero window resume on the next turn.
     pub fn set_window(&mut self, sock: Sock, window: Option<usize>) {
         self.pipe(sock).window = window;
+    }
+
+    /// Raises or clears shard `i`'s congestion flag from outside (as if it were over its
+    /// watermark), to put a publisher's pause exactly where a test wants it.
+    pub fn set_congested(&mut self, i: usize, on: bool) {
+        self.congestion.set(i, on);
     }
 
     /// The client of `sock` reads `bytes` per turn from now on.

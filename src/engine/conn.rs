@@ -78,6 +78,9 @@ pub struct Ext {
     pub head: Vec<u8>,
     /// Tick when the connection was last flagged `LAGGING`.
     pub lagging_since: u32,
+    /// Local channels whose live messages wait for a recovery's replay (subscribe with
+    /// `since`): delivered after it, so nothing is missed or doubled at the seam.
+    pub recovering: Vec<crate::channel::local::LocalId>,
 }
 
 impl Ext {

@@ -509,6 +509,8 @@ impl Engine {
         let mut arena = std::mem::take(&mut self.line_arena);
         let mut ranges: Vec<(Option<Range<usize>>, Option<usize>)> =
             std::mem::take(&mut self.line_ranges);
+        // The start of this read is a clean place to stop only if no line began before it.
+        let clean_start = state.lines.buffered() == 0;
         state
             .lines
             .feed_with_ends(data, max, &mut |line, end| match line {
@@ -519,7 +521,7 @@ impl Engine {
                 }
                 Err(_) => ranges.push((None, end)),
             });
-        let mut previous_end = Some(0);
+        let mut previous_end = clean_start.then_some(0);
         for (range, end) in ranges.drain(..) {
             if self.conns.get(slot).is_none_or(|c| c.state != State::Open) {
                 break;

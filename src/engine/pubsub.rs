@@ -151,6 +151,37 @@ impl Engine {
             }
             XMsg::Withdraw { channel, shard } => self.owned.withdraw(&channel, shard as usize),
             XMsg::Ack { channel, position } => self.on_ack(&channel, position),
+            XMsg::Recover {
+                channel,
+                since,
+                shard,
+                slot,
+                generation,
+                id,
+            } => {
+                if let Some((_, ttl_ms)) = self.history_policy(&channel) {
+                    let now = self.now_ms;
+                    self.owned.expire(&channel, now, ttl_ms);
+                }
+                let recovery = self.owned.recover(&channel, since.0, since.1);
+                let msg = XMsg::Recovered {
+                    channel,
+                    slot,
+                    generation,
+                    id,
+                    position: recovery.position,
+                    replay: recovery.replay,
+                };
+                self.send_x(shard as usize, msg);
+            }
+            XMsg::Recovered {
+                channel,
+                slot,
+                generation,
+                id,
+                position,
+                replay,
+            } => self.on_recovered(&channel, slot, generation, id, position, replay),
             XMsg::Deliver {
                 channel,
                 offset,
@@ -161,8 +192,18 @@ impl Engine {
     }
 
     /// The owner: assign the next offset, encode both frames once, fan out to the shards.
+    /// The channel's history settings, when its namespace keeps history: (size, ttl in ms).
+    fn history_policy(&self, name: &str) -> Option<(usize, u64)> {
+        self.config
+            .namespaces
+            .get(channel::namespace_of(name))
+            .filter(|ns| ns.history_size > 0)
+            .map(|ns| (ns.history_size, ns.history_ttl_s.saturating_mul(1000)))
+    }
+
     fn sequence(&mut self, channel: Arc<str>, body: Body, reply: Option<(ReplyTo, u32)>) {
-        let sequenced = self.owned.publish(&channel);
+        let history = self.history_policy(&channel);
+        let sequenced = self.owned.publish(&channel, history.is_some());
         if let Some((to, index)) = reply {
             let (offset, epoch) = sequenced.map_or((0, 0), |(o, e, _)| (o, e));
             self.send_x(
@@ -181,8 +222,27 @@ impl Engine {
             self.counters.published_no_audience += 1;
             return;
         };
-        self.counters.published += 1;
+        if shards.is_empty() {
+            self.counters.published_no_audience += 1;
+        } else {
+            self.counters.published += 1;
+        }
         let (envelope, raw) = encode_message(&channel, offset, &body);
+        if let Some((size, ttl_ms)) = history {
+            // The same frames the subscribers get: a replay sends the bytes a delivery did.
+            let now = self.now_ms;
+            self.owned.expire(&channel, now, ttl_ms);
+            let entry = crate::channel::history::Entry {
+                offset,
+                at_ms: now,
+                envelope: envelope.clone(),
+                raw: raw.clone(),
+            };
+            let max = self.config.limits.history_bytes_per_shard_max;
+            if !self.owned.keep(&channel, entry, size, max) {
+                self.counters.history_refused += 1;
+            }
+        }
         for shard in shards.iter() {
             let msg = XMsg::Deliver {
                 channel: channel.clone(),
@@ -213,6 +273,14 @@ impl Engine {
         for &slot in &self.local.get(id).subscribers {
             let conn = &mut self.conns[slot as usize];
             if conn.state != State::Open {
+                continue;
+            }
+            if conn
+                .ext
+                .as_ref()
+                .is_some_and(|e| e.recovering.contains(&id))
+            {
+                // Its recovery's replay covers this offset and comes next.
                 continue;
             }
             let frame = match conn.endpoint {
@@ -320,6 +388,61 @@ impl Engine {
         }
     }
 
+    /// The owner answered a subscribe with `since`: the reply, the replay, then live messages.
+    fn on_recovered(
+        &mut self,
+        name: &str,
+        slot: u32,
+        generation: u32,
+        id: Option<Box<str>>,
+        position: (u64, u64),
+        replay: Option<Vec<crate::channel::history::Entry>>,
+    ) {
+        let slot = slot as usize;
+        let local = self.local.find(name);
+        let Some(conn) = self
+            .conns
+            .get_mut(slot)
+            .filter(|c| c.generation == generation)
+        else {
+            return;
+        };
+        conn.awaiting = conn.awaiting.saturating_sub(1);
+        let was_recovering = match (local, conn.ext.as_mut()) {
+            (Some(l), Some(ext)) => {
+                let before = ext.recovering.len();
+                ext.recovering.retain(|&r| r != l);
+                before != ext.recovering.len()
+            }
+            _ => false,
+        };
+        let subscribed = local.is_some_and(|l| conn.subs.iter().any(|m| m.channel == l));
+        if subscribed && was_recovering {
+            let raw = conn.endpoint == (Endpoint::Push { raw: true });
+            let recovered = replay.is_some();
+            let (offset, epoch) = position;
+            let text = envelope::subscribed_recovery(name, offset, epoch, recovered, id.as_deref());
+            self.reply(slot, text);
+            if recovered {
+                self.counters.recoveries += 1;
+            } else {
+                self.counters.recoveries_refused += 1;
+            }
+            for entry in replay.into_iter().flatten() {
+                let frame = if raw { entry.raw } else { entry.envelope };
+                if self.queue_data(slot, frame) != Enqueue::Enqueued {
+                    break;
+                }
+            }
+        } else if !subscribed && was_recovering {
+            // The owner was full and refused the channel meanwhile (see `on_ack`).
+            self.reply_channel_error(slot, ChannelError::TooManyChannels, id.as_deref());
+        }
+        if self.conns.get(slot).is_some_and(|c| c.awaiting == 0) {
+            self.replay_deferred(slot);
+        }
+    }
+
     /// Runs the commands a client sent while its subscription waited for the owner, in order.
     fn replay_deferred(&mut self, slot: usize) {
         let Some(mut queue) = self.conns[slot]
@@ -352,6 +475,18 @@ impl Engine {
         name: &str,
         id: Option<&str>,
     ) -> Result<(), ChannelError> {
+        self.subscribe_since(slot, name, id, None)
+    }
+
+    /// Subscribes `slot` to `name`; with `since`, the missed messages are replayed first (the
+    /// owner answers in order with its deliveries, and live ones wait for that answer).
+    pub(super) fn subscribe_since(
+        &mut self,
+        slot: usize,
+        name: &str,
+        id: Option<&str>,
+        since: Option<envelope::Since>,
+    ) -> Result<(), ChannelError> {
         let limits = &self.config.limits;
         channel::validate_name(name, limits.channel_name_bytes_max)?;
         let (per_conn, per_shard) = (limits.channels_per_conn_max, limits.channels_per_shard_max);
@@ -360,6 +495,37 @@ impl Engine {
         let outcome =
             self.local
                 .subscribe(slot as u32, &mut conn.subs, name, per_conn, per_shard)?;
+        if let Some(since) = since {
+            let local = match outcome {
+                Subscribed::NeedsOwner(l) | Subscribed::Waiting(l) | Subscribed::Ready(l) => l,
+            };
+            let channel_name = self.local.get(local).name.clone();
+            let owner = channel::owner_of(&channel_name, self.shards);
+            if let Subscribed::NeedsOwner(_) = outcome {
+                self.send_x(
+                    owner,
+                    XMsg::Interest {
+                        channel: channel_name.clone(),
+                        shard: self.index as u16,
+                    },
+                );
+            }
+            let conn = &mut self.conns[slot];
+            conn.awaiting = conn.awaiting.saturating_add(1);
+            conn.ext_mut().recovering.push(local);
+            self.send_x(
+                owner,
+                XMsg::Recover {
+                    channel: channel_name,
+                    since: (since.offset, since.epoch),
+                    shard: self.index as u16,
+                    slot: slot as u32,
+                    generation,
+                    id: id.map(Box::from),
+                },
+            );
+            return Ok(());
+        }
         match outcome {
             Subscribed::NeedsOwner(local) | Subscribed::Waiting(local) => {
                 // The client's later commands wait for this answer, so replies stay in order.
@@ -410,6 +576,9 @@ impl Engine {
     /// Removes `slot` from local channel `id`, withdrawing interest when it was the last one.
     pub(super) fn leave(&mut self, slot: usize, id: u32) {
         let conn = &mut self.conns[slot];
+        if let Some(ext) = conn.ext.as_mut() {
+            ext.recovering.retain(|&r| r != id);
+        }
         let Ok(done) = self.local.unsubscribe(slot as u32, &mut conn.subs, id) else {
             return;
         };
@@ -496,8 +665,8 @@ impl Engine {
         let id = request.id;
         match request.command {
             Command::Ping => self.reply(slot, envelope::pong(id)),
-            Command::Subscribe(name) => {
-                if let Err(e) = self.subscribe(slot, &name, id) {
+            Command::Subscribe(name, since) => {
+                if let Err(e) = self.subscribe_since(slot, &name, id, since) {
                     self.reply_channel_error(slot, e, id);
                 }
             }

@@ -150,6 +150,37 @@ pub enum XMsg {
         /// Last offset and epoch, or `None` when refused.
         position: Option<(u64, u64)>,
     },
+    /// To the owner: what did a client that saw `since` (offset, epoch) miss?
+    Recover {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The client's last offset and its epoch.
+        since: (u64, u64),
+        /// The connection's shard.
+        shard: u16,
+        /// Its slot.
+        slot: u32,
+        /// Its generation.
+        generation: u32,
+        /// The subscribe's id, echoed in `subscribed`.
+        id: Option<Box<str>>,
+    },
+    /// From the owner, in order with its deliveries: the channel's position and, when every
+    /// missed message is kept, those messages (else `None`: the client must reload).
+    Recovered {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The connection's slot.
+        slot: u32,
+        /// Its generation.
+        generation: u32,
+        /// The subscribe's id.
+        id: Option<Box<str>>,
+        /// The channel's last offset and epoch.
+        position: (u64, u64),
+        /// The missed messages, oldest first.
+        replay: Option<Vec<crate::channel::history::Entry>>,
+    },
     /// From the owner: one sequenced message, encoded once in both formats.
     Deliver {
         /// Channel name.
@@ -173,6 +204,8 @@ impl XMsg {
             | XMsg::Reply { .. }
             | XMsg::Interest { .. }
             | XMsg::Withdraw { .. }
+            | XMsg::Recover { .. }
+            | XMsg::Recovered { .. }
             | XMsg::Ack { .. } => false,
         }
     }

@@ -23,13 +23,26 @@ struct Wire<'a> {
     channel: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    #[serde(default)]
+    since: Option<Since>,
+}
+
+/// Where a client's view of a channel ends: the last offset it received, and the channel's
+/// epoch then (from `subscribed` and each `message`'s channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    /// The last offset the client received.
+    pub offset: u64,
+    /// The epoch of that offset.
+    pub epoch: u64,
 }
 
 /// A client command.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
-    /// Subscribe to a channel.
-    Subscribe(Cow<'a, str>),
+    /// Subscribe to a channel, optionally recovering what was published after `Since`.
+    Subscribe(Cow<'a, str>, Option<Since>),
     /// Unsubscribe from a channel.
     Unsubscribe(Cow<'a, str>),
     /// Publish `data` (raw JSON) to a channel.
@@ -89,7 +102,7 @@ pub fn parse(text: &[u8]) -> Result<Request<'_>, ClientError> {
         .channel
         .ok_or_else(|| fail(ErrorCode::BadRequest, "missing \"channel\""));
     let command = match wire.op.as_ref() {
-        "subscribe" => Command::Subscribe(channel?),
+        "subscribe" => Command::Subscribe(channel?, wire.since),
         "unsubscribe" => Command::Unsubscribe(channel?),
         "publish" => {
             let ch = channel?;
@@ -128,6 +141,26 @@ pub fn subscribed(channel: &str, offset: u64, epoch: u64, id: Option<&str>) -> S
     let _ = write!(
         out,
         "{{\"op\":\"subscribed\",\"channel\":\"{channel}\",\"offset\":{offset},\"epoch\":{epoch}"
+    );
+    with_id(&mut out, id);
+    out
+}
+
+/// `{"op":"subscribed","channel":C,"offset":N,"epoch":E,"recovered":B[,"id":X]}`: the answer to a
+/// subscribe with `since`; with `recovered: true` the missed messages follow it, with `false`
+/// they are gone and N/E are where the live messages start.
+pub fn subscribed_recovery(
+    channel: &str,
+    offset: u64,
+    epoch: u64,
+    recovered: bool,
+    id: Option<&str>,
+) -> String {
+    let mut out = String::with_capacity(80 + channel.len());
+    let _ = write!(
+        out,
+        "{{\"op\":\"subscribed\",\"channel\":\"{channel}\",\"offset\":{offset},\"epoch\":{epoch},\
+         \"recovered\":{recovered}"
     );
     with_id(&mut out, id);
     out
@@ -246,7 +279,7 @@ mod tests {
             r,
             Request {
                 id: Some("7"),
-                command: Command::Subscribe("news".into())
+                command: Command::Subscribe("news".into(), None)
             }
         );
         let r =
