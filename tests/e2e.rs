@@ -1379,3 +1379,6 @@ mod hardening;
 
 #[path = "e2e/flow.rs"]
 mod flow;
+
+#[path = "e2e/recovery.rs"]
+mod recovery;
