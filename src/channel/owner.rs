@@ -137,10 +137,13 @@ impl OwnedChannels {
         let Some(owned) = self.map.get_mut(name) else {
             return;
         };
+        let had_history = !owned.history.is_empty();
         owned
             .history
             .expire(now_ms, ttl_ms, &mut self.history_bytes);
-        if owned.shards.is_empty() && owned.history.is_empty() {
+        // Forgotten only when its last kept message just aged out (a channel created by the
+        // publish being kept right now has no history yet).
+        if had_history && owned.shards.is_empty() && owned.history.is_empty() {
             self.map.remove(name);
         }
     }
@@ -223,6 +226,30 @@ mod tests {
         assert_ne!(epoch2, epoch, "a new incarnation has a new epoch");
         owned.interest(&Arc::from("b"), 1).unwrap();
         assert_eq!(owned.interest(&Arc::from("c"), 1), None, "bounded");
+    }
+
+    #[test]
+    fn history_keeps_a_channel_without_subscribers() {
+        let mut owned = OwnedChannels::new(0, 10);
+        let entry = |offset| Entry {
+            offset,
+            at_ms: offset * 1000,
+            envelope: bytes::Bytes::from_static(b"e"),
+            raw: bytes::Bytes::from_static(b"r"),
+        };
+        for _ in 0..3 {
+            let (offset, _, shards) = owned.publish("h:a", true).unwrap();
+            assert!(shards.is_empty());
+            owned.expire("h:a", offset * 1000, 10_000);
+            assert!(owned.keep("h:a", entry(offset), 10, 1 << 20));
+        }
+        let r = owned.recover("h:a", 1, owned.get("h:a").unwrap().epoch);
+        assert_eq!(r.position.0, 3);
+        assert_eq!(r.replay.unwrap().len(), 2);
+        // Everything ages out: the channel is forgotten.
+        owned.expire("h:a", 60_000, 10_000);
+        assert!(owned.get("h:a").is_none());
+        assert_eq!(owned.history_bytes(), 0);
     }
 
     #[test]

@@ -63,6 +63,15 @@ pub enum Method {
         /// Page size (≤ `PAGE_MAX`).
         limit: usize,
     },
+    /// A channel's kept messages: the newest `limit`, or those after `since` (offset, epoch).
+    History {
+        /// The channel.
+        channel: String,
+        /// At most this many (≤ `PAGE_MAX`).
+        limit: usize,
+        /// Only the messages after this offset, if in this epoch.
+        since: Option<(u64, u64)>,
+    },
     /// Counters.
     Stats,
     /// Version, shards, uptime, limits.
@@ -123,6 +132,15 @@ struct Wire<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow, default)]
     cursor: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinceWire {
+    offset: u64,
+    epoch: u64,
 }
 
 fn limit(raw: Option<&RawValue>) -> Result<usize, String> {
@@ -281,6 +299,25 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
         })())?,
         "stats" => Method::Stats,
         "info" => Method::Info,
+        "history" => params((|| {
+            let since = match wire.since {
+                None => None,
+                Some(raw) => {
+                    let s: SinceWire = serde_json::from_str(raw.get())
+                        .map_err(|_| "\"since\" must be {\"offset\":N,\"epoch\":E}".to_string())?;
+                    Some((s.offset, s.epoch))
+                }
+            };
+            let limit = match wire.limit {
+                None => 100,
+                Some(_) => limit(wire.limit)?,
+            };
+            Ok(Method::History {
+                channel: string(wire.channel, "channel")?,
+                limit,
+                since,
+            })
+        })())?,
         other => {
             return Err(fail(
                 ErrorCode::UnknownMethod,

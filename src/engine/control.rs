@@ -53,6 +53,8 @@ enum Acc {
     Count(u64),
     /// A result computed at once.
     Ready(String),
+    /// A result rendered by the shard that had it.
+    Json(Option<String>),
 }
 
 #[derive(Debug)]
@@ -228,6 +230,7 @@ fn result_of(p: &Pending) -> String {
             let _ = write!(out, "{{\"connections\":{n}}}");
         }
         Acc::Ready(text) => out.push_str(text),
+        Acc::Json(text) => out.push_str(text.as_deref().unwrap_or("{}")),
     }
     out
 }
@@ -813,6 +816,31 @@ impl Engine {
                     }
                 }
             }
+            Method::History {
+                channel: name,
+                limit,
+                since,
+            } => {
+                if let Some(err) = bad_name(&name) {
+                    return self.fail_request(slot, id, noreply, err);
+                }
+                if noreply {
+                    return;
+                }
+                let channel: Arc<str> = Arc::from(name.as_str());
+                let owner = channel::owner_of(&channel, self.shards);
+                if let Some(to) = self.await_parts(slot, id, 1, Acc::Json(None)) {
+                    self.send_x(
+                        owner,
+                        XMsg::History {
+                            channel,
+                            limit,
+                            since,
+                            reply: to,
+                        },
+                    );
+                }
+            }
             Method::Stats => {
                 if !noreply {
                     let text = self.stats_json();
@@ -1003,6 +1031,7 @@ impl Engine {
                 }
             }
             (Part::Count(n), Acc::Count(total)) => *total += n,
+            (Part::Json(text), Acc::Json(slot_text)) => *slot_text = Some(text),
             (Part::Done, _) => {}
             (part, acc) => debug_assert!(false, "reply part {part:?} does not fit {acc:?}"),
         }

@@ -174,6 +174,15 @@ impl Engine {
                 };
                 self.send_x(shard as usize, msg);
             }
+            XMsg::History {
+                channel,
+                limit,
+                since,
+                reply,
+            } => {
+                let part = Part::Json(self.history_json(&channel, limit, since));
+                self.send_x(reply.shard as usize, XMsg::Reply { to: reply, part });
+            }
             XMsg::Recovered {
                 channel,
                 slot,
@@ -386,6 +395,55 @@ impl Engine {
                 self.replay_deferred(slot);
             }
         }
+    }
+
+    /// The owner's answer to the control socket's `history`: position, and the kept messages as
+    /// the envelopes subscribers got (`{"op":"message",...}`), oldest first.
+    fn history_json(&mut self, name: &str, limit: usize, since: Option<(u64, u64)>) -> String {
+        if let Some((_, ttl_ms)) = self.history_policy(name) {
+            let now = self.now_ms;
+            self.owned.expire(name, now, ttl_ms);
+        }
+        let (offset, epoch, messages, recovered): (u64, u64, Vec<Bytes>, Option<bool>) = match since
+        {
+            Some((since, since_epoch)) => {
+                let r = self.owned.recover(name, since, since_epoch);
+                let recovered = r.replay.is_some();
+                let frames = r.replay.unwrap_or_default();
+                let skip = frames.len().saturating_sub(limit);
+                let frames = frames.into_iter().skip(skip).map(|e| e.envelope).collect();
+                (r.position.0, r.position.1, frames, Some(recovered))
+            }
+            None => match self.owned.get(name) {
+                Some(owned) => (
+                    owned.offset,
+                    owned.epoch,
+                    owned
+                        .history
+                        .newest(limit)
+                        .map(|e| e.envelope.clone())
+                        .collect(),
+                    None,
+                ),
+                None => (0, 0, Vec::new(), None),
+            },
+        };
+        let mut out = format!("{{\"offset\":{offset},\"epoch\":{epoch}");
+        if let Some(recovered) = recovered {
+            out.push_str(&format!(",\"recovered\":{recovered}"));
+        }
+        out.push_str(",\"messages\":[");
+        for (i, frame) in messages.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            // The envelope is JSON the owner wrote itself (encode_message).
+            out.push_str(&String::from_utf8_lossy(
+                crate::proto::frame::server_payload(frame),
+            ));
+        }
+        out.push_str("]}");
+        out
     }
 
     /// The owner answered a subscribe with `since`: the reply, the replay, then live messages.

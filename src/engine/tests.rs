@@ -1135,3 +1135,48 @@ fn a_pause_right_after_a_split_line_keeps_that_line() {
         "the split line was neither lost nor doubled"
     );
 }
+
+#[test]
+fn the_control_socket_reads_a_channels_history() {
+    let mut c = Cluster::new(with_history(5), 2);
+    let name = owned_by(1, 2, "h:log");
+    let ctl = control(&mut c, 0);
+    publish_n(&mut c, ctl, &name, 8);
+    let r = call(
+        &mut c,
+        ctl,
+        &[json!({"method":"history","channel":name,"limit":2})],
+    )
+    .remove(0);
+    let result = &r["result"];
+    assert_eq!(result["offset"], 8);
+    let msgs = result["messages"].as_array().unwrap();
+    assert_eq!(offsets(msgs), vec![7, 8], "the newest two, oldest first");
+    assert_eq!(msgs[1]["data"], "m7");
+    let epoch = result["epoch"].as_u64().unwrap();
+    let r = call(
+        &mut c,
+        ctl,
+        &[json!({"method":"history","channel":name,"since":{"offset":5,"epoch":epoch}})],
+    )
+    .remove(0);
+    assert_eq!(r["result"]["recovered"], true);
+    assert_eq!(
+        offsets(r["result"]["messages"].as_array().unwrap()),
+        vec![6, 7, 8]
+    );
+    let r = call(
+        &mut c,
+        ctl,
+        &[json!({"method":"history","channel":name,"since":{"offset":1,"epoch":epoch}})],
+    )
+    .remove(0);
+    assert_eq!(r["result"]["recovered"], false, "only 4..8 are kept");
+    let r = call(
+        &mut c,
+        ctl,
+        &[json!({"method":"history","channel":"h:never"})],
+    )
+    .remove(0);
+    assert_eq!(r["result"], json!({"offset":0,"epoch":0,"messages":[]}));
+}

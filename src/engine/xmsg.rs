@@ -83,6 +83,8 @@ pub enum Part {
     Channels(Vec<(Arc<str>, u64)>),
     /// A count (connections reached by a broadcast).
     Count(u64),
+    /// A complete JSON result, rendered by the shard that had the answer.
+    Json(String),
 }
 
 /// A message on a cross-shard ring.
@@ -181,6 +183,17 @@ pub enum XMsg {
         /// The missed messages, oldest first.
         replay: Option<Vec<crate::channel::history::Entry>>,
     },
+    /// To the owner: a channel's kept messages, for the control socket's `history`.
+    History {
+        /// Channel name.
+        channel: Arc<str>,
+        /// At most this many.
+        limit: usize,
+        /// Only after this offset, in this epoch.
+        since: Option<(u64, u64)>,
+        /// Where to answer.
+        reply: ReplyTo,
+    },
     /// From the owner: one sequenced message, encoded once in both formats.
     Deliver {
         /// Channel name.
@@ -205,6 +218,7 @@ impl XMsg {
             | XMsg::Interest { .. }
             | XMsg::Withdraw { .. }
             | XMsg::Recover { .. }
+            | XMsg::History { .. }
             | XMsg::Recovered { .. }
             | XMsg::Ack { .. } => false,
         }

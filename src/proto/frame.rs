@@ -123,6 +123,18 @@ pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
     Bytes::from(frame)
 }
 
+/// The payload of a frame made by `encode` (unmasked, one frame): what follows its header.
+/// Used to show kept messages as JSON without decoding them again.
+pub fn server_payload(frame: &[u8]) -> &[u8] {
+    let header_len = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return &[],
+    };
+    frame.get(header_len..).unwrap_or(&[])
+}
+
 /// The longest prefix of `reason` that fits a close frame, cut on a char boundary so the payload
 /// stays valid UTF-8 (§5.5.1 requires the reason to be UTF-8).
 fn close_reason_prefix(reason: &str) -> &str {
@@ -160,6 +172,22 @@ pub fn encode_client(opcode: OpCode, fin: bool, payload: &[u8], mask: [u8; 4]) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_payload_skips_each_header_size() {
+        for len in [0usize, 5, 125, 126, 200, 65_535, 65_536, 70_000] {
+            let payload = vec![b'a'; len];
+            assert_eq!(
+                server_payload(&encode(OpCode::Text, &payload)),
+                &payload[..]
+            );
+        }
+        assert!(server_payload(&[]).is_empty());
+        assert!(
+            server_payload(&[0x81, 126]).is_empty(),
+            "a cut header yields nothing"
+        );
+    }
 
     #[test]
     fn opcode_round_trip() {
