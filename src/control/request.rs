@@ -35,8 +35,8 @@ pub enum Payload {
 pub enum Method {
     /// Authenticate with the configured token.
     Auth(String),
-    /// Publish to one channel.
-    Publish(String, Payload),
+    /// Publish to one channel; `true`: answer with a delivery report.
+    Publish(String, Payload, bool),
     /// Publish to several channels, or (`None`) push to every `/ws` connection.
     Broadcast(Option<Vec<String>>, Payload),
     /// Push to one connection.
@@ -134,6 +134,8 @@ struct Wire<'a> {
     cursor: Option<&'a RawValue>,
     #[serde(borrow, default)]
     since: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    report: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -219,9 +221,15 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
     let method = match method.as_str() {
         "auth" => params(string(wire.token, "token").map(Method::Auth))?,
         "publish" => params((|| {
+            let report = match wire.report {
+                None => false,
+                Some(raw) => serde_json::from_str::<bool>(raw.get())
+                    .map_err(|_| "\"report\" must be true or false".to_string())?,
+            };
             Ok(Method::Publish(
                 string(wire.channel, "channel")?,
                 payload(&wire)?,
+                report,
             ))
         })())?,
         "broadcast" => params((|| {
@@ -350,14 +358,14 @@ mod tests {
         assert_eq!(r.id, Some("1"));
         assert_eq!(
             r.method,
-            Method::Publish("news".into(), Payload::Json(r#"{"a":[1,2]}"#.into()))
+            Method::Publish("news".into(), Payload::Json(r#"{"a":[1,2]}"#.into()), false)
         );
         let r = parse(br#"{"method":"publish","channel":"n","text":"h\u00e9","noreply":true}"#)
             .unwrap();
         assert!(r.noreply);
         assert_eq!(
             r.method,
-            Method::Publish("n".into(), Payload::Text("hé".into()))
+            Method::Publish("n".into(), Payload::Text("hé".into()), false)
         );
         let r = parse(br#"{"method":"send","conn":42,"b64":"AP8="}"#).unwrap();
         assert_eq!(r.method, Method::Send(42, Payload::Binary(vec![0, 255])));

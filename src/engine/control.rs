@@ -31,6 +31,20 @@ type Position = Option<(u64, u64)>;
 enum Acc {
     /// One publish: offset and epoch.
     Publish(Position),
+    /// One publish with a delivery report: offset and epoch, connections reached, slow ones,
+    /// shards that reported, shards the delivery could not reach.
+    Report {
+        /// Offset and epoch.
+        position: Position,
+        /// Connections the frame was queued to.
+        delivered: u64,
+        /// Connections skipped or closed as slow consumers.
+        slow: u64,
+        /// Shards that reported.
+        shards: u32,
+        /// Shards whose delivery was refused (their queues were full).
+        refused: u32,
+    },
     /// A broadcast to channels: one result per channel, in request order.
     Broadcast(Vec<(Arc<str>, Position)>),
     /// `{}` when done.
@@ -175,6 +189,20 @@ fn result_of(p: &Pending) -> String {
         Acc::Publish(pos) => {
             let (offset, epoch) = pos.unwrap_or((0, 0));
             let _ = write!(out, "{{\"offset\":{offset},\"epoch\":{epoch}}}");
+        }
+        Acc::Report {
+            position,
+            delivered,
+            slow,
+            shards,
+            refused,
+        } => {
+            let (offset, epoch) = position.unwrap_or((0, 0));
+            let _ = write!(
+                out,
+                "{{\"offset\":{offset},\"epoch\":{epoch},\"delivered\":{delivered},\"slow\":{slow},\
+                 \"shards\":{shards},\"refused_shards\":{refused}}}"
+            );
         }
         Acc::Broadcast(results) => {
             out.push_str("{\"results\":[");
@@ -648,17 +676,28 @@ impl Engine {
         }
         match request.method {
             Method::Auth(_) => self.reply_now(slot, id, Ok("{}".to_string())),
-            Method::Publish(name, payload) => {
+            Method::Publish(name, payload, report) => {
                 if let Some(err) = bad_name(&name) {
                     return self.fail_request(slot, id, noreply, err);
                 }
                 let channel: Arc<str> = Arc::from(name.as_str());
                 let owner = channel::owner_of(&channel, self.shards);
+                let report = report && !noreply;
+                let acc = if report {
+                    Acc::Report {
+                        position: None,
+                        delivered: 0,
+                        slow: 0,
+                        shards: 0,
+                        refused: 0,
+                    }
+                } else {
+                    Acc::Publish(None)
+                };
                 let reply = if noreply {
                     None
                 } else {
-                    self.await_parts(slot, id, 1, Acc::Publish(None))
-                        .map(|to| (to, 0))
+                    self.await_parts(slot, id, 1, acc).map(|to| (to, 0))
                 };
                 if !noreply && reply.is_none() {
                     return;
@@ -669,6 +708,7 @@ impl Engine {
                         channel,
                         body: body_of(payload),
                         reply,
+                        report,
                     },
                 );
             }
@@ -699,6 +739,7 @@ impl Engine {
                             channel,
                             body: body.clone(),
                             reply,
+                            report: false,
                         },
                     );
                 }
@@ -1013,9 +1054,42 @@ impl Engine {
             }
             (
                 Part::Published {
+                    offset,
+                    epoch,
+                    more,
+                    ..
+                },
+                Acc::Report { position, .. },
+            ) => {
+                *position = Some((offset, epoch));
+                // One report follows from every shard the owner delivered to.
+                p.remaining += more;
+            }
+            (
+                Part::Delivered {
+                    delivered: d,
+                    slow: k,
+                    refused: r,
+                },
+                Acc::Report {
+                    delivered,
+                    slow,
+                    shards,
+                    refused,
+                    ..
+                },
+            ) => {
+                *delivered += d;
+                *slow += k;
+                *shards += 1;
+                *refused += u32::from(r);
+            }
+            (
+                Part::Published {
                     index,
                     offset,
                     epoch,
+                    ..
                 },
                 Acc::Broadcast(results),
             ) => {

@@ -61,10 +61,24 @@ impl Engine {
                 self.counters.xshard_refused_publishes += 1;
                 reply.map(|(to, _)| to)
             }
-            XMsg::Deliver { .. } => {
+            XMsg::Deliver { report, .. } => {
                 // That shard's subscribers miss this offset: envelope clients see the gap in
                 // the offsets and can recover (docs/limits.md).
                 self.counters.xshard_refused_deliveries += 1;
+                if let Some(to) = report {
+                    // The report waits for every shard: this one says it was not reached.
+                    let part = Part::Delivered {
+                        delivered: 0,
+                        slow: 0,
+                        refused: true,
+                    };
+                    let shard = to.shard as usize;
+                    if shard == self.index {
+                        self.self_queue.push_back(XMsg::Reply { to: *to, part });
+                    } else {
+                        self.send_x(shard, XMsg::Reply { to: *to, part });
+                    }
+                }
                 None
             }
             XMsg::PushAll { reply, .. } | XMsg::ToConn { reply, .. } => reply,
@@ -132,7 +146,8 @@ impl Engine {
                 channel,
                 body,
                 reply,
-            } => self.sequence(channel, body, reply),
+                report,
+            } => self.sequence(channel, body, reply, report),
             XMsg::ToConn {
                 conn,
                 action,
@@ -196,7 +211,18 @@ impl Engine {
                 offset,
                 envelope,
                 raw,
-            } => self.deliver(&channel, offset, &envelope, &raw),
+                report,
+            } => {
+                let (delivered, slow) = self.deliver(&channel, offset, &envelope, &raw);
+                if let Some(to) = report {
+                    let part = Part::Delivered {
+                        delivered,
+                        slow,
+                        refused: false,
+                    };
+                    self.send_x(to.shard as usize, XMsg::Reply { to: *to, part });
+                }
+            }
         }
     }
 
@@ -210,11 +236,21 @@ impl Engine {
             .map(|ns| (ns.history_size, ns.history_ttl_s.saturating_mul(1000)))
     }
 
-    fn sequence(&mut self, channel: Arc<str>, body: Body, reply: Option<(ReplyTo, u32)>) {
+    fn sequence(
+        &mut self,
+        channel: Arc<str>,
+        body: Body,
+        reply: Option<(ReplyTo, u32)>,
+        report: bool,
+    ) {
         let history = self.history_policy(&channel);
         let sequenced = self.owned.publish(&channel, history.is_some());
         if let Some((to, index)) = reply {
             let (offset, epoch) = sequenced.map_or((0, 0), |(o, e, _)| (o, e));
+            let more = match (report, &sequenced) {
+                (true, Some((_, _, shards))) => shards.iter().count() as u32,
+                _ => 0,
+            };
             self.send_x(
                 to.shard as usize,
                 XMsg::Reply {
@@ -223,10 +259,12 @@ impl Engine {
                         index,
                         offset,
                         epoch,
+                        more,
                     },
                 },
             );
         }
+        let report_to = reply.filter(|_| report).map(|(to, _)| to);
         let Some((offset, _epoch, shards)) = sequenced else {
             self.counters.published_no_audience += 1;
             return;
@@ -258,21 +296,24 @@ impl Engine {
                 offset,
                 envelope: envelope.clone(),
                 raw: raw.clone(),
+                report: report_to.map(Box::new),
             };
             self.send_x(shard, msg);
         }
     }
 
-    fn deliver(&mut self, name: &str, offset: u64, envelope: &Bytes, raw: &Bytes) {
+    /// Queues one sequenced frame to every local subscriber; returns (queued, slow).
+    fn deliver(&mut self, name: &str, offset: u64, envelope: &Bytes, raw: &Bytes) -> (u64, u64) {
         let Some(id) = self.local.find(name) else {
-            return;
+            return (0, 0);
         };
         let channel = self.local.get_mut(id);
         if channel.sync == Sync::Pending {
             // Sent before this shard's (new) interest was registered: it precedes the offset the
             // acknowledgement will announce.
-            return;
+            return (0, 0);
         }
+        let mut delivered = 0u64;
         debug_assert!(offset > channel.last_offset);
         channel.last_offset = offset;
         let limit = self.config.limits.outbound_bytes_max;
@@ -313,6 +354,7 @@ impl Engine {
             }
             match conn.out.push(frame, limit, &mut self.queued_bytes) {
                 Enqueue::Enqueued => {
+                    delivered += 1;
                     self.counters.frames_out += 1;
                     if conn.flags & (DIRTY | SENDING) == 0 {
                         conn.progress_tick = now;
@@ -324,10 +366,12 @@ impl Engine {
                 Enqueue::Closed => {}
             }
         }
+        let slow_count = slow.len() as u64;
         for slot in slow.drain(..) {
             self.slow_consumer(slot as usize);
         }
         self.slow_scratch = slow;
+        (delivered, slow_count)
     }
 
     fn on_ack(&mut self, name: &str, position: Option<(u64, u64)>) {
@@ -675,6 +719,7 @@ impl Engine {
                 channel,
                 body,
                 reply: None,
+                report: false,
             },
         );
         Ok(())

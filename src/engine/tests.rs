@@ -1180,3 +1180,46 @@ fn the_control_socket_reads_a_channels_history() {
     .remove(0);
     assert_eq!(r["result"], json!({"offset":0,"epoch":0,"messages":[]}));
 }
+
+#[test]
+fn a_publish_with_report_says_what_every_shard_did() {
+    let mut c = Cluster::new(config(), 3);
+    let name = owned_by(2, 3, "rep");
+    let mut subs = Vec::new();
+    for shard in [0, 0, 1, 1, 1] {
+        subs.push(Ws::open(
+            &mut c,
+            shard,
+            &format!("/ws?channel={name}&format=raw"),
+        ));
+    }
+    c.settle();
+    let ctl = control(&mut c, 0);
+    let replies = call(
+        &mut c,
+        ctl,
+        &[
+            json!({"id":1,"method":"publish","channel":name,"text":"a","report":true}),
+            json!({"id":2,"method":"publish","channel":name,"text":"b"}),
+            json!({"id":3,"method":"publish","channel":"rep:none","text":"c","report":true}),
+        ],
+    );
+    let r = &replies[0]["result"];
+    assert_eq!(r["offset"], 1);
+    assert_eq!(r["delivered"], 5, "{r}");
+    assert_eq!(r["slow"], 0);
+    assert_eq!(
+        r["shards"], 2,
+        "shards 0 and 1 delivered; shard 2 has nobody"
+    );
+    assert_eq!(replies[1]["result"]["offset"], 2);
+    assert!(
+        replies[1]["result"].get("delivered").is_none(),
+        "no report unless asked"
+    );
+    assert_eq!(replies[2]["result"]["delivered"], 0);
+    assert_eq!(replies[2]["result"]["shards"], 0);
+    for s in &mut subs {
+        assert_eq!(s.frames(&mut c).len(), 2);
+    }
+}

@@ -72,6 +72,17 @@ pub enum Part {
         offset: u64,
         /// The epoch.
         epoch: u64,
+        /// Further parts to expect (one per delivering shard, for a publish with `report`).
+        more: u32,
+    },
+    /// One shard's delivery counts for a publish with `report`.
+    Delivered {
+        /// Connections the frame was queued to.
+        delivered: u64,
+        /// Connections skipped or closed as slow consumers.
+        slow: u64,
+        /// Whether the delivery never reached this shard (its queues were full).
+        refused: bool,
     },
     /// Done, nothing to report.
     Done,
@@ -98,6 +109,8 @@ pub enum XMsg {
         body: Body,
         /// Where to report the offset, and the channel's index in a broadcast.
         reply: Option<(ReplyTo, u32)>,
+        /// Whether every delivering shard reports its counts to `reply` too.
+        report: bool,
     },
     /// To a connection's shard: act on it.
     ToConn {
@@ -204,6 +217,8 @@ pub enum XMsg {
         envelope: Bytes,
         /// The payload as a text or binary frame.
         raw: Bytes,
+        /// Where to report this shard's delivery counts (a publish with `report`).
+        report: Option<Box<ReplyTo>>,
     },
 }
 
