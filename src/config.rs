@@ -244,6 +244,21 @@ pub struct Namespace {
     pub history_size: usize,
     /// Age after which kept messages are dropped, in seconds (0: no age limit).
     pub history_ttl_s: u64,
+    /// What happens to a subscriber behind its queue limit on this namespace's channels.
+    pub slow_consumer: SlowConsumerPolicy,
+}
+
+/// A namespace's answer to a subscriber that falls behind its queue limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowConsumerPolicy {
+    /// Close it with 4001 (it may recover with `since` when it reconnects).
+    #[default]
+    Disconnect,
+    /// Keep only the latest message of each such channel for it until its queue drains
+    /// (tickers, positions, progress bars): it sees the offsets jump, counted
+    /// (`conflated`), and is never closed for this.
+    Conflate,
 }
 
 /// A control socket address: `unix:PATH` or `tcp:ADDR`.

@@ -84,6 +84,9 @@ pub struct Counters {
     pub recoveries: u64,
     /// Subscribes with `since` answered `recovered: false` (window passed or epoch changed).
     pub recoveries_refused: u64,
+    /// Messages held back as the latest of their channel for a subscriber behind its limit on
+    /// a conflating namespace (an earlier held one was replaced, or it waits for the queue).
+    pub conflated: u64,
     /// Handshakes refused with 403 because their Origin is not allowed.
     pub origin_refusals: u64,
     /// Pongs that replaced a pong still queued for a client whose queue backs up (only the
@@ -172,6 +175,7 @@ impl Counters {
         self.control_refusals += other.control_refusals;
         self.pongs_skipped += other.pongs_skipped;
         self.origin_refusals += other.origin_refusals;
+        self.conflated += other.conflated;
         self.history_refused += other.history_refused;
         self.recoveries += other.recoveries;
         self.recoveries_refused += other.recoveries_refused;

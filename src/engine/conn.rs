@@ -81,6 +81,9 @@ pub struct Ext {
     /// Local channels whose live messages wait for a recovery's replay (subscribe with
     /// `since`): delivered after it, so nothing is missed or doubled at the seam.
     pub recovering: Vec<crate::channel::local::LocalId>,
+    /// The latest message of each conflating channel that did not fit the queue, sent when it
+    /// drains (one frame per channel at most).
+    pub conflated: Vec<(crate::channel::local::LocalId, bytes::Bytes)>,
 }
 
 impl Ext {

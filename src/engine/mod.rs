@@ -449,6 +449,17 @@ impl Engine {
             conn.flags &= !LAGGING;
             self.lagging -= 1;
         }
+        let half = self.config.limits.outbound_bytes_max / 2;
+        if conn.out.owed_bytes() <= half
+            && conn.ext.as_ref().is_some_and(|e| !e.conflated.is_empty())
+        {
+            // The queue drained: the held latest values go out now.
+            let held = std::mem::take(&mut conn.ext_mut().conflated);
+            for (_, frame) in held {
+                conn.out.push_control(frame, &mut self.queued_bytes);
+                self.counters.frames_out += 1;
+            }
+        }
         if conn.flags & TRIM_WHEN_DRAINED != 0 && conn.out.release_if_empty() {
             conn.flags &= !TRIM_WHEN_DRAINED;
         }

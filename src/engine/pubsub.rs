@@ -314,6 +314,11 @@ impl Engine {
             return (0, 0);
         }
         let mut delivered = 0u64;
+        let conflate = self
+            .config
+            .namespaces
+            .get(channel::namespace_of(name))
+            .is_some_and(|ns| ns.slow_consumer == crate::config::SlowConsumerPolicy::Conflate);
         debug_assert!(offset > channel.last_offset);
         channel.last_offset = offset;
         let limit = self.config.limits.outbound_bytes_max;
@@ -341,6 +346,17 @@ impl Engine {
             // lagging, the publisher is faster, and its shard turns congested (publishers
             // pause) while it may owe up to LAGGING_FACTOR times its limit.
             let over = conn.out.owed_bytes() + frame.len() + FRAME_OVERHEAD > limit;
+            if over && conflate {
+                // Only the newest value matters: it waits (replacing an older one) until the
+                // queue drains; the publisher is not held back for it.
+                self.counters.conflated += 1;
+                let held = &mut conn.ext_mut().conflated;
+                match held.iter_mut().find(|(c, _)| *c == id) {
+                    Some(entry) => entry.1 = frame,
+                    None => held.push((id, frame)),
+                }
+                continue;
+            }
             let lagging = over && now.wrapping_sub(conn.progress_tick) < stall;
             let limit = if lagging {
                 limit * super::LAGGING_FACTOR

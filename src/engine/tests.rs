@@ -1223,3 +1223,46 @@ fn a_publish_with_report_says_what_every_shard_did() {
         assert_eq!(s.frames(&mut c).len(), 2);
     }
 }
+
+#[test]
+fn a_conflating_namespace_keeps_the_latest_value_for_a_reader_behind() {
+    let mut config = config();
+    config.namespaces.insert(
+        "tick".into(),
+        crate::config::Namespace {
+            slow_consumer: crate::config::SlowConsumerPolicy::Conflate,
+            ..Default::default()
+        },
+    );
+    let mut c = Cluster::new(config, 1);
+    let mut slow = Ws::open(&mut c, 0, "/ws?channel=tick:eur&channel=tick:usd");
+    slow.texts(&mut c);
+    c.set_window(slow.sock, Some(0));
+    let ctl = control(&mut c, 0);
+    let data = "v".repeat(1000);
+    let mut text = String::new();
+    for i in 0..200 {
+        for ch in ["tick:eur", "tick:usd"] {
+            let line = json!({"method":"publish","channel":ch,"text":format!("{i:03}{data}"),"noreply":true});
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+    }
+    c.write(ctl, text.as_bytes());
+    c.settle();
+    assert!(c.counters(0).conflated > 0);
+    assert_eq!(c.counters(0).slow_consumers, 0, "never closed for it");
+    c.set_window(slow.sock, None);
+    c.settle();
+    let msgs = slow.texts(&mut c);
+    for ch in ["tick:eur", "tick:usd"] {
+        let offs: Vec<u64> = msgs
+            .iter()
+            .filter(|m| m["channel"] == ch)
+            .map(|m| m["offset"].as_u64().unwrap())
+            .collect();
+        assert!(offs.windows(2).all(|w| w[0] < w[1]), "in order");
+        assert_eq!(offs.last(), Some(&200), "the latest value arrives: {ch}");
+        assert!(offs.len() < 200, "older ones were conflated away");
+    }
+}
