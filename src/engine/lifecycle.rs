@@ -71,6 +71,7 @@ impl Engine {
             return self.reject(slot, Rejection::Forbidden);
         }
         let mut url_channels = Vec::new();
+        let mut url_since = Vec::new();
         let endpoint = match request.path.as_str() {
             "/echo" if self.config.echo => Endpoint::Echo,
             "/ws" => {
@@ -87,6 +88,7 @@ impl Engine {
                     return self.reject(slot, Rejection::BadRequest("bad channel name in the URL"));
                 }
                 url_channels = query.channels;
+                url_since = query.since;
                 Endpoint::Push { raw: query.raw }
             }
             _ => return self.reject(slot, Rejection::NotFound),
@@ -116,7 +118,11 @@ impl Engine {
             self.queue_data(slot, frame::encode(OpCode::Text, welcome.as_bytes()));
         }
         for name in url_channels {
-            if let Err(e) = self.subscribe(slot, &name, None) {
+            let since = url_since
+                .iter()
+                .find(|(channel, _)| *channel == name)
+                .map(|(_, since)| *since);
+            if let Err(e) = self.subscribe_since(slot, &name, None, since) {
                 self.reply_channel_error(slot, e, None);
             }
         }

@@ -1266,3 +1266,29 @@ fn a_conflating_namespace_keeps_the_latest_value_for_a_reader_behind() {
         assert!(offs.len() < 200, "older ones were conflated away");
     }
 }
+
+#[test]
+fn a_url_subscription_recovers_from_since() {
+    let mut c = Cluster::new(with_history(10), 2);
+    let name = owned_by(1, 2, "h:u");
+    let ctl = control(&mut c, 0);
+    let mut first = Ws::open(&mut c, 0, &format!("/ws?channel={name}"));
+    c.settle();
+    let sub = first
+        .texts(&mut c)
+        .into_iter()
+        .find(|m| m["op"] == "subscribed")
+        .unwrap();
+    let epoch = sub["epoch"].as_u64().unwrap();
+    publish_n(&mut c, ctl, &name, 6);
+    let mut back = Ws::open(
+        &mut c,
+        0,
+        &format!("/ws?channel={name}&since=2:{epoch}:{name}"),
+    );
+    c.settle();
+    let got = back.texts(&mut c);
+    let sub = got.iter().find(|m| m["op"] == "subscribed").unwrap();
+    assert_eq!(sub["recovered"], true);
+    assert_eq!(offsets(&got), vec![3, 4, 5, 6]);
+}

@@ -242,6 +242,8 @@ pub struct Query {
     pub channels: Vec<String>,
     /// `format=raw`.
     pub raw: bool,
+    /// `since=OFFSET:EPOCH:CHANNEL` (repeatable): recover those URL channels from there.
+    pub since: Vec<(String, Since)>,
 }
 
 /// Parses the query string of a `/ws` URL; at most `channels_max` channels.
@@ -262,6 +264,24 @@ pub fn parse_query(query: &str, channels_max: usize) -> Result<Query, &'static s
                 "json" => q.raw = false,
                 _ => return Err("format must be raw or json"),
             },
+            "since" => {
+                if q.since.len() >= channels_max {
+                    return Err("too many since parameters in the URL");
+                }
+                let value = percent_decode(value).ok_or("malformed %-escape in since")?;
+                // The channel comes last: its name may hold ':' itself.
+                let mut parts = value.splitn(3, ':');
+                let (offset, epoch, channel) = match (parts.next(), parts.next(), parts.next()) {
+                    (Some(o), Some(e), Some(c)) => (o.parse().ok(), e.parse().ok(), c),
+                    _ => (None, None, ""),
+                };
+                match (offset, epoch) {
+                    (Some(offset), Some(epoch)) if !channel.is_empty() => {
+                        q.since.push((channel.to_string(), Since { offset, epoch }))
+                    }
+                    _ => return Err("since must be OFFSET:EPOCH:CHANNEL"),
+                }
+            }
             _ => {} // other parameters (auth tokens for a proxy, cache busters) are not ours
         }
     }
@@ -271,6 +291,25 @@ pub fn parse_query(query: &str, channels_max: usize) -> Result<Query, &'static s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_since_names_its_channel_last() {
+        let q = parse_query("channel=h:a:b&since=5:17:h%3Aa%3Ab&format=raw", 8).unwrap();
+        assert_eq!(q.channels, vec!["h:a:b".to_string()]);
+        assert_eq!(
+            q.since,
+            vec![(
+                "h:a:b".to_string(),
+                Since {
+                    offset: 5,
+                    epoch: 17
+                }
+            )]
+        );
+        assert!(parse_query("since=5:h", 8).is_err());
+        assert!(parse_query("since=x:1:h", 8).is_err());
+        assert!(parse_query("since=1:2:", 8).is_err());
+    }
 
     #[test]
     fn parses_commands_with_ids() {
@@ -351,7 +390,8 @@ mod tests {
             parse_query("channel=a&channel=chat%3A1&format=raw&t=1", 4).unwrap(),
             Query {
                 channels: vec!["a".into(), "chat:1".into()],
-                raw: true
+                raw: true,
+                since: Vec::new(),
             }
         );
         assert!(parse_query("channel=a&channel=b", 1).is_err());
