@@ -83,6 +83,13 @@ pub struct Limits {
     /// Messages and control frames a `/ws` client may send per second (token bucket, burst of
     /// one second's worth; 0: no limit). Overflow: close 4002, counted (`rate_limited`).
     pub client_messages_per_s: u32,
+    /// How long a publish's `idempotency_key` is remembered by the channel's owner: a retry
+    /// within it gets the first publish's offset and is not delivered again. Memory: up to
+    /// `idempotency_keys_per_shard_max` keys of ≤ 128 bytes.
+    pub idempotency_window_ms: u64,
+    /// Idempotency keys one shard remembers. Overflow: the oldest is forgotten first (a retry
+    /// of it would then be delivered again), counted (`idempotency_evictions`).
+    pub idempotency_keys_per_shard_max: usize,
     /// Bytes of history (kept messages of namespaces with `history_size`) one shard holds in
     /// all. Overflow: the channel keeping a new message drops its own oldest first; a message
     /// that alone would pass the bound is not kept, so recovery past it answers
@@ -162,6 +169,8 @@ impl Default for Limits {
             shard_inbound_bytes_max: 128 * 1024 * 1024,
             shard_outbound_high_bytes: 256 * 1024 * 1024,
             history_bytes_per_shard_max: 64 * 1024 * 1024,
+            idempotency_window_ms: 60_000,
+            idempotency_keys_per_shard_max: 100_000,
             outbound_stall_ms: 2_000,
             control_conns_per_shard_max: 64,
             control_unauthed_max: 64,

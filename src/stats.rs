@@ -87,6 +87,10 @@ pub struct Counters {
     /// Messages held back as the latest of their channel for a subscriber behind its limit on
     /// a conflating namespace (an earlier held one was replaced, or it waits for the queue).
     pub conflated: u64,
+    /// Publishes not delivered again: a retry with an idempotency key seen within the window.
+    pub publish_retries: u64,
+    /// Idempotency keys forgotten early at `idempotency_keys_per_shard_max`.
+    pub idempotency_evictions: u64,
     /// Handshakes refused with 403 because their Origin is not allowed.
     pub origin_refusals: u64,
     /// Pongs that replaced a pong still queued for a client whose queue backs up (only the
@@ -175,6 +179,8 @@ impl Counters {
         self.control_refusals += other.control_refusals;
         self.pongs_skipped += other.pongs_skipped;
         self.origin_refusals += other.origin_refusals;
+        self.publish_retries += other.publish_retries;
+        self.idempotency_evictions += other.idempotency_evictions;
         self.conflated += other.conflated;
         self.history_refused += other.history_refused;
         self.recoveries += other.recoveries;

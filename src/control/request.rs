@@ -35,8 +35,9 @@ pub enum Payload {
 pub enum Method {
     /// Authenticate with the configured token.
     Auth(String),
-    /// Publish to one channel; `true`: answer with a delivery report.
-    Publish(String, Payload, bool),
+    /// Publish to one channel; `true`: answer with a delivery report; the optional
+    /// idempotency key makes a retry within the window answer the first publish's offset.
+    Publish(String, Payload, bool, Option<String>),
     /// Publish to several channels, or (`None`) push to every `/ws` connection.
     Broadcast(Option<Vec<String>>, Payload),
     /// Push to one connection.
@@ -136,7 +137,12 @@ struct Wire<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow, default)]
     report: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    idempotency_key: Option<&'a RawValue>,
 }
+
+/// Longest `idempotency_key`.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -226,10 +232,23 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
                 Some(raw) => serde_json::from_str::<bool>(raw.get())
                     .map_err(|_| "\"report\" must be true or false".to_string())?,
             };
+            let key = match wire.idempotency_key {
+                None => None,
+                Some(_) => {
+                    let key = string(wire.idempotency_key, "idempotency_key")?;
+                    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+                        return Err(format!(
+                            "\"idempotency_key\" must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"
+                        ));
+                    }
+                    Some(key)
+                }
+            };
             Ok(Method::Publish(
                 string(wire.channel, "channel")?,
                 payload(&wire)?,
                 report,
+                key,
             ))
         })())?,
         "broadcast" => params((|| {
@@ -358,14 +377,19 @@ mod tests {
         assert_eq!(r.id, Some("1"));
         assert_eq!(
             r.method,
-            Method::Publish("news".into(), Payload::Json(r#"{"a":[1,2]}"#.into()), false)
+            Method::Publish(
+                "news".into(),
+                Payload::Json(r#"{"a":[1,2]}"#.into()),
+                false,
+                None
+            )
         );
         let r = parse(br#"{"method":"publish","channel":"n","text":"h\u00e9","noreply":true}"#)
             .unwrap();
         assert!(r.noreply);
         assert_eq!(
             r.method,
-            Method::Publish("n".into(), Payload::Text("hé".into()), false)
+            Method::Publish("n".into(), Payload::Text("hé".into()), false, None)
         );
         let r = parse(br#"{"method":"send","conn":42,"b64":"AP8="}"#).unwrap();
         assert_eq!(r.method, Method::Send(42, Payload::Binary(vec![0, 255])));

@@ -676,7 +676,7 @@ impl Engine {
         }
         match request.method {
             Method::Auth(_) => self.reply_now(slot, id, Ok("{}".to_string())),
-            Method::Publish(name, payload, report) => {
+            Method::Publish(name, payload, report, key) => {
                 if let Some(err) = bad_name(&name) {
                     return self.fail_request(slot, id, noreply, err);
                 }
@@ -709,6 +709,7 @@ impl Engine {
                         body: body_of(payload),
                         reply,
                         report,
+                        key: key.map(String::into_boxed_str),
                     },
                 );
             }
@@ -740,6 +741,7 @@ impl Engine {
                             body: body.clone(),
                             reply,
                             report: false,
+                            key: None,
                         },
                     );
                 }

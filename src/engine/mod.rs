@@ -128,6 +128,10 @@ pub struct Engine {
     stall_ticks: u32,
     /// Connections flagged `LAGGING` (they keep the shard congested).
     lagging: u32,
+    /// Idempotency keys of recent publishes to channels this shard owns, with their position,
+    /// and the keys in the order they arrived (with their tick) for the window and the bound.
+    idempotency: HashMap<(Arc<str>, Box<str>), (u64, u64)>,
+    idempotency_order: VecDeque<(u32, (Arc<str>, Box<str>))>,
     /// Which page origins may connect (`allowed_origins`).
     origins: crate::auth::OriginPolicy,
     /// This shard's control connections still owing their `auth`, bounded by
@@ -191,6 +195,8 @@ impl Engine {
             publishers_paused: false,
             stall_ticks: limits_ticks(limits.outbound_stall_ms).max(1),
             lagging: 0,
+            idempotency: HashMap::new(),
+            idempotency_order: VecDeque::new(),
             // Validated by `Server::start` before any engine is built; a bad list here would
             // only leave every origin allowed, never panic.
             origins: crate::auth::OriginPolicy::parse(&setup.config.allowed_origins)

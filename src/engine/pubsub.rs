@@ -8,6 +8,7 @@
 
 use super::Engine;
 use super::conn::{DIRTY, Endpoint, LAGGING, SENDING, State};
+use super::limits_ticks;
 use super::outbound::Enqueue;
 use super::outbound::FRAME_OVERHEAD;
 use super::xmsg::{Body, Part, ReplyTo, XMsg};
@@ -147,7 +148,29 @@ impl Engine {
                 body,
                 reply,
                 report,
-            } => self.sequence(channel, body, reply, report),
+                key,
+            } => {
+                if let Some(key) = key {
+                    if let Some((offset, epoch)) = self.seen_key(&channel, &key) {
+                        // A retry: answer what the first publish got, deliver nothing again.
+                        self.counters.publish_retries += 1;
+                        if let Some((to, index)) = reply {
+                            let part = Part::Published {
+                                index,
+                                offset,
+                                epoch,
+                                more: 0,
+                            };
+                            self.send_x(to.shard as usize, XMsg::Reply { to, part });
+                        }
+                        return;
+                    }
+                    let position = self.sequence(channel.clone(), body, reply, report);
+                    self.remember_key(&channel, key, position);
+                } else {
+                    self.sequence(channel, body, reply, report);
+                }
+            }
             XMsg::ToConn {
                 conn,
                 action,
@@ -236,13 +259,51 @@ impl Engine {
             .map(|ns| (ns.history_size, ns.history_ttl_s.saturating_mul(1000)))
     }
 
+    /// The position a publish with this key got, if it was within the window.
+    fn seen_key(&mut self, channel: &str, key: &str) -> Option<(u64, u64)> {
+        let window = limits_ticks(self.config.limits.idempotency_window_ms);
+        let now = self.now_tick;
+        // Forget what aged out (oldest first), then look.
+        while let Some((tick, k)) = self.idempotency_order.front() {
+            if now.wrapping_sub(*tick) < window {
+                break;
+            }
+            let k = k.clone();
+            self.idempotency_order.pop_front();
+            self.idempotency.remove(&k);
+        }
+        self.idempotency
+            .get(&(Arc::from(channel), Box::from(key)))
+            .copied()
+    }
+
+    /// Remembers the position a publish with this key got.
+    fn remember_key(&mut self, channel: &Arc<str>, key: Box<str>, position: (u64, u64)) {
+        let max = self.config.limits.idempotency_keys_per_shard_max;
+        if max == 0 {
+            return;
+        }
+        while self.idempotency.len() >= max {
+            let Some((_, oldest)) = self.idempotency_order.pop_front() else {
+                break;
+            };
+            self.idempotency.remove(&oldest);
+            self.counters.idempotency_evictions += 1;
+        }
+        let k = (channel.clone(), key);
+        self.idempotency.insert(k.clone(), position);
+        self.idempotency_order.push_back((self.now_tick, k));
+    }
+
+    /// Sequences and fans out one publish; returns its offset and epoch ((0, 0): nobody
+    /// subscribes and nothing is kept).
     fn sequence(
         &mut self,
         channel: Arc<str>,
         body: Body,
         reply: Option<(ReplyTo, u32)>,
         report: bool,
-    ) {
+    ) -> (u64, u64) {
         let history = self.history_policy(&channel);
         let sequenced = self.owned.publish(&channel, history.is_some());
         if let Some((to, index)) = reply {
@@ -265,9 +326,9 @@ impl Engine {
             );
         }
         let report_to = reply.filter(|_| report).map(|(to, _)| to);
-        let Some((offset, _epoch, shards)) = sequenced else {
+        let Some((offset, epoch, shards)) = sequenced else {
             self.counters.published_no_audience += 1;
-            return;
+            return (0, 0);
         };
         if shards.is_empty() {
             self.counters.published_no_audience += 1;
@@ -300,6 +361,7 @@ impl Engine {
             };
             self.send_x(shard, msg);
         }
+        (offset, epoch)
     }
 
     /// Queues one sequenced frame to every local subscriber; returns (queued, slow).
@@ -736,6 +798,7 @@ impl Engine {
                 body,
                 reply: None,
                 report: false,
+                key: None,
             },
         );
         Ok(())

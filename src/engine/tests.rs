@@ -1292,3 +1292,38 @@ fn a_url_subscription_recovers_from_since() {
     assert_eq!(sub["recovered"], true);
     assert_eq!(offsets(&got), vec![3, 4, 5, 6]);
 }
+
+#[test]
+fn a_retried_publish_with_an_idempotency_key_is_delivered_once() {
+    let mut config = config();
+    config.limits.idempotency_window_ms = 1000;
+    let mut c = Cluster::new(config, 2);
+    let name = owned_by(1, 2, "idem");
+    let mut sub = Ws::open(&mut c, 0, &format!("/ws?channel={name}&format=raw"));
+    c.settle();
+    sub.frames(&mut c);
+    let ctl = control(&mut c, 0);
+    let publish = |id: i64, key: &str| json!({"id":id,"method":"publish","channel":name,"text":"x","idempotency_key":key});
+    let replies = call(
+        &mut c,
+        ctl,
+        &[publish(1, "k1"), publish(2, "k1"), publish(3, "k2")],
+    );
+    assert_eq!(replies[0]["result"]["offset"], 1);
+    assert_eq!(
+        replies[1]["result"]["offset"], 1,
+        "the retry gets the first offset"
+    );
+    assert_eq!(
+        replies[2]["result"]["offset"], 2,
+        "another key is another publish"
+    );
+    assert_eq!(sub.frames(&mut c).len(), 2, "delivered once each");
+    assert_eq!(c.total().publish_retries, 1);
+    // After the window, the same key is a new publish.
+    c.advance(1100);
+    let replies = call(&mut c, ctl, &[publish(4, "k1")]);
+    assert_eq!(replies[0]["result"]["offset"], 3);
+    let bad = call(&mut c, ctl, &[publish(5, "")]);
+    assert_eq!(bad[0]["error"]["code"], "bad_params");
+}

@@ -111,6 +111,8 @@ pub enum XMsg {
         reply: Option<(ReplyTo, u32)>,
         /// Whether every delivering shard reports its counts to `reply` too.
         report: bool,
+        /// A retry of a publish with this key within the window is not delivered again.
+        key: Option<Box<str>>,
     },
     /// To a connection's shard: act on it.
     ToConn {
