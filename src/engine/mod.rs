@@ -65,6 +65,9 @@ pub(crate) fn limits_ticks(ms: u64) -> u32 {
     ms.div_ceil(TICK_MS).min(u32::MAX as u64 / 2) as u32
 }
 
+/// A publish's idempotency key, scoped to its channel.
+pub(crate) type IdempotencyKey = (Arc<str>, Box<str>);
+
 /// Everything an engine needs from the server at start.
 pub struct EngineSetup {
     /// Shard index.
@@ -130,8 +133,8 @@ pub struct Engine {
     lagging: u32,
     /// Idempotency keys of recent publishes to channels this shard owns, with their position,
     /// and the keys in the order they arrived (with their tick) for the window and the bound.
-    idempotency: HashMap<(Arc<str>, Box<str>), (u64, u64)>,
-    idempotency_order: VecDeque<(u32, (Arc<str>, Box<str>))>,
+    idempotency: HashMap<IdempotencyKey, (u64, u64)>,
+    idempotency_order: VecDeque<(u32, IdempotencyKey)>,
     /// Which page origins may connect (`allowed_origins`).
     origins: crate::auth::OriginPolicy,
     /// This shard's control connections still owing their `auth`, bounded by
