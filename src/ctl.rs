@@ -122,6 +122,17 @@ enum MethodArgs {
         channel: String,
         #[command(flatten)]
         payload: PayloadArgs,
+        /// Wait for every shard and show how many connections got it (a delivery report).
+        #[arg(long)]
+        report: bool,
+    },
+    /// Show a channel's kept messages (namespaces with history_size).
+    History {
+        /// Channel name.
+        channel: String,
+        /// At most this many, the newest (1 to 5000) [default: 100].
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Publish to several channels (--channel, repeatable), or push to every /ws connection.
     #[command(
@@ -238,6 +249,8 @@ struct Request<'a> {
     limit: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cursor: Option<Value>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    report: bool,
 }
 
 /// A control address.
@@ -520,10 +533,21 @@ fn request_line(method: &MethodArgs) -> Result<String, String> {
     let data_text;
     let mut request = Request::default();
     let payload = match method {
-        MethodArgs::Publish { channel, payload } => {
+        MethodArgs::Publish {
+            channel,
+            payload,
+            report,
+        } => {
             request.method = "publish";
             request.channel = Some(channel);
+            request.report = *report;
             Some(payload)
+        }
+        MethodArgs::History { channel, limit } => {
+            request.method = "history";
+            request.channel = Some(channel);
+            request.limit = *limit;
+            None
         }
         MethodArgs::Broadcast { channels, payload } => {
             request.method = "broadcast";
@@ -687,6 +711,18 @@ fn duration_text(ms: u64) -> String {
 fn publish_line(channel: &str, result: &Value) -> String {
     let offset = result.get("offset").and_then(Value::as_u64);
     let epoch = result.get("epoch").and_then(Value::as_u64);
+    if let Some(delivered) = result.get("delivered").and_then(Value::as_u64) {
+        let field = |k: &str| result.get(k).and_then(Value::as_u64).unwrap_or(0);
+        return format!(
+            "published to {channel}: offset {} (epoch {}), queued to {delivered} connection(s) \
+             on {} shard(s), {} slow, {} shard(s) not reached",
+            offset.unwrap_or(0),
+            epoch.unwrap_or(0),
+            field("shards"),
+            field("slow"),
+            field("refused_shards"),
+        );
+    }
     match (offset, epoch) {
         (Some(0), _) => format!("published to {channel}: no subscribers (nothing sequenced)"),
         (Some(offset), Some(epoch)) => {
@@ -700,6 +736,21 @@ fn publish_line(channel: &str, result: &Value) -> String {
 fn render(method: &MethodArgs, result: &Value) -> String {
     let mut out = String::new();
     match method {
+        MethodArgs::History { channel, .. } => {
+            match result.get("messages").and_then(Value::as_array) {
+                Some(msgs) => {
+                    out = format!(
+                        "{channel}: {} kept message(s), last offset {}\n",
+                        msgs.len(),
+                        result.get("offset").and_then(Value::as_u64).unwrap_or(0)
+                    );
+                    for m in msgs {
+                        out.push_str(&format!("{m}\n"));
+                    }
+                }
+                None => out = format!("{channel}: {result}\n"),
+            }
+        }
         MethodArgs::Publish { channel, .. } => {
             out = publish_line(channel, result);
             out.push('\n');
@@ -1225,6 +1276,14 @@ mod tests {
             line(&["presence", "news"]),
             r#"{"method":"presence","channel":"news"}"#
         );
+        assert_eq!(
+            line(&["publish", "news", "--report", "1"]),
+            r#"{"method":"publish","channel":"news","data":1,"report":true}"#
+        );
+        assert_eq!(
+            line(&["history", "h:x", "--limit", "3"]),
+            r#"{"method":"history","channel":"h:x","limit":3}"#
+        );
         assert_eq!(line(&["channels"]), r#"{"method":"channels"}"#);
         assert_eq!(line(&["stats"]), r#"{"method":"stats"}"#);
         assert_eq!(line(&["info"]), r#"{"method":"info"}"#);
@@ -1379,6 +1438,22 @@ mod tests {
         assert_eq!(
             render(&publish, &serde_json::json!({"offset":3,"epoch":17})),
             "published to news: offset 3 (epoch 17)\n"
+        );
+        assert_eq!(
+            render(
+                &publish,
+                &serde_json::json!({"offset":3,"epoch":17,"delivered":5,"slow":1,"shards":2,"refused_shards":0})
+            ),
+            "published to news: offset 3 (epoch 17), queued to 5 connection(s) on 2 shard(s), 1 slow, \
+             0 shard(s) not reached\n"
+        );
+        let history = method(&["history", "h:x", "--limit", "2"]).unwrap();
+        assert_eq!(
+            render(
+                &history,
+                &serde_json::json!({"offset":9,"epoch":1,"messages":[{"op":"message","offset":9}]})
+            ),
+            "h:x: 1 kept message(s), last offset 9\n{\"offset\":9,\"op\":\"message\"}\n"
         );
         assert_eq!(
             render(&publish, &serde_json::json!({"offset":0,"epoch":0})),
