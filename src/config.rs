@@ -255,6 +255,9 @@ pub struct Namespace {
     pub history_ttl_s: u64,
     /// What happens to a subscriber behind its queue limit on this namespace's channels.
     pub slow_consumer: SlowConsumerPolicy,
+    /// Whether `/ws` clients subscribed to a channel may read its kept messages
+    /// (`{"op":"history"}`).
+    pub client_history: bool,
 }
 
 /// A namespace's answer to a subscriber that falls behind its queue limit.

@@ -221,6 +221,45 @@ impl Engine {
                 let part = Part::Json(self.history_json(&channel, limit, since));
                 self.send_x(reply.shard as usize, XMsg::Reply { to: reply, part });
             }
+            XMsg::ClientHistory {
+                channel,
+                limit,
+                shard,
+                slot,
+                generation,
+                id,
+            } => {
+                let body = self.history_json(&channel, limit, None);
+                let msg = XMsg::ClientHistoryReply {
+                    channel,
+                    slot,
+                    generation,
+                    id,
+                    body,
+                };
+                self.send_x(shard as usize, msg);
+            }
+            XMsg::ClientHistoryReply {
+                channel,
+                slot,
+                generation,
+                id,
+                body,
+            } => {
+                let slot = slot as usize;
+                let Some(conn) = self
+                    .conns
+                    .get_mut(slot)
+                    .filter(|c| c.generation == generation)
+                else {
+                    return;
+                };
+                conn.awaiting = conn.awaiting.saturating_sub(1);
+                self.reply(slot, envelope::history(&channel, &body, id.as_deref()));
+                if self.conns[slot].awaiting == 0 {
+                    self.replay_deferred(slot);
+                }
+            }
             XMsg::Recovered {
                 channel,
                 slot,
@@ -554,8 +593,24 @@ impl Engine {
         if let Some(recovered) = recovered {
             out.push_str(&format!(",\"recovered\":{recovered}"));
         }
+        // The answer must fit the asker's queue: the newest messages that fit half of
+        // `outbound_bytes_max` are shown, and `truncated` says when older ones were left out.
+        let budget = self.config.limits.outbound_bytes_max / 2;
+        let mut used = 0;
+        let mut first = messages.len();
+        while first > 0 {
+            let len = crate::proto::frame::server_payload(&messages[first - 1]).len() + 1;
+            if used + len > budget {
+                break;
+            }
+            used += len;
+            first -= 1;
+        }
+        if first > 0 {
+            out.push_str(",\"truncated\":true");
+        }
         out.push_str(",\"messages\":[");
-        for (i, frame) in messages.iter().enumerate() {
+        for (i, frame) in messages[first..].iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
@@ -847,6 +902,42 @@ impl Engine {
         let id = request.id;
         match request.command {
             Command::Ping => self.reply(slot, envelope::pong(id)),
+            Command::History(name, limit) => {
+                let allowed = self
+                    .config
+                    .namespaces
+                    .get(channel::namespace_of(&name))
+                    .is_some_and(|ns| ns.client_history);
+                let subscribed = self
+                    .local
+                    .find(&name)
+                    .is_some_and(|l| self.conns[slot].subs.iter().any(|m| m.channel == l));
+                if !allowed || !subscribed {
+                    return self.reply_error(
+                        slot,
+                        ErrorCode::Forbidden,
+                        "history needs a subscription, on a namespace with client_history",
+                        id,
+                    );
+                }
+                let channel_name: Arc<str> = Arc::from(name.as_ref());
+                let owner = channel::owner_of(&channel_name, self.shards);
+                let generation = self.conns[slot].generation;
+                // Later commands wait for this answer, so replies keep their order.
+                let conn = &mut self.conns[slot];
+                conn.awaiting = conn.awaiting.saturating_add(1);
+                self.send_x(
+                    owner,
+                    XMsg::ClientHistory {
+                        channel: channel_name,
+                        limit,
+                        shard: self.index as u16,
+                        slot: slot as u32,
+                        generation,
+                        id: id.map(Box::from),
+                    },
+                );
+            }
             Command::Subscribe(name, since) => {
                 if let Err(e) = self.subscribe_since(slot, &name, id, since) {
                     self.reply_channel_error(slot, e, id);

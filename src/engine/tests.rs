@@ -1327,3 +1327,50 @@ fn a_retried_publish_with_an_idempotency_key_is_delivered_once() {
     let bad = call(&mut c, ctl, &[publish(5, "")]);
     assert_eq!(bad[0]["error"]["code"], "bad_params");
 }
+
+#[test]
+fn a_subscribed_client_reads_history_where_the_namespace_allows_it() {
+    let mut config = with_history(50);
+    if let Some(ns) = config.namespaces.get_mut("h") {
+        ns.client_history = true;
+    }
+    let mut c = Cluster::new(config, 2);
+    let name = owned_by(1, 2, "h:ch");
+    let ctl = control(&mut c, 0);
+    publish_n(&mut c, ctl, &name, 6);
+    let mut ws = Ws::open(&mut c, 0, &format!("/ws?channel={name}"));
+    c.settle();
+    ws.texts(&mut c);
+    let mut bytes = encode_client(
+        OpCode::Text,
+        true,
+        json!({"op":"history","channel":name,"limit":3,"id":7})
+            .to_string()
+            .as_bytes(),
+        MASK,
+    );
+    bytes.extend(encode_client(
+        OpCode::Text,
+        true,
+        br#"{"op":"ping","id":8}"#,
+        MASK,
+    ));
+    c.write(ws.sock, &bytes);
+    c.settle();
+    let got = ws.texts(&mut c);
+    assert_eq!(got[0]["op"], "history", "{got:?}");
+    assert_eq!(got[0]["id"], 7);
+    assert_eq!(got[0]["offset"], 6);
+    assert_eq!(
+        offsets(got[0]["messages"].as_array().unwrap()),
+        vec![4, 5, 6]
+    );
+    assert_eq!(got[1]["op"], "pong", "replies keep command order");
+    // Not subscribed: refused.
+    ws.send_text(
+        &mut c,
+        &json!({"op":"history","channel":"h:other"}).to_string(),
+    );
+    c.settle();
+    assert_eq!(ws.texts(&mut c)[0]["code"], "forbidden");
+}

@@ -209,6 +209,34 @@ pub enum XMsg {
         /// Where to answer.
         reply: ReplyTo,
     },
+    /// To the owner: a `/ws` client's `history`.
+    ClientHistory {
+        /// Channel name.
+        channel: Arc<str>,
+        /// At most this many.
+        limit: usize,
+        /// The client's shard, slot and generation.
+        shard: u16,
+        /// Its slot.
+        slot: u32,
+        /// Its generation.
+        generation: u32,
+        /// The command's id.
+        id: Option<Box<str>>,
+    },
+    /// From the owner: the answer to a client's `history` (the owner's JSON rendering).
+    ClientHistoryReply {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The client's slot.
+        slot: u32,
+        /// Its generation.
+        generation: u32,
+        /// The command's id.
+        id: Option<Box<str>>,
+        /// `{"offset":..,"epoch":..,"messages":[..]}`.
+        body: String,
+    },
     /// From the owner: one sequenced message, encoded once in both formats.
     Deliver {
         /// Channel name.
@@ -236,6 +264,8 @@ impl XMsg {
             | XMsg::Withdraw { .. }
             | XMsg::Recover { .. }
             | XMsg::History { .. }
+            | XMsg::ClientHistory { .. }
+            | XMsg::ClientHistoryReply { .. }
             | XMsg::Recovered { .. }
             | XMsg::Ack { .. } => false,
         }

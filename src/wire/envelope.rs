@@ -14,6 +14,25 @@ use std::fmt::Write;
 /// Longest `id` (as raw JSON text) echoed back; a longer one is refused with `bad_request`.
 pub const ID_BYTES_MAX: usize = 64;
 
+/// Most messages a client's `history` asks for.
+pub const HISTORY_LIMIT_MAX: usize = 1000;
+
+/// `{"op":"history","channel":C,<the owner's fields>[,"id":X]}` around the owner's rendering of
+/// the channel's history (`{"offset":..,"epoch":..,"messages":[..]}`).
+pub fn history(channel: &str, body: &str, id: Option<&str>) -> String {
+    let inner = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .unwrap_or("");
+    let mut out = String::with_capacity(32 + channel.len() + body.len());
+    let _ = write!(
+        out,
+        "{{\"op\":\"history\",\"channel\":\"{channel}\",{inner}"
+    );
+    with_id(&mut out, id);
+    out
+}
+
 #[derive(Deserialize)]
 struct Wire<'a> {
     op: Cow<'a, str>,
@@ -25,6 +44,8 @@ struct Wire<'a> {
     data: Option<&'a RawValue>,
     #[serde(default)]
     since: Option<Since>,
+    #[serde(default)]
+    limit: Option<usize>,
 }
 
 /// Where a client's view of a channel ends: the last offset it received, and the channel's
@@ -49,6 +70,8 @@ pub enum Command<'a> {
     Publish(Cow<'a, str>, &'a str),
     /// Application-level ping.
     Ping,
+    /// The channel's kept messages: the newest `limit` (default 100, at most 1000).
+    History(Cow<'a, str>, usize),
 }
 
 /// A parsed request: the command and the raw JSON of its `id`, if any.
@@ -112,10 +135,17 @@ pub fn parse(text: &[u8]) -> Result<Request<'_>, ClientError> {
             Command::Publish(ch, data.get())
         }
         "ping" => Command::Ping,
+        "history" => {
+            let limit = wire.limit.unwrap_or(100);
+            if limit == 0 || limit > HISTORY_LIMIT_MAX {
+                return Err(fail(ErrorCode::BadRequest, "limit must be 1 to 1000"));
+            }
+            Command::History(channel?, limit)
+        }
         _ => {
             return Err(fail(
                 ErrorCode::UnknownOp,
-                "op must be subscribe, unsubscribe, publish or ping",
+                "op must be subscribe, unsubscribe, publish, history or ping",
             ));
         }
     };
@@ -339,7 +369,7 @@ mod tests {
             parse(br#"{"op":"fly","id":3}"#).unwrap_err(),
             ClientError {
                 code: ErrorCode::UnknownOp,
-                message: "op must be subscribe, unsubscribe, publish or ping".into(),
+                message: "op must be subscribe, unsubscribe, publish, history or ping".into(),
                 id: Some("3".into()),
             }
         );
