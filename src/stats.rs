@@ -75,6 +75,8 @@ pub struct Counters {
     /// Control connections this shard stopped reading because some shard was over its
     /// watermark.
     pub publisher_pauses: u64,
+    /// Reads of a paused control connection handled anyway because more than 1 MiB was held.
+    pub publisher_pause_overruns: u64,
     /// Connections closed as slow consumers because they took no bytes for `outbound_stall_ms`
     /// while their shard was over its watermark.
     pub stalled_consumers: u64,
@@ -188,6 +190,7 @@ impl Counters {
         self.backpressure_episodes += other.backpressure_episodes;
         self.publisher_pauses += other.publisher_pauses;
         self.stalled_consumers += other.stalled_consumers;
+        self.publisher_pause_overruns += other.publisher_pause_overruns;
         self.pongs_conflated += other.pongs_conflated;
         self.control_foreign += other.control_foreign;
         self.control_unauthed_evictions += other.control_unauthed_evictions;

@@ -18,7 +18,10 @@ pub mod memory;
 pub mod socket;
 pub mod uring;
 
+use crate::engine::Engine;
+use crate::engine::io::{SendResult, Sock, Token, Transmit};
 use crate::xshard::Doorbell;
+use bytes::Bytes;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -39,6 +42,104 @@ pub struct ShardIo {
     pub bells: Vec<Arc<Doorbell>>,
     /// Set to start a graceful shutdown; polled once per loop turn.
     pub stop: Arc<AtomicBool>,
+}
+
+/// A send handed to the kernel: the frames (and whatever the driver's system call points at,
+/// `X`) belong to the slot until the send completes. Boxed in the pool, so the kernel's pointers
+/// into a slot stay valid when the pool grows.
+pub struct SendSlot<X> {
+    /// The connection.
+    pub token: Token,
+    /// Its socket.
+    pub sock: Sock,
+    /// The batch being sent.
+    pub frames: Vec<Bytes>,
+    /// The driver's own per-send data (iovecs, `msghdr`).
+    pub extra: X,
+}
+
+/// The send slots of one shard, created on demand up to `sends_in_flight_max`; both Linux
+/// drivers' `Transmit`.
+pub struct SendPool<X> {
+    // Boxed on purpose: see `SendSlot`.
+    #[allow(clippy::vec_box)]
+    slots: Vec<Box<SendSlot<X>>>,
+    free: Vec<u16>,
+    max: usize,
+    initial_frames: usize,
+    /// Slots filled during a flush, for the driver to send after it.
+    pub submitted: Vec<u16>,
+}
+
+impl<X: Default> SendPool<X> {
+    /// A pool of at most `max` slots, each starting with room for `initial_frames` frames
+    /// (most sends carry a frame or two; a slot grows only for a connection with a backlog).
+    pub fn new(max: usize, initial_frames: usize) -> SendPool<X> {
+        SendPool {
+            slots: Vec::new(),
+            free: Vec::new(),
+            max,
+            initial_frames,
+            submitted: Vec::new(),
+        }
+    }
+
+    /// Slot `index` (a submitted one).
+    pub fn slot(&mut self, index: u16) -> &mut SendSlot<X> {
+        &mut self.slots[index as usize]
+    }
+
+    /// Reports the send of slot `index` to the engine and frees the slot.
+    pub fn complete(&mut self, index: u16, engine: &mut Engine, result: SendResult) {
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        let mut frames = std::mem::take(&mut slot.frames);
+        engine.on_sent(slot.token, &mut frames, result);
+        frames.clear();
+        slot.frames = frames;
+        self.free.push(index);
+    }
+}
+
+impl<X: Default> Transmit for SendPool<X> {
+    fn reserve(&mut self) -> Option<(usize, &mut Vec<Bytes>)> {
+        let index = match self.free.pop() {
+            Some(index) => index as usize,
+            None if self.slots.len() < self.max => {
+                self.slots.push(Box::new(SendSlot {
+                    token: Token {
+                        slot: 0,
+                        generation: 0,
+                    },
+                    sock: Sock(-1),
+                    frames: Vec::with_capacity(self.initial_frames),
+                    extra: X::default(),
+                }));
+                self.slots.len() - 1
+            }
+            None => return None,
+        };
+        let slot = &mut self.slots[index];
+        debug_assert!(slot.frames.is_empty());
+        Some((index, &mut slot.frames))
+    }
+
+    fn submit(&mut self, index: usize, token: Token, sock: Sock) {
+        let slot = &mut self.slots[index];
+        slot.token = token;
+        slot.sock = sock;
+        self.submitted.push(index as u16);
+    }
+
+    fn in_flight(&self, f: &mut dyn FnMut(&Bytes)) -> usize {
+        let mut handles = 0;
+        for slot in &self.slots {
+            handles += slot.frames.capacity() * std::mem::size_of::<Bytes>();
+            slot.frames.iter().for_each(&mut *f);
+        }
+        handles
+    }
 }
 
 /// Gives memory back to the kernel after a burst: once the bytes a shard owed its connections

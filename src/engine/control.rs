@@ -133,6 +133,9 @@ pub struct ControlState {
     pub(super) held: Vec<u8>,
 }
 
+/// Input a paused control connection may hold (what was on its way when reading stopped).
+const HELD_INPUT_MAX: usize = 1 << 20;
+
 /// Congestion flags, one per shard, shared by every shard's engine: a shard over its high
 /// watermark sets its flag, and every shard stops reading its publishing control connections
 /// while any flag is set (the publisher may sit on another shard than the subscribers it
@@ -310,6 +313,24 @@ impl Engine {
         self.counters.control_conns += 1;
         let token = self.conns.token(slot);
         if !authed {
+            // Tokens of connections that authenticated or closed stay until the front reaches
+            // them; past twice the shard's share, drop them all at once, so the list stays
+            // bounded by the connections really waiting.
+            let share = self
+                .config
+                .limits
+                .control_unauthed_max
+                .div_ceil(self.shards)
+                .max(1);
+            if self.unauthed_order.len() >= 2 * share {
+                let conns = &mut self.conns;
+                self.unauthed_order.retain(|t| {
+                    conns
+                        .live(*t)
+                        .and_then(|c| c.control())
+                        .is_some_and(|s| !s.authed)
+                });
+            }
             self.unauthed_order.push_back(token);
             let ticks = limits_ticks(self.config.limits.control_auth_timeout_ms);
             self.wheel.insert(slot, self.now_tick + ticks);
@@ -385,17 +406,12 @@ impl Engine {
 
     /// Marks a control connection as a publisher; pauses it at once if publishers are paused.
     fn mark_publisher(&mut self, slot: usize) {
-        let paused = self.publishers_paused;
         let Some(state) = self.conns[slot].control() else {
             return;
         };
         state.publisher = true;
-        if paused && !state.paused {
-            state.paused = true;
-            self.counters.publisher_pauses += 1;
-            let token = self.conns.token(slot);
-            let sock = self.conns[slot].sock;
-            self.intents.push(Intent::PauseRead { token, sock });
+        if self.publishers_paused {
+            self.pause_control(slot);
         }
     }
 
@@ -414,10 +430,8 @@ impl Engine {
             let Some(state) = self.conns[slot].control() else {
                 continue;
             };
-            if pause && state.publisher && !state.paused {
-                state.paused = true;
-                self.counters.publisher_pauses += 1;
-                self.intents.push(Intent::PauseRead { token, sock });
+            if pause && state.publisher {
+                self.pause_control(slot);
             } else if !pause && state.paused {
                 state.paused = false;
                 let held = std::mem::take(&mut state.held);
@@ -446,20 +460,14 @@ impl Engine {
     /// Pauses a publishing connection in the middle of a read: `rest` (everything after the
     /// last line handled) waits in `held`, and the line splitter starts clean from it on resume.
     fn pause_with_input(&mut self, slot: usize, rest: &[u8]) {
-        let token = self.conns.token(slot);
-        let sock = self.conns[slot].sock;
         let Some(state) = self.conns[slot].control() else {
             return;
         };
+        // Input is handled only while not paused, so nothing is held yet.
+        debug_assert!(state.held.is_empty());
         state.lines.reset();
-        let mut held = rest.to_vec();
-        held.append(&mut state.held);
-        state.held = held;
-        if !state.paused {
-            state.paused = true;
-            self.counters.publisher_pauses += 1;
-            self.intents.push(Intent::PauseRead { token, sock });
-        }
+        state.held = rest.to_vec();
+        self.pause_control(slot);
         self.publishers_paused = true;
     }
 
@@ -467,11 +475,38 @@ impl Engine {
     /// connection is not paused (the caller handles the bytes now).
     pub(super) fn hold_control_input(&mut self, slot: usize, data: &[u8]) -> bool {
         match self.conns[slot].control() {
-            Some(state) if state.paused => {
+            // Drivers stop reading at once; what still arrives was already on its way (a
+            // few receive buffers). Past HELD_INPUT_MAX the input is handled now rather than
+            // held without a bound: backpressure yields, the other bounds still hold.
+            Some(state) if state.paused && state.held.len() + data.len() <= HELD_INPUT_MAX => {
                 state.held.extend_from_slice(data);
                 true
             }
+            Some(state) if state.paused => {
+                self.counters.publisher_pause_overruns += 1;
+                false
+            }
             _ => false,
+        }
+    }
+
+    /// Entries of the list of connections owing their `auth` (stale ones included).
+    #[cfg(test)]
+    pub(crate) fn unauthed_order_len(&self) -> usize {
+        self.unauthed_order.len()
+    }
+
+    /// Stops reading a control connection (backpressure), once.
+    fn pause_control(&mut self, slot: usize) {
+        let token = self.conns.token(slot);
+        let sock = self.conns[slot].sock;
+        let Some(state) = self.conns[slot].control() else {
+            return;
+        };
+        if !state.paused {
+            state.paused = true;
+            self.counters.publisher_pauses += 1;
+            self.intents.push(Intent::PauseRead { token, sock });
         }
     }
 

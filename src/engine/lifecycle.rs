@@ -387,21 +387,18 @@ impl Engine {
 
     /// Queues a data frame for `slot`, closing it as a slow consumer when its queue is full.
     pub(super) fn queue_data(&mut self, slot: usize, frame: Bytes) -> Enqueue {
-        let mut max = self.config.limits.outbound_bytes_max;
         let conn = &mut self.conns[slot];
         if conn.state != State::Open {
             return Enqueue::Closed;
         }
-        let over = conn.out.owed_bytes() + frame.len() + super::outbound::FRAME_OVERHEAD > max;
-        if over && self.now_tick.wrapping_sub(conn.progress_tick) < self.stall_ticks {
-            // A reader that makes progress lags; it is not shed (see `deliver`).
-            max *= super::LAGGING_FACTOR;
-            if conn.flags & super::conn::LAGGING == 0 {
-                conn.flags |= super::conn::LAGGING;
-                conn.ext_mut().lagging_since = self.now_tick;
-                self.lagging += 1;
-            }
-        }
+        let max = super::data_limit(
+            conn,
+            frame.len(),
+            self.config.limits.outbound_bytes_max,
+            self.now_tick,
+            self.stall_ticks,
+            &mut self.lagging,
+        );
         let outcome = conn.out.push(frame, max, &mut self.queued_bytes);
         match outcome {
             Enqueue::Enqueued => {

@@ -65,6 +65,31 @@ pub(crate) fn limits_ticks(ms: u64) -> u32 {
     ms.div_ceil(TICK_MS).min(u32::MAX as u64 / 2) as u32
 }
 
+/// The limit a frame of `frame_len` bytes is held to on `conn`: `limit`, or LAGGING_FACTOR
+/// times it for a reader that makes progress (it took bytes within `stall` ticks) but is over
+/// it — the publisher is faster, not the reader slow; the connection is flagged `LAGGING` and
+/// keeps its shard congested (counted in `lagging`) until it is back under half its limit.
+/// One policy for every path that queues data (deliveries, pushes, replies).
+pub(crate) fn data_limit(
+    conn: &mut conn::Conn,
+    frame_len: usize,
+    limit: usize,
+    now: u32,
+    stall: u32,
+    lagging: &mut u32,
+) -> usize {
+    let over = conn.out.owed_bytes() + frame_len + outbound::FRAME_OVERHEAD > limit;
+    if !over || now.wrapping_sub(conn.progress_tick) >= stall {
+        return limit;
+    }
+    if conn.flags & LAGGING == 0 {
+        conn.flags |= LAGGING;
+        conn.ext_mut().lagging_since = now;
+        *lagging += 1;
+    }
+    limit * LAGGING_FACTOR
+}
+
 /// A publish's idempotency key, scoped to its channel.
 pub(crate) type IdempotencyKey = (Arc<str>, Box<str>);
 

@@ -7,7 +7,8 @@
 //! copy or clock read.
 
 use super::Engine;
-use super::conn::{DIRTY, Endpoint, LAGGING, SENDING, State};
+use super::conn::{DIRTY, Endpoint, SENDING, State};
+use super::io::Token;
 use super::limits_ticks;
 use super::outbound::Enqueue;
 use super::outbound::FRAME_OVERHEAD;
@@ -246,15 +247,11 @@ impl Engine {
                 id,
                 body,
             } => {
-                let slot = slot as usize;
-                let Some(conn) = self
-                    .conns
-                    .get_mut(slot)
-                    .filter(|c| c.generation == generation)
-                else {
+                let Some(conn) = self.conns.live(Token { slot, generation }) else {
                     return;
                 };
                 conn.awaiting = conn.awaiting.saturating_sub(1);
+                let slot = slot as usize;
                 self.reply(slot, envelope::history(&channel, &body, id.as_deref()));
                 if self.conns[slot].awaiting == 0 {
                     self.replay_deferred(slot);
@@ -443,9 +440,8 @@ impl Engine {
                 Endpoint::Push { raw: true } => raw.clone(),
                 _ => envelope.clone(),
             };
-            // A reader that makes progress is never shed for owing more than its limit: it is
-            // lagging, the publisher is faster, and its shard turns congested (publishers
-            // pause) while it may owe up to LAGGING_FACTOR times its limit.
+            // Over its limit: a conflating channel keeps the latest value instead; otherwise a
+            // reader that makes progress lags rather than being shed (`data_limit`).
             let over = conn.out.owed_bytes() + frame.len() + FRAME_OVERHEAD > limit;
             if over && conflate {
                 // Only the newest value matters: it waits (replacing an older one) until the
@@ -458,17 +454,7 @@ impl Engine {
                 }
                 continue;
             }
-            let lagging = over && now.wrapping_sub(conn.progress_tick) < stall;
-            let limit = if lagging {
-                limit * super::LAGGING_FACTOR
-            } else {
-                limit
-            };
-            if lagging && conn.flags & LAGGING == 0 {
-                conn.flags |= LAGGING;
-                conn.ext_mut().lagging_since = now;
-                self.lagging += 1;
-            }
+            let limit = super::data_limit(conn, frame.len(), limit, now, stall, &mut self.lagging);
             match conn.out.push(frame, limit, &mut self.queued_bytes) {
                 Enqueue::Enqueued => {
                     delivered += 1;
@@ -633,15 +619,11 @@ impl Engine {
         position: (u64, u64),
         replay: Option<Vec<crate::channel::history::Entry>>,
     ) {
-        let slot = slot as usize;
         let local = self.local.find(name);
-        let Some(conn) = self
-            .conns
-            .get_mut(slot)
-            .filter(|c| c.generation == generation)
-        else {
+        let Some(conn) = self.conns.live(Token { slot, generation }) else {
             return;
         };
+        let slot = slot as usize;
         conn.awaiting = conn.awaiting.saturating_sub(1);
         let was_recovering = match (local, conn.ext.as_mut()) {
             (Some(l), Some(ext)) => {

@@ -16,11 +16,10 @@
 //! connection's token is checked against the engine (`live_sock`) before its socket is used, so
 //! a reused descriptor is never mistaken for the connection that had it.
 
-use super::{RECV_BYTES_PER_TURN, ShardIo, socket};
+use super::{RECV_BYTES_PER_TURN, SendPool, ShardIo, socket};
 use crate::config::Limits;
 use crate::engine::Engine;
-use crate::engine::io::{Intent, Listener, SendResult, Sock, Token, Transmit};
-use bytes::Bytes;
+use crate::engine::io::{Intent, Listener, SendResult, Sock, Token};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -64,78 +63,28 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// A batch handed to the socket; it stays here until written (at least one byte) or failed.
-struct SendSlot {
-    token: Token,
-    sock: Sock,
-    frames: Vec<Bytes>,
-    iov: Vec<libc::iovec>,
-}
-
-/// Send slots, up to `sends_in_flight_max`, and the batches to write after a flush.
-struct SendPool {
-    slots: Vec<SendSlot>,
-    free: Vec<u16>,
-    max: usize,
-    submitted: Vec<u16>,
-}
-
-impl Transmit for SendPool {
-    fn reserve(&mut self) -> Option<(usize, &mut Vec<Bytes>)> {
-        let index = match self.free.pop() {
-            Some(index) => index as usize,
-            None if self.slots.len() < self.max => {
-                self.slots.push(SendSlot {
-                    token: Token {
-                        slot: 0,
-                        generation: 0,
-                    },
-                    sock: Sock(-1),
-                    frames: Vec::new(),
-                    iov: Vec::new(),
-                });
-                self.slots.len() - 1
-            }
-            None => return None,
-        };
-        Some((index, &mut self.slots[index].frames))
-    }
-
-    fn submit(&mut self, index: usize, token: Token, sock: Sock) {
-        let slot = &mut self.slots[index];
-        slot.token = token;
-        slot.sock = sock;
-        self.submitted.push(index as u16);
-    }
-
-    fn in_flight(&self, f: &mut dyn FnMut(&Bytes)) -> usize {
-        let mut handles = 0;
-        for slot in &self.slots {
-            handles += slot.frames.capacity() * std::mem::size_of::<Bytes>();
-            slot.frames.iter().for_each(&mut *f);
-        }
-        handles
-    }
-}
-
-/// What one `writev` did.
+/// What one vectored send did.
 enum Wrote {
     Some(usize),
     WouldBlock,
     Failed,
 }
 
+/// A batch handed to the socket stays in its slot until written (at least one byte) or failed;
+/// the slot's extra data is the iovec array for `sendmsg`.
+type SendSlot = super::SendSlot<Vec<libc::iovec>>;
+
 fn write_batch(slot: &mut SendSlot) -> Wrote {
-    slot.iov.clear();
-    slot.iov
-        .extend(slot.frames.iter().take(IOV_MAX).map(|f| libc::iovec {
-            iov_base: f.as_ptr() as *mut libc::c_void,
-            iov_len: f.len(),
-        }));
+    let iov = &mut slot.extra;
+    iov.clear();
+    iov.extend(slot.frames.iter().take(IOV_MAX).map(|f| libc::iovec {
+        iov_base: f.as_ptr() as *mut libc::c_void,
+        iov_len: f.len(),
+    }));
     // SAFETY: msghdr is plain data; all-zero is valid (no name, no control).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = slot.iov.as_mut_ptr();
-    msg.msg_iovlen = slot.iov.len();
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len();
     // SAFETY: the iovecs point into `frames`, which the slot owns and does not change during the
     // call. sendmsg rather than writev for MSG_NOSIGNAL: a peer's reset must be an error code,
     // never a SIGPIPE (a library user may not ignore the signal).
@@ -157,7 +106,7 @@ pub struct EpollShard {
     io: ShardIo,
     listener: Option<OwnedFd>,
     control_listeners: Vec<OwnedFd>,
-    sends: SendPool,
+    sends: SendPool<Vec<libc::iovec>>,
     /// Sends waiting for `EPOLLOUT`, by socket.
     blocked: HashMap<i32, u16>,
     /// Send outcomes to report to the engine after a flush.
@@ -188,12 +137,7 @@ impl EpollShard {
             engine,
             listener: Some(listener),
             control_listeners,
-            sends: SendPool {
-                slots: Vec::new(),
-                free: Vec::new(),
-                max: limits.sends_in_flight_max,
-                submitted: Vec::new(),
-            },
+            sends: SendPool::new(limits.sends_in_flight_max, 0),
             blocked: HashMap::new(),
             done: Vec::new(),
             readable: VecDeque::new(),
@@ -392,7 +336,9 @@ impl EpollShard {
                     budget = budget.saturating_sub(n);
                     self.engine.on_bytes(token, &mut self.buf[..n]);
                     self.apply_intents();
-                    if self.engine.live_sock(token).is_none() {
+                    // Gone, or paused by these very bytes (backpressure): read no further, or
+                    // the engine would have to hold what this loop reads.
+                    if self.engine.live_sock(token).is_none() || self.paused.contains(&token) {
                         drained = true;
                         break;
                     }
@@ -435,7 +381,7 @@ impl EpollShard {
     }
 
     fn try_write(&mut self, index: u16) {
-        let slot = &mut self.sends.slots[index as usize];
+        let slot = self.sends.slot(index);
         match write_batch(slot) {
             Wrote::Some(n) => self.done.push((index, SendResult::Sent(n))),
             Wrote::WouldBlock => {
@@ -458,13 +404,7 @@ impl EpollShard {
     fn report_sends(&mut self) {
         let mut done = std::mem::take(&mut self.done);
         for (index, result) in done.drain(..) {
-            let slot = &mut self.sends.slots[index as usize];
-            let token = slot.token;
-            let mut frames = std::mem::take(&mut slot.frames);
-            self.engine.on_sent(token, &mut frames, result);
-            frames.clear();
-            self.sends.slots[index as usize].frames = frames;
-            self.sends.free.push(index);
+            self.sends.complete(index, &mut self.engine, result);
         }
         self.done = done;
     }

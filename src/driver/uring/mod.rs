@@ -13,11 +13,10 @@
 
 pub mod ring;
 
-use super::{RECV_BYTES_PER_TURN, ShardIo, socket};
+use super::{RECV_BYTES_PER_TURN, SendPool, ShardIo, socket};
 use crate::config::Limits;
 use crate::engine::Engine;
-use crate::engine::io::{Intent, Listener, SendResult, Sock, Token, Transmit};
-use bytes::Bytes;
+use crate::engine::io::{Intent, Listener, SendResult, Sock, Token};
 use io_uring::{IoUring, cqueue, opcode, types};
 use ring::{BufRing, Op, RingMode};
 use std::io;
@@ -54,79 +53,32 @@ pub fn probe() -> io::Result<()> {
         .unwrap_or_else(|_| Err(io::Error::other("the io_uring probe thread panicked")))
 }
 
-/// A send in flight: the kernel reads `iov` and `frames` until its completion arrives, so the
-/// slot (boxed, at a stable address) owns them until then.
-pub struct SendSlot {
-    token: Token,
-    sock: Sock,
-    frames: Vec<Bytes>,
+/// What a `SENDMSG` in flight points at besides the frames: its iovecs and its `msghdr`.
+pub struct Msg {
     iov: Vec<libc::iovec>,
     msg: libc::msghdr,
 }
 
-/// The send slots: created on demand up to `sends_in_flight_max`.
-struct SendPool {
-    // Boxed on purpose: the kernel holds pointers into a slot while its send is in flight, so
-    // a slot must not move when the vector grows.
-    #[allow(clippy::vec_box)]
-    slots: Vec<Box<SendSlot>>,
-    free: Vec<u16>,
-    max: usize,
-    initial_frames: usize,
-    /// Slots filled during a flush, to be pushed to the ring after it.
-    submitted: Vec<u16>,
-}
-
-impl Transmit for SendPool {
-    fn reserve(&mut self) -> Option<(usize, &mut Vec<Bytes>)> {
-        let index = match self.free.pop() {
-            Some(index) => index as usize,
-            None if self.slots.len() < self.max => {
-                // Small to start: most sends carry a frame or two; a slot grows (up to
-                // send_iovecs_max) only when a connection really has a backlog.
-                self.slots.push(Box::new(SendSlot {
-                    token: Token {
-                        slot: 0,
-                        generation: 0,
-                    },
-                    sock: Sock(-1),
-                    frames: Vec::with_capacity(self.initial_frames),
-                    iov: Vec::with_capacity(self.initial_frames),
-                    // SAFETY: msghdr is plain data; all-zero is valid (no name, no control).
-                    msg: unsafe { std::mem::zeroed() },
-                }));
-                self.slots.len() - 1
-            }
-            None => return None,
-        };
-        let slot = &mut self.slots[index];
-        debug_assert!(slot.frames.is_empty());
-        Some((index, &mut slot.frames))
-    }
-
-    fn submit(&mut self, index: usize, token: Token, sock: Sock) {
-        let slot = &mut self.slots[index];
-        slot.token = token;
-        slot.sock = sock;
-        self.submitted.push(index as u16);
-    }
-
-    fn in_flight(&self, f: &mut dyn FnMut(&Bytes)) -> usize {
-        let mut handles = 0;
-        for slot in &self.slots {
-            handles += slot.frames.capacity() * std::mem::size_of::<Bytes>();
-            slot.frames.iter().for_each(&mut *f);
+impl Default for Msg {
+    fn default() -> Msg {
+        Msg {
+            iov: Vec::new(),
+            // SAFETY: msghdr is plain data; all-zero is valid (no name, no control).
+            msg: unsafe { std::mem::zeroed() },
         }
-        handles
     }
 }
+
+/// A send in flight on io_uring: the kernel reads its iovecs, `msghdr` and frames until its
+/// completion arrives, so the slot owns them until then.
+pub type SendSlot = super::SendSlot<Msg>;
 
 /// A shard on io_uring. Field order matters: the ring is dropped first, so the kernel is done
 /// with the buffer ring and the send slots before they are freed.
 pub struct UringShard {
     ring: IoUring,
     bufs: BufRing,
-    sends: SendPool,
+    sends: SendPool<Msg>,
     /// The doorbell read's 8-byte buffer: the kernel writes it, so it lives at a stable address.
     wake_buf: Box<u64>,
     engine: Engine,
@@ -159,13 +111,7 @@ impl UringShard {
         Ok(UringShard {
             ring,
             bufs,
-            sends: SendPool {
-                slots: Vec::new(),
-                free: Vec::new(),
-                max: limits.sends_in_flight_max,
-                initial_frames: limits.send_iovecs_max.min(4),
-                submitted: Vec::new(),
-            },
+            sends: SendPool::new(limits.sends_in_flight_max, limits.send_iovecs_max.min(4)),
             wake_buf: Box::new(0),
             engine,
             accept_armed: vec![false; 1 + control_listeners.len()],
@@ -351,15 +297,16 @@ impl UringShard {
         self.engine.flush(&mut self.sends);
         let mut submitted = std::mem::take(&mut self.sends.submitted);
         for &index in &submitted {
-            let send = &mut self.sends.slots[index as usize];
-            send.iov.clear();
-            send.iov.extend(send.frames.iter().map(|f| libc::iovec {
+            let send = self.sends.slot(index);
+            let Msg { iov, msg } = &mut send.extra;
+            iov.clear();
+            iov.extend(send.frames.iter().map(|f| libc::iovec {
                 iov_base: f.as_ptr() as *mut libc::c_void,
                 iov_len: f.len(),
             }));
-            send.msg.msg_iov = send.iov.as_mut_ptr();
-            send.msg.msg_iovlen = send.iov.len();
-            let entry = opcode::SendMsg::new(types::Fd(send.sock.0), &send.msg)
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = iov.len();
+            let entry = opcode::SendMsg::new(types::Fd(send.sock.0), msg)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
                 .user_data(ring::user_data(Op::Send, index as usize, 0));
@@ -520,20 +467,12 @@ impl UringShard {
     }
 
     fn on_send(&mut self, index: usize, result: i32) {
-        let Some(send) = self.sends.slots.get_mut(index) else {
-            return;
-        };
-        let token = send.token;
-        let mut frames = std::mem::take(&mut send.frames);
         let outcome = if result > 0 {
             SendResult::Sent(result as usize)
         } else {
             SendResult::Failed
         };
-        self.engine.on_sent(token, &mut frames, outcome);
-        frames.clear();
-        self.sends.slots[index].frames = frames;
-        self.sends.free.push(index as u16);
+        self.sends.complete(index as u16, &mut self.engine, outcome);
     }
 }
 
