@@ -130,6 +130,17 @@ fn lines(c: &mut Cluster, sock: Sock) -> Vec<Value> {
         .collect()
 }
 
+/// NDJSON of noreply publishes to `channel`, one per text.
+fn noreply_publishes(channel: &str, texts: impl IntoIterator<Item = String>) -> String {
+    let mut out = String::new();
+    for text in texts {
+        let line = json!({"method":"publish","channel":channel,"text":text,"noreply":true});
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    out
+}
+
 fn call(c: &mut Cluster, sock: Sock, requests: &[Value]) -> Vec<Value> {
     let mut text = String::new();
     for r in requests {
@@ -277,12 +288,7 @@ fn slow_consumer_is_closed_with_4001_and_others_keep_receiving() {
     // Ten reads of ten publishes (10 KiB each): the reader keeps up; the slow client's queue
     // passes its 64 KiB bound.
     for _ in 0..10 {
-        let mut text = String::new();
-        for _ in 0..10 {
-            let line = json!({"method":"publish","channel":"news","text":data,"noreply":true});
-            text.push_str(&line.to_string());
-            text.push('\n');
-        }
+        let text = noreply_publishes("news", (0..10).map(|_| data.clone()));
         c.write(ctl, text.as_bytes());
         c.settle();
     }
@@ -462,14 +468,7 @@ fn refused_deliveries_show_as_an_offset_gap() {
     c.settle();
     assert_eq!(ws.texts(&mut c).len(), 2, "welcome and subscribed");
     let ctl = control(&mut c, 0);
-    let mut text = String::new();
-    for i in 0..6 {
-        let text_i = format!("m{i}");
-        text.push_str(
-            &json!({"method":"publish","channel":name,"text":text_i,"noreply":true}).to_string(),
-        );
-        text.push('\n');
-    }
+    let text = noreply_publishes(&name, (0..6).map(|i| format!("m{i}")));
     c.write(ctl, text.as_bytes());
     c.turn_shard(0);
     c.turn_shard(0);
@@ -792,12 +791,7 @@ fn backpressure_slows_the_publisher_instead_of_closing_readers() {
     // One backend on shard 0 pipelines 5,000 publishes of ~100 bytes.
     let ctl = control(&mut c, 0);
     let data = "y".repeat(100);
-    let mut text = String::new();
-    for _ in 0..5000 {
-        let line = json!({"method":"publish","channel":name,"text":data,"noreply":true});
-        text.push_str(&line.to_string());
-        text.push('\n');
-    }
+    let text = noreply_publishes(&name, (0..5000).map(|_| data.clone()));
     c.write(ctl, text.as_bytes());
     let mut delivered = 0;
     for _ in 0..20_000 {
@@ -842,12 +836,7 @@ fn a_subscriber_that_stops_reading_does_not_hold_publishers_back() {
     c.set_window(stuck.sock, Some(0));
     let ctl = control(&mut c, 0);
     let data = "z".repeat(200);
-    let mut text = String::new();
-    for _ in 0..3000 {
-        let line = json!({"method":"publish","channel":"st","text":data,"noreply":true});
-        text.push_str(&line.to_string());
-        text.push('\n');
-    }
+    let text = noreply_publishes("st", (0..3000).map(|_| data.clone()));
     c.write(ctl, text.as_bytes());
     for _ in 0..2000 {
         c.advance(10);
@@ -880,12 +869,7 @@ fn a_reader_that_trickles_cannot_hold_publishers_back_for_long() {
     c.set_bandwidth(trickle.sock, 64);
     let ctl = control(&mut c, 0);
     let data = "t".repeat(500);
-    let mut text = String::new();
-    for _ in 0..400 {
-        let line = json!({"method":"publish","channel":"tr","text":data,"noreply":true});
-        text.push_str(&line.to_string());
-        text.push('\n');
-    }
+    let text = noreply_publishes("tr", (0..400).map(|_| data.clone()));
     c.write(ctl, text.as_bytes());
     let lag_max = 2 * c_limits().outbound_stall_ms;
     c.advance(lag_max + 1000);
@@ -958,12 +942,7 @@ fn offsets(msgs: &[Value]) -> Vec<u64> {
 }
 
 fn publish_n(c: &mut Cluster, ctl: Sock, name: &str, n: usize) {
-    let mut text = String::new();
-    for i in 0..n {
-        let line = json!({"method":"publish","channel":name,"text":format!("m{i}"),"noreply":true});
-        text.push_str(&line.to_string());
-        text.push('\n');
-    }
+    let text = noreply_publishes(name, (0..n).map(|i| format!("m{i}")));
     c.write(ctl, text.as_bytes());
     c.settle();
 }
@@ -997,12 +976,7 @@ fn a_reconnecting_client_recovers_what_it_missed_across_shards() {
     back.texts(&mut c);
     subscribe_since(&mut c, &back, &name, Some((5, epoch)));
     // Publishes race the recovery: sent in the same turn as the subscribe.
-    let mut text = String::new();
-    for i in 0..3 {
-        let line = json!({"method":"publish","channel":name,"text":format!("r{i}"),"noreply":true});
-        text.push_str(&line.to_string());
-        text.push('\n');
-    }
+    let text = noreply_publishes(&name, (0..3).map(|i| format!("r{i}")));
     c.write(ctl, text.as_bytes());
     c.settle();
     let got = back.texts(&mut c);
@@ -1073,12 +1047,7 @@ fn a_publisher_paused_in_the_middle_of_a_line_loses_nothing() {
     // paused and resumed many times with partial lines around; end to end, nothing may be lost
     // or doubled (the exact split-line case is `a_pause_right_after_a_split_line_keeps_that_line`).
     let data = "q".repeat(640);
-    let mut text = String::new();
-    for i in 0..3000 {
-        let line = json!({"method":"publish","channel":"mid","text":format!("{i:05}{data}"),"noreply":true});
-        text.push_str(&line.to_string());
-        text.push('\n');
-    }
+    let text = noreply_publishes("mid", (0..3000).map(|i| format!("{i:05}{data}")));
     c.write(ctl, text.as_bytes());
     let mut got = vec![0usize; 2];
     for _ in 0..20_000 {
