@@ -137,6 +137,19 @@ pub struct Limits {
     /// `handshake_bytes_max`). Overflow: HTTP 503, counted (`conn_limit_refusals`). Bounds the
     /// memory of handshake floods and slowloris crowds.
     pub handshakes_per_shard_max: usize,
+    /// Connections one user may hold at once, over the whole process (tabs, devices). Overflow:
+    /// the connection whose token or `bind_user` passed it is refused: a token's connection is
+    /// closed with 4007, a `bind_user` gets `limit_exceeded`; counted (`user_limit_refusals`).
+    /// Memory: one 8-byte id per connection at the user's owner shard.
+    pub conns_per_user_max: usize,
+    /// Time a connection has, after its token's `exp` passed and it was sent
+    /// `{"op":"expired"}`, to send `{"op":"refresh","token":...}`. Overflow: closed with 4005,
+    /// counted (`token_expiries`).
+    pub token_refresh_grace_ms: u64,
+    /// Bytes of events one event-stream consumer may owe (queued, unsent). Overflow: the event
+    /// is dropped for that consumer and counted (`events_dropped`); the consumer gets
+    /// `{"event":"gap","dropped":N}` before its next event. The engine never waits for it.
+    pub event_buffer_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -178,6 +191,9 @@ impl Default for Limits {
             control_idle_timeout_ms: 0,
             conns_per_ip_max: 0,
             handshakes_per_shard_max: 4096,
+            conns_per_user_max: 100,
+            token_refresh_grace_ms: 30_000,
+            event_buffer_bytes_max: 4 * 1024 * 1024,
         }
     }
 }
@@ -243,9 +259,17 @@ impl Limits {
 }
 
 /// Per-namespace settings (a namespace is the part of a channel name before its first `:`).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Namespace {
+    /// Whether connections without a user (no token, no `bind_user`) may subscribe and publish
+    /// here. Server-side subscriptions (control `subscribe`) are always allowed.
+    pub anonymous: bool,
+    /// Which channels of this namespace a client may subscribe to by itself.
+    pub subscribe: SubscribeRule,
+    /// Push `{"op":"join"|"leave",...}` to the channel's subscribers on a user's first
+    /// connection in a channel and after its last one leaves.
+    pub join_leave: bool,
     /// Whether `/ws` clients may publish to channels of this namespace.
     pub client_publish: bool,
     /// Messages each channel keeps at its owner for recovery (0: none). Memory: the encoded
@@ -258,6 +282,89 @@ pub struct Namespace {
     /// Whether `/ws` clients subscribed to a channel may read its kept messages
     /// (`{"op":"history"}`).
     pub client_history: bool,
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Namespace {
+            anonymous: true,
+            subscribe: SubscribeRule::Any,
+            join_leave: false,
+            client_publish: false,
+            history_size: 0,
+            history_ttl_s: 0,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            client_history: false,
+        }
+    }
+}
+
+/// Which channels of a namespace a `/ws` client may subscribe to (and, with `client_publish`,
+/// publish to) by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribeRule {
+    /// Any channel (subject to `anonymous`).
+    #[default]
+    Any,
+    /// Only channels listed in the connection's token (`channels` claim).
+    Claim,
+    /// Only `NAMESPACE:USER`, where USER is the connection's own user id (`user:42` for user 42).
+    Owner,
+}
+
+/// Connection tokens (`[auth]`): the key `/ws` tokens are verified with. One of
+/// `hs256_secret`, `rs256_public_key_file`, `es256_public_key_file`; none: tokens are refused.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The HS256 shared secret (at least 32 bytes).
+    pub hs256_secret: Option<String>,
+    /// A PEM file with the RS256 public key.
+    pub rs256_public_key_file: Option<PathBuf>,
+    /// A PEM file with the ES256 (P-256) public key.
+    pub es256_public_key_file: Option<PathBuf>,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_s: u64,
+}
+
+impl AuthConfig {
+    /// The verifier for the configured key (reads a key file); `None` without a key. The error
+    /// names the cause and the fix.
+    pub fn verifier(&self) -> Result<Option<crate::auth::Verifier>, String> {
+        use crate::auth::Verifier;
+        let keys = [
+            self.hs256_secret.is_some(),
+            self.rs256_public_key_file.is_some(),
+            self.es256_public_key_file.is_some(),
+        ];
+        if keys.iter().filter(|&&k| k).count() > 1 {
+            return Err(
+                "[auth] takes one key: hs256_secret, rs256_public_key_file or \
+                 es256_public_key_file"
+                    .to_string(),
+            );
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| format!("[auth] cannot read {}: {e}", path.display()))
+        };
+        let verifier = if let Some(secret) = &self.hs256_secret {
+            Verifier::hs256(secret.as_bytes())
+        } else if let Some(path) = &self.rs256_public_key_file {
+            Verifier::rs256_pem(&read(path)?)
+        } else if let Some(path) = &self.es256_public_key_file {
+            Verifier::es256_pem(&read(path)?)
+        } else {
+            return Ok(None);
+        };
+        let verifier = verifier.map_err(|e| format!("[auth]: {}", e.0))?;
+        Ok(Some(match &self.audience {
+            Some(aud) => verifier.with_audience(aud),
+            None => verifier,
+        }))
+    }
 }
 
 /// A namespace's answer to a subscriber that falls behind its queue limit.
@@ -361,6 +468,8 @@ pub struct Config {
     pub namespaces: BTreeMap<String, Namespace>,
     /// The control socket.
     pub control: ControlConfig,
+    /// Connection tokens.
+    pub auth: AuthConfig,
     /// Every bound.
     pub limits: Limits,
 }
@@ -402,6 +511,7 @@ impl Default for Config {
             driver: DriverKind::Auto,
             namespaces: BTreeMap::new(),
             control: ControlConfig::default(),
+            auth: AuthConfig::default(),
             limits: Limits::default(),
         }
     }

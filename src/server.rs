@@ -251,6 +251,7 @@ impl Server {
             // The operator must see why io_uring is not used (one line, printed by the caller).
             notes.push(note.clone());
         }
+        let verifier = config.auth.verifier()?.map(Arc::new);
         let epoch_base = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -277,6 +278,8 @@ impl Server {
                 mesh,
                 control_gate: control_gate.clone(),
                 congestion: congestion.clone(),
+                verifier: verifier.clone(),
+                wall_base_ms: epoch_base,
             };
             let shard_io = ShardIo {
                 listener,

@@ -107,6 +107,28 @@ pub struct Counters {
     pub xshard_refused_publishes: u64,
     /// ... deliveries refused at the channel's owner (that shard's subscribers see an offset gap).
     pub xshard_refused_deliveries: u64,
+    /// Tokens refused (URL: 401; `auth`/`refresh`: an error, then 4006 for `auth`).
+    pub token_refusals: u64,
+    /// Connections closed with 4005: their token expired and no refresh came in the grace.
+    pub token_expiries: u64,
+    /// Binds refused at `conns_per_user_max`.
+    pub user_limit_refusals: u64,
+    /// Subscribes and publishes refused by a namespace's `anonymous`/`subscribe` rules.
+    pub access_refusals: u64,
+    /// Join/leave news pushed by channel owners.
+    pub presence_news: u64,
+    /// Join/leave news a full cross-shard queue refused.
+    pub presence_news_refused: u64,
+    /// Control connections that became event-stream consumers.
+    pub event_consumers: u64,
+    /// Events routed to a consumer.
+    pub events_sent: u64,
+    /// Events queued to a consumer's connection.
+    pub events_delivered: u64,
+    /// Events dropped: the consumer was behind `event_buffer_bytes_max`, or a ring refused them.
+    pub events_dropped: u64,
+    /// Client `send`s answered `no_consumer`.
+    pub sends_without_consumer: u64,
 }
 
 fn bump(list: &mut Vec<(u16, u64)>, key: u16, by: u64) {
@@ -198,6 +220,17 @@ impl Counters {
         self.control_idle_timeouts += other.control_idle_timeouts;
         self.xshard_refused_publishes += other.xshard_refused_publishes;
         self.xshard_refused_deliveries += other.xshard_refused_deliveries;
+        self.token_refusals += other.token_refusals;
+        self.token_expiries += other.token_expiries;
+        self.user_limit_refusals += other.user_limit_refusals;
+        self.access_refusals += other.access_refusals;
+        self.presence_news += other.presence_news;
+        self.presence_news_refused += other.presence_news_refused;
+        self.event_consumers += other.event_consumers;
+        self.events_sent += other.events_sent;
+        self.events_delivered += other.events_delivered;
+        self.events_dropped += other.events_dropped;
+        self.sends_without_consumer += other.sends_without_consumer;
     }
 }
 

@@ -78,6 +78,20 @@ impl Algorithm {
     }
 }
 
+/// Signs `claims` (a JSON object's text) as an HS256 token with `secret` — for `ringcast token`
+/// (tokens for development and tests) and the tests; a production issuer is the application's
+/// own login code.
+pub fn sign_hs256(claims: &str, secret: &[u8]) -> Result<String, KeyError> {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.as_bytes()));
+    let key = jsonwebtoken::EncodingKey::from_secret(secret)
+        .map_err(|e| KeyError(format!("cannot sign with this secret: {e}")))?;
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+            .map_err(|e| KeyError(format!("cannot sign with this secret: {e}")))?;
+    Ok(format!("{message}.{signature}"))
+}
+
 /// Bounds on one token, checked by [`Verifier::verify`].
 ///
 /// Worst-case memory of one verification: a few copies of the token (the base64-decoded header

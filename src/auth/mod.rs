@@ -16,5 +16,5 @@
 pub mod jwt;
 pub mod origin;
 
-pub use jwt::{Algorithm, Claims, KeyError, TokenError, TokenLimits, Verifier};
+pub use jwt::{Algorithm, Claims, KeyError, TokenError, TokenLimits, Verifier, sign_hs256};
 pub use origin::OriginPolicy;

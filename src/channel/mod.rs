@@ -11,6 +11,7 @@ use crate::wire::ErrorCode;
 pub mod history;
 pub mod local;
 pub mod owner;
+pub mod presence;
 
 /// Why a channel operation was refused; each has a stable wire code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -54,7 +54,9 @@ pub enum Method {
         channel: String,
         /// Ids after this one (the previous page's `next`).
         after: Option<u64>,
-        /// Page size (≤ `PAGE_MAX`).
+        /// Users after this one (the previous page's `users_next`).
+        user_after: Option<String>,
+        /// Page size (≤ `PAGE_MAX`), of ids and of users.
         limit: usize,
     },
     /// Channels with subscriber counts: a page of at most `limit` names after `after`.
@@ -77,6 +79,71 @@ pub enum Method {
     Stats,
     /// Version, shards, uptime, limits.
     Info,
+    /// Make a connection one of a user's (`info`: raw JSON for presence).
+    BindUser(u64, String, Option<String>),
+    /// Make a connection anonymous again.
+    UnbindUser(u64),
+    /// Push to every connection of a user.
+    SendUser(String, Payload),
+    /// Close every connection of a user.
+    DisconnectUser(String, u16, String),
+    /// A user's connection ids.
+    UserConns(String),
+    /// Connection counts of these users (0: offline).
+    Online(Vec<String>),
+    /// Online users with their connection counts, a page of at most `limit` after `after`.
+    Users {
+        /// Names after this one (the previous page's `next`).
+        after: Option<String>,
+        /// Page size (≤ `PAGE_MAX`).
+        limit: usize,
+    },
+    /// Counts of a channel's users, connections and anonymous connections (O(1)).
+    PresenceStats(String),
+    /// Turn this control connection into an event-stream consumer.
+    Events {
+        /// The event types wanted (a mask of `engine::events::Kind`).
+        types: Vec<String>,
+        /// Consumers with the same group share the stream.
+        group: Option<String>,
+    },
+}
+
+/// Longest user id, in bytes (the same rule as a token's `sub`).
+pub const USER_BYTES_MAX: usize = 128;
+/// Longest `info` of `bind_user`, in bytes of JSON (the same bound as a token's `info`).
+pub const INFO_BYTES_MAX: usize = 1024;
+/// Longest event-stream group name.
+pub const GROUP_BYTES_MAX: usize = 128;
+
+/// A user id: 1 to 128 bytes, no control characters.
+fn user_id(raw: Option<&RawValue>, name: &str) -> Result<String, String> {
+    let user = string(raw, name)?;
+    if user.is_empty() || user.len() > USER_BYTES_MAX || user.chars().any(char::is_control) {
+        return Err(format!(
+            "\"{name}\" must be 1 to {USER_BYTES_MAX} bytes without control characters"
+        ));
+    }
+    Ok(user)
+}
+
+/// A close code a backend may ask for, and a reason that fits a close frame.
+fn close_params(w: &Wire<'_>) -> Result<(u16, String), String> {
+    let code = match w.code {
+        None => crate::proto::close::KICKED,
+        Some(raw) => serde_json::from_str::<u16>(raw.get())
+            .ok()
+            .filter(|&c| c == 1000 || (3000..=4999).contains(&c))
+            .ok_or("\"code\" must be 1000 or 3000-4999")?,
+    };
+    let reason = match w.reason {
+        None => String::new(),
+        Some(_) => string(w.reason, "reason")?,
+    };
+    if reason.len() > 123 {
+        return Err("\"reason\" must fit a close frame (123 bytes)".to_string());
+    }
+    Ok((code, reason))
 }
 
 /// A parsed request.
@@ -139,6 +206,18 @@ struct Wire<'a> {
     report: Option<&'a RawValue>,
     #[serde(borrow, default)]
     idempotency_key: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    users: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    info: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    types: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    group: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user_cursor: Option<&'a RawValue>,
 }
 
 /// Longest `idempotency_key`.
@@ -284,21 +363,89 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
         })())?,
         "disconnect" => params((|| {
             let conn = conn_id(wire.conn)?;
-            let code = match wire.code {
-                None => crate::proto::close::KICKED,
-                Some(raw) => serde_json::from_str::<u16>(raw.get())
-                    .ok()
-                    .filter(|&c| c == 1000 || (3000..=4999).contains(&c))
-                    .ok_or("\"code\" must be 1000 or 3000-4999")?,
-            };
-            let reason = match wire.reason {
-                None => String::new(),
-                Some(_) => string(wire.reason, "reason")?,
-            };
-            if reason.len() > 123 {
-                return Err("\"reason\" must fit a close frame (123 bytes)".to_string());
-            }
+            let (code, reason) = close_params(&wire)?;
             Ok(Method::Disconnect(conn, code, reason))
+        })())?,
+        "bind_user" => params((|| {
+            let info = match wire.info {
+                None => None,
+                Some(raw) if raw.get() == "null" => None,
+                Some(raw) if raw.get().len() > INFO_BYTES_MAX => {
+                    return Err(format!("\"info\" must be at most {INFO_BYTES_MAX} bytes of JSON"));
+                }
+                Some(raw) => Some(raw.get().to_string()),
+            };
+            Ok(Method::BindUser(
+                conn_id(wire.conn)?,
+                user_id(wire.user, "user")?,
+                info,
+            ))
+        })())?,
+        "unbind_user" => params(conn_id(wire.conn).map(Method::UnbindUser))?,
+        "send_user" => {
+            params((|| Ok(Method::SendUser(user_id(wire.user, "user")?, payload(&wire)?)))())?
+        }
+        "disconnect_user" => params((|| {
+            let user = user_id(wire.user, "user")?;
+            let (code, reason) = close_params(&wire)?;
+            Ok(Method::DisconnectUser(user, code, reason))
+        })())?,
+        "user_conns" => params(user_id(wire.user, "user").map(Method::UserConns))?,
+        "online" => params((|| {
+            let raw = wire.users.ok_or("missing \"users\"")?;
+            let users = serde_json::from_str::<Vec<String>>(raw.get())
+                .map_err(|_| "\"users\" must be an array of strings".to_string())?;
+            if users.len() > PAGE_MAX {
+                return Err(format!("\"users\" lists at most {PAGE_MAX} users"));
+            }
+            if users
+                .iter()
+                .any(|u| u.is_empty() || u.len() > USER_BYTES_MAX || u.chars().any(char::is_control))
+            {
+                return Err(format!(
+                    "each user must be 1 to {USER_BYTES_MAX} bytes without control characters"
+                ));
+            }
+            Ok(Method::Online(users))
+        })())?,
+        "users" => params((|| {
+            let after = match wire.cursor {
+                None => None,
+                Some(_) => Some(string(wire.cursor, "cursor")?),
+            };
+            Ok(Method::Users {
+                after,
+                limit: limit(wire.limit)?,
+            })
+        })())?,
+        "presence_stats" => params(string(wire.channel, "channel").map(Method::PresenceStats))?,
+        "events" => params((|| {
+            let types = match wire.types {
+                None => vec![
+                    "connect".to_string(),
+                    "close".to_string(),
+                    "subscribe".to_string(),
+                    "unsubscribe".to_string(),
+                    "message".to_string(),
+                    "expired".to_string(),
+                ],
+                Some(raw) => serde_json::from_str::<Vec<String>>(raw.get())
+                    .map_err(|_| "\"types\" must be an array of strings".to_string())?,
+            };
+            if types.is_empty() || types.len() > 16 {
+                return Err("\"types\" must name 1 to 6 event types".to_string());
+            }
+            let group = match wire.group {
+                None => None,
+                Some(_) => {
+                    let g = string(wire.group, "group")?;
+                    if g.is_empty() || g.len() > GROUP_BYTES_MAX || g.chars().any(char::is_control) {
+                        return Err(format!("\"group\" must be 1 to {GROUP_BYTES_MAX} bytes"));
+                    }
+                    Some(g)
+                }
+            };
+            Ok(Method::Events { types, group })
         })())?,
         "presence" => params((|| {
             let after = match wire.cursor {
@@ -308,9 +455,14 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
                         .map_err(|_| "\"cursor\" must be a connection id (the last page's next)")?,
                 ),
             };
+            let user_after = match wire.user_cursor {
+                None => None,
+                Some(_) => Some(string(wire.user_cursor, "user_cursor")?),
+            };
             Ok(Method::Presence {
                 channel: string(wire.channel, "channel")?,
                 after,
+                user_after,
                 limit: limit(wire.limit)?,
             })
         })())?,

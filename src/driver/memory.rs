@@ -46,6 +46,9 @@ pub struct Pipe {
 
 /// Input bytes delivered per socket per turn.
 pub const INPUT_PER_TURN: usize = 16 * 1024;
+/// The wall clock at the cluster's time 0, in ms since the UNIX epoch (2023-11-14): tokens in
+/// tests carry `exp` relative to it.
+pub const WALL_BASE_MS: u64 = 1_700_000_000_000;
 
 struct Slot {
     token: Token,
@@ -134,6 +137,12 @@ impl Cluster {
         let all = Arc::new(published.clone());
         let gate = Arc::new(crate::engine::control::ControlGate::default());
         let congestion = Arc::new(crate::engine::control::Congestion::new(shards));
+        // Invariant: a test that configures [auth] gives a usable key (a bad one is a test bug).
+        let verifier = config
+            .auth
+            .verifier()
+            .expect("the test's [auth] key is usable")
+            .map(Arc::new);
         let shards: Vec<Shard> = mesh
             .into_iter()
             .enumerate()
@@ -148,6 +157,8 @@ impl Cluster {
                     mesh,
                     control_gate: gate.clone(),
                     congestion: congestion.clone(),
+                    verifier: verifier.clone(),
+                    wall_base_ms: WALL_BASE_MS,
                 }),
                 tx: MemTx {
                     max: config.limits.sends_in_flight_max,

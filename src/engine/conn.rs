@@ -84,6 +84,8 @@ pub struct Ext {
     /// The latest message of each conflating channel that did not fit the queue, sent when it
     /// drains (one frame per channel at most).
     pub conflated: Vec<(crate::channel::local::LocalId, bytes::Bytes)>,
+    /// Who the connection is (a token, or `bind_user`); `None`: anonymous.
+    pub identity: Option<super::identity::Identity>,
 }
 
 impl Ext {
@@ -93,6 +95,7 @@ impl Ext {
             && self.deferred.is_empty()
             && self.peer.is_none()
             && self.head.is_empty()
+            && self.identity.is_none()
     }
 }
 

@@ -11,7 +11,7 @@ use super::conn::{Endpoint, State};
 use super::io::{Intent, Sock};
 use super::limits_ticks;
 use super::outbound::Enqueue;
-use super::xmsg::{Body, ConnAction, Part, Query, ReplyTo, XMsg};
+use super::xmsg::{Body, ConnAction, Part, Query, ReplyTo, UserOp, UserQuery, XMsg};
 use crate::channel::{self, ChannelError};
 use crate::control::{self, LineSplitter, Method, Payload};
 use crate::id::ConnId;
@@ -49,12 +49,21 @@ enum Acc {
     Broadcast(Vec<(Arc<str>, Position)>),
     /// `{}` when done.
     Done,
-    /// Presence: connection ids.
+    /// Presence: connection ids, and the owner's users fragment.
     Conns {
         /// Ids gathered so far (each shard sends at most `limit + 1`).
         ids: Vec<u64>,
         /// Page size.
         limit: usize,
+        /// `"users":{..},"users_next":..,"anonymous":N` from the channel's owner.
+        users: Option<String>,
+    },
+    /// `users` (a page, with `next`) or `online` (every asked user, 0 when offline).
+    Users {
+        /// Users with their connection counts.
+        map: BTreeMap<Arc<str>, u64>,
+        /// Page size (`users`), or `None` for `online`.
+        limit: Option<usize>,
     },
     /// Channels: summed counts.
     Channels {
@@ -131,6 +140,10 @@ pub struct ControlState {
     /// Input received while paused, handled on resume (bounded by what was in flight when the
     /// pause began: a driver stops reading at once).
     pub(super) held: Vec<u8>,
+    /// The event types this connection consumes (`events`; 0: not a consumer).
+    pub(super) event_types: u8,
+    /// Events dropped for it since the last one it got (told as a `gap` line).
+    pub(super) events_dropped: u64,
 }
 
 /// Input a paused control connection may hold (what was on its way when reading stopped).
@@ -184,6 +197,11 @@ impl ControlState {
     pub fn is_authed(&self) -> bool {
         self.authed
     }
+
+    /// Whether the connection consumes the event stream.
+    pub fn is_consumer(&self) -> bool {
+        self.event_types != 0
+    }
 }
 
 fn result_of(p: &Pending) -> String {
@@ -222,7 +240,35 @@ fn result_of(p: &Pending) -> String {
             out.push_str("]}");
         }
         Acc::Done => out.push_str("{}"),
-        Acc::Conns { ids, limit } => {
+        Acc::Users { map, limit: None } => {
+            out.push_str("{\"users\":{");
+            for (i, (name, n)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{}:{n}", serde_json::Value::from(&**name));
+            }
+            out.push_str("}}");
+        }
+        Acc::Users {
+            map,
+            limit: Some(limit),
+        } => {
+            out.push_str("{\"users\":{");
+            for (i, (name, n)) in map.iter().take(*limit).enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{}:{n}", serde_json::Value::from(&**name));
+            }
+            match map.keys().nth(*limit).and(map.keys().nth(*limit - 1)) {
+                Some(last) => {
+                    let _ = write!(out, "}},\"next\":{}}}", serde_json::Value::from(&**last));
+                }
+                None => out.push_str("},\"next\":null}"),
+            }
+        }
+        Acc::Conns { ids, limit, users } => {
             let mut ids = ids.clone();
             ids.sort_unstable();
             let next = (ids.len() > *limit).then(|| ids[*limit - 1]);
@@ -236,10 +282,15 @@ fn result_of(p: &Pending) -> String {
             }
             match next {
                 Some(next) => {
-                    let _ = write!(out, "],\"next\":{next}}}");
+                    let _ = write!(out, "],\"next\":{next}");
                 }
-                None => out.push_str("],\"next\":null}"),
+                None => out.push_str("],\"next\":null"),
             }
+            if let Some(users) = users {
+                out.push(',');
+                out.push_str(users);
+            }
+            out.push('}');
         }
         Acc::Channels { map, limit } => {
             out.push_str("{\"channels\":{");
@@ -837,6 +888,7 @@ impl Engine {
             Method::Presence {
                 channel: name,
                 after,
+                user_after,
                 limit,
             } => {
                 if let Some(err) = bad_name(&name) {
@@ -849,12 +901,24 @@ impl Engine {
                 if let Some(to) = self.await_parts(
                     slot,
                     id,
-                    self.shards as u32,
+                    self.shards as u32 + 1,
                     Acc::Conns {
                         ids: Vec::new(),
                         limit,
+                        users: None,
                     },
                 ) {
+                    let owner = channel::owner_of(&channel, self.shards);
+                    self.send_x(
+                        owner,
+                        XMsg::PresenceAsk {
+                            channel: channel.clone(),
+                            stats: false,
+                            after: user_after.map(|u| Arc::from(u.as_str())),
+                            limit,
+                            reply: to,
+                        },
+                    );
                     for shard in 0..self.shards {
                         self.send_x(
                             shard,
@@ -919,6 +983,113 @@ impl Engine {
                     );
                 }
             }
+            Method::PresenceStats(name) => {
+                if let Some(err) = bad_name(&name) {
+                    return self.fail_request(slot, id, noreply, err);
+                }
+                if noreply {
+                    return;
+                }
+                let channel: Arc<str> = Arc::from(name.as_str());
+                let owner = channel::owner_of(&channel, self.shards);
+                if let Some(to) = self.await_parts(slot, id, 1, Acc::Json(None)) {
+                    self.send_x(
+                        owner,
+                        XMsg::PresenceAsk {
+                            channel,
+                            stats: true,
+                            after: None,
+                            limit: 0,
+                            reply: to,
+                        },
+                    );
+                }
+            }
+            Method::BindUser(conn, user, info) => self.request_for_conn(
+                slot,
+                id,
+                noreply,
+                conn,
+                ConnAction::Bind(
+                    Some(Arc::from(user.as_str())),
+                    info.map(|i| Arc::from(i.as_str())),
+                ),
+            ),
+            Method::UnbindUser(conn) => {
+                self.request_for_conn(slot, id, noreply, conn, ConnAction::Bind(None, None))
+            }
+            Method::SendUser(user, payload) => {
+                self.user_request(slot, id, noreply, user, UserOp::Send(body_of(payload)))
+            }
+            Method::DisconnectUser(user, code, reason) => {
+                self.user_request(slot, id, noreply, user, UserOp::Disconnect(code, reason))
+            }
+            Method::UserConns(user) => {
+                if !noreply {
+                    self.user_request(slot, id, noreply, user, UserOp::Conns)
+                }
+            }
+            Method::Online(users) => {
+                if noreply {
+                    return;
+                }
+                let users: Vec<Arc<str>> = users.iter().map(|u| Arc::from(u.as_str())).collect();
+                // Every asked user is in the answer, 0 when no shard holds it.
+                let map = users.iter().map(|u| (u.clone(), 0)).collect();
+                let acc = Acc::Users { map, limit: None };
+                if let Some(to) = self.await_parts(slot, id, self.shards as u32, acc) {
+                    for shard in 0..self.shards {
+                        let mine: Vec<Arc<str>> = users
+                            .iter()
+                            .filter(|u| channel::owner_of(u, self.shards) == shard)
+                            .cloned()
+                            .collect();
+                        let query = UserQuery::Online(mine);
+                        self.send_x(shard, XMsg::UserQuery { query, reply: to });
+                    }
+                }
+            }
+            Method::Users { after, limit } => {
+                if noreply {
+                    return;
+                }
+                let acc = Acc::Users {
+                    map: BTreeMap::new(),
+                    limit: Some(limit),
+                };
+                let after: Option<Arc<str>> = after.map(|a| Arc::from(a.as_str()));
+                if let Some(to) = self.await_parts(slot, id, self.shards as u32, acc) {
+                    for shard in 0..self.shards {
+                        let query = UserQuery::List {
+                            after: after.clone(),
+                            limit,
+                        };
+                        self.send_x(shard, XMsg::UserQuery { query, reply: to });
+                    }
+                }
+            }
+            Method::Events { types, group } => {
+                let mask = match super::events::Kind::mask_of(types.iter().map(String::as_str)) {
+                    Ok(mask) => mask,
+                    Err(why) => return self.fail_request(slot, id, noreply, (ErrorCode::BadParams, why)),
+                };
+                let already = self.conns[slot].control().is_some_and(|s| s.is_consumer());
+                if already {
+                    let why = "this connection consumes events already".to_string();
+                    return self.fail_request(slot, id, noreply, (ErrorCode::BadParams, why));
+                }
+                if let Some(state) = self.conns[slot].control() {
+                    state.event_types = mask;
+                }
+                self.counters.event_consumers += 1;
+                if !noreply {
+                    self.reply_now(slot, id, Ok("{}".to_string()));
+                    self.flush_replies(slot);
+                }
+                let generation = self.conns[slot].generation;
+                let group = group.map(|g| Arc::from(g.as_str()));
+                self.announce_consumer(slot, generation, group, Some(mask));
+            }
             Method::Stats => {
                 if !noreply {
                     let text = self.stats_json();
@@ -945,6 +1116,31 @@ impl Engine {
         if !noreply {
             self.reply_now(slot, id, Err(err));
         }
+    }
+
+    /// A request for every connection of `user`, answered by the user's owner.
+    fn user_request(
+        &mut self,
+        slot: usize,
+        id: Option<&str>,
+        noreply: bool,
+        user: String,
+        op: UserOp,
+    ) {
+        let user: Arc<str> = Arc::from(user.as_str());
+        let owner = channel::owner_of(&user, self.shards);
+        let reply = if noreply {
+            None
+        } else {
+            match self.await_parts(slot, id, 1, Acc::Json(None)) {
+                Some(to) => Some(to),
+                None => return,
+            }
+        };
+        if matches!(op, UserOp::Send(_)) {
+            self.mark_publisher(slot);
+        }
+        self.send_x(owner, XMsg::UserOp { user, op, reply });
     }
 
     fn request_for_conn(
@@ -1136,6 +1332,12 @@ impl Engine {
             }
             (Part::Failed(code, message), _) => p.error = Some((code, message)),
             (Part::Conns(ids), Acc::Conns { ids: all, .. }) => all.extend(ids),
+            (Part::Json(text), Acc::Conns { users, .. }) => *users = Some(text),
+            (Part::Channels(list), Acc::Users { map, .. }) => {
+                for (name, n) in list {
+                    *map.entry(name).or_insert(0) += n;
+                }
+            }
             (Part::Channels(list), Acc::Channels { map, .. }) => {
                 for (name, n) in list {
                     *map.entry(name).or_insert(0) += n;
@@ -1245,6 +1447,11 @@ impl Engine {
                 ConnAction::Disconnect(code, reason) => {
                     self.start_close_with(slot, code, &reason);
                     Part::Done
+                }
+                ConnAction::Bind(user, info) => {
+                    // The owner's verdict (or, unbinding, this shard) answers the request.
+                    self.bind_conn(slot, user, info, reply);
+                    return;
                 }
             }
         };

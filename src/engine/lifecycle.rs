@@ -72,6 +72,7 @@ impl Engine {
         }
         let mut url_channels = Vec::new();
         let mut url_since = Vec::new();
+        let mut url_claims = None;
         let endpoint = match request.path.as_str() {
             "/echo" if self.config.echo => Endpoint::Echo,
             "/ws" => {
@@ -89,6 +90,15 @@ impl Engine {
                 }
                 url_channels = query.channels;
                 url_since = query.since;
+                if let Some(token) = query.token {
+                    match self.verify_token(&token) {
+                        Ok(claims) => url_claims = Some(claims),
+                        Err((code, _)) => {
+                            self.counters.token_refusals += 1;
+                            return self.reject(slot, Rejection::Unauthorized(code.as_str()));
+                        }
+                    }
+                }
                 Endpoint::Push { raw: query.raw }
             }
             _ => return self.reject(slot, Rejection::NotFound),
@@ -117,7 +127,34 @@ impl Engine {
             let welcome = envelope::welcome(self.conn_id(slot).get());
             self.queue_data(slot, frame::encode(OpCode::Text, welcome.as_bytes()));
         }
+        if matches!(endpoint, Endpoint::Push { .. }) {
+            if let Some(claims) = url_claims {
+                // Identity first: the connect event names the user, and the URL's channels are
+                // checked against the token's rights.
+                let text = envelope::authed("authed", claims.sub.as_deref(), claims.exp, None);
+                self.reply(slot, text);
+                self.take_claims(slot, claims, super::identity::TokenVia::Url);
+            }
+            self.emit_connect(slot, request.origin.as_deref(), &request.path, &request.query);
+            if self.config.limits.conns_per_ip_max == 0 {
+                // The address was kept only for the connect event.
+                if let Some(ext) = self.conns[slot].ext.as_mut() {
+                    ext.peer = None;
+                }
+            }
+            if self.conns[slot].ext.as_ref().is_some_and(|e| e.is_empty()) {
+                self.conns[slot].ext = None;
+            }
+        }
         for name in url_channels {
+            if !self.conns.contains(slot) || self.conns[slot].state != State::Open {
+                return;
+            }
+            if let Err(why) = self.may_access(slot, &name) {
+                self.counters.access_refusals += 1;
+                self.reply_error(slot, crate::wire::ErrorCode::Forbidden, why, None);
+                continue;
+            }
             let since = url_since
                 .iter()
                 .find(|(channel, _)| *channel == name)
@@ -427,7 +464,8 @@ impl Engine {
             .push_control(frame::encode(OpCode::Ping, &[]), &mut self.queued_bytes);
         conn.flags |= TRIM_WHEN_DRAINED;
         self.counters.frames_out += 1;
-        self.wheel.insert(slot, self.now_tick + interval);
+        let next = self.now_tick + interval;
+        self.arm_open_deadline(slot, Some(next));
         self.mark_dirty(slot);
     }
 }

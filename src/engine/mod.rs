@@ -10,6 +10,10 @@
 //! - [`outbound`]: one connection's queue of frames and its byte limit;
 //! - [`pubsub`]: `/ws` commands, subscriptions, the owner's sequencing, delivery;
 //! - [`control`]: control connections, requests, replies in order;
+//! - [`identity`]: connection tokens, users, token expiry, namespace access rules;
+//! - [`users`]: the user registry at each user's owner shard, and user addressing;
+//! - [`presence`]: presence by user at each channel's owner, join/leave news;
+//! - [`events`]: the backend event stream (consumers, groups, per-shard sequences);
 //! - [`xmsg`]: the messages between shards, and which of them may be refused;
 //! - [`io`]: the driver contract.
 //!
@@ -20,10 +24,14 @@
 
 pub mod conn;
 pub mod control;
+pub mod events;
+pub mod identity;
 pub mod io;
 pub mod lifecycle;
 pub mod outbound;
+pub mod presence;
 pub mod pubsub;
+pub mod users;
 pub mod xmsg;
 
 #[cfg(test)]
@@ -113,6 +121,10 @@ pub struct EngineSetup {
     pub control_gate: Arc<control::ControlGate>,
     /// Every shard's congestion flag (one for all shards).
     pub congestion: Arc<control::Congestion>,
+    /// The key connection tokens are verified with (none: tokens are refused).
+    pub verifier: Option<Arc<crate::auth::Verifier>>,
+    /// The wall clock at the driver's time 0, in ms since the UNIX epoch.
+    pub wall_base_ms: u64,
 }
 
 thread_local! {
@@ -162,6 +174,16 @@ pub struct Engine {
     idempotency_order: VecDeque<(u32, IdempotencyKey)>,
     /// Which page origins may connect (`allowed_origins`).
     origins: crate::auth::OriginPolicy,
+    /// The key connection tokens are verified with (`[auth]`; none: tokens are refused).
+    verifier: Option<Arc<crate::auth::Verifier>>,
+    /// The wall clock at the driver's time 0, in ms since the UNIX epoch (tokens' `exp`).
+    wall_base_ms: u64,
+    /// Users this shard owns, with their connections.
+    users: users::Registry,
+    /// Presence of the channels this shard owns, by user.
+    presence: HashMap<Arc<str>, crate::channel::presence::ChannelPresence>,
+    /// Every event-stream consumer, as this shard routes to them.
+    consumers: events::Consumers,
     /// This shard's control connections still owing their `auth`, bounded by
     /// ceil(`control_unauthed_max` / shards).
     unauthed_open: usize,
@@ -229,6 +251,11 @@ impl Engine {
             // only leave every origin allowed, never panic.
             origins: crate::auth::OriginPolicy::parse(&setup.config.allowed_origins)
                 .unwrap_or_default(),
+            verifier: setup.verifier,
+            wall_base_ms: setup.wall_base_ms,
+            users: users::Registry::default(),
+            presence: HashMap::new(),
+            consumers: events::Consumers::default(),
             unauthed_open: 0,
             unauthed_order: VecDeque::new(),
             per_ip: HashMap::new(),
@@ -293,7 +320,7 @@ impl Engine {
     /// Whether the driver should pass the peer's address with `on_accept` (a `getpeername` per
     /// accept is paid only when the per-address limit is on).
     pub fn wants_peer_addr(&self) -> bool {
-        self.config.limits.conns_per_ip_max > 0
+        self.config.limits.conns_per_ip_max > 0 || self.wants_event(events::Kind::Connect)
     }
 
     /// Moves the intents produced so far into `out` (in order).
@@ -343,7 +370,8 @@ impl Engine {
             return self.refuse(sock, Rejection::Unavailable);
         }
         let peer = match self.config.limits.conns_per_ip_max {
-            0 => None,
+            // Kept only until the upgrade, for the event stream's `connect`.
+            0 => peer.filter(|_| self.wants_event(events::Kind::Connect)),
             max => {
                 let per_shard = max.div_ceil(self.shards) as u32;
                 if let Some(peer) = peer {
@@ -520,7 +548,7 @@ impl Engine {
                     self.free(slot, 0);
                 }
                 State::Open if conn.endpoint == Endpoint::Control => self.control_deadline(slot),
-                State::Open => self.heartbeat(slot),
+                State::Open => self.on_open_deadline(slot),
                 State::Closing | State::Draining => {
                     let code = conn.close_code;
                     self.free(slot, code);
@@ -769,6 +797,13 @@ impl Engine {
             self.handshaking -= 1;
         }
         self.leave_all(slot);
+        let is_push = matches!(self.conns[slot].endpoint, Endpoint::Push { .. });
+        if is_push {
+            if let Some(user) = self.user_of(slot) {
+                self.unregister_user(slot, user);
+            }
+            self.emit_close(slot, code);
+        }
         let mut conn = self.conns.remove(slot);
         if conn.flags & LAGGING != 0 {
             self.lagging -= 1;
@@ -777,6 +812,9 @@ impl Engine {
             if let Some(state) = &ext.control {
                 self.control_open -= 1;
                 self.release_control(state);
+                if state.is_consumer() {
+                    self.announce_consumer(slot, conn.generation, None, None);
+                }
             }
             if let Some(peer) = ext.peer {
                 if let Some(n) = self.per_ip.get_mut(&peer) {

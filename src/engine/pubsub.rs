@@ -83,7 +83,18 @@ impl Engine {
                 }
                 None
             }
-            XMsg::PushAll { reply, .. } | XMsg::ToConn { reply, .. } => reply,
+            XMsg::PushAll { reply, .. }
+            | XMsg::ToConn { reply, .. }
+            | XMsg::UserOp { reply, .. } => reply,
+            XMsg::Event { to, .. } => {
+                self.event_refused(to);
+                None
+            }
+            XMsg::Notify { .. } => {
+                // Those subscribers miss one join/leave news (presence itself stays right).
+                self.counters.presence_news_refused += 1;
+                None
+            }
             other => {
                 debug_assert!(false, "a control-plane message was refused: {other:?}");
                 None
@@ -265,6 +276,32 @@ impl Engine {
                 position,
                 replay,
             } => self.on_recovered(&channel, slot, generation, id, position, replay),
+            XMsg::UserBind {
+                user,
+                conn,
+                reply,
+                close_on_refuse,
+            } => self.on_user_bind(user, conn, reply, close_on_refuse),
+            XMsg::UserUnbind { user, conn } => self.users.unbind(&user, conn.get()),
+            XMsg::UserRefused { user, conn, close } => self.on_user_refused(&user, conn, close),
+            XMsg::UserOp { user, op, reply } => self.on_user_op(&user, op, reply),
+            XMsg::UserQuery { query, reply } => self.on_user_query(query, reply),
+            XMsg::Presence {
+                channel,
+                user,
+                info,
+                join,
+            } => self.on_presence(channel, user, info, join),
+            XMsg::PresenceAsk {
+                channel,
+                stats,
+                after,
+                limit,
+                reply,
+            } => self.on_presence_ask(&channel, stats, after.as_deref(), limit, reply),
+            XMsg::Notify { channel, frame } => self.on_notify(&channel, &frame),
+            XMsg::Consumer { group, addr, types } => self.on_consumer(group, addr, types),
+            XMsg::Event { to, line, missed } => self.on_event(to, line, missed),
             XMsg::Deliver {
                 channel,
                 offset,
@@ -712,6 +749,7 @@ impl Engine {
         let outcome =
             self.local
                 .subscribe(slot as u32, &mut conn.subs, name, per_conn, per_shard)?;
+        self.on_joined(slot, &outcome);
         if let Some(since) = since {
             let local = match outcome {
                 Subscribed::NeedsOwner(l) | Subscribed::Waiting(l) | Subscribed::Ready(l) => l,
@@ -799,6 +837,9 @@ impl Engine {
         let Ok(done) = self.local.unsubscribe(slot as u32, &mut conn.subs, id) else {
             return;
         };
+        let name = self.local.get(id).name.clone();
+        self.emit_membership(slot, &name, false);
+        self.presence_delta(slot, name, false);
         if let Some((moved, position)) = done.moved {
             LocalChannels::moved_to(&mut self.conns[moved as usize].subs, id, position);
         }
@@ -814,6 +855,18 @@ impl Engine {
             );
         }
         // A pending, now empty channel stays until its acknowledgement arrives (see `on_ack`).
+    }
+
+    /// A subscription was added (any outcome): the owner's presence and the event stream hear
+    /// of it. The interest message (if any) is sent after this one by the caller, but the owner
+    /// keeps presence apart from interest, so their order does not matter.
+    fn on_joined(&mut self, slot: usize, outcome: &Subscribed) {
+        let local = match *outcome {
+            Subscribed::NeedsOwner(l) | Subscribed::Waiting(l) | Subscribed::Ready(l) => l,
+        };
+        let name = self.local.get(local).name.clone();
+        self.emit_membership(slot, &name, true);
+        self.presence_delta(slot, name, true);
     }
 
     /// Unsubscribes a connection from everything (it is being freed).
@@ -920,7 +973,32 @@ impl Engine {
                     },
                 );
             }
+            Command::Auth(token) => {
+                self.on_token_command(slot, &token, super::identity::TokenVia::Auth, id)
+            }
+            Command::Refresh(token) => {
+                self.on_token_command(slot, &token, super::identity::TokenVia::Refresh, id)
+            }
+            Command::Send(data) => {
+                if self.emit_message(slot, data) {
+                    if id.is_some() {
+                        self.reply(slot, envelope::sent(id));
+                    }
+                } else {
+                    self.counters.sends_without_consumer += 1;
+                    self.reply_error(
+                        slot,
+                        ErrorCode::NoConsumer,
+                        "no backend listens for message events (control method events)",
+                        id,
+                    );
+                }
+            }
             Command::Subscribe(name, since) => {
+                if let Err(why) = self.may_access(slot, &name) {
+                    self.counters.access_refusals += 1;
+                    return self.reply_error(slot, ErrorCode::Forbidden, why, id);
+                }
                 if let Err(e) = self.subscribe_since(slot, &name, id, since) {
                     self.reply_channel_error(slot, e, id);
                 }
@@ -943,6 +1021,10 @@ impl Engine {
                         "client publish is not enabled for this namespace",
                         id,
                     );
+                }
+                if let Err(why) = self.may_access(slot, &name) {
+                    self.counters.access_refusals += 1;
+                    return self.reply_error(slot, ErrorCode::Forbidden, why, id);
                 }
                 let body = Body::Json(Bytes::copy_from_slice(data.as_bytes()));
                 match self.publish(&name, body) {

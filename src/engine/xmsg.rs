@@ -37,6 +37,33 @@ pub enum ConnAction {
     Unsubscribe(Arc<str>),
     /// Close with a code and reason.
     Disconnect(u16, String),
+    /// Give the connection a user (with its `info`), or none (`bind_user`, `unbind_user`).
+    Bind(Option<Arc<str>>, Option<Arc<str>>),
+}
+
+/// What the control socket asks a user's owner to do to all of the user's connections.
+#[derive(Debug)]
+pub enum UserOp {
+    /// Push a payload to each (`send_user`).
+    Send(Body),
+    /// Close each (`disconnect_user`).
+    Disconnect(u16, String),
+    /// List them (`user_conns`).
+    Conns,
+}
+
+/// A question about users, for every shard (each answers for the users it owns).
+#[derive(Debug)]
+pub enum UserQuery {
+    /// Connection counts of these users (`online`).
+    Online(Vec<Arc<str>>),
+    /// Users after `after`, the first `limit + 1` names (`users`).
+    List {
+        /// The cursor.
+        after: Option<Arc<str>>,
+        /// Page size.
+        limit: usize,
+    },
 }
 
 /// A question for every shard.
@@ -237,6 +264,98 @@ pub enum XMsg {
         /// `{"offset":..,"epoch":..,"messages":[..]}`.
         body: String,
     },
+    /// To the user's owner: `conn` is one of `user`'s connections.
+    UserBind {
+        /// The user.
+        user: Arc<str>,
+        /// The connection.
+        conn: ConnId,
+        /// The `bind_user` request waiting for the verdict.
+        reply: Option<ReplyTo>,
+        /// A refusal closes the connection (it came with a token) instead of unbinding it.
+        close_on_refuse: bool,
+    },
+    /// To the user's owner: `conn` is no longer one of `user`'s connections.
+    UserUnbind {
+        /// The user.
+        user: Arc<str>,
+        /// The connection.
+        conn: ConnId,
+    },
+    /// From the user's owner: the user holds `conns_per_user_max` connections already.
+    UserRefused {
+        /// The user.
+        user: Arc<str>,
+        /// The connection.
+        conn: ConnId,
+        /// Close it with 4007 (else unbind it).
+        close: bool,
+    },
+    /// To the user's owner: act on every connection of the user.
+    UserOp {
+        /// The user.
+        user: Arc<str>,
+        /// What to do.
+        op: UserOp,
+        /// Where to answer.
+        reply: Option<ReplyTo>,
+    },
+    /// To every shard: a question about the users it owns.
+    UserQuery {
+        /// The question.
+        query: UserQuery,
+        /// Where to answer.
+        reply: ReplyTo,
+    },
+    /// To the channel's owner: a connection joined or left it (presence).
+    Presence {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The connection's user (`None`: anonymous).
+        user: Option<Arc<str>>,
+        /// The user's info (joins only).
+        info: Option<Arc<str>>,
+        /// Joined, or left.
+        join: bool,
+    },
+    /// To the channel's owner: who is in it (`presence`), or how many (`presence_stats`).
+    PresenceAsk {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Counts only.
+        stats: bool,
+        /// Users after this one.
+        after: Option<Arc<str>>,
+        /// At most this many users.
+        limit: usize,
+        /// Where to answer.
+        reply: ReplyTo,
+    },
+    /// From the channel's owner: a join/leave news frame for envelope-format subscribers.
+    Notify {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The `{"op":"join"|"leave",...}` text frame.
+        frame: Bytes,
+    },
+    /// To every shard: an event-stream consumer joined (`types`) or left (`None`).
+    Consumer {
+        /// Its group (`None`: alone).
+        group: Option<Arc<str>>,
+        /// The control connection.
+        addr: super::events::MemberAddr,
+        /// The event types it wants, or `None` when it left.
+        types: Option<u8>,
+    },
+    /// To a consumer's shard: one event line.
+    Event {
+        /// The consumer.
+        to: super::events::MemberAddr,
+        /// The NDJSON line.
+        line: Bytes,
+        /// Events for this consumer the sender's ring refused before this one.
+        missed: u32,
+    },
     /// From the owner: one sequenced message, encoded once in both formats.
     Deliver {
         /// Channel name.
@@ -256,7 +375,12 @@ impl XMsg {
     /// Whether this message is data-plane (may be refused when the destination is overloaded).
     pub fn may_be_refused(&self) -> bool {
         match self {
-            XMsg::Publish { .. } | XMsg::Deliver { .. } | XMsg::PushAll { .. } => true,
+            XMsg::Publish { .. }
+            | XMsg::Deliver { .. }
+            | XMsg::PushAll { .. }
+            | XMsg::UserOp { .. }
+            | XMsg::Notify { .. }
+            | XMsg::Event { .. } => true,
             XMsg::ToConn { action, .. } => matches!(action, ConnAction::Send(_)),
             XMsg::Query { .. }
             | XMsg::Reply { .. }
@@ -267,7 +391,14 @@ impl XMsg {
             | XMsg::ClientHistory { .. }
             | XMsg::ClientHistoryReply { .. }
             | XMsg::Recovered { .. }
-            | XMsg::Ack { .. } => false,
+            | XMsg::Ack { .. }
+            | XMsg::UserBind { .. }
+            | XMsg::UserUnbind { .. }
+            | XMsg::UserRefused { .. }
+            | XMsg::UserQuery { .. }
+            | XMsg::Presence { .. }
+            | XMsg::PresenceAsk { .. }
+            | XMsg::Consumer { .. } => false,
         }
     }
 }

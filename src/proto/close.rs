@@ -32,6 +32,12 @@ pub const RATE_LIMITED: u16 = 4002;
 pub const KICKED: u16 = 4003;
 /// 4004: no traffic from the client for two heartbeat intervals.
 pub const HEARTBEAT_TIMEOUT: u16 = 4004;
+/// 4005: the connection's token expired and no `refresh` came within the grace.
+pub const TOKEN_EXPIRED: u16 = 4005;
+/// 4006: an `auth` or `refresh` token did not verify (or named another user).
+pub const TOKEN_INVALID: u16 = 4006;
+/// 4007: the user already holds `conns_per_user_max` connections.
+pub const USER_LIMIT: u16 = 4007;
 
 /// Whether `code` may appear in a close frame received from a peer (RFC 6455 §7.4.1, §7.4.2):
 /// 1000-1003, 1007-1014 and 3000-4999. 1004-1006, 1015, 0-999, 1016-2999 and 5000+ are invalid.

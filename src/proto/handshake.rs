@@ -61,6 +61,9 @@ pub enum Rejection {
     TooManyRequests,
     /// 403: the page's Origin is not in `allowed_origins`.
     Forbidden,
+    /// 401: the URL's `token` does not verify; the body starts with the token's error code
+    /// (`token_invalid: ...`, `token_expired: ...`).
+    Unauthorized(&'static str),
 }
 
 /// The reasons `parse` gives with `Rejection::BadRequest`, one per rule it checks.
@@ -100,6 +103,7 @@ impl Rejection {
             Rejection::Unavailable => 503,
             Rejection::TooManyRequests => 429,
             Rejection::Forbidden => 403,
+            Rejection::Unauthorized(_) => 401,
         }
     }
 
@@ -113,6 +117,7 @@ impl Rejection {
             Rejection::Unavailable => "Service Unavailable",
             Rejection::TooManyRequests => "Too Many Requests",
             Rejection::Forbidden => "Forbidden",
+            Rejection::Unauthorized(_) => "Unauthorized",
         }
     }
 
@@ -126,6 +131,7 @@ impl Rejection {
             Rejection::Unavailable => "server unavailable, retry later",
             Rejection::TooManyRequests => "too many connections from this address",
             Rejection::Forbidden => "this origin may not connect",
+            Rejection::Unauthorized(reason) => reason,
         }
     }
 

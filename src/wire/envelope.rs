@@ -46,6 +46,8 @@ struct Wire<'a> {
     since: Option<Since>,
     #[serde(default)]
     limit: Option<usize>,
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
 }
 
 /// Where a client's view of a channel ends: the last offset it received, and the channel's
@@ -72,6 +74,12 @@ pub enum Command<'a> {
     Ping,
     /// The channel's kept messages: the newest `limit` (default 100, at most 1000).
     History(Cow<'a, str>, usize),
+    /// Identify with a connection token (browsers cannot set headers).
+    Auth(Cow<'a, str>),
+    /// Replace the connection's token before (or in the grace after) it expires.
+    Refresh(Cow<'a, str>),
+    /// `data` (raw JSON) for the backend's event stream (`message` events).
+    Send(&'a str),
 }
 
 /// A parsed request: the command and the raw JSON of its `id`, if any.
@@ -142,10 +150,27 @@ pub fn parse(text: &[u8]) -> Result<Request<'_>, ClientError> {
             }
             Command::History(channel?, limit)
         }
+        "auth" | "refresh" => {
+            let token = wire
+                .token
+                .ok_or_else(|| fail(ErrorCode::BadRequest, "missing \"token\""))?;
+            if wire.op == "auth" {
+                Command::Auth(token)
+            } else {
+                Command::Refresh(token)
+            }
+        }
+        "send" => {
+            let data = wire
+                .data
+                .ok_or_else(|| fail(ErrorCode::BadRequest, "missing \"data\""))?;
+            Command::Send(data.get())
+        }
         _ => {
             return Err(fail(
                 ErrorCode::UnknownOp,
-                "op must be subscribe, unsubscribe, publish, history or ping",
+                "op must be subscribe, unsubscribe, publish, history, ping, auth, refresh or \
+                 send",
             ));
         }
     };
@@ -208,6 +233,44 @@ pub fn published(channel: &str, id: Option<&str>) -> String {
     let mut out = format!("{{\"op\":\"published\",\"channel\":\"{channel}\"");
     with_id(&mut out, id);
     out
+}
+
+/// `{"op":"authed","user":U[,"id":X]}` (`user` is null for a token without `sub`), or
+/// `{"op":"refreshed",...}` for a refresh.
+pub fn authed(op: &str, user: Option<&str>, exp: Option<u64>, id: Option<&str>) -> String {
+    let mut out = format!("{{\"op\":\"{op}\",\"user\":");
+    match user {
+        Some(u) => out.push_str(&serde_json::Value::from(u).to_string()),
+        None => out.push_str("null"),
+    }
+    if let Some(exp) = exp {
+        let _ = write!(out, ",\"exp\":{exp}");
+    }
+    with_id(&mut out, id);
+    out
+}
+
+/// `{"op":"expired","grace_ms":G}`: the token's `exp` passed; refresh within G ms or be closed.
+pub fn expired(grace_ms: u64) -> String {
+    format!("{{\"op\":\"expired\",\"grace_ms\":{grace_ms}}}")
+}
+
+/// `{"op":"sent"[,"id":X]}`: a client `send` was handed to the event stream.
+pub fn sent(id: Option<&str>) -> String {
+    let mut out = String::from("{\"op\":\"sent\"");
+    with_id(&mut out, id);
+    out
+}
+
+/// `{"op":"join"|"leave","channel":C,"user":U,"info":I}`: presence news, pushed by the channel's
+/// owner (`info` is the raw JSON of the user's info, or null).
+pub fn presence_news(join: bool, channel: &str, user: &str, info: Option<&str>) -> String {
+    let op = if join { "join" } else { "leave" };
+    format!(
+        "{{\"op\":\"{op}\",\"channel\":\"{channel}\",\"user\":{},\"info\":{}}}",
+        serde_json::Value::from(user),
+        info.unwrap_or("null")
+    )
 }
 
 /// `{"op":"pong"[,"id":X]}`
@@ -274,6 +337,8 @@ pub struct Query {
     pub raw: bool,
     /// `since=OFFSET:EPOCH:CHANNEL` (repeatable): recover those URL channels from there.
     pub since: Vec<(String, Since)>,
+    /// `token=JWT`: the connection token.
+    pub token: Option<String>,
 }
 
 /// Parses the query string of a `/ws` URL; at most `channels_max` channels.
@@ -312,7 +377,13 @@ pub fn parse_query(query: &str, channels_max: usize) -> Result<Query, &'static s
                     _ => return Err("since must be OFFSET:EPOCH:CHANNEL"),
                 }
             }
-            _ => {} // other parameters (auth tokens for a proxy, cache busters) are not ours
+            "token" => {
+                if q.token.is_some() {
+                    return Err("more than one token in the URL");
+                }
+                q.token = Some(percent_decode(value).ok_or("malformed %-escape in token")?);
+            }
+            _ => {} // other parameters (a proxy's parameters, cache busters) are not ours
         }
     }
     Ok(q)
@@ -359,6 +430,20 @@ mod tests {
         );
         assert_eq!(r.id, Some("\"x\""));
         assert_eq!(parse(br#"{"op":"ping"}"#).unwrap().command, Command::Ping);
+        assert_eq!(
+            parse(br#"{"op":"auth","token":"a.b.c"}"#).unwrap().command,
+            Command::Auth("a.b.c".into())
+        );
+        assert_eq!(
+            parse(br#"{"op":"refresh","token":"t"}"#).unwrap().command,
+            Command::Refresh("t".into())
+        );
+        assert_eq!(
+            parse(br#"{"op":"send","data":{"k":1}}"#).unwrap().command,
+            Command::Send(r#"{"k":1}"#)
+        );
+        assert_eq!(parse(br#"{"op":"auth"}"#).unwrap_err().code, "bad_request");
+        assert_eq!(parse(br#"{"op":"send"}"#).unwrap_err().code, "bad_request");
     }
 
     #[test]
@@ -369,7 +454,9 @@ mod tests {
             parse(br#"{"op":"fly","id":3}"#).unwrap_err(),
             ClientError {
                 code: ErrorCode::UnknownOp,
-                message: "op must be subscribe, unsubscribe, publish, history or ping".into(),
+                message: "op must be subscribe, unsubscribe, publish, history, ping, auth, \
+                          refresh or send"
+                    .into(),
                 id: Some("3".into()),
             }
         );
@@ -422,8 +509,12 @@ mod tests {
                 channels: vec!["a".into(), "chat:1".into()],
                 raw: true,
                 since: Vec::new(),
+                token: None,
             }
         );
+        let q = parse_query("token=a.b%2Ec&channel=x", 4).unwrap();
+        assert_eq!(q.token.as_deref(), Some("a.b.c"));
+        assert!(parse_query("token=a&token=b", 4).is_err(), "one token per URL");
         assert!(parse_query("channel=a&channel=b", 1).is_err());
         assert!(parse_query("channel=%zz", 4).is_err());
         assert!(parse_query("format=xml", 4).is_err());

@@ -42,6 +42,14 @@ pub enum ErrorCode {
     LineTooLong,
     /// The server could not take the request now (its cross-shard queues are full); retry later.
     Overloaded,
+    /// A connection token does not verify (signature, algorithm, format, claims).
+    TokenInvalid,
+    /// A connection token's `exp` has passed: fetch a new one.
+    TokenExpired,
+    /// A client `send` found no event-stream consumer for `message` events.
+    NoConsumer,
+    /// The user has no open connection.
+    NoSuchUser,
 }
 
 impl ErrorCode {
@@ -62,11 +70,15 @@ impl ErrorCode {
             ErrorCode::NoSuchConn => "no_such_conn",
             ErrorCode::LineTooLong => "line_too_long",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::TokenInvalid => "token_invalid",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::NoConsumer => "no_consumer",
+            ErrorCode::NoSuchUser => "no_such_user",
         }
     }
 
     /// Every code (for the docs test).
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::BadParams,
@@ -81,6 +93,10 @@ impl ErrorCode {
         ErrorCode::NoSuchConn,
         ErrorCode::LineTooLong,
         ErrorCode::Overloaded,
+        ErrorCode::TokenInvalid,
+        ErrorCode::TokenExpired,
+        ErrorCode::NoConsumer,
+        ErrorCode::NoSuchUser,
     ];
 }
 

@@ -503,6 +503,8 @@ mod tests {
             mesh,
             control_gate: Default::default(),
             congestion: Arc::new(crate::engine::control::Congestion::new(1)),
+            verifier: None,
+            wall_base_ms: 0,
         });
         let io = ShardIo {
             listener,

@@ -1,0 +1,207 @@
+//! Presence by user, across shards: every subscribe and unsubscribe of a `/ws` connection sends
+//! a delta to the channel's owner, which keeps `channel::presence::ChannelPresence` and, on
+//! namespaces with `join_leave`, pushes `{"op":"join"}` on a user's first connection in the
+//! channel and `{"op":"leave"}` after its last — never twice for two tabs.
+//!
+//! Owns: the owner's presence map (one entry per channel with anyone in it) and the
+//! `presence`/`presence_stats` answers. Must not: keep an empty entry (presence dies with its
+//! connections), or push news to raw-format clients (they get payloads only).
+//! Order: a connection's deltas travel from its shard to the owner on one ring, in order, and
+//! the news travel from the owner with its deliveries, so they keep the channel's order.
+
+use super::Engine;
+use super::conn::{Endpoint, State};
+use super::outbound::Enqueue;
+use super::xmsg::{Part, ReplyTo, XMsg};
+use crate::channel::local::Sync;
+use crate::channel::{self, presence::ChannelPresence};
+use crate::proto::frame::{self, OpCode};
+use crate::wire::envelope;
+use bytes::Bytes;
+use std::fmt::Write;
+use std::sync::Arc;
+
+impl Engine {
+    /// Tells the owner of local channel `local` that `slot` joined (or left) it, under the
+    /// connection's current identity.
+    pub(super) fn presence_delta(&mut self, slot: usize, name: Arc<str>, join: bool) {
+        let (user, info) = match self.identity(slot) {
+            Some(i) => (i.user.clone(), if join { i.info.clone() } else { None }),
+            None => (None, None),
+        };
+        let owner = channel::owner_of(&name, self.shards);
+        self.send_x(
+            owner,
+            XMsg::Presence {
+                channel: name,
+                user,
+                info,
+                join,
+            },
+        );
+    }
+
+    /// Leaves the presence of every channel `slot` subscribes to (before its identity changes).
+    pub(super) fn presence_leave_all(&mut self, slot: usize) {
+        let names: Vec<Arc<str>> = self.conns[slot]
+            .subs
+            .iter()
+            .map(|m| self.local.get(m.channel).name.clone())
+            .collect();
+        for name in names {
+            self.presence_delta(slot, name, false);
+        }
+    }
+
+    /// Joins the presence of every channel `slot` subscribes to (after its identity changed).
+    pub(super) fn presence_join_all(&mut self, slot: usize) {
+        let names: Vec<Arc<str>> = self.conns[slot]
+            .subs
+            .iter()
+            .map(|m| self.local.get(m.channel).name.clone())
+            .collect();
+        for name in names {
+            self.presence_delta(slot, name, true);
+        }
+    }
+
+    /// The owner: a connection joined or left `name`.
+    pub(super) fn on_presence(
+        &mut self,
+        name: Arc<str>,
+        user: Option<Arc<str>>,
+        info: Option<Arc<str>>,
+        join: bool,
+    ) {
+        let entry = self.presence.entry(name.clone()).or_default();
+        let news = if join {
+            let first = entry.join(user.as_ref(), info.clone());
+            first.then_some((true, info))
+        } else {
+            let last = entry.leave(user.as_deref());
+            if entry.is_empty() {
+                self.presence.remove(&name);
+            }
+            last.map(|m| (false, m.info))
+        };
+        let Some((joined, info)) = news else {
+            return;
+        };
+        let Some(user) = user else {
+            return;
+        };
+        let join_leave = self
+            .config
+            .namespaces
+            .get(channel::namespace_of(&name))
+            .is_some_and(|ns| ns.join_leave);
+        if !join_leave {
+            return;
+        }
+        self.counters.presence_news += 1;
+        let text = envelope::presence_news(joined, &name, &user, info.as_deref());
+        let frame = frame::encode(OpCode::Text, text.as_bytes());
+        let shards: Vec<usize> = match self.owned.get(&name) {
+            Some(owned) => owned.shards.iter().collect(),
+            None => Vec::new(),
+        };
+        for shard in shards {
+            self.send_x(
+                shard,
+                XMsg::Notify {
+                    channel: name.clone(),
+                    frame: frame.clone(),
+                },
+            );
+        }
+    }
+
+    /// Queues a presence news frame to this shard's envelope-format subscribers of `name`.
+    pub(super) fn on_notify(&mut self, name: &str, frame: &Bytes) {
+        let Some(id) = self.local.find(name) else {
+            return;
+        };
+        if self.local.get(id).sync != Sync::Active {
+            return;
+        }
+        let subscribers: Vec<u32> = self.local.get(id).subscribers.clone();
+        for slot in subscribers {
+            let slot = slot as usize;
+            let conn = &self.conns[slot];
+            if conn.state != State::Open || conn.endpoint != (Endpoint::Push { raw: false }) {
+                continue;
+            }
+            if self.queue_data(slot, frame.clone()) != Enqueue::Enqueued {
+                continue;
+            }
+        }
+    }
+
+    /// The owner's part of `presence`: `"users":{..},"users_next":..,"anonymous":N`.
+    pub(super) fn presence_users_json(
+        &self,
+        name: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> String {
+        let empty = ChannelPresence::default();
+        let p = self.presence.get(name).unwrap_or(&empty);
+        let mut out = String::from("\"users\":{");
+        let page: Vec<_> = p.page(after, limit + 1).collect();
+        for (i, (user, member)) in page.iter().take(limit).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{}:{{\"conns\":{},\"info\":{}}}",
+                serde_json::Value::from(&***user),
+                member.conns,
+                member.info.as_deref().unwrap_or("null")
+            );
+        }
+        out.push_str("},\"users_next\":");
+        match page.len() > limit {
+            true => out.push_str(&serde_json::Value::from(&**page[limit - 1].0).to_string()),
+            false => out.push_str("null"),
+        }
+        let _ = write!(out, ",\"anonymous\":{}", p.anonymous());
+        out
+    }
+
+    /// The owner's answer to `presence_stats`: counts only, O(1).
+    pub(super) fn presence_stats_json(&self, name: &str) -> String {
+        match self.presence.get(name) {
+            Some(p) => format!(
+                "{{\"users\":{},\"conns\":{},\"anonymous\":{}}}",
+                p.users(),
+                p.conns(),
+                p.anonymous()
+            ),
+            None => "{\"users\":0,\"conns\":0,\"anonymous\":0}".to_string(),
+        }
+    }
+
+    /// The owner: a presence question.
+    pub(super) fn on_presence_ask(
+        &mut self,
+        name: &str,
+        stats: bool,
+        after: Option<&str>,
+        limit: usize,
+        reply: ReplyTo,
+    ) {
+        let text = if stats {
+            self.presence_stats_json(name)
+        } else {
+            self.presence_users_json(name, after, limit)
+        };
+        self.send_x(
+            reply.shard as usize,
+            XMsg::Reply {
+                to: reply,
+                part: Part::Json(text),
+            },
+        );
+    }
+}
