@@ -1,6 +1,8 @@
 //! The server: binds one listener per shard, starts the pinned shard threads, reports readiness,
 //! aggregates counters and stops the shards on request.
 
+/// Epoch numbers each millisecond of a run's start time reserves (see `Server::start`).
+const EPOCH_PER_MS: u64 = 1024;
 use crate::config::{Config, ControlAddr, DriverKind};
 use crate::driver::{ShardIo, socket as listener};
 use crate::engine::{Engine, EngineSetup};
@@ -252,9 +254,16 @@ impl Server {
             notes.push(note.clone());
         }
         let verifier = config.auth.verifier()?.map(Arc::new);
-        let epoch_base = std::time::SystemTime::now()
+        let wall_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        // Epochs must never repeat across runs, or a client recovering after a restart could
+        // be told `recovered: true` for another run's messages. A shard's counter starts at the
+        // start time × 1024 and grows by at most 2 per channel it creates, so it stays below the
+        // next run's start as long as a run creates fewer than 512 channels per millisecond of
+        // its life on average. (Start time alone was overtaken by a burst of 20,000 channels.)
+        // The result stays below 2^52 (JavaScript-safe) until the year 2109.
+        let epoch_base = wall_ms.saturating_mul(EPOCH_PER_MS);
         let mut threads = Vec::with_capacity(shards);
         let published: Vec<Arc<Published>> = (0..shards)
             .map(|_| Arc::new(Published::default()))
@@ -279,7 +288,7 @@ impl Server {
                 control_gate: control_gate.clone(),
                 congestion: congestion.clone(),
                 verifier: verifier.clone(),
-                wall_base_ms: epoch_base,
+                wall_base_ms: wall_ms,
             };
             let shard_io = ShardIo {
                 listener,

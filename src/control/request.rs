@@ -371,7 +371,9 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
                 None => None,
                 Some(raw) if raw.get() == "null" => None,
                 Some(raw) if raw.get().len() > INFO_BYTES_MAX => {
-                    return Err(format!("\"info\" must be at most {INFO_BYTES_MAX} bytes of JSON"));
+                    return Err(format!(
+                        "\"info\" must be at most {INFO_BYTES_MAX} bytes of JSON"
+                    ));
                 }
                 Some(raw) => Some(raw.get().to_string()),
             };
@@ -382,9 +384,12 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
             ))
         })())?,
         "unbind_user" => params(conn_id(wire.conn).map(Method::UnbindUser))?,
-        "send_user" => {
-            params((|| Ok(Method::SendUser(user_id(wire.user, "user")?, payload(&wire)?)))())?
-        }
+        "send_user" => params((|| {
+            Ok(Method::SendUser(
+                user_id(wire.user, "user")?,
+                payload(&wire)?,
+            ))
+        })())?,
         "disconnect_user" => params((|| {
             let user = user_id(wire.user, "user")?;
             let (code, reason) = close_params(&wire)?;
@@ -398,10 +403,9 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
             if users.len() > PAGE_MAX {
                 return Err(format!("\"users\" lists at most {PAGE_MAX} users"));
             }
-            if users
-                .iter()
-                .any(|u| u.is_empty() || u.len() > USER_BYTES_MAX || u.chars().any(char::is_control))
-            {
+            if users.iter().any(|u| {
+                u.is_empty() || u.len() > USER_BYTES_MAX || u.chars().any(char::is_control)
+            }) {
                 return Err(format!(
                     "each user must be 1 to {USER_BYTES_MAX} bytes without control characters"
                 ));
@@ -439,7 +443,8 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
                 None => None,
                 Some(_) => {
                     let g = string(wire.group, "group")?;
-                    if g.is_empty() || g.len() > GROUP_BYTES_MAX || g.chars().any(char::is_control) {
+                    if g.is_empty() || g.len() > GROUP_BYTES_MAX || g.chars().any(char::is_control)
+                    {
                         return Err(format!("\"group\" must be 1 to {GROUP_BYTES_MAX} bytes"));
                     }
                     Some(g)

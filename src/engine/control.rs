@@ -1005,16 +1005,31 @@ impl Engine {
                     );
                 }
             }
-            Method::BindUser(conn, user, info) => self.request_for_conn(
-                slot,
-                id,
-                noreply,
-                conn,
-                ConnAction::Bind(
-                    Some(Arc::from(user.as_str())),
-                    info.map(|i| Arc::from(i.as_str())),
-                ),
-            ),
+            Method::BindUser(conn, user, info) => {
+                let target = ConnId::from_u64(conn).filter(|c| c.shard() < self.shards);
+                let Some(target) = target else {
+                    let why = format!("no connection {conn}");
+                    return self.fail_request(slot, id, noreply, (ErrorCode::NoSuchConn, why));
+                };
+                let reply = if noreply {
+                    None
+                } else {
+                    match self.await_parts(slot, id, 1, Acc::Done) {
+                        Some(to) => Some(to),
+                        None => return,
+                    }
+                };
+                let user: Arc<str> = Arc::from(user.as_str());
+                let owner = channel::owner_of(&user, self.shards);
+                let info = info.map(|i| Arc::from(i.as_str()));
+                let msg = XMsg::UserBind {
+                    user,
+                    conn: target,
+                    reply,
+                    from_control: Some(info),
+                };
+                self.send_x(owner, msg);
+            }
             Method::UnbindUser(conn) => {
                 self.request_for_conn(slot, id, noreply, conn, ConnAction::Bind(None, None))
             }
@@ -1071,7 +1086,9 @@ impl Engine {
             Method::Events { types, group } => {
                 let mask = match super::events::Kind::mask_of(types.iter().map(String::as_str)) {
                     Ok(mask) => mask,
-                    Err(why) => return self.fail_request(slot, id, noreply, (ErrorCode::BadParams, why)),
+                    Err(why) => {
+                        return self.fail_request(slot, id, noreply, (ErrorCode::BadParams, why));
+                    }
                 };
                 let already = self.conns[slot].control().is_some_and(|s| s.is_consumer());
                 if already {
@@ -1413,6 +1430,9 @@ impl Engine {
                 && matches!(c.endpoint, Endpoint::Push { .. })
                 && c.state == State::Open
         });
+        if !alive {
+            self.bind_missed(conn, &action);
+        }
         let part = if !alive {
             Part::Failed(
                 ErrorCode::NoSuchConn,

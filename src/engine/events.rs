@@ -287,7 +287,13 @@ impl Engine {
     }
 
     /// `connect`: after the upgrade (remote address only when the driver passed it).
-    pub(super) fn emit_connect(&mut self, slot: usize, origin: Option<&str>, path: &str, query: &str) {
+    pub(super) fn emit_connect(
+        &mut self,
+        slot: usize,
+        origin: Option<&str>,
+        path: &str,
+        query: &str,
+    ) {
         if !self.wants_event(Kind::Connect) {
             return;
         }
@@ -343,7 +349,12 @@ impl Engine {
     }
 
     /// A consumer joined or left somewhere: this shard's routing follows.
-    pub(super) fn on_consumer(&mut self, group: Option<Arc<str>>, addr: MemberAddr, types: Option<u8>) {
+    pub(super) fn on_consumer(
+        &mut self,
+        group: Option<Arc<str>>,
+        addr: MemberAddr,
+        types: Option<u8>,
+    ) {
         match types {
             Some(types) => self.consumers.join(group, addr, types),
             None => self.consumers.leave(addr),
@@ -403,7 +414,8 @@ impl Engine {
         let dropped = std::mem::take(&mut state.events_dropped);
         if dropped > 0 {
             let gap = format!("{{\"event\":\"gap\",\"dropped\":{dropped}}}\n");
-            conn.out.push_control(Bytes::from(gap), &mut self.queued_bytes);
+            conn.out
+                .push_control(Bytes::from(gap), &mut self.queued_bytes);
         }
         conn.out.push_control(line, &mut self.queued_bytes);
         self.counters.events_delivered += 1;
@@ -452,7 +464,10 @@ mod tests {
         for conn in 0..300u64 {
             let now = route(&mut c, conn);
             if before[conn as usize] != addr(1, 2) {
-                assert_eq!(now, before[conn as usize], "connection {conn} moved needlessly");
+                assert_eq!(
+                    now, before[conn as usize],
+                    "connection {conn} moved needlessly"
+                );
             } else {
                 assert_ne!(now, addr(1, 2));
             }
@@ -492,7 +507,11 @@ mod tests {
 
     #[test]
     fn unknown_types_are_refused_by_name() {
-        assert!(Kind::mask_of(["connect", "nope"]).unwrap_err().contains("\"nope\""));
+        assert!(
+            Kind::mask_of(["connect", "nope"])
+                .unwrap_err()
+                .contains("\"nope\"")
+        );
         assert_eq!(Kind::mask_of([]).unwrap(), 0);
     }
 
@@ -500,7 +519,10 @@ mod tests {
     fn addresses_and_queries_render() {
         assert_eq!(ip_text(PeerAddr(0xffff_7f00_0001)), "127.0.0.1");
         assert_eq!(ip_text(PeerAddr(1)), "0:0:0:0:0:0:0:1");
-        assert_eq!(query_without_token("channel=a&token=x.y.z&format=raw"), "channel=a&format=raw");
+        assert_eq!(
+            query_without_token("channel=a&token=x.y.z&format=raw"),
+            "channel=a&format=raw"
+        );
         assert_eq!(query_without_token("token=abc"), "");
     }
 }

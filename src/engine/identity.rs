@@ -94,7 +94,11 @@ impl Engine {
         let exp_ms = claims
             .exp
             .map(|exp_s| exp_s.saturating_mul(1000).saturating_sub(self.wall_base_ms));
-        let channels: Vec<Arc<str>> = claims.channels.iter().map(|c| Arc::from(c.as_str())).collect();
+        let channels: Vec<Arc<str>> = claims
+            .channels
+            .iter()
+            .map(|c| Arc::from(c.as_str()))
+            .collect();
         if via == TokenVia::Refresh {
             let Some(identity) = self.conns[slot].ext_mut().identity.as_mut() else {
                 return;
@@ -110,7 +114,7 @@ impl Engine {
         }
         let user = claims.sub.map(|s| Arc::<str>::from(s.as_str()));
         let info = claims.info.map(|i| Arc::<str>::from(i.as_str()));
-        self.set_identity(slot, user, info, None, true);
+        self.set_identity(slot, user, info, true);
         if let Some(identity) = self.conns[slot].ext_mut().identity.as_mut() {
             identity.exp_ms = exp_ms;
             identity.claims = channels.clone();
@@ -142,51 +146,33 @@ impl Engine {
     }
 
     /// Gives `slot` a user (or none): leaves its presence entries under the old identity,
-    /// unregisters the old user, registers the new one (`reply`: the control request waiting
-    /// for the owner's verdict; `by_token`: a refusal closes the connection with 4007, else it
-    /// unbinds it), and re-joins its channels' presence under the new identity.
+    /// unregisters the old user, registers the new one when it came with a token (`by_token`;
+    /// a `bind_user` was registered by the owner before it got here), and re-joins its
+    /// channels' presence under the new identity.
     pub(super) fn set_identity(
         &mut self,
         slot: usize,
         user: Option<Arc<str>>,
         info: Option<Arc<str>>,
-        reply: Option<super::xmsg::ReplyTo>,
         by_token: bool,
     ) {
         self.presence_leave_all(slot);
-        let old = self.user_of(slot);
-        if let Some(old) = old {
+        if let Some(old) = self.user_of(slot) {
+            // Re-binding the same user keeps its registration (the owner already counts it).
+            if user.as_deref() == Some(&*old) && !by_token {
+                if let Some(identity) = self.conns[slot].ext_mut().identity.as_mut() {
+                    identity.info = info;
+                }
+                return self.presence_join_all(slot);
+            }
             self.unregister_user(slot, old);
         }
         let ext = self.conns[slot].ext_mut();
-        match (&user, ext.identity.as_mut()) {
-            (None, Some(identity)) => {
-                identity.user = None;
-                identity.info = None;
-            }
-            (Some(_), Some(identity)) => {
-                identity.user = user.clone();
-                identity.info = info;
-            }
-            (Some(_), None) => {
-                ext.identity = Some(Identity {
-                    user: user.clone(),
-                    info,
-                    ..Identity::default()
-                });
-            }
-            (None, None) => {}
-        }
-        if let Some(user) = user {
-            self.register_user(slot, user, reply, by_token);
-        } else if let Some(to) = reply {
-            self.send_x(
-                to.shard as usize,
-                super::xmsg::XMsg::Reply {
-                    to,
-                    part: super::xmsg::Part::Done,
-                },
-            );
+        let identity = ext.identity.get_or_insert_with(Identity::default);
+        identity.user = user.clone();
+        identity.info = if user.is_some() { info } else { None };
+        if let (Some(user), true) = (user, by_token) {
+            self.register_user(slot, user);
         }
         self.presence_join_all(slot);
     }
@@ -199,7 +185,9 @@ impl Engine {
         via: TokenVia,
         id: Option<&str>,
     ) {
-        let has_token = self.identity(slot).is_some_and(|i| i.exp_ms.is_some() || !i.claims.is_empty());
+        let has_token = self
+            .identity(slot)
+            .is_some_and(|i| i.exp_ms.is_some() || !i.claims.is_empty());
         let current = self.user_of(slot);
         if via == TokenVia::Auth && (has_token || current.is_some()) {
             return self.reply_error(

@@ -135,7 +135,12 @@ impl Engine {
                 self.reply(slot, text);
                 self.take_claims(slot, claims, super::identity::TokenVia::Url);
             }
-            self.emit_connect(slot, request.origin.as_deref(), &request.path, &request.query);
+            self.emit_connect(
+                slot,
+                request.origin.as_deref(),
+                &request.path,
+                &request.query,
+            );
             if self.config.limits.conns_per_ip_max == 0 {
                 // The address was kept only for the connect event.
                 if let Some(ext) = self.conns[slot].ext.as_mut() {

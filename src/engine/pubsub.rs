@@ -280,10 +280,10 @@ impl Engine {
                 user,
                 conn,
                 reply,
-                close_on_refuse,
-            } => self.on_user_bind(user, conn, reply, close_on_refuse),
+                from_control,
+            } => self.on_user_bind(user, conn, reply, from_control),
             XMsg::UserUnbind { user, conn } => self.users.unbind(&user, conn.get()),
-            XMsg::UserRefused { user, conn, close } => self.on_user_refused(&user, conn, close),
+            XMsg::UserRefused { user, conn } => self.on_user_refused(&user, conn),
             XMsg::UserOp { user, op, reply } => self.on_user_op(&user, op, reply),
             XMsg::UserQuery { query, reply } => self.on_user_query(query, reply),
             XMsg::Presence {

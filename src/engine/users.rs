@@ -91,16 +91,9 @@ fn quoted(s: &str) -> String {
 }
 
 impl Engine {
-    /// Registers `slot` as one of `user`'s connections at the user's owner. `reply`: the
-    /// control request (bind_user) that waits for the verdict; `by_token`: a refusal closes
-    /// the connection with 4007 (else it is unbound and the request gets `limit_exceeded`).
-    pub(super) fn register_user(
-        &mut self,
-        slot: usize,
-        user: Arc<str>,
-        reply: Option<ReplyTo>,
-        by_token: bool,
-    ) {
+    /// Registers `slot` (which came with a token for `user`) at the user's owner; a refusal
+    /// closes it with 4007.
+    pub(super) fn register_user(&mut self, slot: usize, user: Arc<str>) {
         let conn = self.conn_id(slot);
         let owner = channel::owner_of(&user, self.shards);
         self.send_x(
@@ -108,8 +101,8 @@ impl Engine {
             XMsg::UserBind {
                 user,
                 conn,
-                reply,
-                close_on_refuse: by_token,
+                reply: None,
+                from_control: None,
             },
         );
     }
@@ -121,42 +114,54 @@ impl Engine {
         self.send_x(owner, XMsg::UserUnbind { user, conn });
     }
 
-    /// The owner: a connection asks to be one of `user`'s.
+    /// The owner: a connection is to be one of `user`'s. A `bind_user` (`from_control`) goes
+    /// on to the connection's shard once registered, so a request the backend sends after it
+    /// on the same connection (it travels the same ring to this owner) sees the binding.
     pub(super) fn on_user_bind(
         &mut self,
         user: Arc<str>,
         conn: ConnId,
         reply: Option<ReplyTo>,
-        close_on_refuse: bool,
+        from_control: Option<Option<Arc<str>>>,
     ) {
         let max = self.config.limits.conns_per_user_max;
         let ok = self.users.bind(&user, conn.get(), max);
         if !ok {
             self.counters.user_limit_refusals += 1;
-            self.send_x(
-                conn.shard(),
-                XMsg::UserRefused {
+        }
+        match (ok, from_control) {
+            (true, Some(info)) => {
+                let action = ConnAction::Bind(Some(user), info);
+                self.send_x(
+                    conn.shard(),
+                    XMsg::ToConn {
+                        conn,
+                        action,
+                        reply,
+                    },
+                );
+            }
+            (true, None) => {}
+            (false, Some(_)) => {
+                if let Some(to) = reply {
+                    let why =
+                        format!("user {user} already holds {max} connections (conns_per_user_max)");
+                    let part = Part::Failed(ErrorCode::LimitExceeded, why);
+                    self.send_x(to.shard as usize, XMsg::Reply { to, part });
+                }
+            }
+            (false, None) => {
+                let msg = XMsg::UserRefused {
                     user: user.clone(),
                     conn,
-                    close: close_on_refuse,
-                },
-            );
-        }
-        if let Some(to) = reply {
-            let part = if ok {
-                Part::Done
-            } else {
-                Part::Failed(
-                    ErrorCode::LimitExceeded,
-                    format!("user {user} already holds {max} connections (conns_per_user_max)"),
-                )
-            };
-            self.send_x(to.shard as usize, XMsg::Reply { to, part });
+                };
+                self.send_x(conn.shard(), msg);
+            }
         }
     }
 
-    /// The connection's shard: the owner refused to add the connection to `user`.
-    pub(super) fn on_user_refused(&mut self, user: &str, conn: ConnId, close_it: bool) {
+    /// The connection's shard: the owner refused the connection's token user (at its limit).
+    pub(super) fn on_user_refused(&mut self, user: &str, conn: ConnId) {
         let slot = conn.slot();
         let alive = self
             .conns
@@ -165,18 +170,9 @@ impl Engine {
         if !alive || self.user_of(slot).as_deref() != Some(user) {
             return;
         }
-        if close_it {
-            // Its identity stays until it is freed; the owner never held it, so freeing it
-            // sends an unbind the owner ignores.
-            return self.start_close_with(slot, close::USER_LIMIT, "too many connections");
-        }
-        // Unbound without telling the owner again (it holds nothing for this connection).
-        self.presence_leave_all(slot);
-        if let Some(identity) = self.conns[slot].ext_mut().identity.as_mut() {
-            identity.user = None;
-            identity.info = None;
-        }
-        self.presence_join_all(slot);
+        // Its identity stays until it is freed; the owner never held it, so freeing it sends
+        // an unbind the owner ignores.
+        self.start_close_with(slot, close::USER_LIMIT, "too many connections");
     }
 
     /// The owner: an operation on every connection of `user`.
@@ -250,7 +246,8 @@ impl Engine {
         self.send_x(reply.shard as usize, XMsg::Reply { to: reply, part });
     }
 
-    /// Control `bind_user`/`unbind_user` reached the connection's shard.
+    /// `bind_user` (already registered at the user's owner) or `unbind_user` reached the
+    /// connection's shard; `reply` waits for it.
     pub(super) fn bind_conn(
         &mut self,
         slot: usize,
@@ -259,7 +256,25 @@ impl Engine {
         reply: Option<ReplyTo>,
     ) {
         debug_assert!(matches!(self.conns[slot].endpoint, Endpoint::Push { .. }));
-        self.set_identity(slot, user, info, reply, false);
+        self.set_identity(slot, user, info, false);
+        if let Some(to) = reply {
+            self.send_x(
+                to.shard as usize,
+                XMsg::Reply {
+                    to,
+                    part: Part::Done,
+                },
+            );
+        }
+    }
+
+    /// A `bind_user` registered at the owner found its connection gone: the owner forgets it.
+    pub(super) fn bind_missed(&mut self, conn: ConnId, action: &ConnAction) {
+        if let ConnAction::Bind(Some(user), _) = action {
+            let owner = channel::owner_of(user, self.shards);
+            let user = user.clone();
+            self.send_x(owner, XMsg::UserUnbind { user, conn });
+        }
     }
 }
 
@@ -291,7 +306,11 @@ mod tests {
         for (i, u) in ["c", "a", "b", "d"].iter().enumerate() {
             assert!(r.bind(&Arc::from(*u), i as u64, 10));
         }
-        let names = |v: Vec<(Arc<str>, u64)>| v.into_iter().map(|(u, _)| u.to_string()).collect::<Vec<_>>();
+        let names = |v: Vec<(Arc<str>, u64)>| {
+            v.into_iter()
+                .map(|(u, _)| u.to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(r.page(None, 2)), ["a", "b"]);
         assert_eq!(names(r.page(Some("b"), 5)), ["c", "d"]);
         assert_eq!(r.len(), 4);

@@ -272,8 +272,10 @@ pub enum XMsg {
         conn: ConnId,
         /// The `bind_user` request waiting for the verdict.
         reply: Option<ReplyTo>,
-        /// A refusal closes the connection (it came with a token) instead of unbinding it.
-        close_on_refuse: bool,
+        /// Sent by the control socket's shard (`bind_user`): once registered, the owner tells
+        /// the connection's shard (`ToConn` `Bind` with `info`), which answers `reply`. Else it
+        /// came from the connection's shard (a token): a refusal closes the connection.
+        from_control: Option<Option<Arc<str>>>,
     },
     /// To the user's owner: `conn` is no longer one of `user`'s connections.
     UserUnbind {
@@ -286,10 +288,8 @@ pub enum XMsg {
     UserRefused {
         /// The user.
         user: Arc<str>,
-        /// The connection.
+        /// The connection (closed with 4007).
         conn: ConnId,
-        /// Close it with 4007 (else unbind it).
-        close: bool,
     },
     /// To the user's owner: act on every connection of the user.
     UserOp {

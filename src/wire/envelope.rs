@@ -514,7 +514,10 @@ mod tests {
         );
         let q = parse_query("token=a.b%2Ec&channel=x", 4).unwrap();
         assert_eq!(q.token.as_deref(), Some("a.b.c"));
-        assert!(parse_query("token=a&token=b", 4).is_err(), "one token per URL");
+        assert!(
+            parse_query("token=a&token=b", 4).is_err(),
+            "one token per URL"
+        );
         assert!(parse_query("channel=a&channel=b", 1).is_err());
         assert!(parse_query("channel=%zz", 4).is_err());
         assert!(parse_query("format=xml", 4).is_err());

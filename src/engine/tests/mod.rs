@@ -1363,3 +1363,5 @@ fn the_list_of_connections_owing_auth_stays_bounded() {
         c.engine(0).unauthed_order_len()
     );
 }
+
+mod users;
