@@ -7,8 +7,8 @@
 #   conformance  for each driver (io_uring, then epoll): start `ringcast serve --echo --driver D`
 #                on a free loopback port, run the Autobahn cases and the real-client smokes
 #                (Chromium, Python websockets, Node ws) against /echo, the push smokes on /ws,
-#                the control-socket examples (PHP, Python, Node, shell), then stop the server
-#                with SIGTERM
+#                the control-socket examples (PHP, Python, Node, shell), the recovery example
+#                page in Chromium, then stop the server with SIGTERM
 #   (no PHASE: cargo, then conformance)
 #
 # Environment (all optional):
@@ -364,6 +364,11 @@ push_smokes() {
   # The copy-paste publishers in examples/ (PHP, Python, Node, shell with socat and with nc),
   # each through the control socket to a real /ws subscriber that must get exactly its message.
   check examples "$EXAMPLES_LIMIT_S" bash "$CONF/examples.sh" \
+    "ws://127.0.0.1:$PORT/ws" "unix:$REPORT_DIR/control.sock"
+  # The copy-paste browser page examples/recover/ in Chromium: it must reconnect after the server
+  # closes it and recover what was published meanwhile, or say it could not (`recover` namespace
+  # of tests/conformance/smoke.toml).
+  check recover "$SMOKE_LIMIT_S" bash "$CONF/recover.sh" \
     "ws://127.0.0.1:$PORT/ws" "unix:$REPORT_DIR/control.sock"
 }
 
