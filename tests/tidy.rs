@@ -19,9 +19,13 @@ fn root() -> PathBuf {
 }
 
 /// The file's lines before its `#[cfg(test)]` module (tests may do as they like); none for a
-/// file that is a test module itself (`tests.rs`).
+/// file that is a test module itself (`tests.rs`, or any file under a `tests/` directory of
+/// `src/`).
 fn shipped_lines(path: &Path) -> Vec<(usize, String)> {
     if path.file_name().is_some_and(|n| n == "tests.rs") {
+        return Vec::new();
+    }
+    if path.components().any(|c| c.as_os_str() == "tests") && path.starts_with(root().join("src")) {
         return Vec::new();
     }
     let text = std::fs::read_to_string(path).unwrap();

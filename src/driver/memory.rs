@@ -138,11 +138,9 @@ impl Cluster {
         let gate = Arc::new(crate::engine::control::ControlGate::default());
         let congestion = Arc::new(crate::engine::control::Congestion::new(shards));
         // Invariant: a test that configures [auth] gives a usable key (a bad one is a test bug).
-        let verifier = config
-            .auth
-            .verifier()
-            .expect("the test's [auth] key is usable")
-            .map(Arc::new);
+        let verifier = config.auth.verifier();
+        let verifier = verifier.expect("invariant: a test's [auth] key is usable");
+        let verifier = verifier.map(Arc::new);
         let shards: Vec<Shard> = mesh
             .into_iter()
             .enumerate()

@@ -48,8 +48,6 @@ pub enum ErrorCode {
     TokenExpired,
     /// A client `send` found no event-stream consumer for `message` events.
     NoConsumer,
-    /// The user has no open connection.
-    NoSuchUser,
 }
 
 impl ErrorCode {
@@ -73,12 +71,11 @@ impl ErrorCode {
             ErrorCode::TokenInvalid => "token_invalid",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::NoConsumer => "no_consumer",
-            ErrorCode::NoSuchUser => "no_such_user",
         }
     }
 
     /// Every code (for the docs test).
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::BadParams,
@@ -96,7 +93,6 @@ impl ErrorCode {
         ErrorCode::TokenInvalid,
         ErrorCode::TokenExpired,
         ErrorCode::NoConsumer,
-        ErrorCode::NoSuchUser,
     ];
 }
 
