@@ -1382,3 +1382,6 @@ mod flow;
 
 #[path = "e2e/recovery.rs"]
 mod recovery;
+
+#[path = "e2e/users.rs"]
+mod users;

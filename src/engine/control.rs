@@ -1099,13 +1099,17 @@ impl Engine {
                     state.event_types = mask;
                 }
                 self.counters.event_consumers += 1;
-                if !noreply {
-                    self.reply_now(slot, id, Ok("{}".to_string()));
-                    self.flush_replies(slot);
-                }
+                let reply = if noreply {
+                    None
+                } else {
+                    match self.await_parts(slot, id, self.shards as u32, Acc::Done) {
+                        Some(to) => Some(to),
+                        None => return,
+                    }
+                };
                 let generation = self.conns[slot].generation;
                 let group = group.map(|g| Arc::from(g.as_str()));
-                self.announce_consumer(slot, generation, group, Some(mask));
+                self.announce_consumer(slot, generation, group, Some(mask), reply);
             }
             Method::Stats => {
                 if !noreply {

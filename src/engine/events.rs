@@ -362,13 +362,15 @@ impl Engine {
     }
 
     /// Tells every shard (this one included) that a control connection of this shard joins
-    /// (`types`) or leaves (`None`) the event stream.
+    /// (`types`) or leaves (`None`) the event stream; each answers `reply` (one part per shard)
+    /// once it routes to the member.
     pub(super) fn announce_consumer(
         &mut self,
         slot: usize,
         generation: u32,
         group: Option<Arc<str>>,
         types: Option<u8>,
+        reply: Option<super::xmsg::ReplyTo>,
     ) {
         let addr = MemberAddr {
             shard: self.index as u16,
@@ -382,6 +384,7 @@ impl Engine {
                     group: group.clone(),
                     addr,
                     types,
+                    reply,
                 },
             );
         }

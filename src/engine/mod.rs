@@ -813,7 +813,7 @@ impl Engine {
                 self.control_open -= 1;
                 self.release_control(state);
                 if state.is_consumer() {
-                    self.announce_consumer(slot, conn.generation, None, None);
+                    self.announce_consumer(slot, conn.generation, None, None, None);
                 }
             }
             if let Some(peer) = ext.peer {

@@ -300,7 +300,23 @@ impl Engine {
                 reply,
             } => self.on_presence_ask(&channel, stats, after.as_deref(), limit, reply),
             XMsg::Notify { channel, frame } => self.on_notify(&channel, &frame),
-            XMsg::Consumer { group, addr, types } => self.on_consumer(group, addr, types),
+            XMsg::Consumer {
+                group,
+                addr,
+                types,
+                reply,
+            } => {
+                self.on_consumer(group, addr, types);
+                if let Some(to) = reply {
+                    self.send_x(
+                        to.shard as usize,
+                        XMsg::Reply {
+                            to,
+                            part: Part::Done,
+                        },
+                    );
+                }
+            }
             XMsg::Event { to, line, missed } => self.on_event(to, line, missed),
             XMsg::Deliver {
                 channel,

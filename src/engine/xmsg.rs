@@ -346,6 +346,8 @@ pub enum XMsg {
         addr: super::events::MemberAddr,
         /// The event types it wants, or `None` when it left.
         types: Option<u8>,
+        /// The `events` request, answered once every shard knows the member.
+        reply: Option<ReplyTo>,
     },
     /// To a consumer's shard: one event line.
     Event {

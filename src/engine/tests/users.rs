@@ -346,7 +346,7 @@ fn binding_after_subscribing_moves_presence_to_the_user() {
     let ctl = control(&mut c, 0);
     // One call at a time: a pipelined request runs concurrently with the ones before it (only
     // the replies keep their order), and presence news travel from the connection's shard.
-    let mut ask = |c: &mut Cluster, r: Value| call(c, ctl, &[r]).remove(0)["result"].clone();
+    let ask = |c: &mut Cluster, r: Value| call(c, ctl, &[r]).remove(0)["result"].clone();
     assert_eq!(
         ask(
             &mut c,
