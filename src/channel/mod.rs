@@ -1,5 +1,5 @@
 //! Per-shard pub/sub state, pure data: channel names and their owner, the local subscriber
-//! index, and the owner's per-channel sequence.
+//! index, the owner's per-channel sequence, history, and presence by user.
 //!
 //! Each channel has one owner shard (`owner_of`), which assigns offsets, so each channel has one
 //! total order. A shard with local subscribers keeps a `Local` entry; it registers its interest
