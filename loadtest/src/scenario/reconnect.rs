@@ -558,7 +558,9 @@ impl Rx {
 
     fn mover_message(&mut self, k: usize, conn: usize, prefix: &[u8], now_ns: u64) {
         let m = &mut self.movers[k];
-        if m.slot() != conn {
+        // A client that dropped its connection reads nothing more from it, even while a close
+        // handshake (`--drop close`) lets the server's frames still arrive.
+        if m.slot() != conn || matches!(m.link, Link::Offline { .. }) {
             self.counts.after_drop += 1;
             return;
         }
