@@ -5,17 +5,21 @@
 //! - `ws`: the client side of RFC 6455, sans-IO (handshake check, masked frames out, frame
 //!   reader in), written independently of the server's code on purpose;
 //! - `payload`: the stamped benchmark payload and the loss/duplicate accounting;
+//! - `envelope`: ringcast's JSON envelopes as a client reads them (offsets, `subscribed`
+//!   replies), and the URL and command that resume a channel with `since`;
 //! - `target`: URL, control address, `--src` and `--rate` parsing, loopback enforcement;
 //! - `pool`: the connections and the single-threaded epoll loop that drives them;
 //! - `procfs`: server RSS/CPU and kernel socket memory from /proc;
 //! - `report`: progress line, tables, JSON;
 //! - `plot`: the `--plot` SVG (latency percentiles against publish rate);
-//! - `scenario`: one module per scenario (`idle`, `connect`, `fanout`, `slow`, `chat`), each
-//!   driving a `Pool` with its own `Handler`; `slow` and `chat` run on the `fanout` engine.
+//! - `scenario`: one module per scenario (`idle`, `connect`, `fanout`, `slow`, `chat`,
+//!   `reconnect`), each driving a `Pool` with its own `Handler`; `slow` and `chat` run on the
+//!   `fanout` engine.
 //!
 //! The generator is one thread on purpose: it is meant to be pinned to one core next to the
 //! server under test, and it reports its own CPU use so a run where it saturates is flagged.
 
+mod envelope;
 mod payload;
 mod plot;
 mod pool;
@@ -52,6 +56,10 @@ enum Scenario {
     /// Many small channels (groups of K members), messages published on the members' behalf
     /// through the control socket: delivery, loss, latency per total rate.
     Chat(scenario::chat::ChatArgs),
+    /// Subscribers that drop and come back with `since` while a fan-out goes on: loss and
+    /// duplicates across the reconnects, recoveries, and the other subscribers' latency with
+    /// and without the churn.
+    Reconnect(scenario::reconnect::ReconnectArgs),
 }
 
 /// Flags every scenario shares.
@@ -92,6 +100,7 @@ fn main() {
         Scenario::Fanout(a) => scenario::fanout::run(a),
         Scenario::Slow(a) => scenario::slow::run(a),
         Scenario::Chat(a) => scenario::chat::run(a),
+        Scenario::Reconnect(a) => scenario::reconnect::run(a),
     };
     if let Err(e) = result {
         eprintln!("ringcast-load: {e}");

@@ -107,6 +107,8 @@ struct Conn {
     paused: bool,
     /// `SO_RCVBUF` to set before connecting (0: the kernel's default, autotuned).
     rcvbuf_bytes: u32,
+    /// A text message to send as soon as the upgrade completes (empty: none).
+    on_open: Vec<u8>,
 }
 
 impl Conn {
@@ -123,6 +125,7 @@ impl Conn {
             ending: None,
             paused: false,
             rcvbuf_bytes: 0,
+            on_open: Vec::new(),
         }
     }
 }
@@ -144,6 +147,8 @@ pub struct PoolStats {
     pub closing_now: u64,
     /// Close handshakes the server completed (close frame or end of stream).
     pub closed_cleanly: u64,
+    /// Connections the generator dropped without the close handshake (`abort`).
+    pub aborted: u64,
     /// `epoll_wait` calls, events returned and socket reads: events per wait and reads per
     /// message show how well the loop batches.
     pub epoll_waits: u64,
@@ -216,6 +221,7 @@ impl Pool {
                 open_now: 0,
                 closing_now: 0,
                 closed_cleanly: 0,
+                aborted: 0,
                 epoll_waits: 0,
                 events: 0,
                 reads: 0,
@@ -303,6 +309,100 @@ impl Pool {
         self.conns[i].rcvbuf_bytes = bytes;
     }
 
+    /// Makes connection `i` capture the first `ws::WIDE_PREFIX_MAX` bytes of each message
+    /// instead of `ws::PREFIX_MAX` (a JSON envelope before the payload); kept across `recycle`.
+    pub fn set_wide(&mut self, i: usize) {
+        assert_eq!(
+            self.conns[i].state,
+            State::New,
+            "set before the connection starts"
+        );
+        self.conns[i].reader = FrameReader::wide();
+    }
+
+    /// Queues `text` to be sent on connection `i`, as one masked text frame, the moment its
+    /// upgrade completes (a command a client sends first thing, such as a subscribe).
+    pub fn send_on_open(&mut self, i: usize, text: &[u8]) {
+        assert!(
+            matches!(
+                self.conns[i].state,
+                State::New | State::Connecting | State::Handshaking
+            ),
+            "a connection that is not open yet"
+        );
+        self.conns[i].on_open = text.to_vec();
+    }
+
+    /// Makes closed connection `i` startable again, as a new connection: what it received
+    /// before is forgotten, its settings (`set_wide`, `set_rcvbuf`) are kept.
+    pub fn recycle(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        assert_eq!(conn.state, State::Closed, "only a closed slot is recycled");
+        conn.state = State::New;
+        conn.ending = None;
+        conn.interest = Interest::Read;
+        conn.paused = false;
+        conn.on_open = Vec::new();
+        conn.reader.reset();
+    }
+
+    /// Drops connection `i` at once, without the close handshake, as a client whose network
+    /// went away or whose process died would: the socket is closed (the server sees an end of
+    /// stream, or a reset if unread data was left), or with `reset` closed with `SO_LINGER` 0
+    /// (an RST, and no TIME_WAIT left on the generator's side). A connection still connecting
+    /// or handshaking is abandoned the same way. Returns false when there was no socket.
+    pub fn abort(&mut self, i: usize, reset: bool) -> bool {
+        let conn = &mut self.conns[i];
+        let Some(fd) = conn.fd.take() else {
+            return false;
+        };
+        if reset {
+            // Best effort: without it the close is a FIN, still abrupt for the WebSocket.
+            let _ = sys::set_linger_zero(&fd);
+        }
+        drop(fd);
+        let was = conn.state;
+        conn.state = State::Closed;
+        conn.paused = false;
+        conn.out = Vec::new();
+        conn.response = Vec::new();
+        conn.accept = String::new();
+        conn.on_open = Vec::new();
+        match was {
+            State::Open => {
+                conn.ending.get_or_insert(Ending::ByUs);
+                self.stats.open_now -= 1;
+            }
+            State::Connecting | State::Handshaking => self.in_flight -= 1,
+            State::Closing => self.stats.closing_now -= 1,
+            State::New | State::Closed => {}
+        }
+        self.stats.aborted += 1;
+        true
+    }
+
+    /// Starts the close handshake on open connection `i` without waiting for it: a close frame
+    /// (1000) is sent and the connection is `Closing` until the server closes the TCP
+    /// connection (seen by later `poll`s). Returns false if `i` is not open or the frame could
+    /// not be queued.
+    pub fn begin_close(&mut self, i: usize) -> bool {
+        if self.conns[i].state != State::Open {
+            return false;
+        }
+        self.resume(i);
+        let mut frame = Vec::with_capacity(8);
+        let mask = self.mask();
+        ws::encode_client(ws::opcode::CLOSE, &1000u16.to_be_bytes(), mask, &mut frame);
+        if self.send(i, &frame) && self.conns[i].state == State::Open {
+            self.conns[i].state = State::Closing;
+            self.conns[i].ending = Some(Ending::ByUs);
+            self.stats.open_now -= 1;
+            self.stats.closing_now += 1;
+            return true;
+        }
+        false
+    }
+
     /// Unsent output bytes of connection `i`.
     pub fn out_len(&self, i: usize) -> usize {
         self.conns[i].out.len()
@@ -342,6 +442,7 @@ impl Pool {
         conn.out = Vec::new();
         conn.response = Vec::new();
         conn.accept = String::new();
+        conn.on_open = Vec::new();
         match was {
             State::Connecting | State::Handshaking => {
                 self.stats.failed += 1;
@@ -389,7 +490,11 @@ impl Pool {
     /// Starts connection `i` on `path`. Failures are counted, not returned: a load run goes on
     /// with the connections it could open.
     pub fn start(&mut self, i: usize, path: &str) {
-        assert_eq!(self.conns[i].state, State::New, "a slot is started once");
+        assert_eq!(
+            self.conns[i].state,
+            State::New,
+            "a slot is started once (or again after `recycle`)"
+        );
         let src = (!self.sources.is_empty()).then(|| {
             let s = self.sources[self.next_source % self.sources.len()];
             self.next_source += 1;
@@ -571,7 +676,14 @@ impl Pool {
                     self.stats.open_now += 1;
                     let us = (now.saturating_sub(conn.started_ns) / 1000).max(1);
                     self.stats.handshake_us.saturating_record(us);
-                    if !rest.is_empty() {
+                    let first = std::mem::take(&mut conn.on_open);
+                    if !first.is_empty() {
+                        let mut frame = Vec::with_capacity(first.len() + 14);
+                        let mask = self.mask();
+                        ws::encode_client(ws::opcode::TEXT, &first, mask, &mut frame);
+                        self.send(i, &frame);
+                    }
+                    if !rest.is_empty() && self.conns[i].state == State::Open {
                         self.feed(i, &rest, now, h);
                     }
                 }
@@ -736,10 +848,6 @@ impl Pool {
         h: &mut impl Handler,
         progress: &mut Progress,
     ) -> io::Result<()> {
-        // Only this function puts connections into `Closing`, so what is closing beyond this
-        // count belongs to `range`.
-        let closing_before = self.stats.closing_now;
-        let mut frame = Vec::new();
         for (k, i) in range.clone().enumerate() {
             if k > 0 && k % CLOSE_BATCH == 0 {
                 // A send on loopback also runs the receiver's TCP work, ~10-20 µs: 19,000 in
@@ -747,25 +855,18 @@ impl Pool {
                 // and probe readers) for a third of a second.
                 self.poll(0, h)?;
             }
-            if self.conns[i].state != State::Open {
-                continue;
-            }
-            self.resume(i);
-            frame.clear();
-            let mask = self.mask();
-            ws::encode_client(ws::opcode::CLOSE, &1000u16.to_be_bytes(), mask, &mut frame);
-            if self.send(i, &frame) && self.conns[i].state == State::Open {
-                self.conns[i].state = State::Closing;
-                self.conns[i].ending = Some(Ending::ByUs);
-                self.stats.open_now -= 1;
-                self.stats.closing_now += 1;
-            }
+            self.begin_close(i);
         }
-        while self.stats.closing_now > closing_before && sys::now_ns() < deadline_ns {
-            progress.tick(sys::now_ns(), || {
-                format!("closing: {} left", self.stats.closing_now - closing_before)
-            });
+        // The range's connections in the close handshake: those closed just now and any that
+        // a scenario started closing earlier (`begin_close`).
+        let mut pending: Vec<usize> = range
+            .clone()
+            .filter(|&i| self.conns[i].state == State::Closing)
+            .collect();
+        while !pending.is_empty() && sys::now_ns() < deadline_ns {
+            progress.tick(sys::now_ns(), || format!("closing: {} left", pending.len()));
             self.poll(10, h)?;
+            pending.retain(|&i| self.conns[i].state == State::Closing);
         }
         progress.clear();
         for i in range {

@@ -4,10 +4,16 @@
 //!
 //! The reader keeps no payload: a load generator needs only the first bytes of each message (the
 //! sequence number and send time) and its length, so it captures a short prefix and skips the
-//! rest. Idle, a connection's reader is a few hundred bytes of inline state and no heap.
+//! rest. Idle, a connection's reader is a few hundred bytes of inline state and no heap. A
+//! reader made with `FrameReader::wide` captures `WIDE_PREFIX_MAX` bytes instead, in one boxed
+//! buffer: enough for a JSON envelope (`{"op":"message","channel":C,"offset":N,"data":"...`) up to
+//! the payload's header, for the few connections that need it.
 
 /// Bytes of each data message the reader captures (the payload header is 40 bytes).
 pub const PREFIX_MAX: usize = 48;
+/// Bytes a wide reader captures: a ringcast envelope with a channel name of up to 128
+/// characters and the payload header after it.
+pub const WIDE_PREFIX_MAX: usize = 256;
 /// A control frame's payload limit (§5.5).
 const CONTROL_MAX: usize = 125;
 /// Refuse frames above this: nothing in a benchmark is that large, and the length would
@@ -137,7 +143,7 @@ pub enum Event<'a> {
     Message {
         /// Opcode of the first frame was text.
         text: bool,
-        /// Up to `PREFIX_MAX` first bytes.
+        /// Up to `PREFIX_MAX` first bytes (`WIDE_PREFIX_MAX` for a wide reader).
         prefix: &'a [u8],
         /// Total payload length over all fragments.
         len: u64,
@@ -195,7 +201,9 @@ pub struct FrameReader {
     message_text: bool,
     message_len: u64,
     prefix: [u8; PREFIX_MAX],
-    prefix_len: u8,
+    prefix_len: u16,
+    /// The capture buffer of a wide reader (then `prefix` is unused).
+    wide: Option<Box<[u8; WIDE_PREFIX_MAX]>>,
     control: [u8; CONTROL_MAX],
     control_len: u8,
 }
@@ -215,6 +223,7 @@ impl Default for FrameReader {
             message_len: 0,
             prefix: [0; PREFIX_MAX],
             prefix_len: 0,
+            wide: None,
             control: [0; CONTROL_MAX],
             control_len: 0,
         }
@@ -231,6 +240,23 @@ fn header_needed(b1: u8) -> usize {
 }
 
 impl FrameReader {
+    /// A reader that captures the first `WIDE_PREFIX_MAX` bytes of each message.
+    pub fn wide() -> FrameReader {
+        FrameReader {
+            wide: Some(Box::new([0; WIDE_PREFIX_MAX])),
+            ..FrameReader::default()
+        }
+    }
+
+    /// Back to the state of a new reader (for a new connection), keeping its width.
+    pub fn reset(&mut self) {
+        let wide = self.wide.take();
+        *self = FrameReader {
+            wide,
+            ..FrameReader::default()
+        };
+    }
+
     /// Consumes `input`, calling `sink` for each complete message or control frame.
     pub fn feed(
         &mut self,
@@ -345,10 +371,14 @@ impl FrameReader {
             self.control[at..at + bytes.len()].copy_from_slice(bytes);
             self.control_len += bytes.len() as u8;
         } else {
+            let buf: &mut [u8] = match &mut self.wide {
+                Some(w) => &mut w[..],
+                None => &mut self.prefix[..],
+            };
             let at = usize::from(self.prefix_len);
-            let take = bytes.len().min(PREFIX_MAX - at);
-            self.prefix[at..at + take].copy_from_slice(&bytes[..take]);
-            self.prefix_len += take as u8;
+            let take = bytes.len().min(buf.len() - at);
+            buf[at..at + take].copy_from_slice(&bytes[..take]);
+            self.prefix_len += take as u16;
         }
     }
 
@@ -367,9 +397,13 @@ impl FrameReader {
                 self.message_len += self.frame_len;
                 if self.frame_fin {
                     self.in_message = false;
+                    let buf: &[u8] = match &self.wide {
+                        Some(w) => &w[..],
+                        None => &self.prefix[..],
+                    };
                     sink(Event::Message {
                         text: self.message_text,
-                        prefix: &self.prefix[..usize::from(self.prefix_len)],
+                        prefix: &buf[..usize::from(self.prefix_len)],
                         len: self.message_len,
                     });
                 }
@@ -476,6 +510,37 @@ mod tests {
             collect(&mut reader, std::slice::from_ref(b), &mut out).unwrap();
         }
         assert_eq!(out, expected());
+    }
+
+    #[test]
+    fn a_wide_reader_captures_more_and_keeps_its_width() {
+        let long: Vec<u8> = (0..300u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut stream = server_frame(0x81, &long);
+        stream.extend(server_frame(0x81, b"short"));
+        let mut reader = FrameReader::wide();
+        let mut out = Vec::new();
+        // Split inside the first message's captured part and past it.
+        collect(&mut reader, &stream[..100], &mut out).unwrap();
+        collect(&mut reader, &stream[100..], &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Owned::Message(true, long[..WIDE_PREFIX_MAX].to_vec(), 300),
+                Owned::Message(true, b"short".to_vec(), 5),
+            ]
+        );
+        // Reset mid-frame: a new connection starts clean and still captures wide.
+        collect(&mut reader, &stream[..50], &mut out).unwrap();
+        reader.reset();
+        assert!(reader.wide.is_some());
+        let mut out = Vec::new();
+        collect(&mut reader, &stream, &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[0],
+            Owned::Message(true, long[..WIDE_PREFIX_MAX].to_vec(), 300)
+        );
+        assert!(FrameReader::default().wide.is_none());
     }
 
     #[test]

@@ -623,3 +623,301 @@ fn storm_probe_loses_nothing_while_connections_reopen() {
     let before = probe["periods"]["before"]["published"].as_u64().unwrap();
     assert!((49..=51).contains(&before), "{before}");
 }
+
+/// What the fake history server below does at the seam of each recovery.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seam {
+    /// Every message after `since`, once: what ringcast must do.
+    Exact,
+    /// The `since` message itself again before the missed ones.
+    RepeatLast,
+    /// The first missed message left out.
+    SkipFirst,
+    /// `"recovered":false`, nothing replayed.
+    Refuse,
+}
+
+/// One channel with offsets from 1, epoch 1 and every message kept, and its subscribers (id,
+/// raw format, socket).
+#[derive(Default)]
+struct Hub {
+    payloads: Vec<String>,
+    subscribers: Vec<(usize, bool, TcpStream)>,
+}
+
+const FAKE_CHANNEL: &str = "hist:fake";
+
+fn envelope(offset: usize, payload: &str) -> Vec<u8> {
+    server_frame(
+        0x1,
+        format!(
+            "{{\"op\":\"message\",\"channel\":\"{FAKE_CHANNEL}\",\"offset\":{offset},\"data\":\"{payload}\"}}"
+        )
+        .as_bytes(),
+    )
+}
+
+/// Subscribes a connection: the `subscribed` reply and, with `since`, the replay (with `seam`
+/// applied), all under the hub's lock so no publish slips in between.
+fn join(hub: &mut Hub, id: usize, raw: bool, mut w: TcpStream, since: Option<usize>, seam: Seam) {
+    let last = hub.payloads.len();
+    if !raw {
+        let reply = |recovered: &str| {
+            server_frame(
+                0x1,
+                format!(
+                    "{{\"op\":\"subscribed\",\"channel\":\"{FAKE_CHANNEL}\",\"offset\":{last},\"epoch\":1{recovered}}}"
+                )
+                .as_bytes(),
+            )
+        };
+        match since {
+            None => {
+                let _ = w.write_all(&reply(""));
+            }
+            Some(_) if seam == Seam::Refuse => {
+                let _ = w.write_all(&reply(",\"recovered\":false"));
+            }
+            Some(s) => {
+                let _ = w.write_all(&reply(",\"recovered\":true"));
+                let from = match seam {
+                    Seam::RepeatLast => s.max(1),
+                    Seam::SkipFirst => s + 2,
+                    Seam::Exact | Seam::Refuse => s + 1,
+                };
+                for offset in from..=last {
+                    let _ = w.write_all(&envelope(offset, &hub.payloads[offset - 1]));
+                }
+            }
+        }
+    }
+    hub.subscribers.push((id, raw, w));
+}
+
+/// A fake ringcast for `reconnect`: `/ws?channel=C[&format=raw][&since=O:E:C]` or a subscribe
+/// command (`since` inside), JSON envelopes with offsets, and a control socket whose publishes
+/// go to every subscriber. Returns the WebSocket port and the control socket's path.
+fn spawn_history_server(seam: Seam, name: &str) -> (u16, String) {
+    let hub: Arc<Mutex<Hub>> = Arc::default();
+    let path =
+        std::env::temp_dir().join(format!("ringcast-load-{name}-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let control = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let publish_hub = hub.clone();
+    thread::spawn(move || {
+        for stream in control.incoming() {
+            let Ok(stream) = stream else { break };
+            let hub = publish_hub.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let req: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    if req["method"] != "publish" {
+                        continue;
+                    }
+                    let text = req["text"].as_str().unwrap().to_string();
+                    let mut hub = hub.lock().unwrap();
+                    hub.payloads.push(text.clone());
+                    let offset = hub.payloads.len();
+                    let (raw_frame, json_frame) =
+                        (server_frame(0x1, text.as_bytes()), envelope(offset, &text));
+                    for (_, raw, s) in hub.subscribers.iter_mut() {
+                        let _ = s.write_all(if *raw { &raw_frame } else { &json_frame });
+                    }
+                }
+            });
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for (id, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { break };
+            let hub = hub.clone();
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                if reader.read_line(&mut request).unwrap_or(0) == 0 {
+                    return;
+                }
+                let query = request
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|t| t.split_once('?'))
+                    .map_or(String::new(), |(_, q)| q.to_string());
+                let param = |key: &str| {
+                    query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix(&format!("{key}=")[..]))
+                        .map(str::to_string)
+                };
+                let raw = param("format").as_deref() == Some("raw");
+                let since: Option<usize> =
+                    param("since").map(|s| s.split(':').next().unwrap().parse().unwrap());
+                let mut key = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("sec-websocket-key")
+                    {
+                        key = value.trim().to_string();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut sha = sha1_smol::Sha1::new();
+                sha.update(key.as_bytes());
+                sha.update(GUID.as_bytes());
+                let accept = base64(&sha.digest().bytes());
+                let mut w = stream.try_clone().unwrap();
+                write!(
+                    w,
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                )
+                .unwrap();
+                if !raw {
+                    let welcome = format!("{{\"op\":\"welcome\",\"conn\":{id}}}");
+                    let _ = w.write_all(&server_frame(0x1, welcome.as_bytes()));
+                }
+                if param("channel").is_some() {
+                    join(&mut hub.lock().unwrap(), id, raw, w, since, seam);
+                }
+                while let Some((op, payload)) = read_frame(&mut reader) {
+                    if op == 0x8 {
+                        let _ = stream
+                            .try_clone()
+                            .unwrap()
+                            .write_all(&server_frame(0x8, &payload));
+                        break;
+                    }
+                    let cmd: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                    assert_eq!(cmd["op"], "subscribe", "{cmd}");
+                    assert_eq!(cmd["channel"], FAKE_CHANNEL, "{cmd}");
+                    let since = cmd["since"]["offset"].as_u64().map(|o| o as usize);
+                    let w = stream.try_clone().unwrap();
+                    join(&mut hub.lock().unwrap(), id, raw, w, since, seam);
+                }
+                hub.lock()
+                    .unwrap()
+                    .subscribers
+                    .retain(|(other, _, _)| *other != id);
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, path.to_string_lossy().into_owned())
+}
+
+/// `reconnect` against the fake history server: 20 subscribers, 5 of them dropping every
+/// 0.5 s for 150 ms (about 30 messages missed each time at 200/s) during a 2 s churn.
+fn run_reconnect(seam: Seam, name: &str, resume: &str) -> serde_json::Value {
+    let (port, sock) = spawn_history_server(seam, name);
+    let v = run_load(
+        name,
+        &[
+            "reconnect",
+            "--url",
+            &format!("ws://127.0.0.1:{port}/ws"),
+            "--control",
+            &format!("unix:{sock}"),
+            "--channel",
+            FAKE_CHANNEL,
+            "--resume",
+            resume,
+            "-n",
+            "20",
+            "--reconnect-fraction",
+            "0.25",
+            "--reconnect-every-s",
+            "0.5",
+            "--offline-ms",
+            "150",
+            "--rate",
+            "200",
+            "--calm-s",
+            "0.5",
+            "--duration",
+            "2",
+            "--drain",
+            "1",
+        ],
+    );
+    let _ = std::fs::remove_file(&sock);
+    assert_eq!(v["subscribers"]["stable"], 15, "{name}");
+    assert_eq!(v["subscribers"]["reconnecting"], 5, "{name}");
+    assert_eq!(v["accounting"]["stable"]["lost"], 0, "{name}");
+    assert_eq!(v["accounting"]["stable"]["duplicated"], 0, "{name}");
+    assert_eq!(v["reconnects"]["failures"], 0, "{name}");
+    // 5 subscribers, a drop every 0.5 s of the 2 s churn, none that would come back after it.
+    let reconnects = v["reconnects"]["reconnects"].as_u64().unwrap();
+    assert!((15..=20).contains(&reconnects), "{name}: {reconnects}");
+    v
+}
+
+#[test]
+fn an_exact_recovery_loses_and_repeats_nothing() {
+    for resume in ["url", "command"] {
+        let name = format!("seam-exact-{resume}");
+        let v = run_reconnect(Seam::Exact, &name, resume);
+        let (a, r) = (&v["accounting"], &v["reconnects"]);
+        assert_eq!(a["lost"], 0, "{resume}: {a}");
+        assert_eq!(a["duplicated"], 0, "{resume}: {a}");
+        assert_eq!(r["recovered_true"], r["reconnects"], "{resume}: {r}");
+        assert_eq!(r["replayed"], r["to_replay"], "{resume}: {r}");
+        assert!(r["replayed"].as_u64().unwrap() >= 15 * 20, "{resume}: {r}");
+        assert_eq!(a["reconnecting"]["offset_seq_mismatch"], 0, "{a}");
+        assert_eq!(
+            v["passed"].as_bool().unwrap(),
+            v["failed_because"].as_array().unwrap().is_empty()
+        );
+    }
+}
+
+#[test]
+fn a_repeated_message_at_the_seam_is_a_duplicate() {
+    let v = run_reconnect(Seam::RepeatLast, "seam-repeat", "url");
+    let (m, reconnects) = (
+        &v["accounting"]["reconnecting"],
+        &v["reconnects"]["reconnects"],
+    );
+    // One duplicate per recovery, by sequence number and by offset; nothing lost.
+    assert_eq!(&m["duplicated"], reconnects, "{m}");
+    assert_eq!(&m["duplicated_by_offset"], reconnects, "{m}");
+    assert_eq!(m["lost"], 0, "{m}");
+    assert_eq!(m["lost_by_offset"], 0, "{m}");
+    assert_eq!(v["passed"], false);
+}
+
+#[test]
+fn a_message_left_out_at_the_seam_is_lost() {
+    let v = run_reconnect(Seam::SkipFirst, "seam-skip", "command");
+    let (m, reconnects) = (
+        &v["accounting"]["reconnecting"],
+        &v["reconnects"]["reconnects"],
+    );
+    assert_eq!(&m["lost"], reconnects, "{m}");
+    assert_eq!(&m["lost_by_offset"], reconnects, "{m}");
+    assert_eq!(m["duplicated"], 0, "{m}");
+    assert_eq!(m["lost_announced"], 0, "{m}");
+    assert_eq!(v["passed"], false);
+}
+
+#[test]
+fn a_refused_recovery_is_announced_not_lost() {
+    let v = run_reconnect(Seam::Refuse, "seam-refuse", "url");
+    let (m, r) = (&v["accounting"]["reconnecting"], &v["reconnects"]);
+    assert_eq!(r["recovered_true"], 0, "{r}");
+    assert_eq!(r["recovered_false"], r["reconnects"], "{r}");
+    assert_eq!(m["lost"], 0, "{m}");
+    assert_eq!(m["duplicated"], 0, "{m}");
+    // What the refusals said was gone is what the subscribers then missed.
+    let announced = m["lost_announced"].as_u64().unwrap();
+    assert!(announced >= 15 * 20, "{m}");
+    assert_eq!(r["announced_missing_by_refusals"], announced, "{r}");
+    assert_eq!(v["passed"], false);
+}

@@ -8,6 +8,7 @@ pub mod control;
 pub mod fanout;
 pub mod http_pub;
 pub mod idle;
+pub mod reconnect;
 pub mod slow;
 
 use std::net::IpAddr;
@@ -164,6 +165,7 @@ pub fn pool_json(stats: &crate::pool::PoolStats) -> Value {
         "dropped": stats.dropped,
         "pings_answered": stats.pings,
         "closed_cleanly": stats.closed_cleanly,
+        "aborted": stats.aborted,
         "errors": stats.errors,
         "handshake_latency_us": crate::report::percentiles(&stats.handshake_us),
         "generator_io": {
