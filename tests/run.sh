@@ -8,7 +8,8 @@
 #                on a free loopback port, run the Autobahn cases and the real-client smokes
 #                (Chromium, Python websockets, Node ws) against /echo, the push smokes on /ws,
 #                the control-socket examples (PHP, Python, Node, shell), the recovery example
-#                page in Chromium, then stop the server with SIGTERM
+#                page in Chromium, the user examples (login timeout, online users, event
+#                consumer; PHP with Chromium or Python clients), then stop the server with SIGTERM
 #   (no PHASE: cargo, then conformance)
 #
 # Environment (all optional):
@@ -52,6 +53,7 @@ TOOLS_LIMIT_S="${TOOLS_LIMIT_S:-1800}"
 READY_LIMIT_S="${READY_LIMIT_S:-30}"
 SMOKE_LIMIT_S="${SMOKE_LIMIT_S:-120}"
 EXAMPLES_LIMIT_S="${EXAMPLES_LIMIT_S:-300}"
+USERS_LIMIT_S="${USERS_LIMIT_S:-180}"
 STOP_LIMIT_S="${STOP_LIMIT_S:-20}"
 # Hard bound on the server's life, whatever happens to this script.
 SERVER_LIFETIME_S="${SERVER_LIFETIME_S:-3600}"
@@ -370,6 +372,15 @@ push_smokes() {
   # of tests/conformance/smoke.toml).
   check recover "$SMOKE_LIMIT_S" bash "$CONF/recover.sh" \
     "ws://127.0.0.1:$PORT/ws" "unix:$REPORT_DIR/control.sock"
+  # The user examples with their PHP scripts: examples/login-timeout/ and examples/online-users/
+  # in Chromium, examples/event-consumer/ with Python websockets clients (connection tokens,
+  # presence news, the event stream; [auth] and the `lt`, `online`, `chat` namespaces of
+  # tests/conformance/smoke.toml).
+  local example
+  for example in login-timeout online-users event-consumer; do
+    check "$example" "$USERS_LIMIT_S" bash "$CONF/users.sh" "$example" \
+      "ws://127.0.0.1:$PORT/ws" "unix:$REPORT_DIR/control.sock"
+  done
 }
 
 phase_conformance() {
