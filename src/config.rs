@@ -442,6 +442,17 @@ impl Default for ControlConfig {
     }
 }
 
+/// The HTTP listener (`[http]`): metrics, health checks, the HTTP API, the dashboard.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on (e.g. `127.0.0.1:9081`); none: no HTTP listener (the default).
+    pub listen: Option<SocketAddr>,
+    /// When set, every `POST /api/...` needs `Authorization: Bearer TOKEN`, and the listener may
+    /// be on a non-loopback address.
+    pub token: Option<String>,
+}
+
 /// The whole server configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -470,6 +481,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// Connection tokens.
     pub auth: AuthConfig,
+    /// The HTTP listener.
+    pub http: HttpConfig,
     /// Every bound.
     pub limits: Limits,
 }
@@ -512,6 +525,7 @@ impl Default for Config {
             namespaces: BTreeMap::new(),
             control: ControlConfig::default(),
             auth: AuthConfig::default(),
+            http: HttpConfig::default(),
             limits: Limits::default(),
         }
     }

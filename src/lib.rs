@@ -26,6 +26,7 @@
 //! - [`budget`]: a shard's worst-case memory, term by term, from `Limits`;
 //! - [`id`]: connection ids;
 //! - [`stats`]: counters and their published snapshots;
+//! - [`metrics`]: the counters in the Prometheus text format, rendered at scrape time;
 //! - [`server`]: listeners, driver choice, shard threads, readiness, shutdown;
 //! - [`ctl`]: `ringcast ctl`, the control socket's command-line client.
 
@@ -38,6 +39,7 @@ pub mod ctl;
 pub mod driver;
 pub mod engine;
 pub mod id;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod stats;

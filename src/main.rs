@@ -61,6 +61,10 @@ struct ServeArgs {
     /// Serve no control socket.
     #[arg(long, conflicts_with = "control")]
     no_control: bool,
+    /// HTTP listener for /metrics, /healthz, /readyz, the HTTP API and the dashboard, e.g.
+    /// 127.0.0.1:9081 [default: off, or the config file's [http] listen].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
     /// Start even when the worst-case memory budget exceeds the host's available memory.
     #[arg(long)]
     allow_overcommit: bool,
@@ -113,6 +117,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if args.reuse_port {
         config.reuse_port = true;
+    }
+    if let Some(http) = args.http {
+        config.http.listen = Some(http);
     }
     if let Some(driver) = args.driver {
         config.driver = driver;
@@ -168,6 +175,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         eprintln!("ringcast: control socket on {addr}");
     }
     let mut out = std::io::stdout().lock();
+    if let Some(addr) = server.http_addr() {
+        // Before the readiness line, so a script that waits for `ready` can read both.
+        let _ = writeln!(out, "ringcast http listen={addr}");
+    }
     let _ = writeln!(
         out,
         "ringcast ready listen={} shards={} pid={}",

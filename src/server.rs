@@ -30,6 +30,8 @@ pub struct Server {
     /// The `PATH.lock` of each Unix control socket, held until `wait` has removed the socket
     /// files and stopped the shards, so a successor never binds a path we are about to remove.
     control_locks: Vec<std::os::fd::OwnedFd>,
+    /// The HTTP listener's address.
+    http_addr: Option<SocketAddr>,
 }
 
 /// The driver the shards run on, and the line that says why when it is not the one asked for.
@@ -236,7 +238,29 @@ impl Server {
                 .map_err(|e| format!("cannot listen on {bound}: {e}"))?;
             listeners.push(fd);
         }
-        let (control_fds, control, control_locks) = open_control(&config)?;
+        let (mut control_fds, control, control_locks) = open_control(&config)?;
+        // The HTTP listener rides with the control listeners (every shard accepts on it); the
+        // engine knows it by its index.
+        let (http_listener, http_addr) = match config.http.listen {
+            None => (None, None),
+            Some(addr) => {
+                if !addr.ip().is_loopback() && config.http.token.is_none() {
+                    return Err(format!(
+                        "HTTP address {addr} is not loopback: anyone reaching it could publish to every \
+                         client. Fix: use a loopback address, or set [http] token in the config."
+                    ));
+                }
+                if addr.port() != 0 && addr.port() == bound.port() {
+                    return Err(format!(
+                        "HTTP address {addr} is the WebSocket port. Fix: give [http] its own port."
+                    ));
+                }
+                let (fd, bound_http) = listener::listen(addr, true)
+                    .map_err(|e| format!("cannot listen on HTTP address {addr}: {e}"))?;
+                control_fds.push(fd);
+                (Some(control_fds.len() - 1), Some(bound_http))
+            }
+        };
         let config = Arc::new(config);
         let stop = Arc::new(AtomicBool::new(false));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -289,6 +313,7 @@ impl Server {
                 congestion: congestion.clone(),
                 verifier: verifier.clone(),
                 wall_base_ms: wall_ms,
+                http_listener,
             };
             let shard_io = ShardIo {
                 listener,
@@ -330,6 +355,7 @@ impl Server {
             notes,
             control,
             control_locks,
+            http_addr,
         };
         if let Some(err) = failure {
             server.stop.store(true, Ordering::Relaxed);
@@ -337,6 +363,11 @@ impl Server {
             return Err(err);
         }
         Ok(server)
+    }
+
+    /// The HTTP listener's bound address, when one is configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The control addresses served.

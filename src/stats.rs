@@ -11,6 +11,10 @@ pub struct Counters {
     pub accepted: u64,
     /// Connections open now (handshaking, open or closing).
     pub open: u64,
+    /// Gauge: bytes owed to this shard's connections (queued or in flight), at the snapshot.
+    pub queued_bytes: u64,
+    /// Gauge: users this shard holds as their owner (each with at least one connection).
+    pub users_online: u64,
     /// Upgrade handshakes completed.
     pub handshakes: u64,
     /// Handshakes refused, by HTTP status, e.g. `[(400, 3), (404, 1)]`.
@@ -172,6 +176,8 @@ impl Counters {
     pub fn add(&mut self, other: &Counters) {
         self.accepted += other.accepted;
         self.open += other.open;
+        self.queued_bytes += other.queued_bytes;
+        self.users_online += other.users_online;
         self.handshakes += other.handshakes;
         for &(k, n) in &other.rejected_by_status {
             bump(&mut self.rejected_by_status, k, n);

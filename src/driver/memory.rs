@@ -157,6 +157,8 @@ impl Cluster {
                     congestion: congestion.clone(),
                     verifier: verifier.clone(),
                     wall_base_ms: WALL_BASE_MS,
+                    // The tests' HTTP connections come on control listener 1.
+                    http_listener: Some(1),
                 }),
                 tx: MemTx {
                     max: config.limits.sends_in_flight_max,

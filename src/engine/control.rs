@@ -86,6 +86,8 @@ struct Pending {
     remaining: u32,
     acc: Acc,
     error: Option<(ErrorCode, String)>,
+    /// A request later requests on this connection wait for (see `ControlState::barriers`).
+    barrier: bool,
 }
 
 /// The process-wide count of authenticated control connections, shared by every shard's engine:
@@ -144,6 +146,12 @@ pub struct ControlState {
     pub(super) event_types: u8,
     /// Events dropped for it since the last one it got (told as a `gap` line).
     pub(super) events_dropped: u64,
+    /// Requests that change what later ones see (`subscribe`, `unsubscribe`, `bind_user`,
+    /// `unbind_user`) still waiting for their reply: while above zero, the following lines wait
+    /// unread (in `held`), so "join the group, then publish to it" works pipelined.
+    pub(super) barriers: u32,
+    /// Input is paused for a barrier (not for backpressure).
+    pub(super) barrier_paused: bool,
 }
 
 /// Input a paused control connection may hold (what was on its way when reading stopped).
@@ -483,7 +491,7 @@ impl Engine {
             };
             if pause && state.publisher {
                 self.pause_control(slot);
-            } else if !pause && state.paused {
+            } else if !pause && state.paused && !state.barrier_paused {
                 state.paused = false;
                 let held = std::mem::take(&mut state.held);
                 self.intents.push(Intent::ResumeRead { token, sock });
@@ -563,6 +571,9 @@ impl Engine {
 
     /// The backend half-closed: a last request without its newline is still a request.
     pub(super) fn on_control_eof(&mut self, slot: usize) {
+        if self.conns[slot].control().is_some_and(|s| s.barrier_paused) {
+            return; // `release_barrier` finishes it
+        }
         let held = match self.conns[slot].control() {
             Some(state) => {
                 state.paused = false;
@@ -648,6 +659,10 @@ impl Engine {
             if let Some(from) = previous_end {
                 if self.publisher_must_wait(slot) {
                     self.pause_with_input(slot, &data[from..]);
+                    break;
+                }
+                if self.conns[slot].control().is_some_and(|s| s.barriers > 0) {
+                    self.hold_for_barrier(slot, &data[from..]);
                     break;
                 }
             }
@@ -743,6 +758,31 @@ impl Engine {
             // Refuse the rest of the stream: close once the reply is out.
             return self.close_after_flush(slot);
         }
+        let barrier = !noreply
+            && matches!(
+                &request.method,
+                Method::Subscribe(..)
+                    | Method::Unsubscribe(..)
+                    | Method::BindUser(..)
+                    | Method::UnbindUser(..)
+            );
+        let pending_before = self.conns[slot].control().map_or(0, |s| s.pending.len());
+        self.execute(slot, request.method, id, noreply);
+        if barrier {
+            if let Some(state) = self.conns.get_mut(slot).and_then(|c| c.control()) {
+                if state.pending.len() > pending_before {
+                    if let Some(p) = state.pending.back_mut().filter(|p| p.remaining > 0) {
+                        p.barrier = true;
+                        state.barriers += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one parsed, authorised request (the one executor of the control socket and the
+    /// HTTP API).
+    fn execute(&mut self, slot: usize, method: Method, id: Option<&str>, noreply: bool) {
         let name_max = self.config.limits.channel_name_bytes_max;
         let bad_name = |name: &str| {
             channel::validate_name(name, name_max)
@@ -755,12 +795,12 @@ impl Engine {
                 })
         };
         if matches!(
-            request.method,
+            method,
             Method::Publish(..) | Method::Broadcast(..) | Method::Send(..)
         ) {
             self.mark_publisher(slot);
         }
-        match request.method {
+        match method {
             Method::Auth(_) => self.reply_now(slot, id, Ok("{}".to_string())),
             Method::Publish(name, payload, report, key) => {
                 if let Some(err) = bad_name(&name) {
@@ -1221,6 +1261,7 @@ impl Engine {
             remaining: parts,
             acc,
             error: None,
+            barrier: false,
         });
         Some(ReplyTo {
             shard: self.index as u16,
@@ -1255,6 +1296,7 @@ impl Engine {
             remaining: 0,
             acc,
             error,
+            barrier: false,
         });
     }
 
@@ -1269,6 +1311,7 @@ impl Engine {
                 id: id.map(Box::from),
                 remaining: 0,
                 acc: Acc::Done,
+                barrier: false,
                 error: Some((
                     ErrorCode::LimitExceeded,
                     format!(
@@ -1369,8 +1412,67 @@ impl Engine {
             (Part::Done, _) => {}
             (part, acc) => debug_assert!(false, "reply part {part:?} does not fit {acc:?}"),
         }
+        let released = p.remaining == 0 && std::mem::take(&mut p.barrier);
         if index == 0 {
             self.flush_replies(slot);
+        }
+        if released && self.conns.contains(slot) {
+            self.release_barrier(slot);
+        }
+    }
+
+    /// Stops reading a control connection until its pending barrier requests are answered;
+    /// `rest` (the input after the barrier's line) waits in `held`.
+    fn hold_for_barrier(&mut self, slot: usize, rest: &[u8]) {
+        let token = self.conns.token(slot);
+        let sock = self.conns[slot].sock;
+        let Some(state) = self.conns[slot].control() else {
+            return;
+        };
+        debug_assert!(state.held.is_empty());
+        state.lines.reset();
+        state.held = rest.to_vec();
+        state.barrier_paused = true;
+        if !state.paused {
+            state.paused = true;
+            self.intents.push(Intent::PauseRead { token, sock });
+        }
+    }
+
+    /// A barrier request was answered: when none is left, the held input runs (unless
+    /// backpressure holds the connection too, whose resume will run it).
+    fn release_barrier(&mut self, slot: usize) {
+        let token = self.conns.token(slot);
+        let sock = self.conns[slot].sock;
+        let publishers_paused = self.publishers_paused;
+        let Some(state) = self.conns[slot].control() else {
+            return;
+        };
+        state.barriers = state.barriers.saturating_sub(1);
+        if state.barriers > 0 || !state.barrier_paused {
+            return;
+        }
+        state.barrier_paused = false;
+        if publishers_paused && state.publisher {
+            return; // still paused, for backpressure now
+        }
+        state.paused = false;
+        let held = std::mem::take(&mut state.held);
+        let eof = self.conns[slot].flags & super::conn::PEER_EOF != 0;
+        // Even after EOF: a driver that stopped reading must deliver the sends' completions
+        // and the peer's reset as before (a second EOF is ignored).
+        self.intents.push(Intent::ResumeRead { token, sock });
+        if !held.is_empty() {
+            self.on_control_bytes(slot, &held);
+        }
+        if eof && self.conns.contains(slot) && self.conns[slot].state == State::Open {
+            // The backend half-closed while its input waited: finish as EOF would have.
+            self.on_control_eof(slot);
+            if self.conns.contains(slot) {
+                self.close_after_flush(slot);
+            }
+        } else if self.conns.contains(slot) {
+            self.mark_dirty(slot);
         }
     }
 
@@ -1455,7 +1557,18 @@ impl Engine {
                     Part::Done
                 }
                 ConnAction::Subscribe(name) => match self.subscribe(slot, &name, None) {
-                    Ok(()) => Part::Done,
+                    Ok(()) => {
+                        // Answered once the owner registered this shard's interest, so a
+                        // publish the backend sends after the reply reaches this subscriber.
+                        let pending = self.local.find(&name).is_some_and(|l| {
+                            self.local.get(l).sync != crate::channel::local::Sync::Active
+                        });
+                        if let (true, Some(to)) = (pending, reply) {
+                            self.subscribe_waiters.entry(name).or_default().push(to);
+                            return;
+                        }
+                        Part::Done
+                    }
                     Err(e) => Part::Failed(
                         e.code(),
                         e.message(self.config.limits.channel_name_bytes_max),

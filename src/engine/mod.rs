@@ -125,6 +125,8 @@ pub struct EngineSetup {
     pub verifier: Option<Arc<crate::auth::Verifier>>,
     /// The wall clock at the driver's time 0, in ms since the UNIX epoch.
     pub wall_base_ms: u64,
+    /// Which control listener index is the HTTP listener, if any.
+    pub http_listener: Option<usize>,
 }
 
 thread_local! {
@@ -178,6 +180,10 @@ pub struct Engine {
     verifier: Option<Arc<crate::auth::Verifier>>,
     /// The wall clock at the driver's time 0, in ms since the UNIX epoch (tokens' `exp`).
     wall_base_ms: u64,
+    /// Control `subscribe` requests waiting for their channel owner's acknowledgement.
+    subscribe_waiters: HashMap<Arc<str>, Vec<xmsg::ReplyTo>>,
+    /// Which control listener index is the HTTP listener.
+    http_listener: Option<usize>,
     /// Users this shard owns, with their connections.
     users: users::Registry,
     /// Presence of the channels this shard owns, by user.
@@ -253,6 +259,8 @@ impl Engine {
                 .unwrap_or_default(),
             verifier: setup.verifier,
             wall_base_ms: setup.wall_base_ms,
+            http_listener: setup.http_listener,
+            subscribe_waiters: HashMap::new(),
             users: users::Registry::default(),
             presence: HashMap::new(),
             consumers: events::Consumers::default(),
@@ -455,6 +463,10 @@ impl Engine {
             // request without its newline is still served, its replies still go out, then the
             // connection is freed.
             conn.flags |= PEER_EOF;
+            if conn.control().is_some_and(|s| s.barrier_paused) {
+                // Its last requests wait for an earlier one; the barrier's release ends it.
+                return;
+            }
             self.on_control_eof(slot);
             if self.conns.contains(slot) {
                 self.close_after_flush(slot);
@@ -567,6 +579,8 @@ impl Engine {
     /// Publishes a snapshot of the counters (for `stats` and the server's totals).
     pub fn publish_counters(&mut self) {
         self.counters.open = self.conns.len() as u64;
+        self.counters.queued_bytes = self.queued_bytes as u64;
+        self.counters.users_online = self.users.len() as u64;
         self.published.publish(&self.counters);
     }
 

@@ -531,6 +531,21 @@ impl Engine {
     }
 
     fn on_ack(&mut self, name: &str, position: Option<(u64, u64)>) {
+        if let Some(waiters) = self.subscribe_waiters.remove(name) {
+            for to in waiters {
+                let part = match position {
+                    Some(_) => Part::Done,
+                    None => {
+                        let e = ChannelError::TooManyChannels;
+                        Part::Failed(
+                            e.code(),
+                            e.message(self.config.limits.channel_name_bytes_max),
+                        )
+                    }
+                };
+                self.send_x(to.shard as usize, XMsg::Reply { to, part });
+            }
+        }
         let Some(id) = self.local.find(name) else {
             return;
         };

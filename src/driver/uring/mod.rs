@@ -505,6 +505,7 @@ mod tests {
             congestion: Arc::new(crate::engine::control::Congestion::new(1)),
             verifier: None,
             wall_base_ms: 0,
+            http_listener: None,
         });
         let io = ShardIo {
             listener,

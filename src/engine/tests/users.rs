@@ -525,3 +525,56 @@ fn a_send_without_consumer_is_an_error_and_a_stalled_consumer_gets_a_gap() {
         "one subscription per connection"
     );
 }
+
+#[test]
+fn a_pipelined_publish_after_a_control_subscribe_reaches_the_new_member() {
+    // The GatewayWorker pattern: join a connection to a group, then send to the group, in one
+    // write. The subscribe is answered once the channel's owner registered the interest, and
+    // the publish behind it waits for that answer.
+    let mut c = Cluster::new(auth_config(), 3);
+    let ch = owned_by(2, 3, "group:");
+    let mut ws = Ws::open(&mut c, 1, "/ws");
+    let id = welcome_id(&mut ws, &mut c);
+    let ctl = control(&mut c, 0);
+    let r = call(
+        &mut c,
+        ctl,
+        &[
+            json!({"id":1,"method":"subscribe","conn":id,"channel":ch}),
+            json!({"id":2,"method":"publish","channel":ch,"text":"first"}),
+            json!({"id":3,"method":"presence_stats","channel":ch}),
+        ],
+    );
+    assert_eq!(r[0]["result"], json!({}), "{r:?}");
+    assert_eq!(
+        r[1]["result"]["offset"], 1,
+        "the publish saw the new member: {r:?}"
+    );
+    assert_eq!(r[2]["result"]["conns"], 1);
+    let texts = ws.texts(&mut c);
+    assert!(
+        texts
+            .iter()
+            .any(|t| t["op"] == "message" && t["data"] == "first"),
+        "{texts:?}"
+    );
+    // The same from a backend that half-closes after writing (`echo ... | socat`).
+    let mut ws2 = Ws::open(&mut c, 2, "/ws");
+    let id2 = welcome_id(&mut ws2, &mut c);
+    let ch2 = owned_by(0, 3, "group:");
+    let ctl2 = control(&mut c, 1);
+    let text = format!(
+        "{}\n{}\n",
+        json!({"id":1,"method":"subscribe","conn":id2,"channel":ch2}),
+        json!({"id":2,"method":"publish","channel":ch2,"text":"second"})
+    );
+    c.write(ctl2, text.as_bytes());
+    c.client_fin(ctl2);
+    c.settle();
+    let replies = lines(&mut c, ctl2);
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(replies[1]["result"]["offset"], 1);
+    assert!(c.pipe(ctl2).closed, "then the server closes");
+    let texts = ws2.texts(&mut c);
+    assert!(texts.iter().any(|t| t["data"] == "second"), "{texts:?}");
+}
