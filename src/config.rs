@@ -150,6 +150,9 @@ pub struct Limits {
     /// is dropped for that consumer and counted (`events_dropped`); the consumer gets
     /// `{"event":"gap","dropped":N}` before its next event. The engine never waits for it.
     pub event_buffer_bytes_max: usize,
+    /// Time an HTTP connection may stay open without a request (keep-alive). Overflow: closed,
+    /// counted (`control_idle_timeouts`). 0: no limit.
+    pub http_idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -194,6 +197,7 @@ impl Default for Limits {
             conns_per_user_max: 100,
             token_refresh_grace_ms: 30_000,
             event_buffer_bytes_max: 4 * 1024 * 1024,
+            http_idle_timeout_ms: 60_000,
         }
     }
 }

@@ -133,6 +133,12 @@ pub struct Counters {
     pub events_dropped: u64,
     /// Client `send`s answered `no_consumer`.
     pub sends_without_consumer: u64,
+    /// HTTP connections accepted.
+    pub http_conns: u64,
+    /// HTTP requests parsed.
+    pub http_requests: u64,
+    /// HTTP requests refused as malformed or too large (400, 411, 413, 431, 505).
+    pub http_errors: u64,
 }
 
 fn bump(list: &mut Vec<(u16, u64)>, key: u16, by: u64) {
@@ -237,6 +243,9 @@ impl Counters {
         self.events_delivered += other.events_delivered;
         self.events_dropped += other.events_dropped;
         self.sends_without_consumer += other.sends_without_consumer;
+        self.http_conns += other.http_conns;
+        self.http_requests += other.http_requests;
+        self.http_errors += other.http_errors;
     }
 }
 

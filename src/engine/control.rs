@@ -78,6 +78,8 @@ enum Acc {
     Ready(String),
     /// A result rendered by the shard that had it.
     Json(Option<String>),
+    /// A complete HTTP response (an HTTP connection's answer that needs no executor).
+    Raw(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -152,6 +154,10 @@ pub struct ControlState {
     pub(super) barriers: u32,
     /// Input is paused for a barrier (not for backpressure).
     pub(super) barrier_paused: bool,
+    /// An HTTP connection (`[http] listen`): replies go out as HTTP responses.
+    pub(super) is_http: bool,
+    /// Its receive buffer (`None` once it stopped taking requests).
+    pub(super) http: Option<Vec<u8>>,
 }
 
 /// Input a paused control connection may hold (what was on its way when reading stopped).
@@ -320,6 +326,7 @@ fn result_of(p: &Pending) -> String {
             let _ = write!(out, "{{\"connections\":{n}}}");
         }
         Acc::Ready(text) => out.push_str(text),
+        Acc::Raw(_) => {}
         Acc::Json(text) => out.push_str(text.as_deref().unwrap_or("{}")),
     }
     out
@@ -335,9 +342,10 @@ fn body_of(payload: Payload) -> Body {
 
 impl Engine {
     /// A control connection was accepted.
-    pub(super) fn open_control(&mut self, sock: Sock) {
+    pub(super) fn open_control(&mut self, sock: Sock, is_http: bool) {
         let limits = &self.config.limits;
-        let authed = self.config.control.token.is_none();
+        // HTTP requests carry their token each (`[http] token`), checked per request.
+        let authed = is_http || self.config.control.token.is_none();
         let counted = if authed {
             let max = limits.control_conns_per_shard_max * self.shards;
             ControlGate::enter(&self.control_gate.authed, max).then_some(Counted::Authed)
@@ -364,6 +372,11 @@ impl Engine {
         }
         let mut state = ControlState::new(authed);
         state.counted = counted;
+        if is_http {
+            state.is_http = true;
+            state.http = Some(Vec::new());
+            self.counters.http_conns += 1;
+        }
         let conn = &mut self.conns[slot];
         conn.endpoint = Endpoint::Control;
         conn.state = State::Open;
@@ -401,12 +414,23 @@ impl Engine {
 
     /// Arms the idle deadline of an authenticated control connection, if one is configured.
     fn arm_control_idle(&mut self, slot: usize) {
-        match self.config.limits.control_idle_timeout_ms {
+        match self.control_idle_ms(slot) {
             0 => self.wheel.remove(slot),
             ms => {
                 let last = self.conns[slot].last_rx_tick;
                 self.wheel.insert(slot, last + limits_ticks(ms));
             }
+        }
+    }
+
+    /// The idle limit of a control (or HTTP) connection, in ms (0: none).
+    fn control_idle_ms(&mut self, slot: usize) -> u64 {
+        let limits = &self.config.limits;
+        let is_http = self.conns[slot].control().is_some_and(|s| s.is_http);
+        if is_http {
+            limits.http_idle_timeout_ms
+        } else {
+            limits.control_idle_timeout_ms
         }
     }
 
@@ -439,7 +463,7 @@ impl Engine {
             self.flush_replies(slot);
             return self.close_after_flush(slot);
         }
-        let idle = limits_ticks(self.config.limits.control_idle_timeout_ms);
+        let idle = limits_ticks(self.control_idle_ms(slot));
         if idle == 0 {
             return;
         }
@@ -494,8 +518,15 @@ impl Engine {
             } else if !pause && state.paused && !state.barrier_paused {
                 state.paused = false;
                 let held = std::mem::take(&mut state.held);
+                let is_http = state.is_http;
                 self.intents.push(Intent::ResumeRead { token, sock });
-                if !held.is_empty() {
+                if is_http {
+                    // Requests still in its buffer run now.
+                    self.on_http_bytes(slot, &[]);
+                    if self.conns.contains(slot) {
+                        self.mark_dirty(slot);
+                    }
+                } else if !held.is_empty() {
                     self.on_control_bytes(slot, &held);
                     if self.conns.contains(slot) {
                         self.mark_dirty(slot);
@@ -555,6 +586,18 @@ impl Engine {
         self.unauthed_order.len()
     }
 
+    /// Whether a publishing connection must stop before its next request (see
+    /// `publisher_must_wait`), for the HTTP path.
+    pub(super) fn publisher_must_wait_now(&mut self, slot: usize) -> bool {
+        self.publisher_must_wait(slot)
+    }
+
+    /// Pauses a publishing HTTP connection: its unparsed requests stay in its buffer.
+    pub(super) fn pause_control_now(&mut self, slot: usize) {
+        self.pause_control(slot);
+        self.publishers_paused = true;
+    }
+
     /// Stops reading a control connection (backpressure), once.
     fn pause_control(&mut self, slot: usize) {
         let token = self.conns.token(slot);
@@ -571,8 +614,9 @@ impl Engine {
 
     /// The backend half-closed: a last request without its newline is still a request.
     pub(super) fn on_control_eof(&mut self, slot: usize) {
-        if self.conns[slot].control().is_some_and(|s| s.barrier_paused) {
-            return; // `release_barrier` finishes it
+        if self.conns[slot].control().is_some_and(|s| s.barrier_paused || s.is_http) {
+            // `release_barrier` finishes it; an HTTP request cut short is not a request.
+            return;
         }
         let held = match self.conns[slot].control() {
             Some(state) => {
@@ -604,6 +648,9 @@ impl Engine {
         let Some(state) = self.conns[slot].control() else {
             return;
         };
+        if state.is_http {
+            return self.on_http_bytes(slot, data);
+        }
         if !state.seen_input {
             state.seen_input = true;
             // The protocol is JSON objects, one per line. A client whose first byte is anything
@@ -1271,6 +1318,24 @@ impl Engine {
         })
     }
 
+    /// A complete HTTP response, queued behind the pending replies.
+    pub(super) fn reply_raw(&mut self, slot: usize, response: Vec<u8>) {
+        let max = self.config.limits.control_pending_max;
+        let Some(state) = self.conns[slot].control() else {
+            return;
+        };
+        if state.pending.len() >= max {
+            return self.overloaded(slot, None);
+        }
+        state.pending.push_back(Pending {
+            id: None,
+            remaining: 0,
+            acc: Acc::Raw(response),
+            error: None,
+            barrier: false,
+        });
+    }
+
     /// A reply known at once; still queued behind earlier pending replies.
     fn reply_now(
         &mut self,
@@ -1490,9 +1555,33 @@ impl Engine {
                 break;
             };
             state.front_seq += 1;
-            let line = match &p.error {
-                Some((code, message)) => control::reply_error(p.id.as_deref(), *code, message),
-                None => control::reply_ok(p.id.as_deref(), &result_of(&p)),
+            let line = if state.is_http {
+                let keep_alive = state.http.is_some();
+                match (&p.acc, &p.error) {
+                    (Acc::Raw(bytes), _) => bytes.clone(),
+                    (_, Some((code, message))) => crate::http::response::error_json(
+                        super::http::status_of(*code),
+                        code.as_str(),
+                        message,
+                        keep_alive,
+                        &[],
+                    ),
+                    (_, None) => crate::http::response::response(
+                        200,
+                        "application/json",
+                        result_of(&p).as_bytes(),
+                        keep_alive,
+                        &[crate::http::response::NO_STORE],
+                    ),
+                }
+            } else {
+                match &p.error {
+                    Some((code, message)) => {
+                        control::reply_error(p.id.as_deref(), *code, message)
+                    }
+                    None => control::reply_ok(p.id.as_deref(), &result_of(&p)),
+                }
+                .into_bytes()
             };
             if conn
                 .out

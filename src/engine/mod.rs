@@ -14,6 +14,8 @@
 //! - [`users`]: the user registry at each user's owner shard, and user addressing;
 //! - [`presence`]: presence by user at each channel's owner, join/leave news;
 //! - [`events`]: the backend event stream (consumers, groups, per-shard sequences);
+//! - [`http`]: HTTP connections: metrics, health, the dashboard, the HTTP API on the control
+//!   executor;
 //! - [`xmsg`]: the messages between shards, and which of them may be refused;
 //! - [`io`]: the driver contract.
 //!
@@ -25,6 +27,7 @@
 pub mod conn;
 pub mod control;
 pub mod events;
+pub mod http;
 pub mod identity;
 pub mod io;
 pub mod lifecycle;
@@ -358,7 +361,7 @@ impl Engine {
     /// A listener produced a socket. `peer` is needed only when `wants_peer_addr`.
     pub fn on_accept(&mut self, listener: Listener, sock: Sock, peer: Option<PeerAddr>) {
         CURRENT_CONN.with(|c| c.set(None));
-        if let Listener::Control(_) = listener {
+        if let Listener::Control(index) = listener {
             if self.shutting_down.is_some() || self.conns.len() >= self.limits().conns_per_shard_max
             {
                 self.counters.control_refusals += 1;
@@ -368,7 +371,8 @@ impl Engine {
                 });
                 return;
             }
-            return self.open_control(sock);
+            let is_http = Some(index) == self.http_listener;
+            return self.open_control(sock, is_http);
         }
         self.counters.accepted += 1;
         let full = self.conns.len() >= self.limits().conns_per_shard_max
