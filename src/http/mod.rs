@@ -222,3 +222,6 @@ impl std::fmt::Display for HttpError {
 }
 
 impl std::error::Error for HttpError {}
+
+#[cfg(test)]
+mod tests;
