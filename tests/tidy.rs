@@ -49,7 +49,7 @@ fn sans_io_layers_touch_no_io_and_no_clock() {
         "std::thread",
     ];
     let mut problems = Vec::new();
-    for layer in ["proto", "control", "channel", "wire", "auth"] {
+    for layer in ["proto", "control", "channel", "wire", "auth", "http"] {
         let mut files = Vec::new();
         rust_files(&root().join("src").join(layer), &mut files);
         assert!(!files.is_empty(), "src/{layer} has no files?");

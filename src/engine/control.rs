@@ -524,6 +524,7 @@ impl Engine {
                     // Requests still in its buffer run now.
                     self.on_http_bytes(slot, &[]);
                     if self.conns.contains(slot) {
+                        self.flush_replies(slot);
                         self.mark_dirty(slot);
                     }
                 } else if !held.is_empty() {
@@ -614,7 +615,10 @@ impl Engine {
 
     /// The backend half-closed: a last request without its newline is still a request.
     pub(super) fn on_control_eof(&mut self, slot: usize) {
-        if self.conns[slot].control().is_some_and(|s| s.barrier_paused || s.is_http) {
+        if self.conns[slot]
+            .control()
+            .is_some_and(|s| s.barrier_paused || s.is_http)
+        {
             // `release_barrier` finishes it; an HTTP request cut short is not a request.
             return;
         }
@@ -649,7 +653,11 @@ impl Engine {
             return;
         };
         if state.is_http {
-            return self.on_http_bytes(slot, data);
+            self.on_http_bytes(slot, data);
+            if self.conns.contains(slot) {
+                self.flush_replies(slot);
+            }
+            return;
         }
         if !state.seen_input {
             state.seen_input = true;
@@ -829,7 +837,7 @@ impl Engine {
 
     /// Runs one parsed, authorised request (the one executor of the control socket and the
     /// HTTP API).
-    fn execute(&mut self, slot: usize, method: Method, id: Option<&str>, noreply: bool) {
+    pub(super) fn execute(&mut self, slot: usize, method: Method, id: Option<&str>, noreply: bool) {
         let name_max = self.config.limits.channel_name_bytes_max;
         let bad_name = |name: &str| {
             channel::validate_name(name, name_max)
@@ -1576,9 +1584,7 @@ impl Engine {
                 }
             } else {
                 match &p.error {
-                    Some((code, message)) => {
-                        control::reply_error(p.id.as_deref(), *code, message)
-                    }
+                    Some((code, message)) => control::reply_error(p.id.as_deref(), *code, message),
                     None => control::reply_ok(p.id.as_deref(), &result_of(&p)),
                 }
                 .into_bytes()
