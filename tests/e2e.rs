@@ -1385,3 +1385,6 @@ mod recovery;
 
 #[path = "e2e/users.rs"]
 mod users;
+
+#[path = "e2e/http.rs"]
+mod http;
