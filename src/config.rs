@@ -153,6 +153,9 @@ pub struct Limits {
     /// Time an HTTP connection may stay open without a request (keep-alive). Overflow: closed,
     /// counted (`control_idle_timeouts`). 0: no limit.
     pub http_idle_timeout_ms: u64,
+    /// The window of a drain started by SIGUSR1 (control `drain` gives its own): WebSocket
+    /// connections are closed with 1012 spread evenly over it, then the process exits.
+    pub drain_window_ms: u64,
 }
 
 impl Default for Limits {
@@ -198,6 +201,7 @@ impl Default for Limits {
             token_refresh_grace_ms: 30_000,
             event_buffer_bytes_max: 4 * 1024 * 1024,
             http_idle_timeout_ms: 60_000,
+            drain_window_ms: 30_000,
         }
     }
 }

@@ -201,6 +201,13 @@ enum MethodArgs {
         #[arg(long)]
         cursor: Option<String>,
     },
+    /// Drain the server: stop accepting, close WebSocket clients with 1012 spread over the
+    /// window (they reconnect to another instance), then exit.
+    Drain {
+        /// The window: 30s, 500ms, 2m [default: 30s].
+        #[arg(long, default_value = "30s", value_parser = parse_duration_ms)]
+        over: u64,
+    },
     /// Show counters: totals and per-shard open connections.
     Stats,
     /// Show version, shards, uptime and limits.
@@ -251,6 +258,29 @@ struct Request<'a> {
     cursor: Option<Value>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     report: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    over_ms: Option<u64>,
+}
+
+/// `30s`, `500ms`, `2m` or a bare number of seconds, in ms (1 ms to 1 hour).
+fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: expected e.g. 30s, 500ms, 2m"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        _ => return Err(format!("{text:?}: the unit is ms, s or m")),
+    };
+    if !(1..=3_600_000).contains(&ms) {
+        return Err(format!("{text:?}: a drain window is 1 ms to 1 hour"));
+    }
+    Ok(ms)
 }
 
 /// A control address.
@@ -599,6 +629,11 @@ fn request_line(method: &MethodArgs) -> Result<String, String> {
             request.method = "stats";
             None
         }
+        MethodArgs::Drain { over } => {
+            request.method = "drain";
+            request.over_ms = Some(*over);
+            None
+        }
         MethodArgs::Info => {
             request.method = "info";
             None
@@ -806,6 +841,9 @@ fn render(method: &MethodArgs, result: &Value) -> String {
             more_pages(result, &mut out);
         }
         MethodArgs::Stats => render_stats(result, &mut out),
+        MethodArgs::Drain { over } => {
+            out = format!("draining over {over} ms; the server exits after it\n");
+        }
         MethodArgs::Info => render_info(result, &mut out),
     }
     out

@@ -74,6 +74,12 @@ struct ServeArgs {
 }
 
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+/// SIGUSR1 arrived: drain over `drain_window_ms`, then exit.
+static DRAIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_drain_signal(_: libc::c_int) {
+    DRAIN.store(true, Ordering::SeqCst);
+}
 
 extern "C" fn on_signal(_: libc::c_int) {
     // A second SIGINT/SIGTERM exits at once; only async-signal-safe calls here.
@@ -92,6 +98,10 @@ fn install_signal_handlers() {
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
         libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+        let mut drain: libc::sigaction = std::mem::zeroed();
+        drain.sa_sigaction = on_drain_signal as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut drain.sa_mask);
+        libc::sigaction(libc::SIGUSR1, &drain, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
 }
@@ -167,6 +177,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
     }
     install_signal_handlers();
+    let drain_ms = config.limits.drain_window_ms;
     let server = Server::start(config)?;
     for note in &server.notes {
         eprintln!("ringcast: {note}");
@@ -189,6 +200,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let _ = out.flush();
     drop(out);
     while SIGNALS.load(Ordering::SeqCst) == 0 && !server.is_finished() {
+        if DRAIN.swap(false, Ordering::SeqCst) {
+            eprintln!("ringcast: SIGUSR1: draining over {drain_ms} ms, then exiting");
+            server.drain(drain_ms);
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     server.shutdown();

@@ -32,6 +32,8 @@ pub struct Server {
     control_locks: Vec<std::os::fd::OwnedFd>,
     /// The HTTP listener's address.
     http_addr: Option<SocketAddr>,
+    /// The drain request every shard reads (ms; 0: none).
+    drain: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The driver the shards run on, and the line that says why when it is not the one asked for.
@@ -278,6 +280,7 @@ impl Server {
             notes.push(note.clone());
         }
         let verifier = config.auth.verifier()?.map(Arc::new);
+        let drain = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let wall_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -314,6 +317,7 @@ impl Server {
                 verifier: verifier.clone(),
                 wall_base_ms: wall_ms,
                 http_listener,
+                drain: drain.clone(),
             };
             let shard_io = ShardIo {
                 listener,
@@ -356,6 +360,7 @@ impl Server {
             control,
             control_locks,
             http_addr,
+            drain,
         };
         if let Some(err) = failure {
             server.stop.store(true, Ordering::Relaxed);
@@ -363,6 +368,12 @@ impl Server {
             return Err(err);
         }
         Ok(server)
+    }
+
+    /// Drains over `window_ms`: every shard stops accepting, closes its WebSocket connections
+    /// with 1012 spread over the window, then shuts down (the process ends).
+    pub fn drain(&self, window_ms: u64) {
+        self.drain.store(window_ms.max(1), Ordering::Relaxed);
     }
 
     /// The HTTP listener's bound address, when one is configured.

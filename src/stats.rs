@@ -139,6 +139,10 @@ pub struct Counters {
     pub http_requests: u64,
     /// HTTP requests refused as malformed or too large (400, 411, 413, 431, 505).
     pub http_errors: u64,
+    /// Drains begun (control drain, SIGUSR1).
+    pub drains: u64,
+    /// WebSocket connections closed with 1012 by a drain.
+    pub drained: u64,
 }
 
 fn bump(list: &mut Vec<(u16, u64)>, key: u16, by: u64) {
@@ -246,6 +250,8 @@ impl Counters {
         self.http_conns += other.http_conns;
         self.http_requests += other.http_requests;
         self.http_errors += other.http_errors;
+        self.drains += other.drains;
+        self.drained += other.drained;
     }
 }
 

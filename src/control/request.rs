@@ -100,6 +100,8 @@ pub enum Method {
     },
     /// Counts of a channel's users, connections and anonymous connections (O(1)).
     PresenceStats(String),
+    /// Drain the whole process over this many ms, then exit.
+    Drain(u64),
     /// Turn this control connection into an event-stream consumer.
     Events {
         /// The event types wanted (a mask of `engine::events::Kind`).
@@ -218,6 +220,8 @@ struct Wire<'a> {
     group: Option<&'a RawValue>,
     #[serde(borrow, default)]
     user_cursor: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    over_ms: Option<&'a RawValue>,
 }
 
 /// Longest `idempotency_key`.
@@ -423,6 +427,16 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
             })
         })())?,
         "presence_stats" => params(string(wire.channel, "channel").map(Method::PresenceStats))?,
+        "drain" => params((|| {
+            let over_ms = match wire.over_ms {
+                None => 30_000,
+                Some(raw) => serde_json::from_str::<u64>(raw.get())
+                    .ok()
+                    .filter(|&ms| (1..=3_600_000).contains(&ms))
+                    .ok_or("\"over_ms\" must be 1 to 3600000 (one hour)")?,
+            };
+            Ok(Method::Drain(over_ms))
+        })())?,
         "events" => params((|| {
             let types = match wire.types {
                 None => vec![

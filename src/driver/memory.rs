@@ -137,6 +137,7 @@ impl Cluster {
         let all = Arc::new(published.clone());
         let gate = Arc::new(crate::engine::control::ControlGate::default());
         let congestion = Arc::new(crate::engine::control::Congestion::new(shards));
+        let drain = Arc::new(std::sync::atomic::AtomicU64::new(0));
         // Invariant: a test that configures [auth] gives a usable key (a bad one is a test bug).
         let verifier = config.auth.verifier();
         let verifier = verifier.expect("invariant: a test's [auth] key is usable");
@@ -159,6 +160,7 @@ impl Cluster {
                     wall_base_ms: WALL_BASE_MS,
                     // The tests' HTTP connections come on control listener 1.
                     http_listener: Some(1),
+                    drain: drain.clone(),
                 }),
                 tx: MemTx {
                     max: config.limits.sends_in_flight_max,
@@ -430,7 +432,9 @@ impl Cluster {
                     Intent::Close { sock } => self.pipe(sock).closed = true,
                     Intent::PauseRead { sock, .. } => self.pipe(sock).paused = true,
                     Intent::ResumeRead { sock, .. } => self.pipe(sock).paused = false,
-                    Intent::StopAccepting => self.stopped_accepting[i] = true,
+                    Intent::StopAccepting | Intent::StopAcceptingWebSockets => {
+                        self.stopped_accepting[i] = true
+                    }
                 }
             }
             self.intents = intents;

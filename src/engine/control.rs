@@ -1206,6 +1206,13 @@ impl Engine {
                 let group = group.map(|g| Arc::from(g.as_str()));
                 self.announce_consumer(slot, generation, group, Some(mask), reply);
             }
+            Method::Drain(over_ms) => {
+                self.request_drain(over_ms);
+                if !noreply {
+                    let text = format!("{{\"draining\":true,\"over_ms\":{over_ms}}}");
+                    self.reply_now(slot, id, Ok(text));
+                }
+            }
             Method::Stats => {
                 if !noreply {
                     let text = self.stats_json();

@@ -41,6 +41,7 @@ const API_METHODS: &[&str] = &[
     "history",
     "stats",
     "info",
+    "drain",
 ];
 
 /// API methods that only read (also served to `GET`, with their fields from the query string,
@@ -221,7 +222,7 @@ impl Engine {
             }
             "/healthz" => self.http_raw(slot, page(200, "text/plain; charset=utf-8", b"ok\n")),
             "/readyz" => {
-                let r = if self.shutting_down.is_some() {
+                let r = if self.is_draining() {
                     page(503, "text/plain; charset=utf-8", b"draining\n")
                 } else {
                     page(200, "text/plain; charset=utf-8", b"ready\n")

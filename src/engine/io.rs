@@ -103,6 +103,9 @@ pub enum Intent {
     },
     /// Stop accepting on every listener (graceful shutdown has begun).
     StopAccepting,
+    /// Stop accepting WebSocket connections only (a drain: the control socket and HTTP, whose
+    /// `/readyz` now answers 503, stay open until the shutdown at the drain's end).
+    StopAcceptingWebSockets,
 }
 
 /// How a send ended.

@@ -130,6 +130,21 @@ pub struct EngineSetup {
     pub wall_base_ms: u64,
     /// Which control listener index is the HTTP listener, if any.
     pub http_listener: Option<usize>,
+    /// A drain asked for the whole process: its window in ms (0: none), set by the control
+    /// socket's `drain` on any shard or by the server on SIGUSR1; every shard reads it each tick.
+    pub drain: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A drain in progress: WebSocket connections closed with 1012 spread over the window, then
+/// the shutdown (docs/operations.md, "Rolling restarts").
+#[derive(Debug)]
+struct Drain {
+    start_tick: u32,
+    window_ticks: u32,
+    /// The connections to close, in the order they will be (most recently accepted last).
+    queue: Vec<Token>,
+    /// How many the queue held at the start.
+    initial: usize,
 }
 
 thread_local! {
@@ -183,6 +198,10 @@ pub struct Engine {
     verifier: Option<Arc<crate::auth::Verifier>>,
     /// The wall clock at the driver's time 0, in ms since the UNIX epoch (tokens' `exp`).
     wall_base_ms: u64,
+    /// The process-wide drain request.
+    drain_req: Arc<std::sync::atomic::AtomicU64>,
+    /// This shard's drain, once begun.
+    draining: Option<Drain>,
     /// Control `subscribe` requests waiting for their channel owner's acknowledgement.
     subscribe_waiters: HashMap<Arc<str>, Vec<xmsg::ReplyTo>>,
     /// Which control listener index is the HTTP listener.
@@ -264,6 +283,8 @@ impl Engine {
             wall_base_ms: setup.wall_base_ms,
             http_listener: setup.http_listener,
             subscribe_waiters: HashMap::new(),
+            drain_req: setup.drain,
+            draining: None,
             users: users::Registry::default(),
             presence: HashMap::new(),
             consumers: events::Consumers::default(),
@@ -573,6 +594,7 @@ impl Engine {
         }
         fired.clear();
         self.fired = fired;
+        self.drain_step();
         self.update_backpressure();
         if self.now_tick.wrapping_sub(self.last_publish_tick) >= PUBLISH_EVERY_TICKS {
             self.last_publish_tick = self.now_tick;
@@ -596,6 +618,73 @@ impl Engine {
     /// Connections in use (WebSocket and control).
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Asks every shard to drain over `window_ms` (each begins on its next tick).
+    pub(crate) fn request_drain(&self, window_ms: u64) {
+        self.drain_req
+            .store(window_ms.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this shard drains or shuts down (`/readyz` answers 503).
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.is_some() || self.shutting_down.is_some()
+    }
+
+    /// One tick of a drain: begin it when asked; close the share of WebSocket connections the
+    /// elapsed part of the window calls for (1012: the service restarts, reconnect — elsewhere,
+    /// since this shard stopped accepting); at the window's end, shut down.
+    fn drain_step(&mut self) {
+        if self.draining.is_none() {
+            let ms = self.drain_req.load(std::sync::atomic::Ordering::Relaxed);
+            if ms == 0 || self.shutting_down.is_some() {
+                return;
+            }
+            let queue: Vec<Token> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| matches!(c.endpoint, Endpoint::Push { .. }))
+                .map(|(slot, _)| self.conns.token(slot))
+                .collect();
+            self.counters.drains += 1;
+            self.intents.push(Intent::StopAcceptingWebSockets);
+            self.draining = Some(Drain {
+                start_tick: self.now_tick,
+                window_ticks: limits_ticks(ms).max(1),
+                initial: queue.len(),
+                queue,
+            });
+        }
+        let Some(drain) = self.draining.as_mut() else {
+            return;
+        };
+        if self.shutting_down.is_some() {
+            return;
+        }
+        let elapsed = self.now_tick.wrapping_sub(drain.start_tick);
+        if elapsed >= drain.window_ticks {
+            return self.begin_shutdown();
+        }
+        let due =
+            (drain.initial as u64 * u64::from(elapsed)).div_ceil(u64::from(drain.window_ticks));
+        let closed = (drain.initial - drain.queue.len()) as u64;
+        let mut close = Vec::new();
+        for _ in closed..due {
+            match drain.queue.pop() {
+                Some(token) => close.push(token),
+                None => break,
+            }
+        }
+        for token in close {
+            if self
+                .conns
+                .live(token)
+                .is_some_and(|c| c.state == State::Open)
+            {
+                self.counters.drained += 1;
+                self.start_close_with(token.slot as usize, close::SERVICE_RESTART, "reconnect");
+            }
+        }
     }
 
     /// Whether a graceful shutdown has begun.

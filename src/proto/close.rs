@@ -24,6 +24,9 @@ pub const POLICY_VIOLATION: u16 = 1008;
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// 1011: internal error.
 pub const INTERNAL_ERROR: u16 = 1011;
+/// 1012: the service is restarting (IANA registry); sent by a drain: reconnect, and the load
+/// balancer sends you to another instance.
+pub const SERVICE_RESTART: u16 = 1012;
 /// 4001: the client did not read fast enough; its outbound queue passed its byte limit.
 pub const SLOW_CONSUMER: u16 = 4001;
 /// 4002: the client sent control frames or messages faster than its rate limit.

@@ -194,3 +194,43 @@ fn bad_requests_get_their_status_and_the_token_guards_posts() {
     }
     stop(server);
 }
+
+#[test]
+fn a_drain_closes_every_client_with_1012_and_the_server_ends() {
+    let server = http_server(None);
+    let addr = server.http_addr().unwrap();
+    let mut clients: Vec<Ws> = (0..50)
+        .map(|_| connect(server.local_addr(), "/ws?channel=web:d"))
+        .collect();
+    for ws in &mut clients {
+        json(ws);
+    }
+    let (status, v) = post(addr, "/api/drain", r#"{"over_ms":1000}"#, None);
+    assert_eq!((status, v["draining"].as_bool()), (200, Some(true)), "{v}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(addr, "/readyz").0 != 503 {
+        assert!(Instant::now() < deadline, "readyz never said draining");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for ws in &mut clients {
+        loop {
+            match ws.read() {
+                Ok(Message::Close(Some(f))) => {
+                    assert_eq!(u16::from(f.code), 1012);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not end after its drain"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.wait().expect("clean end");
+}

@@ -448,6 +448,7 @@ impl EpollShard {
                         }
                     }
                     Intent::StopAccepting => self.stop_accepting(),
+                    Intent::StopAcceptingWebSockets => self.stop_accepting_websockets(),
                 }
             }
             self.intents = intents;
@@ -455,12 +456,22 @@ impl EpollShard {
         }
     }
 
+    fn stop_accepting_websockets(&mut self) {
+        let listener = self.listener.take();
+        self.forget_listeners(listener.into_iter());
+    }
+
     fn stop_accepting(&mut self) {
-        let listeners = self
+        let listeners: Vec<_> = self
             .listener
             .take()
             .into_iter()
-            .chain(self.control_listeners.drain(..));
+            .chain(self.control_listeners.drain(..))
+            .collect();
+        self.forget_listeners(listeners.into_iter());
+    }
+
+    fn forget_listeners(&mut self, listeners: impl Iterator<Item = std::os::fd::OwnedFd>) {
         for listener in listeners {
             // SAFETY: removing our listener from our epoll set; a null event is allowed for DEL.
             unsafe {

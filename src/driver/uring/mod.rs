@@ -342,18 +342,23 @@ impl UringShard {
                         }
                     }
                     Intent::StopAccepting => self.stop_accepting(),
+                    Intent::StopAcceptingWebSockets => self.stop_accepting_websockets(),
                 }
             }
             self.intents = intents;
         }
     }
 
-    fn stop_accepting(&mut self) {
+    fn stop_accepting_websockets(&mut self) {
         if let Some(listener) = self.listener.take() {
             // shutdown(2) ends the multishot accept (its completion arrives without MORE); the
             // listener is closed when dropped.
             socket::shutdown_listener(listener.as_raw_fd());
         }
+    }
+
+    fn stop_accepting(&mut self) {
+        self.stop_accepting_websockets();
         for listener in self.control_listeners.drain(..) {
             // Every shard holds a duplicate of the same socket.
             socket::shutdown_listener(listener.as_raw_fd());
@@ -506,6 +511,7 @@ mod tests {
             verifier: None,
             wall_base_ms: 0,
             http_listener: None,
+            drain: Default::default(),
         });
         let io = ShardIo {
             listener,

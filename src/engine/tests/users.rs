@@ -578,3 +578,49 @@ fn a_pipelined_publish_after_a_control_subscribe_reaches_the_new_member() {
     let texts = ws2.texts(&mut c);
     assert!(texts.iter().any(|t| t["data"] == "second"), "{texts:?}");
 }
+
+#[test]
+fn a_drain_spreads_its_closes_over_the_window_then_shuts_down() {
+    let mut c = Cluster::new(config(), 2);
+    let mut clients: Vec<Ws> = (0..100).map(|i| Ws::open(&mut c, i % 2, "/ws")).collect();
+    for ws in &mut clients {
+        ws.texts(&mut c);
+    }
+    let ctl = control(&mut c, 0);
+    let r = call(
+        &mut c,
+        ctl,
+        &[json!({"id":1,"method":"drain","over_ms":1000})],
+    );
+    assert_eq!(r[0]["result"], json!({"draining":true,"over_ms":1000}));
+    let mut closed_by_step = Vec::new();
+    let mut seen = vec![false; clients.len()];
+    for _ in 0..10 {
+        c.advance(100);
+        let mut n = 0;
+        for (i, ws) in clients.iter_mut().enumerate() {
+            if !seen[i] && close_code(&ws.frames(&mut c)) == Some(close::SERVICE_RESTART) {
+                seen[i] = true;
+                n += 1;
+            }
+        }
+        closed_by_step.push(n);
+    }
+    // Each shard closes its share as the window elapses: about a tenth per 100 ms, never a herd.
+    assert!(
+        closed_by_step.iter().all(|&n| n <= 20),
+        "{closed_by_step:?}"
+    );
+    assert!(
+        closed_by_step[..5].iter().sum::<usize>() >= 30,
+        "{closed_by_step:?}"
+    );
+    c.advance(100);
+    let total = seen.iter().filter(|&&s| s).count();
+    assert!(
+        total >= 90,
+        "{total} of 100 closed with 1012 within the window"
+    );
+    assert!(c.engine(0).is_shutting_down() && c.engine(1).is_shutting_down());
+    assert_eq!(c.total().drains, 2);
+}
