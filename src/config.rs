@@ -555,6 +555,100 @@ impl Config {
     }
 }
 
+/// Limits a reload may change on a running server (each is read where it is used, so the new
+/// value takes effect on the next connection, message or tick); the others size structures the
+/// shards allocated at start and need a restart.
+pub const LIVE_LIMITS: &[&str] = &[
+    "client_messages_per_s",
+    "conns_per_user_max",
+    "token_refresh_grace_ms",
+    "event_buffer_bytes_max",
+    "http_idle_timeout_ms",
+    "control_idle_timeout_ms",
+    "drain_window_ms",
+    "idempotency_window_ms",
+    "outbound_stall_ms",
+    "ping_interval_ms",
+];
+
+/// The outcome of comparing a running configuration with a newly read one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reload {
+    /// The configuration to run with: the old one with every live-changeable part replaced.
+    pub config: Config,
+    /// What changed and is applied now (`allowed_origins`, `namespaces`, `auth`, `limits.X`).
+    pub applied: Vec<String>,
+    /// What changed but needs a restart (it is not applied).
+    pub needs_restart: Vec<String>,
+}
+
+/// What a reload of `new` over `old` applies live and what needs a restart (pure: the caller
+/// read and validated `new`).
+pub fn reload(old: &Config, new: &Config) -> Reload {
+    let mut config = old.clone();
+    let mut applied = Vec::new();
+    let mut needs_restart = Vec::new();
+    if old.allowed_origins != new.allowed_origins {
+        config.allowed_origins = new.allowed_origins.clone();
+        applied.push("allowed_origins".to_string());
+    }
+    if old.namespaces != new.namespaces {
+        config.namespaces = new.namespaces.clone();
+        applied.push("namespaces".to_string());
+    }
+    if old.auth != new.auth {
+        config.auth = new.auth.clone();
+        applied.push("auth".to_string());
+    }
+    let restart_if = |changed: bool, name: &str, list: &mut Vec<String>| {
+        if changed {
+            list.push(name.to_string());
+        }
+    };
+    restart_if(old.listen != new.listen, "listen", &mut needs_restart);
+    restart_if(old.shards != new.shards, "shards", &mut needs_restart);
+    restart_if(old.echo != new.echo, "echo", &mut needs_restart);
+    restart_if(old.pin != new.pin, "pin", &mut needs_restart);
+    restart_if(
+        old.reuse_port != new.reuse_port,
+        "reuse_port",
+        &mut needs_restart,
+    );
+    restart_if(old.driver != new.driver, "driver", &mut needs_restart);
+    restart_if(old.control != new.control, "control", &mut needs_restart);
+    restart_if(old.http != new.http, "http", &mut needs_restart);
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (
+        serde_json::to_value(&old.limits),
+        serde_json::to_value(&new.limits),
+    ) else {
+        return Reload {
+            config,
+            applied,
+            needs_restart,
+        };
+    };
+    let mut live = a.clone();
+    for (name, value) in &b {
+        if a.get(name) == Some(value) {
+            continue;
+        }
+        if LIVE_LIMITS.contains(&name.as_str()) {
+            live.insert(name.clone(), value.clone());
+            applied.push(format!("limits.{name}"));
+        } else {
+            needs_restart.push(format!("limits.{name}"));
+        }
+    }
+    if let Ok(limits) = serde_json::from_value(serde_json::Value::Object(live)) {
+        config.limits = limits;
+    }
+    Reload {
+        config,
+        applied,
+        needs_restart,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,6 +677,30 @@ mod tests {
             ControlAddr::parse(CONTROL_DEFAULT).unwrap().to_string(),
             CONTROL_DEFAULT
         );
+    }
+
+    #[test]
+    fn a_reload_applies_what_can_change_live_and_names_the_rest() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.allowed_origins = vec!["https://app.example.com".to_string()];
+        new.limits.client_messages_per_s = 50;
+        new.limits.outbound_bytes_max = 2 << 20;
+        new.shards = 3;
+        let r = reload(&old, &new);
+        assert_eq!(
+            r.applied,
+            ["allowed_origins", "limits.client_messages_per_s"]
+        );
+        assert_eq!(r.needs_restart, ["shards", "limits.outbound_bytes_max"]);
+        assert_eq!(r.config.allowed_origins, new.allowed_origins);
+        assert_eq!(r.config.limits.client_messages_per_s, 50);
+        assert_eq!(
+            r.config.limits.outbound_bytes_max,
+            old.limits.outbound_bytes_max
+        );
+        assert_eq!(r.config.shards, old.shards, "not applied");
+        assert!(reload(&old, &old).applied.is_empty());
     }
 
     #[test]

@@ -74,6 +74,13 @@ struct ServeArgs {
 }
 
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+/// SIGHUP arrived: read the config file again.
+static RELOAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_reload_signal(_: libc::c_int) {
+    RELOAD.store(true, Ordering::SeqCst);
+}
+
 /// SIGUSR1 arrived: drain over `drain_window_ms`, then exit.
 static DRAIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -102,15 +109,16 @@ fn install_signal_handlers() {
         drain.sa_sigaction = on_drain_signal as *const () as libc::sighandler_t;
         libc::sigemptyset(&mut drain.sa_mask);
         libc::sigaction(libc::SIGUSR1, &drain, std::ptr::null_mut());
+        let mut hup: libc::sigaction = std::mem::zeroed();
+        hup.sa_sigaction = on_reload_signal as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut hup.sa_mask);
+        libc::sigaction(libc::SIGHUP, &hup, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
-    };
+/// The command line's settings over the config file's (at start and on every reload).
+fn apply_args(config: &mut Config, args: &ServeArgs) {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -134,6 +142,37 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(driver) = args.driver {
         config.driver = driver;
     }
+}
+
+/// SIGHUP or control `reload`: read the config file again and apply what can change live.
+fn reload(server: &Server, args: &ServeArgs) {
+    let Some(path) = &args.config else {
+        eprintln!("ringcast: reload: started without --config, nothing to read again");
+        return;
+    };
+    let result = Config::from_file(path).and_then(|mut config| {
+        apply_args(&mut config, args);
+        server.reload(config)
+    });
+    match result {
+        Ok(r) if r.applied.is_empty() && r.needs_restart.is_empty() => {
+            eprintln!("ringcast: reload: {} unchanged", path.display())
+        }
+        Ok(r) => eprintln!(
+            "ringcast: reload: applied [{}]; needs a restart, not applied [{}]",
+            r.applied.join(", "),
+            r.needs_restart.join(", ")
+        ),
+        Err(e) => eprintln!("ringcast: reload refused, the running configuration stays: {e}"),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    apply_args(&mut config, &args);
     config.limits.validate()?;
     let shards = if config.shards == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -200,6 +239,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let _ = out.flush();
     drop(out);
     while SIGNALS.load(Ordering::SeqCst) == 0 && !server.is_finished() {
+        if RELOAD.swap(false, Ordering::SeqCst) || server.take_reload_request() {
+            reload(&server, &args);
+        }
         if DRAIN.swap(false, Ordering::SeqCst) {
             eprintln!("ringcast: SIGUSR1: draining over {drain_ms} ms, then exiting");
             server.drain(drain_ms);

@@ -34,6 +34,8 @@ pub struct Server {
     http_addr: Option<SocketAddr>,
     /// The drain request every shard reads (ms; 0: none).
     drain: Arc<std::sync::atomic::AtomicU64>,
+    /// The configuration the shards run, replaceable by a reload.
+    live: Arc<crate::engine::LiveConfig>,
 }
 
 /// The driver the shards run on, and the line that says why when it is not the one asked for.
@@ -281,6 +283,10 @@ impl Server {
         }
         let verifier = config.auth.verifier()?.map(Arc::new);
         let drain = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let live = Arc::new(crate::engine::LiveConfig::new(
+            config.clone(),
+            verifier.clone(),
+        ));
         let wall_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -318,6 +324,7 @@ impl Server {
                 wall_base_ms: wall_ms,
                 http_listener,
                 drain: drain.clone(),
+                live: live.clone(),
             };
             let shard_io = ShardIo {
                 listener,
@@ -361,6 +368,7 @@ impl Server {
             control_locks,
             http_addr,
             drain,
+            live,
         };
         if let Some(err) = failure {
             server.stop.store(true, Ordering::Relaxed);
@@ -368,6 +376,35 @@ impl Server {
             return Err(err);
         }
         Ok(server)
+    }
+
+    /// Applies what `new` (read again from the config file and validated here) may change on a
+    /// running server; returns the report (`applied`, `needs_restart`). Every shard takes the
+    /// new configuration within about 100 ms.
+    pub fn reload(&self, new: Config) -> Result<crate::config::Reload, String> {
+        new.limits.validate()?;
+        crate::auth::OriginPolicy::parse(&new.allowed_origins)
+            .map_err(|e| format!("allowed_origins: {e}"))?;
+        let verifier = new.auth.verifier()?.map(Arc::new);
+        let Ok(mut current) = self.live.current.lock() else {
+            return Err("the configuration cell is poisoned (a shard panicked)".to_string());
+        };
+        let report = crate::config::reload(&current.0, &new);
+        if !report.applied.is_empty() {
+            let verifier = if report.applied.iter().any(|a| a == "auth") {
+                verifier
+            } else {
+                current.1.clone()
+            };
+            *current = (Arc::new(report.config.clone()), verifier);
+            self.live.generation.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(report)
+    }
+
+    /// Whether a control `reload` asked for the config file to be read again (and clears it).
+    pub fn take_reload_request(&self) -> bool {
+        self.live.requested.swap(false, Ordering::Relaxed)
     }
 
     /// Drains over `window_ms`: every shard stops accepting, closes its WebSocket connections

@@ -143,6 +143,8 @@ pub struct Counters {
     pub drains: u64,
     /// WebSocket connections closed with 1012 by a drain.
     pub drained: u64,
+    /// Reloaded configurations this shard took.
+    pub config_reloads: u64,
 }
 
 fn bump(list: &mut Vec<(u16, u64)>, key: u16, by: u64) {
@@ -252,6 +254,7 @@ impl Counters {
         self.http_errors += other.http_errors;
         self.drains += other.drains;
         self.drained += other.drained;
+        self.config_reloads += other.config_reloads;
     }
 }
 

@@ -102,6 +102,8 @@ pub enum Method {
     PresenceStats(String),
     /// Drain the whole process over this many ms, then exit.
     Drain(u64),
+    /// Read the config file again and apply what can change live.
+    Reload,
     /// Turn this control connection into an event-stream consumer.
     Events {
         /// The event types wanted (a mask of `engine::events::Kind`).
@@ -496,6 +498,7 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, RequestError<'_>> {
             })
         })())?,
         "stats" => Method::Stats,
+        "reload" => Method::Reload,
         "info" => Method::Info,
         "history" => params((|| {
             let since = match wire.since {

@@ -142,6 +142,10 @@ impl Cluster {
         let verifier = config.auth.verifier();
         let verifier = verifier.expect("invariant: a test's [auth] key is usable");
         let verifier = verifier.map(Arc::new);
+        let live = Arc::new(crate::engine::LiveConfig::new(
+            config.clone(),
+            verifier.clone(),
+        ));
         let shards: Vec<Shard> = mesh
             .into_iter()
             .enumerate()
@@ -161,6 +165,7 @@ impl Cluster {
                     // The tests' HTTP connections come on control listener 1.
                     http_listener: Some(1),
                     drain: drain.clone(),
+                    live: live.clone(),
                 }),
                 tx: MemTx {
                     max: config.limits.sends_in_flight_max,

@@ -1206,6 +1206,13 @@ impl Engine {
                 let group = group.map(|g| Arc::from(g.as_str()));
                 self.announce_consumer(slot, generation, group, Some(mask), reply);
             }
+            Method::Reload => {
+                self.request_reload();
+                if !noreply {
+                    let text = "{\"requested\":true}".to_string();
+                    self.reply_now(slot, id, Ok(text));
+                }
+            }
             Method::Drain(over_ms) => {
                 self.request_drain(over_ms);
                 if !noreply {

@@ -42,6 +42,7 @@ const API_METHODS: &[&str] = &[
     "stats",
     "info",
     "drain",
+    "reload",
 ];
 
 /// API methods that only read (also served to `GET`, with their fields from the query string,

@@ -133,6 +133,32 @@ pub struct EngineSetup {
     /// A drain asked for the whole process: its window in ms (0: none), set by the control
     /// socket's `drain` on any shard or by the server on SIGUSR1; every shard reads it each tick.
     pub drain: Arc<std::sync::atomic::AtomicU64>,
+    /// The reloadable configuration (the same for every shard).
+    pub live: Arc<LiveConfig>,
+}
+
+/// The configuration every shard runs with, replaceable while they run (a reload): the server
+/// stores a new one and bumps `generation`; each shard looks at `generation` every few ticks (a
+/// relaxed load) and takes the new one with `try_lock`, so a shard never waits for it.
+#[derive(Debug)]
+pub struct LiveConfig {
+    /// Bumped once per reload that changed something.
+    pub generation: std::sync::atomic::AtomicU64,
+    /// The configuration and its token verifier.
+    pub current: std::sync::Mutex<(Arc<Config>, Option<Arc<crate::auth::Verifier>>)>,
+    /// A control `reload` asked the server to read its config file again.
+    pub requested: std::sync::atomic::AtomicBool,
+}
+
+impl LiveConfig {
+    /// A cell holding the start-up configuration.
+    pub fn new(config: Arc<Config>, verifier: Option<Arc<crate::auth::Verifier>>) -> LiveConfig {
+        LiveConfig {
+            generation: std::sync::atomic::AtomicU64::new(0),
+            current: std::sync::Mutex::new((config, verifier)),
+            requested: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 /// A drain in progress: WebSocket connections closed with 1012 spread over the window, then
@@ -198,6 +224,9 @@ pub struct Engine {
     verifier: Option<Arc<crate::auth::Verifier>>,
     /// The wall clock at the driver's time 0, in ms since the UNIX epoch (tokens' `exp`).
     wall_base_ms: u64,
+    /// The reloadable configuration, and the generation this shard runs.
+    live: Arc<LiveConfig>,
+    config_generation: u64,
     /// The process-wide drain request.
     drain_req: Arc<std::sync::atomic::AtomicU64>,
     /// This shard's drain, once begun.
@@ -284,6 +313,8 @@ impl Engine {
             http_listener: setup.http_listener,
             subscribe_waiters: HashMap::new(),
             drain_req: setup.drain,
+            live: setup.live,
+            config_generation: 0,
             draining: None,
             users: users::Registry::default(),
             presence: HashMap::new(),
@@ -599,6 +630,7 @@ impl Engine {
         if self.now_tick.wrapping_sub(self.last_publish_tick) >= PUBLISH_EVERY_TICKS {
             self.last_publish_tick = self.now_tick;
             self.publish_counters();
+            self.take_reloaded_config();
         }
     }
 
@@ -618,6 +650,35 @@ impl Engine {
     /// Connections in use (WebSocket and control).
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// A reload stored a new configuration: run with it (what it may change live was merged by
+    /// `config::reload`; the rest of it equals the running one).
+    fn take_reloaded_config(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let generation = self.live.generation.load(Relaxed);
+        if generation == self.config_generation {
+            return;
+        }
+        let Ok(current) = self.live.current.try_lock() else {
+            return; // the server is storing it right now; next time
+        };
+        let (config, verifier) = current.clone();
+        drop(current);
+        self.config_generation = generation;
+        self.origins =
+            crate::auth::OriginPolicy::parse(&config.allowed_origins).unwrap_or_default();
+        self.verifier = verifier;
+        self.stall_ticks = limits_ticks(config.limits.outbound_stall_ms).max(1);
+        self.config = config;
+        self.counters.config_reloads += 1;
+    }
+
+    /// Asks the server to read its config file again (control `reload`).
+    pub(crate) fn request_reload(&self) {
+        self.live
+            .requested
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Asks every shard to drain over `window_ms` (each begins on its next tick).

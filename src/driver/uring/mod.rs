@@ -512,6 +512,10 @@ mod tests {
             wall_base_ms: 0,
             http_listener: None,
             drain: Default::default(),
+            live: Arc::new(crate::engine::LiveConfig::new(
+                Arc::new(config.clone()),
+                None,
+            )),
         });
         let io = ShardIo {
             listener,
