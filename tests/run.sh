@@ -9,7 +9,9 @@
 #                (Chromium, Python websockets, Node ws) against /echo, the push smokes on /ws,
 #                the control-socket examples (PHP, Python, Node, shell), the recovery example
 #                page in Chromium, the user examples (login timeout, online users, event
-#                consumer; PHP with Chromium or Python clients), then stop the server with SIGTERM
+#                consumer; PHP with Chromium or Python clients), the HTTP listener (`--http`: an
+#                HTTP smoke, the real Prometheus scraping /metrics, the dashboard in Chromium under
+#                load), then stop the server with SIGTERM
 #   (no PHASE: cargo, then conformance)
 #
 # Environment (all optional):
@@ -54,17 +56,22 @@ READY_LIMIT_S="${READY_LIMIT_S:-30}"
 SMOKE_LIMIT_S="${SMOKE_LIMIT_S:-120}"
 EXAMPLES_LIMIT_S="${EXAMPLES_LIMIT_S:-300}"
 USERS_LIMIT_S="${USERS_LIMIT_S:-180}"
+HTTP_LIMIT_S="${HTTP_LIMIT_S:-90}"
+PROMETHEUS_LIMIT_S="${PROMETHEUS_LIMIT_S:-300}"
+DASHBOARD_LIMIT_S="${DASHBOARD_LIMIT_S:-180}"
 STOP_LIMIT_S="${STOP_LIMIT_S:-20}"
 # Hard bound on the server's life, whatever happens to this script.
 SERVER_LIFETIME_S="${SERVER_LIFETIME_S:-3600}"
 
 # The server under test. Heartbeats must be off on the echo endpoint (Autobahn's runner counts an
 # unsolicited ping as a case event), and its limits must let 16 MiB messages through (cases 9.*).
-# The control socket lives with the reports (never the shared default /tmp/ringcast.sock).
+# The control socket lives with the reports (never the shared default /tmp/ringcast.sock); the
+# HTTP listener (metrics, health, the HTTP API, the dashboard) is on a free loopback port too.
 # serve_args DRIVER: the arguments for one driver's run (its reports in its own directory).
 serve_args() {
   SERVE_ARGS=(serve --driver "$1" --listen 127.0.0.1:0 --shards 2 --echo
-    --config tests/conformance/smoke.toml --control "unix:$REPORT_DIR/control.sock")
+    --config tests/conformance/smoke.toml --control "unix:$REPORT_DIR/control.sock"
+    --http 127.0.0.1:0)
 }
 SHARDS=2
 
@@ -81,6 +88,7 @@ CURRENT_T0=0
 SERVER_WRAPPER=""  # the `timeout` process that bounds the server's life
 SERVER_PID=""      # the server itself, from its readiness line
 PORT=""
+HTTP_PORT=""       # its HTTP listener, from the line before the readiness line
 
 record() { # record NAME VERDICT SECONDS
   STEP_NAMES+=("$STEP_PREFIX$1")
@@ -193,12 +201,15 @@ phase_cargo() {
 
 # ----- phase 2: conformance --------------------------------------------------------------------
 
-# Start the server and wait for its readiness line:
+# Start the server and wait for its readiness line, which its HTTP listener's line precedes:
+#   ringcast http listen=127.0.0.1:PORT
 #   ringcast ready listen=127.0.0.1:PORT shards=N pid=PID
-# Sets PORT and SERVER_PID. Only complete lines count (`read` skips a line still being written).
+# Sets PORT, HTTP_PORT and SERVER_PID. Only complete lines count (`read` skips a line still
+# being written).
 start_server() {
   local t0=$SECONDS out="$REPORT_DIR/server.stdout" err="$REPORT_DIR/server.stderr"
-  local line="" l i rc=0 re='^ringcast ready listen=127\.0\.0\.1:([0-9]+) shards=([0-9]+) pid=([0-9]+)$'
+  local line="" http_line="" l i rc=0 re='^ringcast ready listen=127\.0\.0\.1:([0-9]+) shards=([0-9]+) pid=([0-9]+)$'
+  local http_re='^ringcast http listen=127\.0\.0\.1:([0-9]+)$'
   log "==> server-start (limit ${READY_LIMIT_S}s): $RINGCAST_BIN ${SERVE_ARGS[*]}"
   if [ ! -x "$RINGCAST_BIN" ]; then
     log "no server binary at $RINGCAST_BIN"
@@ -211,7 +222,9 @@ start_server() {
     >"$out" 2>"$err" </dev/null &
   SERVER_WRAPPER=$!
   for ((i = 0; i < READY_LIMIT_S * 10; i++)); do
+    http_line=""
     while IFS= read -r l; do
+      if [[ "$l" =~ $http_re ]]; then http_line="$l"; fi
       if [[ "$l" =~ $re ]]; then line="$l"; break; fi
     done <"$out"
     [ -z "$line" ] || break
@@ -230,12 +243,19 @@ start_server() {
     record server-start "FAILED: not ready" $((SECONDS - t0))
     return 1
   fi
+  HTTP_PORT=""
+  if [[ "$http_line" =~ $http_re ]]; then
+    HTTP_PORT="${BASH_REMATCH[1]}"
+    log "$http_line"
+  fi
   [[ "$line" =~ $re ]]
   PORT="${BASH_REMATCH[1]}"
   SERVER_PID="${BASH_REMATCH[3]}"
   log "$line"
   local problem=""
-  if [ "${BASH_REMATCH[2]}" != "$SHARDS" ]; then
+  if [ -z "$HTTP_PORT" ]; then
+    problem="no line 'ringcast http listen=127.0.0.1:PORT' before the readiness line (asked for --http)"
+  elif [ "${BASH_REMATCH[2]}" != "$SHARDS" ]; then
     problem="readiness line says shards=${BASH_REMATCH[2]}, asked for $SHARDS"
   elif [ "$(awk '/^PPid:/ { print $2 }' "/proc/$SERVER_PID/status" 2>/dev/null)" != "$SERVER_WRAPPER" ]; then
     problem="readiness line names pid $SERVER_PID, which is not the process started here"
@@ -251,7 +271,7 @@ start_server() {
 # SIGTERM, then a bounded wait. Fails if the server died earlier, did not exit in time, or
 # crashed on the way out. Exit status 0 is a graceful shutdown; 143 is SIGTERM's default action.
 stop_server() {
-  local t0=$SECONDS rc=0 verdict=ok ready_lines
+  local t0=$SECONDS rc=0 verdict=ok ready_lines http_lines
   log "==> server-stop (limit ${STOP_LIMIT_S}s): SIGTERM to pid $SERVER_PID"
   if ! proc_running "$SERVER_PID"; then
     wait "$SERVER_WRAPPER" || rc=$?
@@ -270,8 +290,11 @@ stop_server() {
     esac
   fi
   ready_lines="$(grep -c '^ringcast ready ' "$REPORT_DIR/server.stdout" || true)"
+  http_lines="$(grep -c '^ringcast http ' "$REPORT_DIR/server.stdout" || true)"
   if [ "$verdict" = ok ] && [ "$ready_lines" != 1 ]; then
     verdict="FAILED: $ready_lines readiness lines on stdout, expected exactly 1"
+  elif [ "$verdict" = ok ] && [ "$http_lines" != 1 ]; then
+    verdict="FAILED: $http_lines 'ringcast http' lines on stdout, expected exactly 1"
   fi
   if [ "$verdict" != ok ]; then
     log "server stderr (last lines; all in $REPORT_DIR/server.stderr):"
@@ -279,6 +302,7 @@ stop_server() {
   fi
   SERVER_PID=""
   SERVER_WRAPPER=""
+  HTTP_PORT=""
   record server-stop "$verdict" $((SECONDS - t0))
   [ "$verdict" = ok ]
 }
@@ -383,6 +407,18 @@ push_smokes() {
   done
 }
 
+# The HTTP listener (`--http 127.0.0.1:0`): an HTTP smoke (every endpoint, HEAD, pipelining,
+# publish to a /ws subscriber, the refusals; tests/conformance/http.sh), the real Prometheus
+# scraping /metrics every second and promtool's lint of it (prometheus.sh, its files in
+# REPORT_DIR/prometheus/), and the dashboard in Chromium under load (dashboard.sh, the
+# screenshot REPORT_DIR/dashboard.png).
+http_checks() {
+  local http="127.0.0.1:$HTTP_PORT" ws="ws://127.0.0.1:$PORT/ws"
+  check http "$HTTP_LIMIT_S" bash "$CONF/http.sh" "$http" "$ws" "$SHARDS"
+  check prometheus "$PROMETHEUS_LIMIT_S" bash "$CONF/prometheus.sh" "$http" "$ws" "$SHARDS" "$REPORT_DIR"
+  check dashboard "$DASHBOARD_LIMIT_S" bash "$CONF/dashboard.sh" "$http" "$ws" "$REPORT_DIR"
+}
+
 phase_conformance() {
   CONFORMANCE_RAN=1
   rm -rf "$REPORT_BASE"
@@ -401,6 +437,7 @@ phase_conformance() {
       fi
       echo_smokes
       push_smokes
+      http_checks
       stop_server || FAILED_STEPS=$((FAILED_STEPS + 1))
     else
       FAILED_STEPS=$((FAILED_STEPS + 1))

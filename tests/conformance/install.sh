@@ -2,9 +2,10 @@
 # Install the external tools of the conformance tests into the test cache (idempotent).
 #
 # usage: install.sh [debian] [python] [node] [chromium]   (no argument: all four)
-#   debian    the Debian packages the examples use (php-cli, socat, netcat-openbsd), via apt-get
-#             as root when a command is missing (on a fresh machine the test command needs no
-#             separate setup step)
+#   debian    the Debian packages the examples use (php-cli, socat, netcat-openbsd) and the
+#             monitoring checks use (prometheus: the prometheus and promtool commands; curl), via
+#             apt-get as root when a command is missing, with one `apt-get update` for all of
+#             them (on a fresh machine the test command needs no separate setup step)
 #   python    venv with kosoku (Autobahn cases) and websockets (client), from PyPI
 #   node      ws (client) and playwright-core (browser driver), from npm
 #   chromium  the chromium Debian package (apt-get, as root) when it is missing
@@ -15,25 +16,27 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 # apt-get install what is missing (command -> package), once, as root; otherwise say what to run.
+# apt_install (lib/common.sh) tries without refreshing the package lists first and runs
+# `apt-get update` only when that fails, so a run whose lists are fresh (CI has just refreshed
+# them) makes no second update.
 ensure_debian_packages() {
   local missing=() pair cmd pkg
-  for pair in php:php-cli socat:socat nc:netcat-openbsd; do
+  for pair in php:php-cli socat:socat nc:netcat-openbsd prometheus:prometheus promtool:prometheus curl:curl; do
     cmd="${pair%%:*}"
     pkg="${pair#*:}"
-    command -v "$cmd" >/dev/null || missing+=("$pkg")
+    command -v "$cmd" >/dev/null || [[ " ${missing[*]} " == *" $pkg "* ]] || missing+=("$pkg")
   done
   if [ ${#missing[@]} -eq 0 ]; then
-    log "debian packages ready (php, socat, nc)"
+    log "debian packages ready (php, socat, nc, prometheus, promtool, curl)"
     return 0
   fi
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     die "missing: ${missing[*]} (install them, e.g. apt-get install ${missing[*]})"
   fi
+  install_lock
   log "installing ${missing[*]} (apt-get)"
-  timeout 1200 apt-get -q -y -o DPkg::Lock::Timeout=300 update >/dev/null \
-    && DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get -q -y -o DPkg::Lock::Timeout=300 \
-      install --no-install-recommends "${missing[@]}" >/dev/null \
-    || die "apt-get install ${missing[*]} failed"
+  apt_install "${missing[@]}"
+  install_unlock
 }
 
 main() {
