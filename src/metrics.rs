@@ -37,6 +37,10 @@ const HELP: &[(&str, &str)] = &[
         "TCP connections accepted on the WebSocket listener.",
     ),
     ("handshakes", "WebSocket upgrade handshakes completed."),
+    (
+        "handshake_timeouts",
+        "Connections closed for not completing their handshake in time.",
+    ),
     ("frames_in", "WebSocket frames received."),
     (
         "frames_out",
@@ -45,8 +49,24 @@ const HELP: &[(&str, &str)] = &[
     ("bytes_in", "Bytes received."),
     ("bytes_out", "Bytes sent."),
     (
+        "sends",
+        "Send operations completed (one per batch of frames to one connection).",
+    ),
+    (
+        "stale_completions",
+        "Completions for connections already closed (recognised and dropped).",
+    ),
+    (
         "slow_consumers",
         "Connections closed as slow consumers (4001).",
+    ),
+    (
+        "recv_rearms",
+        "Multishot receives re-armed by the io_uring driver.",
+    ),
+    (
+        "conn_limit_refusals",
+        "Connections refused at a connection or handshake limit (503).",
     ),
     (
         "published",
@@ -62,10 +82,55 @@ const HELP: &[(&str, &str)] = &[
         "Cross-shard messages refused (ring and overflow full).",
     ),
     (
+        "xshard_refused_publishes",
+        "Publishes refused at the publisher's shard (answered overloaded).",
+    ),
+    (
+        "xshard_refused_deliveries",
+        "Deliveries refused at the owner (an offset gap for that shard).",
+    ),
+    ("control_conns", "Control connections accepted."),
+    (
         "control_requests",
         "Control requests handled (socket and HTTP API).",
     ),
     ("control_errors", "Control requests answered with an error."),
+    (
+        "control_overloads",
+        "Control connections closed for not reading their replies.",
+    ),
+    (
+        "control_refusals",
+        "Control connections refused at their limit.",
+    ),
+    (
+        "control_foreign",
+        "Control connections closed for speaking another protocol.",
+    ),
+    (
+        "control_unauthed_evictions",
+        "Unauthenticated control connections evicted for newer ones.",
+    ),
+    (
+        "control_auth_timeouts",
+        "Control connections closed for not authenticating in time.",
+    ),
+    (
+        "control_idle_timeouts",
+        "Control and HTTP connections closed for idling.",
+    ),
+    (
+        "rate_limited",
+        "Connections closed for sending faster than their rate limit (4002).",
+    ),
+    (
+        "shard_outbound_overflows",
+        "Connections shed at the shard-wide outbound byte bound.",
+    ),
+    (
+        "shard_inbound_overflows",
+        "Connections closed at the shard-wide inbound byte bound (1009).",
+    ),
     (
         "backpressure_episodes",
         "Times a shard passed its outbound high watermark.",
@@ -75,14 +140,99 @@ const HELP: &[(&str, &str)] = &[
         "Times publishing control connections were paused.",
     ),
     (
+        "publisher_pause_overruns",
+        "Input a paused publisher sent beyond what is held for it.",
+    ),
+    (
+        "stalled_consumers",
+        "Connections closed for taking no bytes while their shard was congested.",
+    ),
+    (
+        "history_refused",
+        "Messages not kept because the shard's history bytes were full.",
+    ),
+    (
         "recoveries",
         "Subscribes with since answered with the missed messages.",
     ),
+    (
+        "recoveries_refused",
+        "Subscribes with since answered recovered:false.",
+    ),
+    (
+        "conflated",
+        "Messages held back as the latest of their channel (conflating namespaces).",
+    ),
+    (
+        "publish_retries",
+        "Publishes not delivered again (an idempotency key seen in the window).",
+    ),
+    (
+        "idempotency_evictions",
+        "Idempotency keys forgotten early at their bound.",
+    ),
+    (
+        "origin_refusals",
+        "Upgrades refused for their Origin (403).",
+    ),
+    (
+        "pongs_conflated",
+        "Pongs replaced by a newer one still queued.",
+    ),
+    (
+        "pongs_skipped",
+        "Pongs not queued to a client with a full queue.",
+    ),
     ("token_refusals", "Connection tokens refused."),
+    (
+        "token_expiries",
+        "Connections closed because their token expired unrefreshed (4005).",
+    ),
+    (
+        "user_limit_refusals",
+        "Binds refused at conns_per_user_max.",
+    ),
+    (
+        "access_refusals",
+        "Subscribes and publishes refused by a namespace's access rules.",
+    ),
+    (
+        "presence_news",
+        "Join and leave news pushed by channel owners.",
+    ),
+    (
+        "presence_news_refused",
+        "Join and leave news refused by a full cross-shard queue.",
+    ),
+    (
+        "event_consumers",
+        "Control connections that became event-stream consumers.",
+    ),
+    ("events_sent", "Events routed to a consumer."),
+    (
+        "events_delivered",
+        "Events queued to a consumer's connection.",
+    ),
     (
         "events_dropped",
         "Event-stream events dropped for a consumer behind its buffer.",
     ),
+    (
+        "sends_without_consumer",
+        "Client sends answered no_consumer.",
+    ),
+    ("http_conns", "HTTP connections accepted."),
+    ("http_requests", "HTTP requests parsed."),
+    (
+        "http_errors",
+        "HTTP requests refused as malformed or too large.",
+    ),
+    ("drains", "Drains begun."),
+    (
+        "drained",
+        "WebSocket connections closed with 1012 by a drain.",
+    ),
+    ("config_reloads", "Reloaded configurations taken."),
 ];
 
 fn help_of(field: &str) -> String {
@@ -182,5 +332,22 @@ mod tests {
             assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
         }
         assert!(render(&[]).is_empty());
+    }
+
+    #[test]
+    fn every_counter_has_its_own_help_text() {
+        let value = serde_json::to_value(Counters::default()).unwrap();
+        let missing: Vec<&String> = value
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.is_number())
+            .map(|(k, _)| k)
+            .filter(|k| !HELP.iter().any(|(f, _)| f == k) && !GAUGES.iter().any(|(f, _, _)| f == k))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "counters without a HELP text: {missing:?}"
+        );
     }
 }
