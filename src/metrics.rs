@@ -267,7 +267,27 @@ pub fn render(shards: &[Counters]) -> String {
                 }
             }
             serde_json::Value::Array(_) => {
+                let names: Option<Vec<&str>> = match field.as_str() {
+                    "requests_by_method" => Some(crate::control::METHODS.to_vec()),
+                    "errors_by_code" => Some(
+                        crate::wire::ErrorCode::ALL
+                            .iter()
+                            .map(|c| c.as_str())
+                            .collect(),
+                    ),
+                    _ => None,
+                };
                 let (name, label, help) = match field.as_str() {
+                    "requests_by_method" => (
+                        "ringcast_control_requests_by_method_total",
+                        "method",
+                        "Control requests (socket and HTTP API), by method.",
+                    ),
+                    "errors_by_code" => (
+                        "ringcast_control_errors_by_code_total",
+                        "code",
+                        "Control error replies, by stable error code.",
+                    ),
                     "closed_by_code" => (
                         "ringcast_closes_total",
                         "code",
@@ -286,6 +306,12 @@ pub fn render(shards: &[Counters]) -> String {
                     for pair in v[field].as_array().into_iter().flatten() {
                         let key = pair[0].as_u64().unwrap_or(0);
                         let n = pair[1].as_u64().unwrap_or(0);
+                        let key = match &names {
+                            Some(names) => {
+                                names.get(key as usize).copied().unwrap_or("?").to_string()
+                            }
+                            None => key.to_string(),
+                        };
                         let _ = writeln!(out, "{name}{{shard=\"{shard}\",{label}=\"{key}\"}} {n}");
                     }
                 }
@@ -309,6 +335,8 @@ mod tests {
         };
         a.closed(4001);
         a.rejected(403);
+        a.request(1);
+        a.error_reply(2);
         let b = Counters {
             open: 1,
             ..Counters::default()
@@ -323,6 +351,12 @@ mod tests {
         assert!(
             text.contains("ringcast_handshake_rejections_total{shard=\"0\",status=\"403\"} 1\n")
         );
+        assert!(text.contains(
+            "ringcast_control_requests_by_method_total{shard=\"0\",method=\"publish\"} 1\n"
+        ));
+        assert!(text.contains(
+            "ringcast_control_errors_by_code_total{shard=\"0\",code=\"bad_params\"} 1\n"
+        ));
         // Every sample line is NAME{LABELS} VALUE, and every name has its TYPE line.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ').unwrap();

@@ -23,6 +23,10 @@ pub struct Counters {
     pub handshake_timeouts: u64,
     /// Connections freed, by the close code that ended them (1006: no close handshake).
     pub closed_by_code: Vec<(u16, u64)>,
+    /// Control requests (socket and HTTP API) by method: (index in `control::METHODS`, count).
+    pub requests_by_method: Vec<(u16, u64)>,
+    /// Control error replies by code: (index in `wire::ErrorCode::ALL`, count).
+    pub errors_by_code: Vec<(u16, u64)>,
     /// Frames received.
     pub frames_in: u64,
     /// Frames queued for sending.
@@ -158,6 +162,16 @@ fn bump(list: &mut Vec<(u16, u64)>, key: u16, by: u64) {
 }
 
 impl Counters {
+    /// Counts a control request of the method at `index` in `control::METHODS`.
+    pub fn request(&mut self, index: u16) {
+        bump(&mut self.requests_by_method, index, 1);
+    }
+
+    /// Counts a control error reply with the code at `index` in `ErrorCode::ALL`.
+    pub fn error_reply(&mut self, index: u16) {
+        bump(&mut self.errors_by_code, index, 1);
+    }
+
     /// Counts a refused handshake.
     pub fn rejected(&mut self, status: u16) {
         bump(&mut self.rejected_by_status, status, 1);
@@ -195,6 +209,12 @@ impl Counters {
             bump(&mut self.rejected_by_status, k, n);
         }
         self.handshake_timeouts += other.handshake_timeouts;
+        for &(k, n) in &other.requests_by_method {
+            bump(&mut self.requests_by_method, k, n);
+        }
+        for &(k, n) in &other.errors_by_code {
+            bump(&mut self.errors_by_code, k, n);
+        }
         for &(k, n) in &other.closed_by_code {
             bump(&mut self.closed_by_code, k, n);
         }

@@ -5,7 +5,7 @@ pub mod lines;
 pub mod request;
 
 pub use lines::{LineSplitter, TooLong};
-pub use request::{Method, Payload, Request, RequestError, parse};
+pub use request::{METHODS, Method, Payload, Request, RequestError, parse};
 
 use crate::wire::ErrorCode;
 

@@ -113,6 +113,65 @@ pub enum Method {
     },
 }
 
+/// Every method name, in a fixed order (the `method` label of the request metrics).
+pub const METHODS: &[&str] = &[
+    "auth",
+    "publish",
+    "broadcast",
+    "send",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "presence",
+    "channels",
+    "history",
+    "stats",
+    "info",
+    "bind_user",
+    "unbind_user",
+    "send_user",
+    "disconnect_user",
+    "user_conns",
+    "online",
+    "users",
+    "presence_stats",
+    "drain",
+    "reload",
+    "events",
+];
+
+impl Method {
+    /// The method's index in [`METHODS`].
+    pub fn index(&self) -> u16 {
+        let name = match self {
+            Method::Auth(_) => "auth",
+            Method::Publish(..) => "publish",
+            Method::Broadcast(..) => "broadcast",
+            Method::Send(..) => "send",
+            Method::Subscribe(..) => "subscribe",
+            Method::Unsubscribe(..) => "unsubscribe",
+            Method::Disconnect(..) => "disconnect",
+            Method::Presence { .. } => "presence",
+            Method::Channels { .. } => "channels",
+            Method::History { .. } => "history",
+            Method::Stats => "stats",
+            Method::Info => "info",
+            Method::BindUser(..) => "bind_user",
+            Method::UnbindUser(_) => "unbind_user",
+            Method::SendUser(..) => "send_user",
+            Method::DisconnectUser(..) => "disconnect_user",
+            Method::UserConns(_) => "user_conns",
+            Method::Online(_) => "online",
+            Method::Users { .. } => "users",
+            Method::PresenceStats(_) => "presence_stats",
+            Method::Drain(_) => "drain",
+            Method::Reload => "reload",
+            Method::Events { .. } => "events",
+        };
+        METHODS.iter().position(|m| *m == name).unwrap_or(0) as u16
+    }
+}
+
 /// Longest user id, in bytes (the same rule as a token's `sub`).
 pub const USER_BYTES_MAX: usize = 128;
 /// Longest `info` of `bind_user`, in bytes of JSON (the same bound as a token's `info`).

@@ -838,6 +838,7 @@ impl Engine {
     /// Runs one parsed, authorised request (the one executor of the control socket and the
     /// HTTP API).
     pub(super) fn execute(&mut self, slot: usize, method: Method, id: Option<&str>, noreply: bool) {
+        self.counters.request(method.index());
         let name_max = self.config.limits.channel_name_bytes_max;
         let bad_name = |name: &str| {
             channel::validate_name(name, name_max)
@@ -1577,6 +1578,10 @@ impl Engine {
                 break;
             };
             state.front_seq += 1;
+            if let Some((code, _)) = &p.error {
+                let index = ErrorCode::ALL.iter().position(|c| c == code).unwrap_or(0);
+                self.counters.error_reply(index as u16);
+            }
             let line = if state.is_http {
                 let keep_alive = state.http.is_some();
                 match (&p.acc, &p.error) {
