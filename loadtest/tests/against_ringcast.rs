@@ -4,7 +4,9 @@
 //! duplicate accounting checks both). And `reconnect` on a namespace with history: subscribers
 //! that drop and come back with `since` (in the URL, and as a command) get every message once.
 //! And users: `presence` (HS256 tokens signed by the generator, verified by the server; one
-//! join and one leave per user) and `events` (every connect and close once, or a gap for it).
+//! join and one leave per user), `events` (every connect and close once, or a gap for it), and
+//! `fanout` with a stalled event consumer and connection churn (the consumer loses events, the
+//! subscribers nothing).
 
 use ringcast::config::{AuthConfig, Config, ControlConfig, Limits, Namespace};
 use ringcast::server::Server;
@@ -378,6 +380,56 @@ fn the_event_stream_accounts_for_every_connect_and_close() {
         .map(|a| a["gap_dropped"].as_u64().unwrap())
         .sum();
     assert_eq!(v["server_events"]["events_dropped"], stated);
+    server.shutdown();
+    server.wait().expect("clean shutdown");
+}
+
+#[test]
+fn a_stalled_event_consumer_loses_events_not_the_fanouts_messages() {
+    // 16 KiB for the consumer: the subscribers' connects and the churn overflow it quickly.
+    let limits = Limits {
+        event_buffer_bytes_max: 16 * 1024,
+        ..Limits::default()
+    };
+    let (server, sock) = users_server("stalled", limits);
+    let url = format!("ws://{}/ws?format=raw", server.local_addr());
+    let control = format!("unix:{}", sock.display());
+    let v = run_load(
+        "stalled",
+        &[
+            "fanout",
+            "--url",
+            &url,
+            "--channel",
+            "bench",
+            "--control",
+            &control,
+            "-n",
+            "500",
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--drain",
+            "2",
+            "--stalled-consumer",
+            "--churn-per-s",
+            "200",
+        ],
+    );
+    let r = &v["rates"][0];
+    assert_eq!(r["published"], 200);
+    assert_eq!(r["delivered"], 200 * 500);
+    assert_eq!(r["lost"], 0);
+    let e = &v["event_stream"];
+    assert_eq!(e["stalled_consumer"], true);
+    assert!(e["events_dropped"].as_u64().unwrap() > 0, "{e}");
+    assert!(
+        v["churn"]["started"].as_u64().unwrap() >= 300,
+        "{}",
+        v["churn"]
+    );
+    assert_eq!(v["churn"]["skipped_no_free_slot"], 0);
     server.shutdown();
     server.wait().expect("clean shutdown");
 }
