@@ -289,6 +289,12 @@ fn presence_gives_one_join_and_one_leave_per_user() {
             serde_json::json!({"users": 102, "conns": 302, "anonymous": 0}),
             "{format}"
         );
+        // The reference channel holds the two watchers only.
+        assert_eq!(
+            v["presence_stats"]["reference_answer"],
+            serde_json::json!({"users": 2, "conns": 2, "anonymous": 0}),
+            "{format}"
+        );
         for phase in [&v["connect"]["news"], &v["storm_news"]] {
             for w in phase.as_array().expect("one per watcher") {
                 assert_eq!(w["users_as_expected"], w["users_with_news_expected"], "{w}");

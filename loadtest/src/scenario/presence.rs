@@ -19,11 +19,14 @@
 //!    until every watcher has a join of every user (at most `--news-timeout-s`) and `--settle-s`
 //!    more. Expected: one join per user, no leave.
 //! 2. `presence_stats`: `--stats-calls` sequential round trips on a control connection of their
-//!    own, interleaved with as many `info` calls (a request that reads no channel: the floor of
-//!    a round trip), each timed from the write to the reply's newline (the event loop is idle
-//!    meanwhile; nothing else is in flight). The answer must be `users` = U + W, `conns` =
-//!    N + W, `anonymous` 0. O(1) is shown by comparing runs with different N and U: the latency
-//!    must not grow with them.
+//!    own, each interleaved with a `presence_stats` of a reference channel (`C` with `-ref`
+//!    appended, same namespace, which only the watchers' tokens join: W users) and an `info` (a
+//!    request that reads no channel), each timed from the write to the reply's newline (the
+//!    event loop is idle meanwhile; nothing else is in flight). The answers must be `users` =
+//!    U + W, `conns` = N + W, `anonymous` 0 (and W, W, 0 for the reference). O(1) is shown two
+//!    ways: the big channel's latency over the reference's, call by call in one server process
+//!    (the machine's noise cancels), must stay near 1; and across runs with different N and U
+//!    it must not grow.
 //! 3. Storm: every connection of `--storm-users S` users (`u0..u{S-1}`: the members with
 //!    `i % U < S`) is closed with the close handshake; once every watcher has the S leaves, the
 //!    same connections reopen (new sockets, same tokens) and the generator waits for the S joins
@@ -122,6 +125,8 @@ struct Watcher {
     /// News about a user that is neither a member user nor a watcher.
     stranger_news: u64,
     other_channel: u64,
+    /// News on the reference channel (the watchers' own joins).
+    reference_news: u64,
     messages: u64,
     errors: u64,
     unparsable: u64,
@@ -140,6 +145,7 @@ impl Watcher {
             watcher_news: 0,
             stranger_news: 0,
             other_channel: 0,
+            reference_news: 0,
             messages: 0,
             errors: 0,
             unparsable: 0,
@@ -190,6 +196,7 @@ fn member_user(user: &[u8], users: usize) -> Option<usize> {
 struct Rx {
     watchers: Vec<Watcher>,
     channel: Vec<u8>,
+    reference: Vec<u8>,
     member_messages: u64,
     last_news_ns: u64,
 }
@@ -206,6 +213,10 @@ impl Handler for Rx {
                 channel,
                 user,
             } => {
+                if channel == self.reference.as_slice() {
+                    w.reference_news += 1;
+                    return;
+                }
                 if channel != self.channel.as_slice() {
                     w.other_channel += 1;
                     return;
@@ -322,44 +333,64 @@ fn settle(pool: &mut Pool, rx: &mut Rx, seconds: f64) -> Result<(), String> {
     poll_until(pool, rx, until, &|_, _| false).map(|_| ())
 }
 
-/// Timed `presence_stats` calls, interleaved with `info`; the last answer and whether every
-/// answer was the same.
+/// Timed `presence_stats` calls on the channel, each followed by one on the reference channel
+/// and an `info`; the last answers and how many differed from the one before.
 struct StatsTiming {
     presence_ns: Histogram<u64>,
+    reference_ns: Histogram<u64>,
     info_ns: Histogram<u64>,
     last: Value,
+    last_reference: Value,
     answers_differ: u64,
 }
 
 fn time_presence_stats(
     req: &mut Requester,
     channel: &str,
+    reference: &str,
     calls: u32,
 ) -> Result<StatsTiming, String> {
     let mut t = StatsTiming {
         presence_ns: pool::latency_histogram(),
+        reference_ns: pool::latency_histogram(),
         info_ns: pool::latency_histogram(),
         last: Value::Null,
+        last_reference: Value::Null,
         answers_differ: 0,
     };
-    let fields = format!(
-        ",\"channel\":{}",
-        serde_json::to_string(channel).expect("a str always serialises")
-    );
+    let fields = |c: &str| {
+        format!(
+            ",\"channel\":{}",
+            serde_json::to_string(c).expect("a str always serialises")
+        )
+    };
+    let (fields, reference_fields) = (fields(channel), fields(reference));
     for k in 0..calls {
         let t0 = sys::now_ns();
         let answer = req.call("presence_stats", &fields)?;
         let t1 = sys::now_ns();
-        req.call("info", "")?;
+        let answer_reference = req.call("presence_stats", &reference_fields)?;
         let t2 = sys::now_ns();
+        req.call("info", "")?;
+        let t3 = sys::now_ns();
         t.presence_ns.saturating_record((t1 - t0).max(1));
-        t.info_ns.saturating_record((t2 - t1).max(1));
-        if k > 0 && answer != t.last {
+        t.reference_ns.saturating_record((t2 - t1).max(1));
+        t.info_ns.saturating_record((t3 - t2).max(1));
+        if k > 0 && (answer != t.last || answer_reference != t.last_reference) {
             t.answers_differ += 1;
         }
         t.last = answer;
+        t.last_reference = answer_reference;
     }
     Ok(t)
+}
+
+/// `a`'s percentiles over `b`'s (p50, p90, p99), rounded to 3 decimals.
+fn ratios(a: &Histogram<u64>, b: &Histogram<u64>) -> Value {
+    let r = |q: f64| {
+        scenario::round3(a.value_at_quantile(q) as f64 / b.value_at_quantile(q).max(1) as f64)
+    };
+    json!({"p50": r(0.5), "p90": r(0.9), "p99": r(0.99)})
 }
 
 /// Percentiles in µs with one decimal, from a histogram of ns.
@@ -405,6 +436,7 @@ pub fn run(args: PresenceArgs) -> Result<(), String> {
     } = setup;
     let secret = args.secret.as_bytes();
     let channel = args.channel.as_str();
+    let reference = format!("{channel}-ref");
     let watcher_base = envelope::ws_path(&url.path, None, false, None);
     let member_base = envelope::ws_path(
         &url.path,
@@ -414,7 +446,7 @@ pub fn run(args: PresenceArgs) -> Result<(), String> {
     );
     let watcher_paths: Vec<String> = (0..w)
         .map(|k| {
-            let t = token::user_token(secret, &format!("watch{k}"), &[channel]);
+            let t = token::user_token(secret, &format!("watch{k}"), &[channel, &reference]);
             token::with_token(&watcher_base, &t)
         })
         .collect();
@@ -444,6 +476,7 @@ pub fn run(args: PresenceArgs) -> Result<(), String> {
     let mut rx = Rx {
         watchers: vec![Watcher::new(users); w],
         channel: channel.as_bytes().to_vec(),
+        reference: reference.as_bytes().to_vec(),
         member_messages: 0,
         last_news_ns: 0,
     };
@@ -525,7 +558,12 @@ pub fn run(args: PresenceArgs) -> Result<(), String> {
         "conns": open_members.len() as u64 + watchers_open,
         "anonymous": 0,
     });
-    let timing = time_presence_stats(&mut req, channel, args.stats_calls)?;
+    let expected_reference = json!({
+        "users": watchers_open,
+        "conns": watchers_open,
+        "anonymous": 0,
+    });
+    let timing = time_presence_stats(&mut req, channel, &reference, args.stats_calls)?;
 
     // 3. Storm.
     let s = args.storm_users as usize;
@@ -602,7 +640,12 @@ pub fn run(args: PresenceArgs) -> Result<(), String> {
             "all_joins_seen": all_rejoins,
             "last_join_after_s": scenario::round3(rejoins_s),
         });
-        after_storm_timing = Some(time_presence_stats(&mut req, channel, CALLS_AFTER_STORM)?);
+        after_storm_timing = Some(time_presence_stats(
+            &mut req,
+            channel,
+            &reference,
+            CALLS_AFTER_STORM,
+        )?);
     }
     scenario::close(&mut pool, &mut progress)?;
 
@@ -616,6 +659,7 @@ pub fn run(args: PresenceArgs) -> Result<(), String> {
                 "watcher_news": wt.watcher_news,
                 "stranger_news": wt.stranger_news,
                 "other_channel": wt.other_channel,
+                "reference_news": wt.reference_news,
                 "messages": wt.messages,
                 "errors": wt.errors,
                 "unparsable": wt.unparsable,
@@ -633,11 +677,10 @@ pub fn run(args: PresenceArgs) -> Result<(), String> {
             && wt.errors == 0
             && wt.unparsable == 0
     }) && (args.member_format == MemberFormat::Json || rx.member_messages == 0);
-    let stats_ok = timing.last == expected_stats
-        && timing.answers_differ == 0
-        && after_storm_timing
-            .as_ref()
-            .is_none_or(|t| t.last == expected_stats && t.answers_differ == 0);
+    let answers_ok = |t: &StatsTiming| {
+        t.last == expected_stats && t.last_reference == expected_reference && t.answers_differ == 0
+    };
+    let stats_ok = answers_ok(&timing) && after_storm_timing.as_ref().is_none_or(answers_ok);
     let mut failures = Vec::new();
     if !all_joins || !connect_checks.iter().all(NewsCheck::exact) {
         failures.push("the connect phase did not give exactly one join per user");
@@ -672,13 +715,19 @@ pub fn run(args: PresenceArgs) -> Result<(), String> {
         },
         "presence_stats": {
             "expected": expected_stats,
+            "reference_channel": reference,
+            "reference_expected": expected_reference,
+            "reference_answer": timing.last_reference,
             "answer": timing.last,
             "answers_differ": timing.answers_differ,
             "latency_us": percentiles_us(&timing.presence_ns),
+            "reference_latency_us": percentiles_us(&timing.reference_ns),
+            "ratio_to_reference": ratios(&timing.presence_ns, &timing.reference_ns),
             "info_latency_us": percentiles_us(&timing.info_ns),
             "after_storm": after_storm_timing.as_ref().map(|t| json!({
                 "answer": t.last,
                 "latency_us": percentiles_us(&t.presence_ns),
+                "reference_latency_us": percentiles_us(&t.reference_ns),
             })),
         },
         "storm": storm,
@@ -729,7 +778,18 @@ fn print_report(v: &Value, args: &PresenceArgs) {
         ps["expected"]
     );
     println!(
-        "info, interleaved (the round trip's floor): {}",
+        "presence_stats of {} ({}), interleaved call by call: {}; ratio {} to it: p50 ×{}, \
+         p90 ×{}, p99 ×{}",
+        ps["reference_channel"].as_str().unwrap_or("?"),
+        ps["reference_answer"],
+        lat(&ps["reference_latency_us"]),
+        args.channel,
+        ps["ratio_to_reference"]["p50"],
+        ps["ratio_to_reference"]["p90"],
+        ps["ratio_to_reference"]["p99"],
+    );
+    println!(
+        "info, interleaved (reads no channel): {}",
         lat(&ps["info_latency_us"])
     );
     if let Some(a) = ps["after_storm"].as_object() {
