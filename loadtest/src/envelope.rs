@@ -4,8 +4,9 @@
 //!
 //! Written for this tool, like `ws`: the server's own code is not used, so a change in what the
 //! server writes shows up here as unparsable messages instead of being absorbed. Only the fields
-//! a reconnecting subscriber needs are read, by name, from the part before `"data":` (a channel
-//! name cannot hold a `"`, so a key cannot be faked by one). A number must be followed by
+//! a scenario needs are read, by name: from the part before `"data":` of a message, before
+//! `"info":` of join/leave news (a channel name or a plain user id cannot hold a `"`, so a key
+//! cannot be faked by one). A number must be followed by
 //! another byte inside the prefix, so a value cut by the prefix's end is never taken for a
 //! smaller one.
 
@@ -33,8 +34,21 @@ pub enum Envelope<'a> {
         /// Present when the subscribe asked for `since`.
         recovered: Option<bool>,
     },
-    /// `{"op":"welcome","conn":ID}`.
-    Welcome,
+    /// `{"op":"welcome","conn":ID}`, with the id when it could be read.
+    Welcome {
+        /// The connection's id, as the server's event stream and control methods name it.
+        conn: Option<u64>,
+    },
+    /// `{"op":"join"|"leave","channel":C,"user":U,"info":I}`: presence news on a namespace with
+    /// `join_leave` (docs/protocol.md, "Server → client").
+    Presence {
+        /// `join` (true) or `leave`.
+        join: bool,
+        /// The channel's name as written.
+        channel: &'a [u8],
+        /// The user's id as written (a JSON string without escapes).
+        user: &'a [u8],
+    },
     /// `{"op":"error",...}`.
     Error,
     /// Another op (`pong`, `push`, `unsubscribed`, ...).
@@ -124,7 +138,24 @@ pub fn parse(prefix: &[u8]) -> Envelope<'_> {
                 _ => Envelope::Unparsable,
             }
         }
-        b"welcome" => Envelope::Welcome,
+        b"welcome" => Envelope::Welcome {
+            conn: value(fields, "conn").and_then(number),
+        },
+        b"join" | b"leave" => {
+            // `info` comes last and may hold anything: the keys are looked for before it.
+            let head = find(fields, b"\"info\":").map_or(fields, |at| &fields[..at]);
+            match (
+                value(head, "channel").and_then(plain_string),
+                value(head, "user").and_then(plain_string),
+            ) {
+                (Some(channel), Some(user)) => Envelope::Presence {
+                    join: op == b"join",
+                    channel,
+                    user,
+                },
+                _ => Envelope::Unparsable,
+            }
+        }
         b"error" => Envelope::Error,
         _ => Envelope::Other,
     }
@@ -301,13 +332,52 @@ mod tests {
         ));
         assert_eq!(
             parse(b"{\"op\":\"welcome\",\"conn\":17}"),
-            Envelope::Welcome
+            Envelope::Welcome { conn: Some(17) }
+        );
+        // An id cut by the prefix's end is not read as a smaller one.
+        assert_eq!(
+            parse(b"{\"op\":\"welcome\",\"conn\":12884901890"),
+            Envelope::Welcome { conn: None }
         );
         assert_eq!(
             parse(b"{\"op\":\"error\",\"code\":\"bad_channel\",\"message\":\"x\"}"),
             Envelope::Error
         );
         assert_eq!(parse(b"{\"op\":\"pong\"}"), Envelope::Other);
+    }
+
+    #[test]
+    fn presence_news() {
+        assert_eq!(
+            parse(b"{\"op\":\"join\",\"channel\":\"room:bench\",\"user\":\"u17\",\"info\":null}"),
+            Envelope::Presence {
+                join: true,
+                channel: b"room:bench",
+                user: b"u17",
+            }
+        );
+        assert_eq!(
+            parse(b"{\"op\":\"leave\",\"channel\":\"room:bench\",\"user\":\"u17\",\"info\":{\"n\":1}}"),
+            Envelope::Presence {
+                join: false,
+                channel: b"room:bench",
+                user: b"u17",
+            }
+        );
+        // A "user" key inside the info is not taken for the user.
+        assert_eq!(
+            parse(b"{\"op\":\"join\",\"channel\":\"c\",\"info\":{\"user\":\"x\"}}"),
+            Envelope::Unparsable
+        );
+        // A user with an escape, or cut before its closing quote, is not read.
+        assert_eq!(
+            parse(b"{\"op\":\"join\",\"channel\":\"c\",\"user\":\"a\\\"b\",\"info\":null}"),
+            Envelope::Unparsable
+        );
+        assert_eq!(
+            parse(b"{\"op\":\"join\",\"channel\":\"c\",\"user\":\"u1"),
+            Envelope::Unparsable
+        );
     }
 
     #[test]

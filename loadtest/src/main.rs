@@ -6,15 +6,18 @@
 //!   reader in), written independently of the server's code on purpose;
 //! - `payload`: the stamped benchmark payload and the loss/duplicate accounting;
 //! - `envelope`: ringcast's JSON envelopes as a client reads them (offsets, `subscribed`
-//!   replies), and the URL and command that resume a channel with `since`;
+//!   replies, the welcome's connection id, join/leave news), and the URL and command that
+//!   resume a channel with `since`;
+//! - `token`: HS256 connection tokens (JWT, HMAC-SHA256) for user identities;
 //! - `target`: URL, control address, `--src` and `--rate` parsing, loopback enforcement;
 //! - `pool`: the connections and the single-threaded epoll loop that drives them;
 //! - `procfs`: server RSS/CPU and kernel socket memory from /proc;
 //! - `report`: progress line, tables, JSON;
 //! - `plot`: the `--plot` SVG (latency percentiles against publish rate);
 //! - `scenario`: one module per scenario (`idle`, `connect`, `fanout`, `slow`, `chat`,
-//!   `reconnect`), each driving a `Pool` with its own `Handler`; `slow` and `chat` run on the
-//!   `fanout` engine.
+//!   `reconnect`, `presence`, `events`), each driving a `Pool` with its own `Handler`; `slow`
+//!   and `chat` run on the `fanout` engine; `scenario::control` is the control-socket client
+//!   (publisher, timed requests, event-stream consumer).
 //!
 //! The generator is one thread on purpose: it is meant to be pinned to one core next to the
 //! server under test, and it reports its own CPU use so a run where it saturates is flagged.
@@ -28,6 +31,7 @@ mod report;
 mod scenario;
 mod sys;
 mod target;
+mod token;
 mod ws;
 
 use clap::{Args, Parser, Subcommand};
@@ -60,6 +64,12 @@ enum Scenario {
     /// duplicates across the reconnects, recoveries, and the other subscribers' latency with
     /// and without the churn.
     Reconnect(scenario::reconnect::ReconnectArgs),
+    /// N connections as U users in one presence channel: presence_stats latency, and exactly
+    /// one leave and one join per user when many users' connections close and reopen.
+    Presence(scenario::presence::PresenceArgs),
+    /// The backend event stream under a connect/close storm: every connect and close once, in
+    /// each connection's order, per-shard seq contiguous, or the gaps stating what was dropped.
+    Events(scenario::events::EventsArgs),
 }
 
 /// Flags every scenario shares.
@@ -101,6 +111,8 @@ fn main() {
         Scenario::Slow(a) => scenario::slow::run(a),
         Scenario::Chat(a) => scenario::chat::run(a),
         Scenario::Reconnect(a) => scenario::reconnect::run(a),
+        Scenario::Presence(a) => scenario::presence::run(a),
+        Scenario::Events(a) => scenario::events::run(a),
     };
     if let Err(e) = result {
         eprintln!("ringcast-load: {e}");

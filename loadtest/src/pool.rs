@@ -768,12 +768,26 @@ impl Pool {
         h: &mut impl Handler,
         progress: &mut Progress,
     ) -> io::Result<()> {
-        let total = range.len() as u64;
+        let slots: Vec<usize> = range.collect();
+        self.open_slots(&slots, concurrency, path_of, deadline_ns, h, progress)
+    }
+
+    /// `open` for any set of slots (each `New`), in the order given.
+    pub fn open_slots(
+        &mut self,
+        slots: &[usize],
+        concurrency: usize,
+        path_of: &dyn Fn(usize) -> String,
+        deadline_ns: u64,
+        h: &mut impl Handler,
+        progress: &mut Progress,
+    ) -> io::Result<()> {
+        let total = slots.len() as u64;
         let (base_opened, base_failed) = (self.stats.opened, self.stats.failed);
-        let mut next = range.start;
+        let mut next = 0;
         loop {
-            while self.in_flight < concurrency && next < range.end {
-                self.start(next, &path_of(next));
+            while self.in_flight < concurrency && next < slots.len() {
+                self.start(slots[next], &path_of(slots[next]));
                 next += 1;
             }
             let done = (self.stats.opened - base_opened) + (self.stats.failed - base_failed);
@@ -788,7 +802,7 @@ impl Pool {
                 break;
             }
             if now >= deadline_ns {
-                for i in range.clone() {
+                for &i in slots {
                     if matches!(self.conns[i].state, State::Connecting | State::Handshaking) {
                         self.fail(i, "timeout: no 101 before the connect deadline".into());
                     }
@@ -848,7 +862,19 @@ impl Pool {
         h: &mut impl Handler,
         progress: &mut Progress,
     ) -> io::Result<()> {
-        for (k, i) in range.clone().enumerate() {
+        let slots: Vec<usize> = range.collect();
+        self.close_slots(&slots, deadline_ns, h, progress)
+    }
+
+    /// `close_range` for any set of slots, closed in the order given.
+    pub fn close_slots(
+        &mut self,
+        slots: &[usize],
+        deadline_ns: u64,
+        h: &mut impl Handler,
+        progress: &mut Progress,
+    ) -> io::Result<()> {
+        for (k, &i) in slots.iter().enumerate() {
             if k > 0 && k % CLOSE_BATCH == 0 {
                 // A send on loopback also runs the receiver's TCP work, ~10-20 µs: 19,000 in
                 // one go would stall everything else the loop serves (a scenario's publisher
@@ -857,10 +883,11 @@ impl Pool {
             }
             self.begin_close(i);
         }
-        // The range's connections in the close handshake: those closed just now and any that
+        // The slots' connections in the close handshake: those closed just now and any that
         // a scenario started closing earlier (`begin_close`).
-        let mut pending: Vec<usize> = range
-            .clone()
+        let mut pending: Vec<usize> = slots
+            .iter()
+            .copied()
             .filter(|&i| self.conns[i].state == State::Closing)
             .collect();
         while !pending.is_empty() && sys::now_ns() < deadline_ns {
@@ -869,7 +896,7 @@ impl Pool {
             pending.retain(|&i| self.conns[i].state == State::Closing);
         }
         progress.clear();
-        for i in range {
+        for &i in slots {
             if self.conns[i].state == State::Closing {
                 self.fail(i, "close: the server did not close in time".into());
             }

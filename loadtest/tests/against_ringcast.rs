@@ -3,8 +3,12 @@
 //! get every publish exactly once, each publisher's sequence in order (the generator's loss and
 //! duplicate accounting checks both). And `reconnect` on a namespace with history: subscribers
 //! that drop and come back with `since` (in the URL, and as a command) get every message once.
+//! And users: `presence` (HS256 tokens signed by the generator, verified by the server; one
+//! join and one leave per user), `events` (every connect and close once, or a gap for it), and
+//! `fanout` with a stalled event consumer and connection churn (the consumer loses events, the
+//! subscribers nothing).
 
-use ringcast::config::{Config, ControlConfig, Limits, Namespace};
+use ringcast::config::{AuthConfig, Config, ControlConfig, Limits, Namespace};
 use ringcast::server::Server;
 use std::process::Command;
 
@@ -182,6 +186,256 @@ fn reconnecting_subscribers_recover_every_message() {
     let counters = server.counters();
     assert_eq!(counters.recoveries, reconnects);
     assert_eq!(counters.recoveries_refused, 0);
+    server.shutdown();
+    server.wait().expect("clean shutdown");
+}
+
+/// The secret of the users tests' servers (and the generator's --secret).
+const SECRET: &str = "a test secret of at least thirty-two bytes";
+
+/// A two-shard server with HS256 tokens, `room` announcing joins and leaves, and `limits`.
+fn users_server(name: &str, limits: Limits) -> (Server, std::path::PathBuf) {
+    let sock = std::env::temp_dir().join(format!(
+        "ringcast-load-e2e-{name}-{}.sock",
+        std::process::id()
+    ));
+    let mut config = Config {
+        listen: "127.0.0.1:0"
+            .parse()
+            .expect("a literal address: cannot fail"),
+        shards: 2,
+        pin: false,
+        control: ControlConfig {
+            listen: vec![format!("unix:{}", sock.display())],
+            token: None,
+        },
+        limits,
+        auth: AuthConfig {
+            hs256_secret: Some(SECRET.into()),
+            ..AuthConfig::default()
+        },
+        ..Config::default()
+    };
+    config.namespaces.insert(
+        "room".into(),
+        Namespace {
+            join_leave: true,
+            ..Namespace::default()
+        },
+    );
+    (Server::start(config).expect("server starts"), sock)
+}
+
+/// Runs ringcast-load with `args` and `--json FILE`; the report.
+fn run_load(name: &str, args: &[&str]) -> serde_json::Value {
+    let json = std::env::temp_dir().join(format!(
+        "ringcast-load-e2e-{name}-{}.json",
+        std::process::id()
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcast-load"))
+        .args(args)
+        .args(["--quiet", "--json"])
+        .arg(&json)
+        .output()
+        .expect("ringcast-load runs");
+    assert!(
+        out.status.success(),
+        "ringcast-load {name} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("the JSON report");
+    let _ = std::fs::remove_file(&json);
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+#[test]
+fn presence_gives_one_join_and_one_leave_per_user() {
+    let (server, sock) = users_server("presence", Limits::default());
+    let url = format!("ws://{}/ws", server.local_addr());
+    let control = format!("unix:{}", sock.display());
+    for format in ["raw", "json"] {
+        let v = run_load(
+            &format!("presence-{format}"),
+            &[
+                "presence",
+                "--url",
+                &url,
+                "--control",
+                &control,
+                "--secret",
+                SECRET,
+                "-n",
+                "300",
+                "--users",
+                "100",
+                "--watchers",
+                "2",
+                "--storm-users",
+                "40",
+                "--stats-calls",
+                "20",
+                "--settle-s",
+                "0.3",
+                "--member-format",
+                format,
+            ],
+        );
+        assert_eq!(v["passed"], true, "{format}: {}", v["failures"]);
+        // The tokens verified: every member is in the channel as its user.
+        assert_eq!(v["members_open"], 300, "{format}");
+        assert_eq!(
+            v["presence_stats"]["answer"],
+            serde_json::json!({"users": 102, "conns": 302, "anonymous": 0}),
+            "{format}"
+        );
+        // The reference channel holds the two watchers only.
+        assert_eq!(
+            v["presence_stats"]["reference_answer"],
+            serde_json::json!({"users": 2, "conns": 2, "anonymous": 0}),
+            "{format}"
+        );
+        for phase in [&v["connect"]["news"], &v["storm_news"]] {
+            for w in phase.as_array().expect("one per watcher") {
+                assert_eq!(w["users_as_expected"], w["users_with_news_expected"], "{w}");
+                assert_eq!(w["news_for_others"], 0, "{w}");
+            }
+        }
+        assert_eq!(v["storm_news"][0]["users_with_news_expected"], 40);
+        assert_eq!(v["storm"]["connections"], 120, "3 tabs of each of 40 users");
+    }
+    server.shutdown();
+    server.wait().expect("clean shutdown");
+}
+
+#[test]
+fn the_event_stream_accounts_for_every_connect_and_close() {
+    let (server, sock) = users_server("events", Limits::default());
+    let url = format!("ws://{}/ws", server.local_addr());
+    let control = format!("unix:{}", sock.display());
+    for (name, extra) in [
+        ("wave", &["--consumers", "2"][..]),
+        (
+            "each-group",
+            &[
+                "--consumers",
+                "2",
+                "--group",
+                "g",
+                "--pattern",
+                "each",
+                "--secret",
+                SECRET,
+                "--users",
+                "50",
+            ][..],
+        ),
+    ] {
+        let mut args = vec!["events", "--url", &url, "--control", &control, "-n", "500"];
+        args.extend_from_slice(extra);
+        let v = run_load(&format!("events-{name}"), &args);
+        assert_eq!(v["verdict"], "exact", "{name}: {}", v["accounting"]);
+        assert_eq!(v["welcomed"], 500, "{name}");
+        let got: u64 = v["consumers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["connects"].as_u64().unwrap() + c["closes"].as_u64().unwrap())
+            .sum();
+        let copies = if name == "wave" { 2 } else { 1 };
+        assert_eq!(got, 1000 * copies, "{name}");
+    }
+    server.shutdown();
+    server.wait().expect("clean shutdown");
+
+    // A consumer that is not read through the storm, on a server that holds only 16 KiB for
+    // it: events are dropped, and the gaps say how many.
+    let limits = Limits {
+        event_buffer_bytes_max: 16 * 1024,
+        ..Limits::default()
+    };
+    let (server, sock) = users_server("events-lag", limits);
+    let url = format!("ws://{}/ws", server.local_addr());
+    let control = format!("unix:{}", sock.display());
+    let v = run_load(
+        "events-lag",
+        &[
+            "events",
+            "--url",
+            &url,
+            "--control",
+            &control,
+            "-n",
+            "2000",
+            "--consumers",
+            "2",
+            "--lag-first",
+        ],
+    );
+    assert_eq!(v["verdict"], "accounted for", "{}", v["accounting"]);
+    let lagging = &v["accounting"][0];
+    assert!(lagging["gap_dropped"].as_u64().unwrap() > 0, "{lagging}");
+    assert_eq!(
+        lagging["gap_dropped"].as_u64().unwrap(),
+        lagging["missing_connect"].as_u64().unwrap() + lagging["missing_close"].as_u64().unwrap()
+    );
+    let stated: u64 = v["accounting"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["gap_dropped"].as_u64().unwrap())
+        .sum();
+    assert_eq!(v["server_events"]["events_dropped"], stated);
+    server.shutdown();
+    server.wait().expect("clean shutdown");
+}
+
+#[test]
+fn a_stalled_event_consumer_loses_events_not_the_fanouts_messages() {
+    // 16 KiB for the consumer: the subscribers' connects and the churn overflow it quickly.
+    let limits = Limits {
+        event_buffer_bytes_max: 16 * 1024,
+        ..Limits::default()
+    };
+    let (server, sock) = users_server("stalled", limits);
+    let url = format!("ws://{}/ws?format=raw", server.local_addr());
+    let control = format!("unix:{}", sock.display());
+    let v = run_load(
+        "stalled",
+        &[
+            "fanout",
+            "--url",
+            &url,
+            "--channel",
+            "bench",
+            "--control",
+            &control,
+            "-n",
+            "500",
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--drain",
+            "2",
+            "--stalled-consumer",
+            "--churn-per-s",
+            "200",
+        ],
+    );
+    let r = &v["rates"][0];
+    assert_eq!(r["published"], 200);
+    assert_eq!(r["delivered"], 200 * 500);
+    assert_eq!(r["lost"], 0);
+    let e = &v["event_stream"];
+    assert_eq!(e["stalled_consumer"], true);
+    assert!(e["events_dropped"].as_u64().unwrap() > 0, "{e}");
+    assert!(
+        v["churn"]["started"].as_u64().unwrap() >= 300,
+        "{}",
+        v["churn"]
+    );
+    assert_eq!(v["churn"]["skipped_no_free_slot"], 0);
     server.shutdown();
     server.wait().expect("clean shutdown");
 }

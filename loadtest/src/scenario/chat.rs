@@ -71,6 +71,7 @@ pub fn run(args: ChatArgs) -> Result<(), String> {
             slow: Vec::new(),
             slow_read_s: 0.0,
             slow_rcvbuf_bytes: 0,
+            extras: Default::default(),
         },
         setup,
     )?;

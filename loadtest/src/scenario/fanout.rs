@@ -25,6 +25,17 @@
 //! figure, and at the end it is read again to see how the server closed it. `chat` is the same
 //! engine with many small channels. With `--server-pid`, the server's VmRSS is sampled every
 //! 500 ms for the whole run.
+//!
+//! Event-stream load (ringcast; docs/control.md, "Event stream"): `--stalled-consumer` makes a
+//! control connection a consumer of every event type (`{"method":"events"}`, answered once
+//! every shard routes to it) before the subscribers connect, and then never reads its socket —
+//! a backend that hangs. The subscribers' own connects and subscribes already owe it a few MB;
+//! `--churn-per-s R` adds R connections per second that open, stay `--churn-hold-ms`, and close
+//! with the close handshake beside the subscribers (no channel, nothing to read) from the
+//! warm-up to the last rate, so events keep coming while the consumer is stalled. A run with
+//! the same churn and no consumer is the baseline: the latency ratio between the two is what a
+//! stalled consumer costs the fan-out. The server's event counters over the run (`stats`:
+//! `events_sent`, `events_delivered`, `events_dropped`) are reported.
 
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -32,12 +43,13 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::Common;
+use crate::envelope;
 use crate::payload::{self, Seen, SeqTracker, Stamp};
 use crate::plot;
 use crate::pool::{self, Ending, Handler, Pool, State, TOKEN_SCENARIO};
 use crate::procfs::{CpuSample, RssSeries};
 use crate::report::{self, Progress, human_count, human_us};
-use crate::scenario::control::{self, ControlPub};
+use crate::scenario::control::{self, ControlPub, EventConsumer};
 use crate::scenario::http_pub::HttpPub;
 use crate::scenario::{self, Setup};
 use crate::sys::{self, Event, Interest, Timer};
@@ -141,6 +153,17 @@ pub struct FanoutArgs {
     /// Channel name (or prefix with --channels > 1); default: the URL's channel=, else "bench".
     #[arg(long)]
     channel: Option<String>,
+    /// Before the subscribers connect, make a control connection (on --control) a consumer of
+    /// every event type, then never read it: a stalled backend.
+    #[arg(long, requires = "control")]
+    stalled_consumer: bool,
+    /// Connections per second that open and close beside the subscribers, from the warm-up to
+    /// the last rate (they join no channel): events for the event stream (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    churn_per_s: f64,
+    /// How long each churn connection stays open before its close handshake (ms).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    churn_hold_ms: u64,
     #[command(flatten)]
     #[serde(flatten)]
     pub schedule: Schedule,
@@ -193,6 +216,136 @@ pub struct Plan<'a> {
     pub slow_read_s: f64,
     /// `SO_RCVBUF` of the slow subscribers' sockets (0: the kernel's default, autotuned).
     pub slow_rcvbuf_bytes: u32,
+    /// A stalled event consumer, churn beside the subscribers.
+    pub extras: Extras,
+}
+
+/// What a run may add beside its subscribers and publisher (`fanout --stalled-consumer`,
+/// `--churn-per-s`).
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Where the stalled event consumer connects (`None`: no consumer).
+    pub stalled_consumer: Option<ControlAddr>,
+    /// Churn connections per second (0: none).
+    pub churn_per_s: f64,
+    /// How long each churn connection stays open (ns).
+    pub churn_hold_ns: u64,
+}
+
+impl Extras {
+    /// Pool slots the churn needs: the connections alive at once at the rate (held, plus up
+    /// to a second to connect and close), and some slack. 0 without churn.
+    fn churn_slots(&self) -> usize {
+        if self.churn_per_s <= 0.0 {
+            return 0;
+        }
+        (self.churn_per_s * (self.churn_hold_ns as f64 / 1e9 + 1.0)).ceil() as usize + 16
+    }
+}
+
+/// Checks the `fanout` flags for the extras and builds them.
+pub fn extras(args: &FanoutArgs) -> Result<Extras, String> {
+    if !(args.churn_per_s >= 0.0 && args.churn_per_s <= 10_000.0) {
+        return Err("--churn-per-s must be within [0, 10000]".into());
+    }
+    let stalled_consumer = if args.stalled_consumer {
+        let control = args
+            .control
+            .as_deref()
+            .ok_or("--stalled-consumer needs --control")?;
+        Some(target::parse_control(control)?)
+    } else {
+        None
+    };
+    Ok(Extras {
+        stalled_consumer,
+        churn_per_s: args.churn_per_s,
+        churn_hold_ns: args.churn_hold_ms * 1_000_000,
+    })
+}
+
+/// Connections that open and close at a fixed rate in pool slots of their own.
+struct Churn {
+    /// The free slots (`New`).
+    free: Vec<usize>,
+    /// Started slots and when each was started.
+    live: Vec<(usize, u64)>,
+    path: String,
+    interval_ns: f64,
+    hold_ns: u64,
+    t0: u64,
+    /// Connections due so far (started or skipped).
+    due: u64,
+    active: bool,
+    /// Due when no slot was free.
+    skipped: u64,
+    started: u64,
+    /// Not upgraded within the connect timeout (abandoned).
+    abandoned: u64,
+}
+
+impl Churn {
+    fn new(slots: std::ops::Range<usize>, path: String, per_s: f64, hold_ns: u64) -> Churn {
+        Churn {
+            free: slots.rev().collect(),
+            live: Vec::new(),
+            path,
+            interval_ns: 1e9 / per_s,
+            hold_ns,
+            t0: 0,
+            due: 0,
+            active: false,
+            skipped: 0,
+            started: 0,
+            abandoned: 0,
+        }
+    }
+
+    fn start(&mut self, now_ns: u64) {
+        self.t0 = now_ns;
+        self.active = true;
+    }
+
+    /// Starts the connections due by `now_ns`, closes those held long enough, frees the closed.
+    fn service(&mut self, pool: &mut Pool, now_ns: u64, connect_timeout_ns: u64) {
+        while self.active && self.t0 + (self.due as f64 * self.interval_ns) as u64 <= now_ns {
+            self.due += 1;
+            match self.free.pop() {
+                Some(i) => {
+                    pool.start(i, &self.path);
+                    self.live.push((i, now_ns));
+                    self.started += 1;
+                }
+                None => self.skipped += 1,
+            }
+        }
+        let Churn {
+            live,
+            free,
+            hold_ns,
+            abandoned,
+            ..
+        } = self;
+        live.retain(|&(i, at)| match pool.state(i) {
+            State::Open if now_ns >= at + *hold_ns => {
+                pool.begin_close(i);
+                true
+            }
+            State::Connecting | State::Handshaking if now_ns >= at + connect_timeout_ns => {
+                pool.abort(i, false);
+                *abandoned += 1;
+                pool.recycle(i);
+                free.push(i);
+                false
+            }
+            State::Closed => {
+                pool.recycle(i);
+                free.push(i);
+                false
+            }
+            _ => true,
+        });
+    }
 }
 
 /// The publisher in use.
@@ -244,6 +397,9 @@ impl Phase {
 /// subscribers' counts and the server's memory series.
 struct Receiver {
     subscribers: usize,
+    /// Slots from here up are churn connections (their messages are only counted).
+    churn_from: usize,
+    churn_messages: u64,
     channels: usize,
     trackers: Vec<SeqTracker>,
     /// Subscribers that stop reading after the warm-up (empty: none).
@@ -262,6 +418,10 @@ struct Receiver {
 
 impl Handler for Receiver {
     fn message(&mut self, conn: usize, _text: bool, prefix: &[u8], len: u64, now_ns: u64) {
+        if conn >= self.churn_from {
+            self.churn_messages += 1;
+            return;
+        }
         if conn >= self.subscribers {
             self.publisher_received += 1;
             return;
@@ -338,6 +498,9 @@ struct Run {
     t_start: u64,
     /// Phase names and when they started, ms since `t_start`.
     timeline: Vec<(String, u64)>,
+    /// Connections opening and closing beside the subscribers (`--churn-per-s`).
+    churn: Option<Churn>,
+    connect_timeout_ns: u64,
 }
 
 impl Run {
@@ -427,9 +590,18 @@ impl Run {
     /// One turn of the loop: wait for events up to `timeout_ms`, then service the timer and
     /// the control socket.
     fn turn(&mut self, timeout_ms: i32) -> Result<(), String> {
+        // With churn, wake up at least every 10 ms to start the connections due.
+        let timeout_ms = if self.churn.as_ref().is_some_and(|c| c.active) {
+            timeout_ms.min(10)
+        } else {
+            timeout_ms
+        };
         self.pool
             .poll(timeout_ms, &mut self.rx)
             .map_err(|e| format!("epoll_wait: {e}"))?;
+        if let Some(churn) = &mut self.churn {
+            churn.service(&mut self.pool, sys::now_ns(), self.connect_timeout_ns);
+        }
         if self.rx.timer_fired {
             self.rx.timer_fired = false;
             self.timer.clear();
@@ -762,7 +934,9 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         "one slow flag per subscriber"
     );
     let pub_ws = matches!(plan.publisher, PublisherSpec::Ws { .. });
-    let slots = n + usize::from(pub_ws);
+    let churn_from = n + usize::from(pub_ws);
+    let slots = churn_from + plan.extras.churn_slots();
+    let churn_path = envelope::ws_path(&url.path, None, true, None);
     let mut pool = Pool::new(url, slots, sources).map_err(|e| format!("epoll: {e}"))?;
     pool.set_coalesce(schedule.coalesce_us * 1000);
     if plan.slow_rcvbuf_bytes > 0 {
@@ -774,6 +948,20 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
     pool.poller()
         .add(timer.raw_fd(), TOKEN_TIMER, Interest::Read)
         .map_err(|e| format!("epoll_ctl: {e}"))?;
+    // The stalled consumer comes first: the subscribers' connects and subscribes are owed to it.
+    let stalled = match &plan.extras.stalled_consumer {
+        Some(addr) => Some(EventConsumer::subscribe(addr, &[], None)?),
+        None => None,
+    };
+    let stats_addr = plan
+        .extras
+        .stalled_consumer
+        .clone()
+        .or(match &plan.publisher {
+            PublisherSpec::Control(a) if plan.extras.churn_per_s > 0.0 => Some(a.clone()),
+            _ => None,
+        });
+    let stats_before = stats_addr.as_ref().and_then(control::server_stats);
     let t_start = sys::now_ns();
     let slow_messages = if plan.slow.is_empty() {
         Vec::new()
@@ -782,6 +970,8 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
     };
     let mut rx = Receiver {
         subscribers: n,
+        churn_from,
+        churn_messages: 0,
         channels,
         trackers: vec![SeqTracker::default(); n],
         slow: plan.slow,
@@ -879,7 +1069,19 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         progress,
         t_start,
         timeline: vec![("connect".into(), 0)],
+        churn: (plan.extras.churn_per_s > 0.0).then(|| {
+            Churn::new(
+                churn_from..slots,
+                churn_path,
+                plan.extras.churn_per_s,
+                plan.extras.churn_hold_ns,
+            )
+        }),
+        connect_timeout_ns: (common.connect_timeout_s * 1e9) as u64,
     };
+    if let Some(churn) = &mut run.churn {
+        churn.start(sys::now_ns());
+    }
     run.mark("warm-up");
     let silent = run.warm_up(schedule.warmup)?;
     if silent > 0 {
@@ -914,6 +1116,17 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         scenario::server_cpu(common.server_pid),
         scenario::self_cpu(),
     );
+    let churn = run.churn.as_mut().map(|c| {
+        c.active = false;
+        json!({
+            "per_s": plan.extras.churn_per_s,
+            "hold_ms": plan.extras.churn_hold_ns / 1_000_000,
+            "started": c.started,
+            "skipped_no_free_slot": c.skipped,
+            "abandoned_before_upgrade": c.abandoned,
+            "messages_received": run.rx.churn_messages,
+        })
+    });
 
     let slow = if slow_selected > 0 {
         run.mark("reading the slow subscribers");
@@ -939,6 +1152,28 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         None
     };
     let server_stats = control_addr.as_ref().and_then(control::server_stats);
+    // The server's event counters over the run (totals less those before the subscribers).
+    let events = stats_addr.as_ref().map(|addr| {
+        let after = if control_addr.as_ref() == Some(addr) {
+            server_stats.clone()
+        } else {
+            control::server_stats(addr)
+        };
+        let delta = |key: &str| {
+            let a = after.as_ref()?["total"][key].as_u64()?;
+            let b = stats_before.as_ref()?["total"][key].as_u64()?;
+            Some(a.saturating_sub(b))
+        };
+        json!({
+            "stalled_consumer": stalled.is_some(),
+            "stalled_consumer_bytes_read": stalled.as_ref().map(|c| c.bytes_in),
+            "events_sent": delta("events_sent"),
+            "events_delivered": delta("events_delivered"),
+            "events_dropped": delta("events_dropped"),
+        })
+    });
+    // Held open until here, unread: the consumer stalls for the whole run.
+    drop(stalled);
     run.mark("close");
     scenario::close(&mut run.pool, &mut run.progress)?;
     run.mark("end");
@@ -991,6 +1226,8 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         "server_cpu": server_cpu,
         "generator_cpu": generator_cpu,
         "slow": slow,
+        "churn": churn,
+        "event_stream": events,
         "server_rss": server_rss,
         "server_stats": server_stats,
         "timeline": timeline,
@@ -1097,6 +1334,34 @@ pub fn print_report(result: &Value, budget_ms: u64) {
             human_count(read["total"].as_u64().unwrap_or(0)),
             human_count(read["min"].as_u64().unwrap_or(0)),
             human_count(read["max"].as_u64().unwrap_or(0)),
+        );
+    }
+    let churn = &result["churn"];
+    if churn.is_object() {
+        println!(
+            "churn: {} connections opened and closed at {}/s (held {} ms), {} skipped (no free \
+             slot), {} abandoned before the upgrade",
+            human_count(churn["started"].as_u64().unwrap_or(0)),
+            churn["per_s"],
+            churn["hold_ms"],
+            churn["skipped_no_free_slot"],
+            churn["abandoned_before_upgrade"],
+        );
+    }
+    let ev = &result["event_stream"];
+    if ev.is_object() {
+        println!(
+            "event stream: {}; server over the run: events_sent {}, events_delivered {}, \
+             events_dropped {}",
+            if ev["stalled_consumer"] == true {
+                "one consumer of every type, stalled (never read) from before the subscribers \
+                 connected"
+            } else {
+                "no consumer"
+            },
+            ev["events_sent"],
+            ev["events_delivered"],
+            ev["events_dropped"],
         );
     }
     let rss = &result["server_rss"];
@@ -1221,7 +1486,10 @@ pub fn prepare(
                 .into(),
         );
     }
-    let extra = u64::from(args.pub_ws || args.pub_http.is_some());
+    let extras = extras(args)?;
+    let extra = u64::from(args.pub_ws || args.pub_http.is_some())
+        + extras.churn_slots() as u64
+        + u64::from(extras.stalled_consumer.is_some());
     let setup = scenario::prepare(&args.common, extra)?;
     let url = &setup.url;
     let publisher = if let Some(control) = &args.control {
@@ -1304,6 +1572,7 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
             slow: Vec::new(),
             slow_read_s: 0.0,
             slow_rcvbuf_bytes: 0,
+            extras: extras(&args)?,
         },
         setup,
     )?;

@@ -5,9 +5,11 @@
 pub mod chat;
 pub mod connect;
 pub mod control;
+pub mod events;
 pub mod fanout;
 pub mod http_pub;
 pub mod idle;
+pub mod presence;
 pub mod reconnect;
 pub mod slow;
 

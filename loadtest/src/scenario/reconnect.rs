@@ -671,14 +671,14 @@ impl Rx {
                     }
                 }
             }
-            Envelope::Welcome => {}
+            Envelope::Welcome { .. } => {}
             Envelope::Error => {
                 c.error_replies += 1;
                 if c.first_error.is_none() {
                     c.first_error = Some(String::from_utf8_lossy(prefix).into_owned());
                 }
             }
-            Envelope::Other => c.other_ops += 1,
+            Envelope::Other | Envelope::Presence { .. } => c.other_ops += 1,
             Envelope::Unparsable => c.unparsable += 1,
         }
     }

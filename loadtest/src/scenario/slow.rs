@@ -89,6 +89,7 @@ pub fn run(args: SlowArgs) -> Result<(), String> {
             slow,
             slow_read_s: args.slow_read_s,
             slow_rcvbuf_bytes: args.slow_rcvbuf,
+            extras: fanout::extras(&args.fanout)?,
         },
         setup,
     )?;
