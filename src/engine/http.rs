@@ -250,6 +250,27 @@ impl Engine {
         }
     }
 
+    /// `POST /api/publish?channel=NAME` with the payload as the body (`curl --data-binary`):
+    /// `application/json` is published as `data` (it must be JSON), UTF-8 text as `text`,
+    /// anything else as binary.
+    fn publish_body(&mut self, slot: usize, channel: &str, request: &Request) {
+        let body = &request.body;
+        let payload = if request.media_type() == Some("application/json") {
+            if serde_json::from_slice::<&serde_json::value::RawValue>(body).is_err() {
+                return self.http_json_error(slot, 400, "bad_json", "the body is not JSON");
+            }
+            ctl::Payload::Json(String::from_utf8_lossy(body).into_owned())
+        } else {
+            match std::str::from_utf8(body) {
+                Ok(text) => ctl::Payload::Text(text.to_string()),
+                Err(_) => ctl::Payload::Binary(body.to_vec()),
+            }
+        };
+        self.counters.control_requests += 1;
+        let method = Method::Publish(channel.to_string(), payload, false, None);
+        self.execute(slot, method, None, false);
+    }
+
     fn on_api(&mut self, slot: usize, method: &str, request: &Request, get: bool) {
         use http::request::Method as M;
         let reads = READ_METHODS.contains(&method);
@@ -264,6 +285,11 @@ impl Engine {
                             "unauthorized",
                             "send Authorization: Bearer TOKEN ([http] token)",
                         );
+                    }
+                }
+                if method == "publish" {
+                    if let Some(channel) = request.query_value("channel") {
+                        return self.publish_body(slot, &channel, request);
                     }
                 }
                 let body: &[u8] = if request.body.is_empty() {
