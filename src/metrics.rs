@@ -316,10 +316,60 @@ pub fn render(shards: &[Counters]) -> String {
                     }
                 }
             }
+            serde_json::Value::Object(_) => histogram(&mut out, field, &values),
             _ => {}
         }
     }
     out
+}
+
+/// A `stats::Histogram` field as a Prometheus histogram (cumulative `le` buckets, `_sum`,
+/// `_count`), its unit converted to the base unit the name says.
+fn histogram(out: &mut String, field: &str, values: &[serde_json::Value]) {
+    // (metric name, help, the value of one unit in the metric's unit)
+    let (name, help, unit): (&str, &str, f64) = match field {
+        "delivery_latency_us" => (
+            "ringcast_delivery_latency_seconds",
+            "A sample of publishes (1 in 64): from the channel's owner taking the publish to the \
+             frame queued on a subscriber's shard.",
+            1e-6,
+        ),
+        "send_queue_64b" => (
+            "ringcast_send_queue_bytes",
+            "Bytes a connection owed when its next batch was handed to the kernel.",
+            64.0,
+        ),
+        _ => return,
+    };
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (shard, v) in values.iter().enumerate() {
+        let h = &v[field];
+        let buckets: Vec<u64> = h["buckets"]
+            .as_array()
+            .map(|b| b.iter().map(|x| x.as_u64().unwrap_or(0)).collect())
+            .unwrap_or_default();
+        let mut cumulative = 0u64;
+        for (i, n) in buckets.iter().enumerate() {
+            cumulative += n;
+            if i + 1 == buckets.len() {
+                break; // the last bucket is +Inf, written below
+            }
+            let le = (1u64 << i) as f64 * unit;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count = h["count"].as_u64().unwrap_or(0);
+        let sum = h["sum"].as_u64().unwrap_or(0) as f64 * unit;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {count}");
+    }
 }
 
 #[cfg(test)]
@@ -337,6 +387,8 @@ mod tests {
         a.rejected(403);
         a.request(1);
         a.error_reply(2);
+        a.delivery_latency_us.observe(300);
+        a.delivery_latency_us.observe(5);
         let b = Counters {
             open: 1,
             ..Counters::default()
@@ -357,13 +409,34 @@ mod tests {
         assert!(text.contains(
             "ringcast_control_errors_by_code_total{shard=\"0\",code=\"bad_params\"} 1\n"
         ));
+        assert!(text.contains("# TYPE ringcast_delivery_latency_seconds histogram\n"));
+        // 5 µs falls in le=8e-6, 300 µs in le=0.000512; cumulative counts, +Inf = count.
+        assert!(
+            text.contains(
+                "ringcast_delivery_latency_seconds_bucket{shard=\"0\",le=\"0.000008\"} 1\n"
+            )
+        );
+        assert!(
+            text.contains(
+                "ringcast_delivery_latency_seconds_bucket{shard=\"0\",le=\"0.000512\"} 2\n"
+            )
+        );
+        assert!(
+            text.contains("ringcast_delivery_latency_seconds_bucket{shard=\"0\",le=\"+Inf\"} 2\n")
+        );
+        assert!(text.contains("ringcast_delivery_latency_seconds_count{shard=\"0\"} 2\n"));
         // Every sample line is NAME{LABELS} VALUE, and every name has its TYPE line.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ').unwrap();
-            assert!(value.parse::<u64>().is_ok(), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
             let name = series.split('{').next().unwrap();
             assert!(name.starts_with("ringcast_"), "{line}");
-            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| text.contains(&format!("# TYPE {f} histogram")))
+                .unwrap_or(name);
+            assert!(text.contains(&format!("# TYPE {family} ")), "{line}");
         }
         assert!(render(&[]).is_empty());
     }

@@ -4,6 +4,44 @@
 use serde::Serialize;
 use std::sync::Mutex;
 
+/// Buckets of a [`Histogram`]: bucket `i` counts values at most `2^i` units; the last one counts
+/// the rest (+Inf).
+pub const HISTOGRAM_BUCKETS: usize = 26;
+
+/// A power-of-two histogram kept as plain integers (one increment per observation).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative).
+    pub buckets: [u64; HISTOGRAM_BUCKETS],
+    /// Sum of the observed values.
+    pub sum: u64,
+    /// Observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Counts one value.
+    pub fn observe(&mut self, value: u64) {
+        let bucket = if value <= 1 {
+            0
+        } else {
+            (64 - (value - 1).leading_zeros()) as usize
+        };
+        self.buckets[bucket.min(HISTOGRAM_BUCKETS - 1)] += 1;
+        self.sum = self.sum.saturating_add(value);
+        self.count += 1;
+    }
+
+    /// Adds another histogram.
+    pub fn add(&mut self, other: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += b;
+        }
+        self.sum = self.sum.saturating_add(other.sum);
+        self.count += other.count;
+    }
+}
+
 /// One shard's counters (or their sum over shards).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Counters {
@@ -149,6 +187,13 @@ pub struct Counters {
     pub drained: u64,
     /// Reloaded configurations this shard took.
     pub config_reloads: u64,
+    /// Latency of a sample of publishes (one in 64, at their owner): from the owner taking the
+    /// publish to its frame being queued on a subscriber's shard (whose loop sends it in the same
+    /// turn), in µs.
+    pub delivery_latency_us: Histogram,
+    /// Bytes a connection owed when its next batch was handed to the kernel, in units of 64
+    /// bytes (bucket i: at most 64·2^i bytes).
+    pub send_queue_64b: Histogram,
 }
 
 fn bump(list: &mut Vec<(u16, u64)>, key: u16, by: u64) {
@@ -275,6 +320,8 @@ impl Counters {
         self.drains += other.drains;
         self.drained += other.drained;
         self.config_reloads += other.config_reloads;
+        self.delivery_latency_us.add(&other.delivery_latency_us);
+        self.send_queue_64b.add(&other.send_queue_64b);
     }
 }
 
@@ -320,5 +367,16 @@ mod tests {
         assert_eq!(a.closed_with(1002), 1);
         assert_eq!(a.rejected_with(404), 1);
         assert_eq!(a.open, 2);
+    }
+
+    #[test]
+    fn histogram_buckets_are_powers_of_two() {
+        let mut h = Histogram::default();
+        for v in [0, 1, 2, 3, 4, 5, 1 << 30] {
+            h.observe(v);
+        }
+        assert_eq!(&h.buckets[..4], &[2, 1, 2, 1], "≤1, ≤2, ≤4, ≤8");
+        assert_eq!(h.buckets[HISTOGRAM_BUCKETS - 1], 1, "past 2^24 is +Inf");
+        assert_eq!(h.count, 7);
     }
 }

@@ -304,6 +304,7 @@ impl Cluster {
         self.complete_sends(i);
         self.deliver_input(i);
         let now = self.now_ms;
+        self.shards[i].engine.set_clock_us(now * 1000);
         self.shards[i].engine.tick(now);
         self.apply(i);
         self.work

@@ -24,6 +24,16 @@ use crate::xshard::Doorbell;
 use bytes::Bytes;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+
+/// A monotonic clock in µs shared by every shard (one origin for the process), so a timestamp
+/// taken on one shard can be compared on another (the delivery-latency sample).
+pub fn monotonic_us() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    ORIGIN
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
+}
 use std::sync::atomic::AtomicBool;
 
 /// Input bytes handled per loop turn before the shard flushes what they produced: a backend

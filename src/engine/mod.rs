@@ -71,6 +71,8 @@ const PUBLISH_EVERY_TICKS: u32 = 10;
 /// (publishers paused) until it is back under half its limit, so this bounds only what was
 /// already on its way.
 pub const LAGGING_FACTOR: usize = 4;
+/// One publish in this many carries a timestamp for the delivery-latency histogram.
+pub const LATENCY_SAMPLE_EVERY: u32 = 64;
 
 pub(crate) fn limits_ticks(ms: u64) -> u32 {
     ms.div_ceil(TICK_MS).min(u32::MAX as u64 / 2) as u32
@@ -227,6 +229,10 @@ pub struct Engine {
     /// The reloadable configuration, and the generation this shard runs.
     live: Arc<LiveConfig>,
     config_generation: u64,
+    /// The drivers' shared µs clock at this turn (delivery-latency samples only).
+    now_us: u64,
+    /// Publishes sequenced here, for sampling one in `LATENCY_SAMPLE_EVERY`.
+    sequenced: u32,
     /// The process-wide drain request.
     drain_req: Arc<std::sync::atomic::AtomicU64>,
     /// This shard's drain, once begun.
@@ -313,6 +319,8 @@ impl Engine {
             http_listener: setup.http_listener,
             subscribe_waiters: HashMap::new(),
             drain_req: setup.drain,
+            now_us: 0,
+            sequenced: 0,
             live: setup.live,
             config_generation: 0,
             draining: None,
@@ -595,6 +603,12 @@ impl Engine {
         }
         debug_assert!(frames.is_empty());
         self.mark_dirty(slot);
+    }
+
+    /// The drivers' shared µs clock (`driver::monotonic_us`), set once per loop turn before
+    /// `tick`; read only to stamp and measure sampled deliveries.
+    pub fn set_clock_us(&mut self, now_us: u64) {
+        self.now_us = now_us;
     }
 
     /// Time passed: `now_ms` on the driver's clock (milliseconds since the shard started).
@@ -946,6 +960,9 @@ impl Engine {
                 self.dirty.push(slot as u32);
                 continue;
             };
+            self.counters
+                .send_queue_64b
+                .observe(conn.out.owed_bytes().div_ceil(64) as u64);
             conn.out.take_batch(iov_max, frames);
             conn.flags |= SENDING;
             let token = Token {

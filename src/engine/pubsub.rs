@@ -324,8 +324,13 @@ impl Engine {
                 envelope,
                 raw,
                 report,
+                stamp_us,
             } => {
                 let (delivered, slow) = self.deliver(&channel, offset, &envelope, &raw);
+                if stamp_us != 0 && delivered > 0 {
+                    let latency = self.now_us.saturating_sub(stamp_us);
+                    self.counters.delivery_latency_us.observe(latency);
+                }
                 if let Some(to) = report {
                     let part = Part::Delivered {
                         delivered,
@@ -440,6 +445,12 @@ impl Engine {
                 self.counters.history_refused += 1;
             }
         }
+        self.sequenced = self.sequenced.wrapping_add(1);
+        let stamp_us = if self.sequenced % super::LATENCY_SAMPLE_EVERY == 0 {
+            self.now_us.max(1)
+        } else {
+            0
+        };
         for shard in shards.iter() {
             let msg = XMsg::Deliver {
                 channel: channel.clone(),
@@ -447,6 +458,7 @@ impl Engine {
                 envelope: envelope.clone(),
                 raw: raw.clone(),
                 report: report_to.map(Box::new),
+                stamp_us,
             };
             self.send_x(shard, msg);
         }

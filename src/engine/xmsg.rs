@@ -370,6 +370,9 @@ pub enum XMsg {
         raw: Bytes,
         /// Where to report this shard's delivery counts (a publish with `report`).
         report: Option<Box<ReplyTo>>,
+        /// When the owner took the publish (`driver::monotonic_us`), for a sampled one; 0: not
+        /// sampled.
+        stamp_us: u64,
     },
 }
 

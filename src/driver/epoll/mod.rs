@@ -207,6 +207,7 @@ impl EpollShard {
             bell.set_awake();
             self.read_ready();
             let now = self.now_ms();
+            self.engine.set_clock_us(super::monotonic_us());
             self.engine.tick(now);
             self.trimmer.tick(self.engine.queued_bytes(), now);
             if self.io.stop.load(Ordering::Relaxed) && !self.engine.is_shutting_down() {
