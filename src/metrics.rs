@@ -24,6 +24,11 @@ const GAUGES: &[(&str, &str, &str)] = &[
         "Bytes owed to connections (queued or in flight).",
     ),
     (
+        "history_bytes",
+        "ringcast_history_bytes",
+        "Bytes of history kept by the channels this shard owns.",
+    ),
+    (
         "users_online",
         "ringcast_users_online",
         "Users with at least one connection, held by this shard as their owner.",

@@ -53,6 +53,8 @@ pub struct Counters {
     pub queued_bytes: u64,
     /// Gauge: users this shard holds as their owner (each with at least one connection).
     pub users_online: u64,
+    /// Gauge: bytes of history kept by the channels this shard owns.
+    pub history_bytes: u64,
     /// Upgrade handshakes completed.
     pub handshakes: u64,
     /// Handshakes refused, by HTTP status, e.g. `[(400, 3), (404, 1)]`.
@@ -249,6 +251,7 @@ impl Counters {
         self.open += other.open;
         self.queued_bytes += other.queued_bytes;
         self.users_online += other.users_online;
+        self.history_bytes += other.history_bytes;
         self.handshakes += other.handshakes;
         for &(k, n) in &other.rejected_by_status {
             bump(&mut self.rejected_by_status, k, n);

@@ -653,6 +653,7 @@ impl Engine {
         self.counters.open = self.conns.len() as u64;
         self.counters.queued_bytes = self.queued_bytes as u64;
         self.counters.users_online = self.users.len() as u64;
+        self.counters.history_bytes = self.owned.history_bytes() as u64;
         self.published.publish(&self.counters);
     }
 
