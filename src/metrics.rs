@@ -24,6 +24,11 @@ const GAUGES: &[(&str, &str, &str)] = &[
         "Bytes owed to connections (queued or in flight).",
     ),
     (
+        "control_open",
+        "ringcast_control_connections",
+        "Control-socket and HTTP connections open now (included in ringcast_connections).",
+    ),
+    (
         "history_bytes",
         "ringcast_history_bytes",
         "Bytes of history kept by the channels this shard owns.",

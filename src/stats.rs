@@ -55,6 +55,8 @@ pub struct Counters {
     pub users_online: u64,
     /// Gauge: bytes of history kept by the channels this shard owns.
     pub history_bytes: u64,
+    /// Gauge: control and HTTP connections open now (included in `open`).
+    pub control_open: u64,
     /// Upgrade handshakes completed.
     pub handshakes: u64,
     /// Handshakes refused, by HTTP status, e.g. `[(400, 3), (404, 1)]`.
@@ -252,6 +254,7 @@ impl Counters {
         self.queued_bytes += other.queued_bytes;
         self.users_online += other.users_online;
         self.history_bytes += other.history_bytes;
+        self.control_open += other.control_open;
         self.handshakes += other.handshakes;
         for &(k, n) in &other.rejected_by_status {
             bump(&mut self.rejected_by_status, k, n);

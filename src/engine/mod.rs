@@ -654,6 +654,7 @@ impl Engine {
         self.counters.queued_bytes = self.queued_bytes as u64;
         self.counters.users_online = self.users.len() as u64;
         self.counters.history_bytes = self.owned.history_bytes() as u64;
+        self.counters.control_open = self.control_open as u64;
         self.published.publish(&self.counters);
     }
 
