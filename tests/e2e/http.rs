@@ -107,7 +107,10 @@ fn health_metrics_and_the_api_on_the_control_executor() {
         (status, v["error"]["code"].as_str()),
         (400, Some("bad_params"))
     );
-    let (status, v) = post(addr, "/api/send", r#"{"conn":1,"text":"x"}"#, None);
+    // A connection id on a shard this 3-shard server does not have: never a live connection.
+    let nobody = ringcast::id::ConnId::new(7, 0, 1).get();
+    let body = format!(r#"{{"conn":{nobody},"text":"x"}}"#);
+    let (status, v) = post(addr, "/api/send", &body, None);
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (404, Some("no_such_conn"))

@@ -138,7 +138,8 @@ fn user_methods_across_three_shards() {
             "bad_params",
         ),
         (
-            json!({"method":"bind_user","conn":1,"user":"x"}),
+            // A connection id on a shard this 3-shard server does not have.
+            json!({"method":"bind_user","conn":ringcast::id::ConnId::new(7, 0, 1).get(),"user":"x"}),
             "no_such_conn",
         ),
         (json!({"method":"send_user","user":"alice"}), "bad_params"),
