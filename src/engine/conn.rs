@@ -34,14 +34,36 @@ pub enum Endpoint {
     /// Not yet known (handshaking).
     None,
     /// `/echo`: every message comes back; no heartbeats.
-    Echo,
+    Echo {
+        /// permessage-deflate was agreed in the handshake (RFC 7692).
+        deflate: bool,
+    },
     /// `/ws`: channels and pushes; `raw` delivers payloads without the JSON envelope.
     Push {
         /// `format=raw` was requested.
         raw: bool,
+        /// permessage-deflate was agreed in the handshake (RFC 7692): published messages come
+        /// compressed (the owner's `Frames`), and the client may send compressed commands.
+        deflate: bool,
     },
     /// A backend on the control socket (newline-delimited JSON, no WebSocket).
     Control,
+}
+
+impl Endpoint {
+    /// Whether permessage-deflate was agreed (kept here, not in a flag bit, so `Conn` does not
+    /// grow: the flag byte is full).
+    pub fn deflate(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Echo { deflate: true } | Endpoint::Push { deflate: true, .. }
+        )
+    }
+
+    /// Whether the client reads raw payloads rather than the JSON envelope.
+    pub fn raw(self) -> bool {
+        matches!(self, Endpoint::Push { raw: true, .. })
+    }
 }
 
 /// A send for this connection is in flight (at most one).

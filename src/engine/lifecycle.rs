@@ -73,8 +73,10 @@ impl Engine {
         let mut url_channels = Vec::new();
         let mut url_since = Vec::new();
         let mut url_claims = None;
+        // RFC 7692 §5: the client offered it and this server is configured to take it up.
+        let deflate = request.deflate_offered && self.config.deflate;
         let endpoint = match request.path.as_str() {
-            "/echo" if self.config.echo => Endpoint::Echo,
+            "/echo" if self.config.echo => Endpoint::Echo { deflate },
             "/ws" => {
                 let limits = &self.config.limits;
                 let query =
@@ -99,7 +101,10 @@ impl Engine {
                         }
                     }
                 }
-                Endpoint::Push { raw: query.raw }
+                Endpoint::Push {
+                    raw: query.raw,
+                    deflate,
+                }
             }
             _ => return self.reject(slot, Rejection::NotFound),
         };
@@ -113,7 +118,7 @@ impl Engine {
         conn.flags |= TRIM_WHEN_DRAINED;
         conn.close_code = close::ABNORMAL;
         conn.out.push_control(
-            handshake::response_101(&request.accept, None),
+            handshake::response_101(&request.accept, None, deflate),
             &mut self.queued_bytes,
         );
         if conn.ext.as_ref().is_some_and(|e| e.is_empty()) {
@@ -123,7 +128,7 @@ impl Engine {
         if matches!(endpoint, Endpoint::Push { .. }) && ping_ms > 0 {
             self.wheel.insert(slot, now + limits_ticks(ping_ms));
         }
-        if let Endpoint::Push { raw: false } = endpoint {
+        if let Endpoint::Push { raw: false, .. } = endpoint {
             let welcome = envelope::welcome(self.conn_id(slot).get());
             self.queue_data(slot, frame::encode(OpCode::Text, welcome.as_bytes()));
         }
@@ -206,7 +211,7 @@ impl Engine {
     pub(super) fn decode(&mut self, slot: usize, data: &mut [u8]) {
         let conn = &mut self.conns[slot];
         let limits = match conn.endpoint {
-            Endpoint::Echo => self.echo_limits,
+            Endpoint::Echo { .. } => self.echo_limits,
             _ => self.ws_limits,
         };
         let outbound_max = self.config.limits.outbound_bytes_max;
@@ -251,7 +256,9 @@ impl Engine {
                 *tokens -= 1;
             }
             match message {
-                Message::Text(payload) | Message::Binary(payload) if endpoint == Endpoint::Echo => {
+                Message::Text(payload) | Message::Binary(payload)
+                    if matches!(endpoint, Endpoint::Echo { .. }) =>
+                {
                     let op = if matches!(message, Message::Text(_)) {
                         OpCode::Text
                     } else {

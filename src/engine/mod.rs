@@ -254,6 +254,12 @@ pub struct Engine {
     local: LocalChannels,
     owned: OwnedChannels,
     slow_scratch: Vec<u32>,
+    // permessage-deflate (with `config.deflate`): one compressor for the messages this shard
+    // sequences, one inflater for its clients' messages, each reset per message.
+    compressor: Option<Box<crate::proto::deflate::Compressor>>,
+    inflater: Option<Box<crate::proto::deflate::Inflater>>,
+    /// The compressor's output buffer, reused (capacity: the largest message compressed).
+    deflate_scratch: Vec<u8>,
     // Cross-shard rings.
     outboxes: Vec<Option<Outbox<XMsg>>>,
     inbox: Inbox<XMsg>,
@@ -327,6 +333,9 @@ impl Engine {
             local: LocalChannels::default(),
             owned: OwnedChannels::new(setup.epoch_base, limits.channels_per_shard_max),
             slow_scratch: Vec::new(),
+            compressor: setup.config.deflate.then(Box::default),
+            inflater: setup.config.deflate.then(Box::default),
+            deflate_scratch: Vec::new(),
             outboxes: setup.mesh.outboxes,
             inbox: setup.mesh.inbox,
             self_queue: VecDeque::new(),

@@ -17,7 +17,7 @@ use crate::channel::local::{LocalChannels, Subscribed, Sync};
 use crate::channel::{self, ChannelError};
 use crate::proto::frame::{self, OpCode};
 use crate::wire::envelope::{self, Command};
-use crate::wire::{ErrorCode, encode_message};
+use crate::wire::{ErrorCode, Frames, encode_message};
 use crate::xshard::Sent;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -321,11 +321,10 @@ impl Engine {
             XMsg::Deliver {
                 channel,
                 offset,
-                envelope,
-                raw,
+                frames,
                 report,
             } => {
-                let (delivered, slow) = self.deliver(&channel, offset, &envelope, &raw);
+                let (delivered, slow) = self.deliver(&channel, offset, &frames);
                 if let Some(to) = report {
                     let part = Part::Delivered {
                         delivered,
@@ -425,6 +424,16 @@ impl Engine {
             self.counters.published += 1;
         }
         let (envelope, raw) = encode_message(&channel, offset, &body);
+        let mut frames = Frames::plain(envelope, raw);
+        if let Some(compressor) = self.compressor.as_mut() {
+            // Once here at the owner, never per subscriber (RFC 7692 §7.2.1; without context
+            // takeover the same bytes suit every deflate client).
+            let min = self.config.limits.deflate_min_bytes;
+            let done = frames.compress(compressor, min, &mut self.deflate_scratch);
+            self.counters.frames_compressed += done.frames;
+            self.counters.deflate_bytes_saved += done.bytes_saved;
+        }
+        let frames = Arc::new(frames);
         if let Some((size, ttl_ms)) = history {
             // The same frames the subscribers get: a replay sends the bytes a delivery did.
             let now = self.now_ms;
@@ -432,8 +441,7 @@ impl Engine {
             let entry = crate::channel::history::Entry {
                 offset,
                 at_ms: now,
-                envelope: envelope.clone(),
-                raw: raw.clone(),
+                frames: frames.clone(),
             };
             let max = self.config.limits.history_bytes_per_shard_max;
             if !self.owned.keep(&channel, entry, size, max) {
@@ -444,8 +452,7 @@ impl Engine {
             let msg = XMsg::Deliver {
                 channel: channel.clone(),
                 offset,
-                envelope: envelope.clone(),
-                raw: raw.clone(),
+                frames: frames.clone(),
                 report: report_to.map(Box::new),
             };
             self.send_x(shard, msg);
@@ -454,7 +461,7 @@ impl Engine {
     }
 
     /// Queues one sequenced frame to every local subscriber; returns (queued, slow).
-    fn deliver(&mut self, name: &str, offset: u64, envelope: &Bytes, raw: &Bytes) -> (u64, u64) {
+    fn deliver(&mut self, name: &str, offset: u64, frames: &Frames) -> (u64, u64) {
         let Some(id) = self.local.find(name) else {
             return (0, 0);
         };
@@ -489,10 +496,9 @@ impl Engine {
                 // Its recovery's replay covers this offset and comes next.
                 continue;
             }
-            let frame = match conn.endpoint {
-                Endpoint::Push { raw: true } => raw.clone(),
-                _ => envelope.clone(),
-            };
+            let frame = frames
+                .pick(conn.endpoint.raw(), conn.endpoint.deflate())
+                .clone();
             // Over its limit: a conflating channel keeps the latest value instead; otherwise a
             // reader that makes progress lags rather than being shed (`data_limit`).
             let over = conn.out.owed_bytes() + frame.len() + FRAME_OVERHEAD > limit;
@@ -626,7 +632,11 @@ impl Engine {
                 let recovered = r.replay.is_some();
                 let frames = r.replay.unwrap_or_default();
                 let skip = frames.len().saturating_sub(limit);
-                let frames = frames.into_iter().skip(skip).map(|e| e.envelope).collect();
+                let frames = frames
+                    .into_iter()
+                    .skip(skip)
+                    .map(|e| e.frames.envelope.clone())
+                    .collect();
                 (r.position.0, r.position.1, frames, Some(recovered))
             }
             None => match self.owned.get(name) {
@@ -636,7 +646,7 @@ impl Engine {
                     owned
                         .history
                         .newest(limit)
-                        .map(|e| e.envelope.clone())
+                        .map(|e| e.frames.envelope.clone())
                         .collect(),
                     None,
                 ),
@@ -703,7 +713,7 @@ impl Engine {
         };
         let subscribed = local.is_some_and(|l| conn.subs.iter().any(|m| m.channel == l));
         if subscribed && was_recovering {
-            let raw = conn.endpoint == (Endpoint::Push { raw: true });
+            let endpoint = conn.endpoint;
             let recovered = replay.is_some();
             let (offset, epoch) = position;
             let text = envelope::subscribed_recovery(name, offset, epoch, recovered, id.as_deref());
@@ -714,7 +724,10 @@ impl Engine {
                 self.counters.recoveries_refused += 1;
             }
             for entry in replay.into_iter().flatten() {
-                let frame = if raw { entry.raw } else { entry.envelope };
+                let frame = entry
+                    .frames
+                    .pick(endpoint.raw(), endpoint.deflate())
+                    .clone();
                 if self.queue_data(slot, frame) != Enqueue::Enqueued {
                     break;
                 }
@@ -927,7 +940,7 @@ impl Engine {
 
     /// Queues a JSON reply for an envelope-format client (raw clients get nothing but payloads).
     pub(super) fn reply(&mut self, slot: usize, text: String) {
-        if let Endpoint::Push { raw: false } = self.conns[slot].endpoint {
+        if let Endpoint::Push { raw: false, .. } = self.conns[slot].endpoint {
             self.queue_data(slot, frame::encode(OpCode::Text, text.as_bytes()));
         }
     }

@@ -40,6 +40,9 @@ pub struct Request {
     pub protocols: Vec<String>,
     /// The Sec-WebSocket-Accept value for this request's key.
     pub accept: String,
+    /// Sec-WebSocket-Extensions holds an acceptable permessage-deflate offer (RFC 7692 §5;
+    /// `deflate::negotiate`). Whether the server takes it up is the engine's choice (config).
+    pub deflate_offered: bool,
     /// Length of the request head in the buffer; bytes after it are already WebSocket frames.
     pub head_len: usize,
 }
@@ -275,6 +278,7 @@ pub fn parse(buf: &[u8], head_bytes_max: usize) -> Result<Option<Request>, Rejec
     let mut origin: Option<&[u8]> = None;
     let mut origins = 0usize;
     let mut protocols = Vec::new();
+    let mut deflate_offered = false;
     for header in request.headers.iter() {
         let name = header.name;
         let value = header.value.trim_ascii();
@@ -303,6 +307,12 @@ pub fn parse(buf: &[u8], head_bytes_max: usize) -> Result<Option<Request>, Rejec
                     .filter(|p| !p.is_empty())
                     .map(str::to_owned),
             );
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            // RFC 6455 §9.1: the header may repeat. A value that is not text is a malformed
+            // offer: declined, not a failed handshake (RFC 7692 §5).
+            if let Ok(list) = std::str::from_utf8(value) {
+                deflate_offered |= super::deflate::negotiate([list]);
+            }
         }
     }
     if hosts != 1 {
@@ -336,6 +346,7 @@ pub fn parse(buf: &[u8], head_bytes_max: usize) -> Result<Option<Request>, Rejec
         origin,
         protocols,
         accept: accept_key(key),
+        deflate_offered,
         head_len,
     }))
 }
@@ -348,8 +359,10 @@ pub fn accept_key(key: &[u8]) -> String {
     BASE64.encode(sha1.digest().bytes())
 }
 
-/// The `101 Switching Protocols` response, with `protocol` echoed when one was chosen.
-pub fn response_101(accept: &str, protocol: Option<&str>) -> Bytes {
+/// The `101 Switching Protocols` response, with `protocol` echoed when one was chosen and
+/// permessage-deflate accepted when `deflate` (RFC 7692 §5: the server answers with one
+/// extension element, `deflate::RESPONSE`).
+pub fn response_101(accept: &str, protocol: Option<&str>, deflate: bool) -> Bytes {
     // §4.2.2 item 5: status line, Upgrade, Connection, Sec-WebSocket-Accept, and the chosen
     // subprotocol only when there is one.
     let mut response = String::with_capacity(160);
@@ -362,6 +375,11 @@ pub fn response_101(accept: &str, protocol: Option<&str>) -> Bytes {
     if let Some(protocol) = protocol {
         response.push_str("Sec-WebSocket-Protocol: ");
         response.push_str(protocol);
+        response.push_str("\r\n");
+    }
+    if deflate {
+        response.push_str("Sec-WebSocket-Extensions: ");
+        response.push_str(super::deflate::RESPONSE);
         response.push_str("\r\n");
     }
     response.push_str("\r\n");
@@ -425,6 +443,7 @@ mod tests {
                 origin: Some("http://example.com".into()),
                 protocols: vec!["chat".into(), "superchat".into()],
                 accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
+                deflate_offered: false,
                 head_len: request.len(),
             }
         );
@@ -681,14 +700,47 @@ mod tests {
     }
 
     #[test]
+    fn extension_offers() {
+        let offered = |extra: &str| {
+            parse_str(&rfc_request(extra))
+                .unwrap()
+                .unwrap()
+                .deflate_offered
+        };
+        assert!(!offered(""));
+        assert!(offered("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
+        // RFC 7692 §5.1: offers in two headers form one list, in order.
+        assert!(offered(
+            "Sec-WebSocket-Extensions: foo\r\nsec-websocket-extensions: permessage-deflate; \
+             client_max_window_bits\r\n"
+        ));
+        // A malformed offer declines the extension; the handshake itself succeeds.
+        assert!(!offered(
+            "Sec-WebSocket-Extensions: permessage-deflate; x=\"\r\n"
+        ));
+        let mut bytes = rfc_request("Sec-WebSocket-Extensions: \u{ff}\r\n").into_bytes();
+        let at = bytes
+            .windows(2)
+            .position(|w| w == "\u{ff}".as_bytes())
+            .unwrap();
+        bytes.splice(at..at + 2, [0xff]);
+        assert!(!parse(&bytes, MAX).unwrap().unwrap().deflate_offered);
+        let response = response_101("abc", None, true);
+        assert!(response.ends_with(
+            b"Sec-WebSocket-Accept: abc\r\nSec-WebSocket-Extensions: permessage-deflate; \
+              server_no_context_takeover; client_no_context_takeover\r\n\r\n"
+        ));
+    }
+
+    #[test]
     fn responses() {
-        let response = response_101("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None);
+        let response = response_101("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None, false);
         assert_eq!(
             &response[..],
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
               Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
         );
-        let response = response_101("abc", Some("chat"));
+        let response = response_101("abc", Some("chat"), false);
         assert!(
             response
                 .ends_with(b"Sec-WebSocket-Accept: abc\r\nSec-WebSocket-Protocol: chat\r\n\r\n")
