@@ -752,6 +752,7 @@ mod tests {
         let echo = DecoderLimits {
             message_bytes_max: limits.echo_message_bytes_max,
             fragments_max: limits.echo_fragments_per_message_max,
+            deflate: false,
         };
         let mask = [1, 2, 3, 4];
         let fragment = [b'*'; 64];

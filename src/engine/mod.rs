@@ -260,6 +260,8 @@ pub struct Engine {
     inflater: Option<Box<crate::proto::deflate::Inflater>>,
     /// The compressor's output buffer, reused (capacity: the largest message compressed).
     deflate_scratch: Vec<u8>,
+    /// The inflater's output: one client message at a time (≤ its endpoint's message limit).
+    inflated: Vec<u8>,
     // Cross-shard rings.
     outboxes: Vec<Option<Outbox<XMsg>>>,
     inbox: Inbox<XMsg>,
@@ -336,6 +338,7 @@ impl Engine {
             compressor: setup.config.deflate.then(Box::default),
             inflater: setup.config.deflate.then(Box::default),
             deflate_scratch: Vec::new(),
+            inflated: Vec::new(),
             outboxes: setup.mesh.outboxes,
             inbox: setup.mesh.inbox,
             self_queue: VecDeque::new(),
@@ -356,10 +359,12 @@ impl Engine {
             ws_limits: DecoderLimits {
                 message_bytes_max: limits.message_bytes_max,
                 fragments_max: limits.fragments_per_message_max,
+                deflate: false,
             },
             echo_limits: DecoderLimits {
                 message_bytes_max: limits.echo_message_bytes_max,
                 fragments_max: limits.echo_fragments_per_message_max,
+                deflate: false,
             },
             config: setup.config,
         }

@@ -123,3 +123,88 @@ fn a_deflate_subscriber_gets_the_owners_compressed_frame() {
     assert_eq!(replay.len(), 1, "the long message, replayed compressed");
     assert_eq!(&inflate(&replay[0].1), envelope);
 }
+
+/// A masked client frame with RSV1 around `text` compressed (RFC 7692 §7.2.1).
+fn compressed_client_frame(op: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut z = Vec::new();
+    deflate::Compressor::default().compress(payload, &mut z);
+    let mut frame = encode_client(op, true, &z, MASK);
+    frame[0] |= 0x40;
+    frame
+}
+
+#[test]
+fn compressed_client_messages_are_inflated_within_the_limit() {
+    let mut config = with_deflate();
+    config.limits.message_bytes_max = 4096;
+    let mut c = Cluster::new(config, 1);
+    // A command on /ws, compressed.
+    let (mut ws, _) = Ws::open_with(&mut c, 0, "/ws", OFFER);
+    ws.texts(&mut c);
+    let ping = json!({"op":"ping","id":7}).to_string();
+    c.write(
+        ws.sock,
+        &compressed_client_frame(OpCode::Text, ping.as_bytes()),
+    );
+    c.settle();
+    let got = ws.texts(&mut c);
+    assert_eq!(got, vec![json!({"op":"pong","id":7})]);
+    assert_eq!(c.total().messages_inflated, 1);
+    // On /echo: the message comes back, compressed again for a deflate client.
+    let (mut echo, _) = Ws::open_with(&mut c, 0, "/echo", OFFER);
+    let text = "echo ".repeat(500);
+    c.write(
+        echo.sock,
+        &compressed_client_frame(OpCode::Text, text.as_bytes()),
+    );
+    c.settle();
+    let got = echo.frames_with_bits(&mut c);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, 0xc1);
+    assert_eq!(inflate(&got[0].1), text.as_bytes());
+    let mut plain_echo = Ws::open(&mut c, 0, "/echo");
+    plain_echo.send_text(&mut c, "x");
+    c.settle();
+    assert_eq!(
+        plain_echo.frames_with_bits(&mut c),
+        vec![(0x81, b"x".to_vec())]
+    );
+    // Inflated past message_bytes_max (a few bytes on the wire): 1009, counted.
+    let (mut bomb, _) = Ws::open_with(&mut c, 0, "/ws", OFFER);
+    bomb.texts(&mut c);
+    let zeros = format!("\"{}\"", "0".repeat(5000));
+    c.write(
+        bomb.sock,
+        &compressed_client_frame(OpCode::Text, zeros.as_bytes()),
+    );
+    c.settle();
+    assert_eq!(
+        close_code(&bomb.frames(&mut c)),
+        Some(close::MESSAGE_TOO_BIG)
+    );
+    assert_eq!(c.total().inflate_too_big, 1);
+    // Inflated text that is not UTF-8: 1007 (RFC 6455 §8.1 applies to the message).
+    let (mut bad, _) = Ws::open_with(&mut c, 0, "/ws", OFFER);
+    bad.texts(&mut c);
+    c.write(
+        bad.sock,
+        &compressed_client_frame(OpCode::Text, &[0xff, 0xfe]),
+    );
+    c.settle();
+    assert_eq!(
+        close_code(&bad.frames(&mut c)),
+        Some(close::INVALID_PAYLOAD)
+    );
+    // RSV1 from a client that did not negotiate the extension: 1002 (RFC 6455 §5.2).
+    let mut plain = Ws::open(&mut c, 0, "/ws");
+    plain.texts(&mut c);
+    c.write(
+        plain.sock,
+        &compressed_client_frame(OpCode::Text, ping.as_bytes()),
+    );
+    c.settle();
+    assert_eq!(
+        close_code(&plain.frames(&mut c)),
+        Some(close::PROTOCOL_ERROR)
+    );
+}
