@@ -270,11 +270,10 @@ impl Engine {
                 Message::Compressed { text, payload } => {
                     // One inflater per shard, reset per message: the client agreed to
                     // client_no_context_takeover (RFC 7692 §7.1.1.2), so no window carries over.
-                    // A deflate endpoint exists only with `config.deflate`, which made it.
-                    let Some(inflater) = inflater.as_deref_mut() else {
-                        inflate_failure = Some(close::PROTOCOL_ERROR);
-                        return ControlFlow::Break(());
-                    };
+                    // Invariant: a deflate endpoint exists only with `config.deflate`.
+                    let inflater = inflater
+                        .as_deref_mut()
+                        .expect("deflate endpoints exist only with config.deflate, restart-only");
                     match inflater.inflate(payload, limits.message_bytes_max, inflated) {
                         Ok(()) => counters.messages_inflated += 1,
                         Err(InflateError::TooBig) => {

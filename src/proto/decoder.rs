@@ -18,6 +18,9 @@
 //! - The `Vec`'s capacity never passes `message_bytes_max` plus one control payload (≤ 125
 //!   bytes): no allocation is sized from an announced length beyond that limit, and a frame's
 //!   first reservation is at most `RESERVE_BYTES_MAX`, whatever length its header announces.
+//! - A compressed message (RSV1, only with `DecoderLimits::deflate`) is stored as it comes and
+//!   handed over as `Message::Compressed`: its size limit applies to the compressed bytes here,
+//!   and the caller inflates it within the same limit and validates its text (RFC 7692 §6).
 //! - While a text message is assembled, every byte in the `Vec` except the last `utf8_pending`
 //!   (≤ 3) is known to be valid UTF-8, so invalid text fails in the read that carries it (§8.1).
 //! - Feeding a stream whole or cut at any byte positions yields the same messages and the same

@@ -74,7 +74,8 @@ fn a_deflate_subscriber_gets_the_owners_compressed_frame() {
     zipped_raw.frames(&mut c);
     plain.frames(&mut c);
     let data = long_json();
-    let publish = json!({"method":"publish","channel":name,"data":serde_json::from_str::<Value>(&data).unwrap(),"noreply":true});
+    let value: Value = serde_json::from_str(&data).unwrap();
+    let publish = json!({"method":"publish","channel":name,"data":value,"noreply":true});
     c.write(ctl, format!("{publish}\n").as_bytes());
     c.settle();
 
