@@ -84,7 +84,7 @@ fn check_handshake(data: &[u8]) {
             assert!(request.head_len <= buf.len() && request.head_len <= max);
             assert_eq!(handshake::parse(&buf[..request.head_len], max), whole);
             let protocol = request.protocols.first().map(String::as_str);
-            let _ = handshake::response_101(&request.accept, protocol, request.deflate_offered);
+            let _ = handshake::response_101(&request.accept, protocol, request.deflate_offer);
         }
         Ok(None) => assert!(buf.len() < max),
         Err(rejection) => assert!(!rejection.response().is_empty()),

@@ -14,7 +14,7 @@ use super::outbound::Enqueue;
 use super::{TICK_MS, limits_ticks};
 use crate::proto::close;
 use crate::proto::decoder::Message;
-use crate::proto::deflate::InflateError;
+use crate::proto::deflate::{self, InflateError};
 use crate::proto::frame::{self, OpCode};
 use crate::proto::handshake::{self, Rejection};
 use crate::wire::envelope;
@@ -79,9 +79,11 @@ impl Engine {
         let mut url_since = Vec::new();
         let mut url_claims = None;
         // RFC 7692 §5: the client offered it and this server is configured to take it up.
-        let deflate = request.deflate_offered && self.config.deflate;
+        let deflate = request.deflate_offer.filter(|_| self.config.deflate);
         let endpoint = match request.path.as_str() {
-            "/echo" if self.config.echo => Endpoint::Echo { deflate },
+            "/echo" if self.config.echo => Endpoint::Echo {
+                deflate: deflate.unwrap_or(0),
+            },
             "/ws" => {
                 let limits = &self.config.limits;
                 let query =
@@ -108,7 +110,7 @@ impl Engine {
                 }
                 Endpoint::Push {
                     raw: query.raw,
-                    deflate,
+                    deflate: deflate.unwrap_or(0),
                 }
             }
             _ => return self.reject(slot, Rejection::NotFound),
@@ -244,6 +246,8 @@ impl Engine {
         let inflated = &mut self.inflated;
         let mut compressor = self.compressor.as_deref_mut();
         let scratch = &mut self.deflate_scratch;
+        let narrow = &mut self.echo_narrow;
+        let window_bits = endpoint.deflate_window_bits();
         let mut inflate_failure = None;
         let Conn {
             decoder,
@@ -319,7 +323,19 @@ impl Engine {
                         // a fan-out.
                         Some(compressor) if limits.deflate => {
                             scratch.clear();
-                            compressor.compress(payload, scratch);
+                            if deflate::fits_window(payload.len(), window_bits) {
+                                compressor.compress(payload, scratch);
+                            } else {
+                                // A client that limited the server window (RFC 7692 §7.1.2.1):
+                                // a compressor with that window, kept for the next echo.
+                                if narrow.as_ref().is_none_or(|(bits, _)| *bits != window_bits) {
+                                    let fresh = deflate::Compressor::with_window_bits(window_bits);
+                                    *narrow = Some((window_bits, Box::new(fresh)));
+                                }
+                                if let Some((_, narrow)) = narrow.as_mut() {
+                                    narrow.compress(payload, scratch);
+                                }
+                            }
                             frame::encode_compressed(op, scratch)
                         }
                         _ => frame::encode(op, payload),

@@ -260,6 +260,9 @@ pub struct Engine {
     inflater: Option<Box<crate::proto::deflate::Inflater>>,
     /// The compressor's output buffer, reused (capacity: the largest message compressed).
     deflate_scratch: Vec<u8>,
+    /// `/echo`'s compressor for a client that limited the server window (its bits), made when
+    /// such a client's echo does not fit that window.
+    echo_narrow: Option<(u8, Box<crate::proto::deflate::Compressor>)>,
     /// The inflater's output: one client message at a time (≤ its endpoint's message limit).
     inflated: Vec<u8>,
     // Cross-shard rings.
@@ -339,6 +342,7 @@ impl Engine {
             inflater: setup.config.deflate.then(Box::default),
             deflate_scratch: Vec::new(),
             inflated: Vec::new(),
+            echo_narrow: None,
             outboxes: setup.mesh.outboxes,
             inbox: setup.mesh.inbox,
             self_queue: VecDeque::new(),

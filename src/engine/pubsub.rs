@@ -497,7 +497,7 @@ impl Engine {
                 continue;
             }
             let frame = frames
-                .pick(conn.endpoint.raw(), conn.endpoint.deflate())
+                .pick(conn.endpoint.raw(), conn.endpoint.deflate_window_bits())
                 .clone();
             // Over its limit: a conflating channel keeps the latest value instead; otherwise a
             // reader that makes progress lags rather than being shed (`data_limit`).
@@ -726,7 +726,7 @@ impl Engine {
             for entry in replay.into_iter().flatten() {
                 let frame = entry
                     .frames
-                    .pick(endpoint.raw(), endpoint.deflate())
+                    .pick(endpoint.raw(), endpoint.deflate_window_bits())
                     .clone();
                 if self.queue_data(slot, frame) != Enqueue::Enqueued {
                     break;

@@ -40,18 +40,27 @@ pub const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// Output grows by at most this much per inflate step, so the bound is checked at this grain.
 pub const INFLATE_CHUNK_BYTES: usize = 16 * 1024;
 
-/// Whether one offer (an extension name and its parameters) is acceptable to us.
+/// The largest window (log2 bytes) the server compresses with, and assumes when a client does
+/// not limit it (§7.1.2.1: 15 when `server_max_window_bits` is absent).
+pub const WINDOW_BITS_MAX: u8 = 15;
+
+/// The smallest `server_max_window_bits` accepted: zlib's raw DEFLATE has no 256-byte window
+/// (it compresses with 512 bytes when asked for 8), so an offer of 8 is declined.
+pub const WINDOW_BITS_MIN: u8 = 9;
+
+/// The server window of one offer (an extension name and its parameters) if it is acceptable.
 ///
 /// §7.1: "A server MUST decline an extension negotiation offer for this extension if ... The
 /// negotiation offer contains an extension parameter not defined for use in an offer / ... with
 /// an invalid value / multiple extension parameters with the same name."
-fn offer_is_acceptable(offer: &str) -> bool {
+fn acceptable_offer(offer: &str) -> Option<u8> {
     let mut parts = offer.split(';');
     let name = parts.next().unwrap_or("").trim();
     if !name.eq_ignore_ascii_case(NAME) {
-        return false;
+        return None;
     }
     let mut seen = [false; 4];
+    let mut server_bits = WINDOW_BITS_MAX;
     for param in parts {
         let (key, value) = match param.split_once('=') {
             Some((k, v)) => (k.trim(), Some(v.trim())),
@@ -61,36 +70,36 @@ fn offer_is_acceptable(offer: &str) -> bool {
             None => None,
             Some(Some(v)) => Some(v),
             // A quoted string that is not closed, or a value that is neither a token nor one.
-            Some(None) => return false,
+            Some(None) => return None,
         };
         let index = match key.to_ascii_lowercase().as_str() {
             // §7.1.1.1 / §7.1.1.2: these two have no value.
             "server_no_context_takeover" if value.is_none() => 0,
             "client_no_context_takeover" if value.is_none() => 1,
-            // §7.1.2.1: a value is required, an integer 8..=15. A published message is compressed
-            // once, with a 32 KiB window (15), for every subscriber, so a client that limits our
-            // window below that gets its offer declined, which the same section allows ("A server
-            // declines an extension negotiation offer with this parameter if the server doesn't
-            // support it").
+            // §7.1.2.1: a value is required, an integer 8..=15; the server accepts it by
+            // answering with "the same or smaller value". Accepted from 9 (WINDOW_BITS_MIN).
             "server_max_window_bits" => match value.and_then(window_bits) {
-                Some(15) => 2,
-                _ => return false,
+                Some(bits) if bits >= WINDOW_BITS_MIN => {
+                    server_bits = bits;
+                    2
+                }
+                _ => return None,
             },
             // §7.1.2.2: no value, or an integer 8..=15; it only announces what the client
             // supports, and we need not answer it.
             "client_max_window_bits" => match value {
                 None => 3,
                 Some(v) if window_bits(v).is_some() => 3,
-                _ => return false,
+                _ => return None,
             },
-            _ => return false,
+            _ => return None,
         };
         if seen[index] {
-            return false;
+            return None;
         }
         seen[index] = true;
     }
-    true
+    Some(server_bits)
 }
 
 /// §7.1.2: "The value ... MUST conform to the ABNF: 1*DIGIT", and be 8 to 15 with no leading 0.
@@ -137,12 +146,35 @@ fn offers(value: &str) -> impl Iterator<Item = &str> {
     cuts.into_iter()
 }
 
-/// Whether the `Sec-WebSocket-Extensions` header values (every occurrence, in order: §9.1 lets
-/// the header repeat) hold an acceptable permessage-deflate offer. Offers are tried in the
-/// client's order of preference (§5.1) and the first acceptable one wins; as our answer is the
-/// same for every acceptable offer, the answer is a yes or a no.
-pub fn negotiate<'a>(values: impl IntoIterator<Item = &'a str>) -> bool {
-    values.into_iter().flat_map(offers).any(offer_is_acceptable)
+/// The first acceptable permessage-deflate offer in the `Sec-WebSocket-Extensions` header values
+/// (every occurrence, in order: §9.1 lets the header repeat; offers are in the client's order of
+/// preference, §5.1): the largest window, in bits, the server may compress with for this client
+/// (`WINDOW_BITS_MAX` unless the offer limits it). `None`: the extension is declined.
+pub fn negotiate<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<u8> {
+    values
+        .into_iter()
+        .flat_map(offers)
+        .find_map(acceptable_offer)
+}
+
+/// The `Sec-WebSocket-Extensions` value of our 101 for an agreed server window: `RESPONSE`, with
+/// `server_max_window_bits` echoed when the client limited it (§7.1.2.1: the server "MUST
+/// include" it then, with the same or a smaller value).
+pub fn response(server_window_bits: u8) -> String {
+    if server_window_bits >= WINDOW_BITS_MAX {
+        RESPONSE.to_owned()
+    } else {
+        format!("{RESPONSE}; server_max_window_bits={server_window_bits}")
+    }
+}
+
+/// Whether a message compressed with the full window may go to a client that limited the server
+/// window to `window_bits`. Without context takeover every message starts with an empty window,
+/// so no back-reference reaches further than the bytes of the message before it: a payload of at
+/// most `2^window_bits` bytes never refers past the client's window, whatever window compressed
+/// it. A longer one goes plain (RSV1 is per message, §6).
+pub fn fits_window(payload_len: usize, window_bits: u8) -> bool {
+    window_bits >= WINDOW_BITS_MAX || payload_len <= 1usize << window_bits
 }
 
 /// Compresses one message payload, without context (§7.2.1, "server_no_context_takeover").
@@ -169,6 +201,15 @@ impl Default for Compressor {
 }
 
 impl Compressor {
+    /// A compressor whose LZ77 window is `2^window_bits` bytes (`WINDOW_BITS_MIN..=15`), for a
+    /// client that limited the server window (§7.1.2.1).
+    pub fn with_window_bits(window_bits: u8) -> Compressor {
+        assert!((WINDOW_BITS_MIN..=WINDOW_BITS_MAX).contains(&window_bits));
+        Compressor {
+            inner: Compress::new_with_window_bits(Compression::new(6), false, window_bits),
+        }
+    }
+
     /// Appends the compressed form of `payload` to `out`: a sync flush's output with its
     /// `00 00 ff ff` tail removed (§7.2.1 steps 1-3).
     pub fn compress(&mut self, payload: &[u8], out: &mut Vec<u8>) {
@@ -229,6 +270,16 @@ impl Default for Inflater {
     }
 }
 
+#[cfg(test)]
+impl Inflater {
+    /// An inflater with a smaller window, as a client that limited the server window has.
+    fn with_window_bits(window_bits: u8) -> Inflater {
+        Inflater {
+            inner: Decompress::new_with_window_bits(false, window_bits),
+        }
+    }
+}
+
 impl Inflater {
     /// Inflates one whole message's compressed payload (the concatenated frame payloads) into
     /// `out` (cleared first), appending the tail §7.2.1 removed (§7.2.2). Refuses with `TooBig`
@@ -282,7 +333,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn yes(value: &str) -> bool {
-        negotiate([value])
+        negotiate([value]).is_some()
     }
 
     #[test]
@@ -300,11 +351,17 @@ mod tests {
             "permessage-deflate; client_max_window_bits; server_max_window_bits=10, \
              permessage-deflate; client_max_window_bits"
         ));
-        // The same as two headers.
-        assert!(negotiate([
-            "permessage-deflate; server_max_window_bits=10",
-            "permessage-deflate"
-        ]));
+        // The same as two headers: the first offer wins, with the window it asks for.
+        assert_eq!(
+            negotiate([
+                "permessage-deflate; server_max_window_bits=10",
+                "permessage-deflate"
+            ]),
+            Some(10)
+        );
+        assert_eq!(negotiate(["x, permessage-deflate"]), Some(15));
+        assert_eq!(response(15), RESPONSE);
+        assert_eq!(response(9), format!("{RESPONSE}; server_max_window_bits=9"));
     }
 
     #[test]
@@ -317,14 +374,23 @@ mod tests {
             let offer = format!("permessage-deflate; client_max_window_bits={bad}");
             assert!(!yes(&offer), "{offer}");
         }
-        // §7.1.2.1: server_max_window_bits needs a value; we accept only 15.
+        // §7.1.2.1: server_max_window_bits needs a value; 8 is declined (WINDOW_BITS_MIN).
         assert!(!yes("permessage-deflate; server_max_window_bits"));
-        assert!(!yes("permessage-deflate; server_max_window_bits=9"));
+        assert!(!yes("permessage-deflate; server_max_window_bits=8"));
+        assert_eq!(
+            negotiate(["permessage-deflate; server_max_window_bits=9"]),
+            Some(9)
+        );
+        // Declined 8, then a fallback offer.
+        assert_eq!(
+            negotiate(["permessage-deflate; server_max_window_bits=8, permessage-deflate"]),
+            Some(15)
+        );
     }
 
     #[test]
     fn bad_offers_are_declined() {
-        assert!(!negotiate([]));
+        assert_eq!(negotiate([]), None);
         assert!(!yes(""));
         assert!(!yes("x-webkit-deflate-frame"));
         assert!(!yes("permessage-deflate; unknown_param"));
@@ -418,6 +484,29 @@ mod tests {
         #[test]
         fn prop_negotiate_never_panics(value in ".{0,80}") {
             let _ = negotiate([value.as_str()]);
+        }
+
+        /// A small window's compressor gives a stream that a full-window inflater reads, and a
+        /// full-window stream of a payload within the window never reaches past it (checked by
+        /// inflating with that window).
+        #[test]
+        fn prop_windows(
+            payload in prop::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), any::<u8>()],
+                0..3000),
+            bits in WINDOW_BITS_MIN..=WINDOW_BITS_MAX,
+        ) {
+            let mut z = Vec::new();
+            Compressor::with_window_bits(bits).compress(&payload, &mut z);
+            let mut out = Vec::new();
+            Inflater::default().inflate(&z, payload.len(), &mut out).unwrap();
+            prop_assert_eq!(&out, &payload);
+            if fits_window(payload.len(), bits) {
+                let mut z = Vec::new();
+                Compressor::default().compress(&payload, &mut z);
+                let mut narrow = Inflater::with_window_bits(bits);
+                narrow.inflate(&z, payload.len(), &mut out).unwrap();
+                prop_assert_eq!(&out, &payload);
+            }
         }
     }
 }

@@ -40,9 +40,10 @@ pub struct Request {
     pub protocols: Vec<String>,
     /// The Sec-WebSocket-Accept value for this request's key.
     pub accept: String,
-    /// Sec-WebSocket-Extensions holds an acceptable permessage-deflate offer (RFC 7692 §5;
-    /// `deflate::negotiate`). Whether the server takes it up is the engine's choice (config).
-    pub deflate_offered: bool,
+    /// The first acceptable permessage-deflate offer of Sec-WebSocket-Extensions (RFC 7692 §5;
+    /// `deflate::negotiate`): the server window it allows, in bits. Whether the server takes it
+    /// up is the engine's choice (config).
+    pub deflate_offer: Option<u8>,
     /// Length of the request head in the buffer; bytes after it are already WebSocket frames.
     pub head_len: usize,
 }
@@ -278,7 +279,7 @@ pub fn parse(buf: &[u8], head_bytes_max: usize) -> Result<Option<Request>, Rejec
     let mut origin: Option<&[u8]> = None;
     let mut origins = 0usize;
     let mut protocols = Vec::new();
-    let mut deflate_offered = false;
+    let mut deflate_offer = None;
     for header in request.headers.iter() {
         let name = header.name;
         let value = header.value.trim_ascii();
@@ -311,7 +312,7 @@ pub fn parse(buf: &[u8], head_bytes_max: usize) -> Result<Option<Request>, Rejec
             // RFC 6455 §9.1: the header may repeat. A value that is not text is a malformed
             // offer: declined, not a failed handshake (RFC 7692 §5).
             if let Ok(list) = std::str::from_utf8(value) {
-                deflate_offered |= super::deflate::negotiate([list]);
+                deflate_offer = deflate_offer.or(super::deflate::negotiate([list]));
             }
         }
     }
@@ -346,7 +347,7 @@ pub fn parse(buf: &[u8], head_bytes_max: usize) -> Result<Option<Request>, Rejec
         origin,
         protocols,
         accept: accept_key(key),
-        deflate_offered,
+        deflate_offer,
         head_len,
     }))
 }
@@ -360,9 +361,9 @@ pub fn accept_key(key: &[u8]) -> String {
 }
 
 /// The `101 Switching Protocols` response, with `protocol` echoed when one was chosen and
-/// permessage-deflate accepted when `deflate` (RFC 7692 §5: the server answers with one
-/// extension element, `deflate::RESPONSE`).
-pub fn response_101(accept: &str, protocol: Option<&str>, deflate: bool) -> Bytes {
+/// permessage-deflate accepted when `deflate` holds the agreed server window (RFC 7692 §5: the
+/// server answers with one extension element, `deflate::response`).
+pub fn response_101(accept: &str, protocol: Option<&str>, deflate: Option<u8>) -> Bytes {
     // §4.2.2 item 5: status line, Upgrade, Connection, Sec-WebSocket-Accept, and the chosen
     // subprotocol only when there is one.
     let mut response = String::with_capacity(160);
@@ -377,9 +378,9 @@ pub fn response_101(accept: &str, protocol: Option<&str>, deflate: bool) -> Byte
         response.push_str(protocol);
         response.push_str("\r\n");
     }
-    if deflate {
+    if let Some(window_bits) = deflate {
         response.push_str("Sec-WebSocket-Extensions: ");
-        response.push_str(super::deflate::RESPONSE);
+        response.push_str(&super::deflate::response(window_bits));
         response.push_str("\r\n");
     }
     response.push_str("\r\n");
@@ -443,7 +444,7 @@ mod tests {
                 origin: Some("http://example.com".into()),
                 protocols: vec!["chat".into(), "superchat".into()],
                 accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
-                deflate_offered: false,
+                deflate_offer: None,
                 head_len: request.len(),
             }
         );
@@ -705,7 +706,8 @@ mod tests {
             parse_str(&rfc_request(extra))
                 .unwrap()
                 .unwrap()
-                .deflate_offered
+                .deflate_offer
+                .is_some()
         };
         assert!(!offered(""));
         assert!(offered("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
@@ -724,8 +726,21 @@ mod tests {
             .position(|w| w == "\u{ff}".as_bytes())
             .unwrap();
         bytes.splice(at..at + 2, [0xff]);
-        assert!(!parse(&bytes, MAX).unwrap().unwrap().deflate_offered);
-        let response = response_101("abc", None, true);
+        assert_eq!(parse(&bytes, MAX).unwrap().unwrap().deflate_offer, None);
+        assert_eq!(
+            parse_str(&rfc_request(
+                "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n"
+            ))
+            .unwrap()
+            .unwrap()
+            .deflate_offer,
+            Some(10)
+        );
+        let response = response_101("abc", None, Some(10));
+        assert!(
+            response.ends_with(b"client_no_context_takeover; server_max_window_bits=10\r\n\r\n")
+        );
+        let response = response_101("abc", None, Some(15));
         assert!(response.ends_with(
             b"Sec-WebSocket-Accept: abc\r\nSec-WebSocket-Extensions: permessage-deflate; \
               server_no_context_takeover; client_no_context_takeover\r\n\r\n"
@@ -734,13 +749,13 @@ mod tests {
 
     #[test]
     fn responses() {
-        let response = response_101("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None, false);
+        let response = response_101("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None, None);
         assert_eq!(
             &response[..],
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
               Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
         );
-        let response = response_101("abc", Some("chat"), false);
+        let response = response_101("abc", Some("chat"), None);
         assert!(
             response
                 .ends_with(b"Sec-WebSocket-Accept: abc\r\nSec-WebSocket-Protocol: chat\r\n\r\n")

@@ -57,13 +57,23 @@ impl Frames {
         }
     }
 
-    /// The frame for a client of this format.
-    pub fn pick(&self, raw: bool, deflate: bool) -> &Bytes {
-        match (raw, deflate) {
-            (false, true) if !self.envelope_z.is_empty() => &self.envelope_z,
-            (true, true) if !self.raw_z.is_empty() => &self.raw_z,
-            (false, _) => &self.envelope,
-            (true, _) => &self.raw,
+    /// The frame for a client of this format that agreed permessage-deflate with this server
+    /// window (bits; 0: not agreed). A compressed frame goes only where its back-references
+    /// stay within the client's window (`deflate::fits_window`).
+    pub fn pick(&self, raw: bool, deflate_window_bits: u8) -> &Bytes {
+        let (plain, compressed) = if raw {
+            (&self.raw, &self.raw_z)
+        } else {
+            (&self.envelope, &self.envelope_z)
+        };
+        let fits = || {
+            let payload_len = frame::server_payload(plain).len();
+            crate::proto::deflate::fits_window(payload_len, deflate_window_bits)
+        };
+        if deflate_window_bits != 0 && !compressed.is_empty() && fits() {
+            compressed
+        } else {
+            plain
         }
     }
 
@@ -179,11 +189,11 @@ mod tests {
         let done = frames.compress(&mut compressor, 256, &mut scratch);
         assert_eq!(done.frames, 2);
         assert!(done.bytes_saved > 1000, "{done:?}");
-        assert_eq!(frames.pick(false, false), &envelope);
-        assert_eq!(frames.pick(true, false), &raw);
+        assert_eq!(frames.pick(false, 0), &envelope);
+        assert_eq!(frames.pick(true, 0), &raw);
         let mut inflater = crate::proto::deflate::Inflater::default();
         for (raw_format, plain) in [(false, &envelope), (true, &raw)] {
-            let z = frames.pick(raw_format, true);
+            let z = frames.pick(raw_format, 15);
             // FIN, RSV1, text.
             assert_eq!(z[0], 0xc1);
             let mut out = Vec::new();
@@ -192,6 +202,9 @@ mod tests {
                 .unwrap();
             assert_eq!(out, frame::server_payload(plain));
         }
+        // A client that limited the server window to 512 bytes gets the plain ~600-byte raw frame.
+        assert_eq!(frames.pick(true, 9), &raw);
+        assert_eq!(frames.pick(true, 10)[0], 0xc1);
         // Below the threshold, or not smaller: the plain frames serve everyone.
         let (envelope, raw) = encode_message("n", 1, &Body::Text(Bytes::from_static(b"short")));
         let mut frames = Frames::plain(envelope.clone(), raw);
@@ -201,7 +214,7 @@ mod tests {
         );
         // "short" takes 7 bytes compressed: the raw frame stays plain.
         assert!(frames.compress(&mut compressor, 0, &mut scratch).frames <= 1);
-        assert_eq!(frames.pick(true, true)[0], 0x81);
+        assert_eq!(frames.pick(true, 15)[0], 0x81);
     }
 
     #[test]

@@ -209,3 +209,39 @@ fn compressed_client_messages_are_inflated_within_the_limit() {
         Some(close::PROTOCOL_ERROR)
     );
 }
+
+#[test]
+fn a_client_that_limits_the_server_window_gets_only_what_fits_it() {
+    let mut c = Cluster::new(with_deflate(), 1);
+    let name = owned_by(0, 1, "h:w");
+    let offer = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9\r\n";
+    let (mut narrow, head) = Ws::open_with(&mut c, 0, "/ws?format=raw", offer);
+    // RFC 7692 §7.1.2.1: the accepted limit is echoed.
+    assert!(head.ends_with("; server_max_window_bits=9"), "{head}");
+    let (mut full, _) = Ws::open_with(&mut c, 0, "/ws?format=raw", OFFER);
+    let subscribe = json!({"op":"subscribe","channel":name}).to_string();
+    narrow.send_text(&mut c, &subscribe);
+    full.send_text(&mut c, &subscribe);
+    c.settle();
+    narrow.frames(&mut c);
+    full.frames(&mut c);
+    let ctl = control(&mut c, 0);
+    // 300 bytes fit a 512-byte window: compressed for both; 600 do not: plain for the narrow one.
+    let texts = ["x".repeat(300), "y".repeat(600)];
+    c.write(ctl, noreply_publishes(&name, texts.clone()).as_bytes());
+    c.settle();
+    let got = narrow.frames_with_bits(&mut c);
+    assert_eq!(got[0].0, 0xc1);
+    assert_eq!(inflate(&got[0].1), texts[0].as_bytes());
+    assert_eq!(got[1], (0x81, texts[1].clone().into_bytes()));
+    let got = full.frames_with_bits(&mut c);
+    assert_eq!((got[0].0, got[1].0), (0xc1, 0xc1));
+    // /echo compresses a long answer with a 512-byte window for such a client.
+    let (mut echo, _) = Ws::open_with(&mut c, 0, "/echo", offer);
+    let text = "0123456789abcdef".repeat(200);
+    echo.send_text(&mut c, &text);
+    c.settle();
+    let got = echo.frames_with_bits(&mut c);
+    assert_eq!(got[0].0, 0xc1);
+    assert_eq!(inflate(&got[0].1), text.as_bytes());
+}
