@@ -47,7 +47,7 @@ STEP_PREFIX=""     # the driver's name in step names during the conformance phas
 VENV="${RINGCAST_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ringcast-test}/venv"
 RINGCAST_BIN="${RINGCAST_BIN:-$TARGET_DIR/release/ringcast}"
 export AUTOBAHN_CASES="${AUTOBAHN_CASES:-1.* 2.* 3.* 4.* 5.* 6.* 7.* 9.* 10.* 12.* 13.*}"
-# 12.* and 13.* compress and echo about 11 GB: 4 minutes on an idle 2-core machine.
+# 12.* and 13.* compress and echo about 11 GB: 2-4 minutes on a 2-core machine.
 export AUTOBAHN_TIMEOUT="${AUTOBAHN_TIMEOUT:-1800}"
 
 # Time limits (seconds). A cold release build on a 2-core machine takes minutes, not hours.
