@@ -17,6 +17,7 @@ const SIZES: [usize; 4] = [16, 125, 1024, 64 * 1024];
 const LIMITS: DecoderLimits = DecoderLimits {
     message_bytes_max: 1 << 20,
     fragments_max: 64,
+    deflate: false,
 };
 
 /// The example request of RFC 6455 §1.2.

@@ -33,8 +33,15 @@ pub fn wheel_keys(limits: &Limits) -> usize {
     limits.conns_per_shard_max.min(1 << 16)
 }
 
-/// A shard's budget, term by term.
-pub fn shard_budget(limits: &Limits, shards: usize, echo: bool) -> Vec<Term> {
+/// zlib's deflate state for a window of 2^15 and memLevel 8: `(1 << (15 + 2)) + (1 << (8 + 9))`
+/// bytes plus its fixed part (zlib's `deflateInit2` documentation).
+const DEFLATE_STATE_BYTES: usize = (1 << 17) + (1 << 17) + 8 * 1024;
+
+/// zlib's inflate state with a 32 KiB window, plus its fixed part.
+const INFLATE_STATE_BYTES: usize = (1 << 15) + 8 * 1024;
+
+/// A shard's budget, term by term (`deflate`: the config's `deflate`).
+pub fn shard_budget(limits: &Limits, shards: usize, echo: bool, deflate: bool) -> Vec<Term> {
     let conns = limits.conns_per_shard_max;
     let page = 4096;
     let others = shards.saturating_sub(1);
@@ -127,6 +134,20 @@ pub fn shard_budget(limits: &Limits, shards: usize, echo: bool) -> Vec<Term> {
             bytes: limits.control_conns_per_shard_max * limits.control_line_bytes_max,
             fixed: false,
         },
+        // permessage-deflate: the owner's compressor and `/echo`'s narrow-window one, the
+        // inflater, the compressor's output (a message or a published payload) and the inflated
+        // message (one chunk past the limit at most).
+        Term {
+            name: "permessage-deflate",
+            bytes: if deflate {
+                let compressed = message_max.max(limits.control_line_bytes_max);
+                let inflated = message_max + crate::proto::deflate::INFLATE_CHUNK_BYTES;
+                2 * DEFLATE_STATE_BYTES + INFLATE_STATE_BYTES + compressed + inflated
+            } else {
+                0
+            },
+            fixed: false,
+        },
     ]
 }
 
@@ -171,17 +192,17 @@ mod tests {
     #[test]
     fn budget_is_bounded_and_follows_limits() {
         let limits = Limits::default();
-        let terms = shard_budget(&limits, 2, false);
+        let terms = shard_budget(&limits, 2, false, false);
         let total = total_bytes(&terms);
         assert!(total > fixed_bytes(&terms));
         let small = Limits {
             shard_outbound_bytes_max: 1 << 20,
             ..Limits::default()
         };
-        let diff = total - total_bytes(&shard_budget(&small, 2, false));
+        let diff = total - total_bytes(&shard_budget(&small, 2, false, false));
         assert_eq!(diff, limits.shard_outbound_bytes_max - (1 << 20));
         // One shard has no cross-shard rings.
-        let single = shard_budget(&limits, 1, false);
+        let single = shard_budget(&limits, 1, false, false);
         assert_eq!(
             single
                 .iter()
@@ -189,6 +210,12 @@ mod tests {
                 .unwrap()
                 .bytes,
             0
+        );
+        // permessage-deflate costs only when it is on.
+        let deflate = total_bytes(&shard_budget(&limits, 2, false, true));
+        assert!(
+            deflate > total + 2 * DEFLATE_STATE_BYTES,
+            "{deflate} vs {total}"
         );
     }
 

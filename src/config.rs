@@ -156,6 +156,12 @@ pub struct Limits {
     /// The window of a drain started by SIGUSR1 (control `drain` gives its own): WebSocket
     /// connections are closed with 1012 spread evenly over it, then the process exits.
     pub drain_window_ms: u64,
+    /// Published messages whose frame payload is shorter than this go uncompressed to
+    /// permessage-deflate clients too (RSV1 marks compression per message, RFC 7692 §6, so mixing
+    /// is allowed): below a few hundred bytes DEFLATE saves little and costs a compression per
+    /// message. Also a compressed version that is not smaller than the plain one is not sent.
+    /// Memory: none (the owner's compressor, ≈300 KiB per shard, exists once `deflate` is on).
+    pub deflate_min_bytes: usize,
 }
 
 impl Default for Limits {
@@ -202,6 +208,7 @@ impl Default for Limits {
             event_buffer_bytes_max: 4 * 1024 * 1024,
             http_idle_timeout_ms: 60_000,
             drain_window_ms: 30_000,
+            deflate_min_bytes: 256,
         }
     }
 }
@@ -471,6 +478,11 @@ pub struct Config {
     pub shards: usize,
     /// Whether `/echo` is served (conformance testing).
     pub echo: bool,
+    /// Whether permessage-deflate (RFC 7692) is accepted from clients that offer it, on `/ws`
+    /// and `/echo` (docs/protocol.md, "Compression"). Global, not per namespace: it is agreed
+    /// in the handshake, before the connection names any channel. Each published message is
+    /// compressed once by its channel's owner, never per subscriber.
+    pub deflate: bool,
     /// Whether shard threads are pinned to cores (round-robin when shards exceed cores).
     pub pin: bool,
     /// Share the WebSocket port with another running server on purpose (`SO_REUSEPORT`, for a
@@ -526,6 +538,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
             shards: 0,
             echo: false,
+            deflate: false,
             pin: true,
             reuse_port: false,
             allowed_origins: Vec::new(),
@@ -566,6 +579,7 @@ pub const LIVE_LIMITS: &[&str] = &[
     "http_idle_timeout_ms",
     "control_idle_timeout_ms",
     "drain_window_ms",
+    "deflate_min_bytes",
     "idempotency_window_ms",
     "outbound_stall_ms",
     "ping_interval_ms",
@@ -608,6 +622,7 @@ pub fn reload(old: &Config, new: &Config) -> Reload {
     restart_if(old.listen != new.listen, "listen", &mut needs_restart);
     restart_if(old.shards != new.shards, "shards", &mut needs_restart);
     restart_if(old.echo != new.echo, "echo", &mut needs_restart);
+    restart_if(old.deflate != new.deflate, "deflate", &mut needs_restart);
     restart_if(old.pin != new.pin, "pin", &mut needs_restart);
     restart_if(
         old.reuse_port != new.reuse_port,
@@ -737,6 +752,7 @@ mod tests {
         let echo = DecoderLimits {
             message_bytes_max: limits.echo_message_bytes_max,
             fragments_max: limits.echo_fragments_per_message_max,
+            deflate: false,
         };
         let mask = [1, 2, 3, 4];
         let fragment = [b'*'; 64];

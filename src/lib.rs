@@ -13,7 +13,8 @@
 //!   [`engine::io`];
 //! - [`driver`]: the event loops under the engine — io_uring, epoll, and an in-memory one for
 //!   tests — and the sockets; the only code that talks to the kernel (with `xshard`'s doorbell);
-//! - [`proto`]: sans-IO WebSocket: handshake, frame codec, masking, UTF-8, close codes;
+//! - [`proto`]: sans-IO WebSocket: handshake, permessage-deflate, frame codec, masking, UTF-8,
+//!   close codes;
 //! - [`http`]: sans-IO HTTP/1.1 for the API listener: keep-alive requests, responses, queries;
 //! - [`wire`]: what clients read: the `/ws` envelope and commands, payloads encoded once in both
 //!   formats, the stable error codes;

@@ -179,7 +179,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     } else {
         config.shards
     };
-    let terms = budget::shard_budget(&config.limits, shards, config.echo);
+    let terms = budget::shard_budget(&config.limits, shards, config.echo, config.deflate);
     let worst = budget::total_bytes(&terms) * shards;
     if args.print_budget {
         println!("memory budget per shard ({shards} shards):");

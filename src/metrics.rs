@@ -243,6 +243,19 @@ const HELP: &[(&str, &str)] = &[
         "WebSocket connections closed with 1012 by a drain.",
     ),
     ("config_reloads", "Reloaded configurations taken."),
+    (
+        "frames_compressed",
+        "Frames compressed once by channel owners for permessage-deflate clients.",
+    ),
+    (
+        "deflate_bytes_saved",
+        "Payload bytes saved by compressed frames, counted once per frame.",
+    ),
+    ("messages_inflated", "Compressed client messages inflated."),
+    (
+        "inflate_too_big",
+        "Compressed client messages that inflated past the message limit (1009).",
+    ),
 ];
 
 fn help_of(field: &str) -> String {

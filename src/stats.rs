@@ -198,6 +198,16 @@ pub struct Counters {
     /// Bytes a connection owed when its next batch was handed to the kernel, in units of 64
     /// bytes (bucket i: at most 64·2^i bytes).
     pub send_queue_64b: Histogram,
+    /// Frames compressed (permessage-deflate) by this shard as a channel owner: at most two
+    /// per published message (envelope and raw), however many subscribers get them.
+    pub frames_compressed: u64,
+    /// Payload bytes the compressed frames are smaller than the plain ones, once per frame
+    /// (not multiplied by the subscribers that get it).
+    pub deflate_bytes_saved: u64,
+    /// Compressed client messages inflated.
+    pub messages_inflated: u64,
+    /// Compressed client messages refused for inflating past the message limit (close 1009).
+    pub inflate_too_big: u64,
 }
 
 fn bump(list: &mut Vec<(u16, u64)>, key: u16, by: u64) {
@@ -325,6 +335,10 @@ impl Counters {
         self.http_errors += other.http_errors;
         self.drains += other.drains;
         self.drained += other.drained;
+        self.frames_compressed += other.frames_compressed;
+        self.deflate_bytes_saved += other.deflate_bytes_saved;
+        self.messages_inflated += other.messages_inflated;
+        self.inflate_too_big += other.inflate_too_big;
         self.config_reloads += other.config_reloads;
         self.delivery_latency_us.add(&other.delivery_latency_us);
         self.send_queue_64b.add(&other.send_queue_64b);

@@ -1388,3 +1388,6 @@ mod users;
 
 #[path = "e2e/http.rs"]
 mod http;
+
+#[path = "e2e/deflate.rs"]
+mod deflate;

@@ -84,7 +84,7 @@ fn check_handshake(data: &[u8]) {
             assert!(request.head_len <= buf.len() && request.head_len <= max);
             assert_eq!(handshake::parse(&buf[..request.head_len], max), whole);
             let protocol = request.protocols.first().map(String::as_str);
-            let _ = handshake::response_101(&request.accept, protocol);
+            let _ = handshake::response_101(&request.accept, protocol, request.deflate_offer);
         }
         Ok(None) => assert!(buf.len() < max),
         Err(rejection) => assert!(!rejection.response().is_empty()),
@@ -103,18 +103,22 @@ const LIMITS: [DecoderLimits; 4] = [
     DecoderLimits {
         message_bytes_max: 1 << 20,
         fragments_max: 64,
+        deflate: false,
     },
     DecoderLimits {
         message_bytes_max: 100,
         fragments_max: 2,
+        deflate: false,
     },
     DecoderLimits {
         message_bytes_max: 0,
         fragments_max: 1,
+        deflate: false,
     },
     DecoderLimits {
         message_bytes_max: 65_536,
         fragments_max: 1_000,
+        deflate: false,
     },
 ];
 
@@ -138,6 +142,7 @@ fn decode(stream: &[u8], limits: &DecoderLimits, mut rng: Option<&mut Rng>) -> O
                 Message::Binary(b) => (2, b.to_vec()),
                 Message::Ping(p) => (9, p.to_vec()),
                 Message::Pong(p) => (10, p.to_vec()),
+                Message::Compressed { payload, .. } => (0x40, payload.to_vec()),
                 Message::Close { code, reason } => {
                     let mut bytes = code.map(u16::to_be_bytes).unwrap_or_default().to_vec();
                     bytes.extend(reason.as_bytes());

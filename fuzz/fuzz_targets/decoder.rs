@@ -15,18 +15,22 @@ const LIMITS: [DecoderLimits; 4] = [
     DecoderLimits {
         message_bytes_max: 1 << 20,
         fragments_max: 64,
+        deflate: false,
     },
     DecoderLimits {
         message_bytes_max: 100,
         fragments_max: 2,
+        deflate: false,
     },
     DecoderLimits {
         message_bytes_max: 0,
         fragments_max: 1,
+        deflate: false,
     },
     DecoderLimits {
         message_bytes_max: 65_536,
         fragments_max: 1_000,
+        deflate: false,
     },
 ];
 
@@ -42,6 +46,7 @@ fn own(message: Message<'_>) -> Owned {
         Message::Binary(b) => (2, b.to_vec()),
         Message::Ping(p) => (9, p.to_vec()),
         Message::Pong(p) => (10, p.to_vec()),
+        Message::Compressed { text, payload } => (if text { 0x41 } else { 0x42 }, payload.to_vec()),
         Message::Close { code, reason } => {
             let mut bytes = code.map(u16::to_be_bytes).unwrap_or_default().to_vec();
             bytes.extend(reason.as_bytes());

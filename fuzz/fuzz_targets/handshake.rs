@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         })) => {
             assert!(*head_len <= buf.len() && *head_len <= max);
             assert_eq!(handshake::parse(&buf[..*head_len], max), whole);
-            let response = handshake::response_101(accept, protocols.first().map(String::as_str));
+            let response = handshake::response_101(accept, protocols.first().map(String::as_str), None);
             assert!(response.ends_with(b"\r\n\r\n"));
         }
         Ok(None) => assert!(buf.len() < max),

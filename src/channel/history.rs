@@ -1,13 +1,15 @@
 //! A channel's history at its owner: the last messages as the frames already encoded for
-//! delivery (envelope and raw), so a replay sends the same bytes a live delivery did.
+//! delivery (envelope and raw, plain and compressed: `wire::Frames`), so a replay sends the same
+//! bytes a live delivery did.
 //!
 //! Pure data: time is an argument (`now_ms`). Bounded three ways: entries (`size_max`), age
 //! (`ttl_ms`, 0: none), and bytes over the whole shard (`shard_bytes` against `shard_max`, the
 //! caller's running total; the entry that would pass it is not kept and the oldest of this
 //! channel go first).
 
-use bytes::Bytes;
+use crate::wire::Frames;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// One kept message.
 #[derive(Debug, Clone)]
@@ -16,16 +18,14 @@ pub struct Entry {
     pub offset: u64,
     /// When it was published (the owner's clock, ms).
     pub at_ms: u64,
-    /// The `{"op":"message",...}` frame.
-    pub envelope: Bytes,
-    /// The raw payload frame.
-    pub raw: Bytes,
+    /// Its frames, shared with the deliveries that carried them.
+    pub frames: Arc<Frames>,
 }
 
 impl Entry {
-    /// Bytes it holds (both frames).
+    /// Bytes it holds (every frame version).
     pub fn bytes(&self) -> usize {
-        self.envelope.len() + self.raw.len() + 64
+        self.frames.len() + 64
     }
 }
 
@@ -154,8 +154,10 @@ mod tests {
         Entry {
             offset,
             at_ms,
-            envelope: Bytes::from(vec![b'e'; len]),
-            raw: Bytes::from(vec![b'r'; len]),
+            frames: Arc::new(Frames::plain(
+                bytes::Bytes::from(vec![b'e'; len]),
+                bytes::Bytes::from(vec![b'r'; len]),
+            )),
         }
     }
 

@@ -234,8 +234,10 @@ mod tests {
         let entry = |offset| Entry {
             offset,
             at_ms: offset * 1000,
-            envelope: bytes::Bytes::from_static(b"e"),
-            raw: bytes::Bytes::from_static(b"r"),
+            frames: Arc::new(crate::wire::Frames::plain(
+                bytes::Bytes::from_static(b"e"),
+                bytes::Bytes::from_static(b"r"),
+            )),
         };
         for _ in 0..3 {
             let (offset, _, shards) = owned.publish("h:a", true).unwrap();

@@ -34,14 +34,43 @@ pub enum Endpoint {
     /// Not yet known (handshaking).
     None,
     /// `/echo`: every message comes back; no heartbeats.
-    Echo,
+    Echo {
+        /// permessage-deflate: see `Push::deflate`.
+        deflate: u8,
+    },
     /// `/ws`: channels and pushes; `raw` delivers payloads without the JSON envelope.
     Push {
         /// `format=raw` was requested.
         raw: bool,
+        /// permessage-deflate (RFC 7692) was agreed in the handshake: the largest server window
+        /// the client accepts, in bits (9-15); 0: not agreed. Published messages come compressed
+        /// (the owner's `Frames`) where they fit that window, and the client may send compressed
+        /// commands.
+        deflate: u8,
     },
     /// A backend on the control socket (newline-delimited JSON, no WebSocket).
     Control,
+}
+
+impl Endpoint {
+    /// Whether permessage-deflate was agreed (kept here, not in a flag bit, so `Conn` does not
+    /// grow: the flag byte is full).
+    pub fn deflate(self) -> bool {
+        self.deflate_window_bits() != 0
+    }
+
+    /// The server window agreed for permessage-deflate, in bits; 0: not agreed.
+    pub fn deflate_window_bits(self) -> u8 {
+        match self {
+            Endpoint::Echo { deflate } | Endpoint::Push { deflate, .. } => deflate,
+            Endpoint::None | Endpoint::Control => 0,
+        }
+    }
+
+    /// Whether the client reads raw payloads rather than the JSON envelope.
+    pub fn raw(self) -> bool {
+        matches!(self, Endpoint::Push { raw: true, .. })
+    }
 }
 
 /// A send for this connection is in flight (at most one).

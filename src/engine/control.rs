@@ -1662,11 +1662,12 @@ impl Engine {
             match action {
                 ConnAction::Send(body) => {
                     let (envelope, raw) = crate::wire::encode_push(&body);
-                    let frame = if self.conns[slot].endpoint == (Endpoint::Push { raw: true }) {
-                        raw
-                    } else {
-                        envelope
-                    };
+                    let frame =
+                        if matches!(self.conns[slot].endpoint, Endpoint::Push { raw: true, .. }) {
+                            raw
+                        } else {
+                            envelope
+                        };
                     self.queue_data(slot, frame);
                     Part::Done
                 }
@@ -1763,7 +1764,7 @@ impl Engine {
             .conns
             .iter()
             .filter_map(|(slot, c)| match c.endpoint {
-                Endpoint::Push { raw } if c.state == State::Open => Some((slot, raw)),
+                Endpoint::Push { raw, .. } if c.state == State::Open => Some((slot, raw)),
                 _ => None,
             })
             .collect();

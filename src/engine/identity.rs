@@ -292,7 +292,7 @@ impl Engine {
         }
         let grace = self.config.limits.token_refresh_grace_ms;
         let text = envelope::expired(grace);
-        if let Endpoint::Push { raw: false } = self.conns[slot].endpoint {
+        if let Endpoint::Push { raw: false, .. } = self.conns[slot].endpoint {
             self.queue_data(slot, frame::encode(OpCode::Text, text.as_bytes()));
         }
         self.emit_expired(slot);

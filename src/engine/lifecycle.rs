@@ -14,11 +14,16 @@ use super::outbound::Enqueue;
 use super::{TICK_MS, limits_ticks};
 use crate::proto::close;
 use crate::proto::decoder::Message;
+use crate::proto::deflate::{self, InflateError};
 use crate::proto::frame::{self, OpCode};
 use crate::proto::handshake::{self, Rejection};
 use crate::wire::envelope;
 use bytes::Bytes;
 use std::ops::ControlFlow;
+
+/// Above this capacity the inflater's and the compressor's buffers are released after the read
+/// that used them.
+const INFLATED_KEEP_BYTES: usize = 64 << 10;
 
 /// Queued frames searched (from the most recent) for a pong to replace.
 const PONG_SCAN_FRAMES: usize = 16;
@@ -73,8 +78,12 @@ impl Engine {
         let mut url_channels = Vec::new();
         let mut url_since = Vec::new();
         let mut url_claims = None;
+        // RFC 7692 §5: the client offered it and this server is configured to take it up.
+        let deflate = request.deflate_offer.filter(|_| self.config.deflate);
         let endpoint = match request.path.as_str() {
-            "/echo" if self.config.echo => Endpoint::Echo,
+            "/echo" if self.config.echo => Endpoint::Echo {
+                deflate: deflate.unwrap_or(0),
+            },
             "/ws" => {
                 let limits = &self.config.limits;
                 let query =
@@ -99,7 +108,10 @@ impl Engine {
                         }
                     }
                 }
-                Endpoint::Push { raw: query.raw }
+                Endpoint::Push {
+                    raw: query.raw,
+                    deflate: deflate.unwrap_or(0),
+                }
             }
             _ => return self.reject(slot, Rejection::NotFound),
         };
@@ -113,7 +125,7 @@ impl Engine {
         conn.flags |= TRIM_WHEN_DRAINED;
         conn.close_code = close::ABNORMAL;
         conn.out.push_control(
-            handshake::response_101(&request.accept, None),
+            handshake::response_101(&request.accept, None, deflate),
             &mut self.queued_bytes,
         );
         if conn.ext.as_ref().is_some_and(|e| e.is_empty()) {
@@ -123,7 +135,7 @@ impl Engine {
         if matches!(endpoint, Endpoint::Push { .. }) && ping_ms > 0 {
             self.wheel.insert(slot, now + limits_ticks(ping_ms));
         }
-        if let Endpoint::Push { raw: false } = endpoint {
+        if let Endpoint::Push { raw: false, .. } = endpoint {
             let welcome = envelope::welcome(self.conn_id(slot).get());
             self.queue_data(slot, frame::encode(OpCode::Text, welcome.as_bytes()));
         }
@@ -205,10 +217,11 @@ impl Engine {
 
     pub(super) fn decode(&mut self, slot: usize, data: &mut [u8]) {
         let conn = &mut self.conns[slot];
-        let limits = match conn.endpoint {
-            Endpoint::Echo => self.echo_limits,
+        let mut limits = match conn.endpoint {
+            Endpoint::Echo { .. } => self.echo_limits,
             _ => self.ws_limits,
         };
+        limits.deflate = conn.endpoint.deflate();
         let outbound_max = self.config.limits.outbound_bytes_max;
         let endpoint = conn.endpoint;
         // The token bucket of /ws clients: refilled from the ticks elapsed, burst of one second.
@@ -229,6 +242,13 @@ impl Engine {
         let held_before = conn.decoder.heap_bytes();
         let counters = &mut self.counters;
         let queued = &mut self.queued_bytes;
+        let mut inflater = self.inflater.as_deref_mut();
+        let inflated = &mut self.inflated;
+        let mut compressor = self.compressor.as_deref_mut();
+        let scratch = &mut self.deflate_scratch;
+        let narrow = &mut self.echo_narrow;
+        let window_bits = endpoint.deflate_window_bits();
+        let mut inflate_failure = None;
         let Conn {
             decoder,
             out,
@@ -250,8 +270,43 @@ impl Engine {
                 }
                 *tokens -= 1;
             }
+            let message = match message {
+                Message::Compressed { text, payload } => {
+                    // One inflater per shard, reset per message: the client agreed to
+                    // client_no_context_takeover (RFC 7692 §7.1.1.2), so no window carries over.
+                    // Invariant: a deflate endpoint exists only with `config.deflate`.
+                    let inflater = inflater
+                        .as_deref_mut()
+                        .expect("deflate endpoints exist only with config.deflate, restart-only");
+                    match inflater.inflate(payload, limits.message_bytes_max, inflated) {
+                        Ok(()) => counters.messages_inflated += 1,
+                        Err(InflateError::TooBig) => {
+                            // RFC 6455 §7.4.1: 1009, the inflated message is over the limit.
+                            counters.inflate_too_big += 1;
+                            inflate_failure = Some(close::MESSAGE_TOO_BIG);
+                            return ControlFlow::Break(());
+                        }
+                        Err(InflateError::Corrupt) => {
+                            inflate_failure = Some(close::INVALID_PAYLOAD);
+                            return ControlFlow::Break(());
+                        }
+                    }
+                    if !text {
+                        Message::Binary(inflated)
+                    } else if std::str::from_utf8(inflated).is_ok() {
+                        Message::Text(inflated)
+                    } else {
+                        // RFC 6455 §8.1 applies to the inflated text: 1007.
+                        inflate_failure = Some(close::INVALID_PAYLOAD);
+                        return ControlFlow::Break(());
+                    }
+                }
+                other => other,
+            };
             match message {
-                Message::Text(payload) | Message::Binary(payload) if endpoint == Endpoint::Echo => {
+                Message::Text(payload) | Message::Binary(payload)
+                    if matches!(endpoint, Endpoint::Echo { .. }) =>
+                {
                     let op = if matches!(message, Message::Text(_)) {
                         OpCode::Text
                     } else {
@@ -261,8 +316,31 @@ impl Engine {
                     // (plus a frame header and a queue handle).
                     let limit = outbound_max.max(limits.message_bytes_max + 64);
                     counters.frames_out += 1;
-                    if out.push(frame::encode(op, payload), limit, queued) == Enqueue::SlowConsumer
-                    {
+                    let reply = match compressor.as_deref_mut() {
+                        // A deflate client gets its echo compressed, as a compressing peer would
+                        // send it (RFC 7692 allows either; conformance clients check the
+                        // compressed path). Per connection here: /echo is a test endpoint, never
+                        // a fan-out.
+                        Some(compressor) if limits.deflate => {
+                            scratch.clear();
+                            if deflate::fits_window(payload.len(), window_bits) {
+                                compressor.compress(payload, scratch);
+                            } else {
+                                // A client that limited the server window (RFC 7692 §7.1.2.1):
+                                // a compressor with that window, kept for the next echo.
+                                if narrow.as_ref().is_none_or(|(bits, _)| *bits != window_bits) {
+                                    let fresh = deflate::Compressor::with_window_bits(window_bits);
+                                    *narrow = Some((window_bits, Box::new(fresh)));
+                                }
+                                if let Some((_, narrow)) = narrow.as_mut() {
+                                    narrow.compress(payload, scratch);
+                                }
+                            }
+                            frame::encode_compressed(op, scratch)
+                        }
+                        _ => frame::encode(op, payload),
+                    };
+                    if out.push(reply, limit, queued) == Enqueue::SlowConsumer {
                         slow = true;
                         return ControlFlow::Break(());
                     }
@@ -297,7 +375,7 @@ impl Engine {
                         _ => counters.pongs_skipped += 1,
                     }
                 }
-                Message::Pong(_) => {}
+                Message::Pong(_) | Message::Compressed { .. } => {}
                 Message::Close { code, .. } => {
                     *flags |= CLOSE_RECEIVED | FIN_AFTER_FLUSH;
                     if *flags & CLOSE_SENT == 0 {
@@ -356,6 +434,16 @@ impl Engine {
         }
         if binary_on_ws {
             return self.fail(slot, close::UNSUPPORTED_DATA);
+        }
+        // One large message does not pin its size for the shard's life.
+        if self.inflated.capacity() > INFLATED_KEEP_BYTES {
+            self.inflated = Vec::new();
+        }
+        if self.deflate_scratch.capacity() > INFLATED_KEEP_BYTES {
+            self.deflate_scratch = Vec::new();
+        }
+        if let Some(code) = inflate_failure {
+            return self.fail(slot, code);
         }
         match result {
             Ok(()) => {

@@ -260,6 +260,17 @@ pub struct Engine {
     local: LocalChannels,
     owned: OwnedChannels,
     slow_scratch: Vec<u32>,
+    // permessage-deflate (with `config.deflate`): one compressor for the messages this shard
+    // sequences, one inflater for its clients' messages, each reset per message.
+    compressor: Option<Box<crate::proto::deflate::Compressor>>,
+    inflater: Option<Box<crate::proto::deflate::Inflater>>,
+    /// The compressor's output buffer, reused (capacity: the largest message compressed).
+    deflate_scratch: Vec<u8>,
+    /// `/echo`'s compressor for a client that limited the server window (its bits), made when
+    /// such a client's echo does not fit that window.
+    echo_narrow: Option<(u8, Box<crate::proto::deflate::Compressor>)>,
+    /// The inflater's output: one client message at a time (≤ its endpoint's message limit).
+    inflated: Vec<u8>,
     // Cross-shard rings.
     outboxes: Vec<Option<Outbox<XMsg>>>,
     inbox: Inbox<XMsg>,
@@ -335,6 +346,11 @@ impl Engine {
             local: LocalChannels::default(),
             owned: OwnedChannels::new(setup.epoch_base, limits.channels_per_shard_max),
             slow_scratch: Vec::new(),
+            compressor: setup.config.deflate.then(Box::default),
+            inflater: setup.config.deflate.then(Box::default),
+            deflate_scratch: Vec::new(),
+            inflated: Vec::new(),
+            echo_narrow: None,
             outboxes: setup.mesh.outboxes,
             inbox: setup.mesh.inbox,
             self_queue: VecDeque::new(),
@@ -355,10 +371,12 @@ impl Engine {
             ws_limits: DecoderLimits {
                 message_bytes_max: limits.message_bytes_max,
                 fragments_max: limits.fragments_per_message_max,
+                deflate: false,
             },
             echo_limits: DecoderLimits {
                 message_bytes_max: limits.echo_message_bytes_max,
                 fragments_max: limits.echo_fragments_per_message_max,
+                deflate: false,
             },
             config: setup.config,
         }

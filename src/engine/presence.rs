@@ -128,7 +128,9 @@ impl Engine {
         for slot in subscribers {
             let slot = slot as usize;
             let conn = &self.conns[slot];
-            if conn.state != State::Open || conn.endpoint != (Endpoint::Push { raw: false }) {
+            if conn.state != State::Open
+                || !matches!(conn.endpoint, Endpoint::Push { raw: false, .. })
+            {
                 continue;
             }
             if self.queue_data(slot, frame.clone()) != Enqueue::Enqueued {

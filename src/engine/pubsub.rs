@@ -17,7 +17,7 @@ use crate::channel::local::{LocalChannels, Subscribed, Sync};
 use crate::channel::{self, ChannelError};
 use crate::proto::frame::{self, OpCode};
 use crate::wire::envelope::{self, Command};
-use crate::wire::{ErrorCode, encode_message};
+use crate::wire::{ErrorCode, Frames, encode_message};
 use crate::xshard::Sent;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -321,12 +321,11 @@ impl Engine {
             XMsg::Deliver {
                 channel,
                 offset,
-                envelope,
-                raw,
+                frames,
                 report,
                 stamp_us,
             } => {
-                let (delivered, slow) = self.deliver(&channel, offset, &envelope, &raw);
+                let (delivered, slow) = self.deliver(&channel, offset, &frames);
                 if stamp_us != 0 && delivered > 0 {
                     let latency = self.now_us.saturating_sub(stamp_us);
                     self.counters.delivery_latency_us.observe(latency);
@@ -430,6 +429,16 @@ impl Engine {
             self.counters.published += 1;
         }
         let (envelope, raw) = encode_message(&channel, offset, &body);
+        let mut frames = Frames::plain(envelope, raw);
+        if let Some(compressor) = self.compressor.as_mut() {
+            // Once here at the owner, never per subscriber (RFC 7692 §7.2.1; without context
+            // takeover the same bytes suit every deflate client).
+            let min = self.config.limits.deflate_min_bytes;
+            let done = frames.compress(compressor, min, &mut self.deflate_scratch);
+            self.counters.frames_compressed += done.frames;
+            self.counters.deflate_bytes_saved += done.bytes_saved;
+        }
+        let frames = Arc::new(frames);
         if let Some((size, ttl_ms)) = history {
             // The same frames the subscribers get: a replay sends the bytes a delivery did.
             let now = self.now_ms;
@@ -437,8 +446,7 @@ impl Engine {
             let entry = crate::channel::history::Entry {
                 offset,
                 at_ms: now,
-                envelope: envelope.clone(),
-                raw: raw.clone(),
+                frames: frames.clone(),
             };
             let max = self.config.limits.history_bytes_per_shard_max;
             if !self.owned.keep(&channel, entry, size, max) {
@@ -455,8 +463,7 @@ impl Engine {
             let msg = XMsg::Deliver {
                 channel: channel.clone(),
                 offset,
-                envelope: envelope.clone(),
-                raw: raw.clone(),
+                frames: frames.clone(),
                 report: report_to.map(Box::new),
                 stamp_us,
             };
@@ -466,7 +473,7 @@ impl Engine {
     }
 
     /// Queues one sequenced frame to every local subscriber; returns (queued, slow).
-    fn deliver(&mut self, name: &str, offset: u64, envelope: &Bytes, raw: &Bytes) -> (u64, u64) {
+    fn deliver(&mut self, name: &str, offset: u64, frames: &Frames) -> (u64, u64) {
         let Some(id) = self.local.find(name) else {
             return (0, 0);
         };
@@ -501,10 +508,9 @@ impl Engine {
                 // Its recovery's replay covers this offset and comes next.
                 continue;
             }
-            let frame = match conn.endpoint {
-                Endpoint::Push { raw: true } => raw.clone(),
-                _ => envelope.clone(),
-            };
+            let frame = frames
+                .pick(conn.endpoint.raw(), conn.endpoint.deflate_window_bits())
+                .clone();
             // Over its limit: a conflating channel keeps the latest value instead; otherwise a
             // reader that makes progress lags rather than being shed (`data_limit`).
             let over = conn.out.owed_bytes() + frame.len() + FRAME_OVERHEAD > limit;
@@ -638,7 +644,11 @@ impl Engine {
                 let recovered = r.replay.is_some();
                 let frames = r.replay.unwrap_or_default();
                 let skip = frames.len().saturating_sub(limit);
-                let frames = frames.into_iter().skip(skip).map(|e| e.envelope).collect();
+                let frames = frames
+                    .into_iter()
+                    .skip(skip)
+                    .map(|e| e.frames.envelope.clone())
+                    .collect();
                 (r.position.0, r.position.1, frames, Some(recovered))
             }
             None => match self.owned.get(name) {
@@ -648,7 +658,7 @@ impl Engine {
                     owned
                         .history
                         .newest(limit)
-                        .map(|e| e.envelope.clone())
+                        .map(|e| e.frames.envelope.clone())
                         .collect(),
                     None,
                 ),
@@ -715,7 +725,7 @@ impl Engine {
         };
         let subscribed = local.is_some_and(|l| conn.subs.iter().any(|m| m.channel == l));
         if subscribed && was_recovering {
-            let raw = conn.endpoint == (Endpoint::Push { raw: true });
+            let endpoint = conn.endpoint;
             let recovered = replay.is_some();
             let (offset, epoch) = position;
             let text = envelope::subscribed_recovery(name, offset, epoch, recovered, id.as_deref());
@@ -726,7 +736,10 @@ impl Engine {
                 self.counters.recoveries_refused += 1;
             }
             for entry in replay.into_iter().flatten() {
-                let frame = if raw { entry.raw } else { entry.envelope };
+                let frame = entry
+                    .frames
+                    .pick(endpoint.raw(), endpoint.deflate_window_bits())
+                    .clone();
                 if self.queue_data(slot, frame) != Enqueue::Enqueued {
                     break;
                 }
@@ -939,7 +952,7 @@ impl Engine {
 
     /// Queues a JSON reply for an envelope-format client (raw clients get nothing but payloads).
     pub(super) fn reply(&mut self, slot: usize, text: String) {
-        if let Endpoint::Push { raw: false } = self.conns[slot].endpoint {
+        if let Endpoint::Push { raw: false, .. } = self.conns[slot].endpoint {
             self.queue_data(slot, frame::encode(OpCode::Text, text.as_bytes()));
         }
     }

@@ -358,16 +358,15 @@ pub enum XMsg {
         /// Events for this consumer the sender's ring refused before this one.
         missed: u32,
     },
-    /// From the owner: one sequenced message, encoded once in both formats.
+    /// From the owner: one sequenced message, encoded once in both formats (and compressed once
+    /// for permessage-deflate clients), shared by every shard and the history.
     Deliver {
         /// Channel name.
         channel: Arc<str>,
         /// Its offset.
         offset: u64,
-        /// The `{"op":"message",...}` text frame.
-        envelope: Bytes,
-        /// The payload as a text or binary frame.
-        raw: Bytes,
+        /// Its frames.
+        frames: Arc<crate::wire::Frames>,
         /// Where to report this shard's delivery counts (a publish with `report`).
         report: Option<Box<ReplyTo>>,
         /// When the owner took the publish (`driver::monotonic_us`), for a sampled one; 0: not

@@ -18,6 +18,9 @@
 //! - The `Vec`'s capacity never passes `message_bytes_max` plus one control payload (≤ 125
 //!   bytes): no allocation is sized from an announced length beyond that limit, and a frame's
 //!   first reservation is at most `RESERVE_BYTES_MAX`, whatever length its header announces.
+//! - A compressed message (RSV1, only with `DecoderLimits::deflate`) is stored as it comes and
+//!   handed over as `Message::Compressed`: its size limit applies to the compressed bytes here,
+//!   and the caller inflates it within the same limit and validates its text (RFC 7692 §6).
 //! - While a text message is assembled, every byte in the `Vec` except the last `utf8_pending`
 //!   (≤ 3) is known to be valid UTF-8, so invalid text fails in the read that carries it (§8.1).
 //! - Feeding a stream whole or cut at any byte positions yields the same messages and the same
@@ -39,6 +42,9 @@ pub struct DecoderLimits {
     pub message_bytes_max: usize,
     /// Most frames one fragmented message may have; above it: close 1009.
     pub fragments_max: u32,
+    /// permessage-deflate was negotiated: RSV1 on a message's first frame marks it compressed
+    /// (RFC 7692 §6) and the message is handed over as `Message::Compressed`.
+    pub deflate: bool,
 }
 
 /// A complete message or control frame.
@@ -52,6 +58,15 @@ pub enum Message<'a> {
     Ping(&'a [u8]),
     /// A pong with its payload (≤ 125 bytes).
     Pong(&'a [u8]),
+    /// A compressed message (RSV1 on its first frame, RFC 7692 §6), not yet inflated: its
+    /// frames' payloads concatenated. The caller inflates it (bounded) and, for text, validates
+    /// the UTF-8 of the result (§8.1 applies to the inflated data).
+    Compressed {
+        /// A text message (else binary).
+        text: bool,
+        /// The compressed bytes, without the `00 00 ff ff` tail (RFC 7692 §7.2.2).
+        payload: &'a [u8],
+    },
     /// A close frame: code (None when the payload was empty) and UTF-8 reason.
     Close {
         /// The status code, validated with `close::is_valid_on_wire`.
@@ -66,7 +81,8 @@ pub enum Message<'a> {
 pub enum ProtocolError {
     /// A client frame without the mask bit (§5.1).
     Unmasked,
-    /// RSV1, RSV2 or RSV3 set, but no extension was negotiated (§5.2).
+    /// RSV1, RSV2 or RSV3 set, but no extension was negotiated (§5.2); or RSV1 on a control
+    /// frame or a continuation frame with permessage-deflate (RFC 7692 §6.1).
     ReservedBits,
     /// Opcode 0x3-0x7 or 0xB-0xF (§5.2).
     ReservedOpcode,
@@ -157,6 +173,11 @@ enum Assembly {
     Text,
     /// A binary message.
     Binary,
+    /// A compressed message (RFC 7692 §6): its bytes are stored as they come, unvalidated.
+    Compressed {
+        /// Text once inflated (else binary).
+        text: bool,
+    },
 }
 
 /// The kinds of control frame (§5.5).
@@ -217,6 +238,8 @@ enum Status {
 #[derive(Debug, Clone, Copy)]
 struct Header {
     fin: bool,
+    /// RSV1: with permessage-deflate, "Per-Message Compressed" (RFC 7692 §6).
+    rsv1: bool,
     opcode: OpCode,
     mask: [u8; 4],
     payload_len: u64,
@@ -228,15 +251,23 @@ struct Header {
 ///
 /// Each check runs as soon as the bytes it needs are present, in a fixed order, so a prefix of a
 /// header never yields an error that the whole header would not (the split property relies on it).
-fn parse_header(bytes: &[u8]) -> Result<Option<Header>, ProtocolError> {
+fn parse_header(bytes: &[u8], deflate: bool) -> Result<Option<Header>, ProtocolError> {
     let Some(&[b0, b1]) = bytes.first_chunk::<2>() else {
         return Ok(None);
     };
-    // §5.2: "MUST be 0 unless an extension is negotiated"; this server negotiates none.
-    if b0 & 0x70 != 0 {
+    // §5.2: "MUST be 0 unless an extension is negotiated"; the only one we negotiate,
+    // permessage-deflate, defines RSV1 (RFC 7692 §6) and leaves RSV2 and RSV3 reserved.
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         return Err(ProtocolError::ReservedBits);
     }
     let opcode = opcode_from_u8(b0 & 0x0F).ok_or(ProtocolError::ReservedOpcode)?;
+    // RFC 7692 §6.1: "An endpoint MUST NOT set the "Per-Message Compressed" bit of control
+    // frames and non-first fragments of a data message. An endpoint receiving such a frame MUST
+    // _Fail the WebSocket Connection_."
+    if rsv1 && (opcode == OpCode::Continuation || opcode.is_control()) {
+        return Err(ProtocolError::ReservedBits);
+    }
     let fin = b0 & 0x80 != 0;
     // §5.1: "The server MUST close the connection upon receiving a frame that is not masked."
     if b1 & 0x80 == 0 {
@@ -281,6 +312,7 @@ fn parse_header(bytes: &[u8]) -> Result<Option<Header>, ProtocolError> {
     mask.copy_from_slice(&bytes[len - 4..len]);
     Ok(Some(Header {
         fin,
+        rsv1,
         opcode,
         mask,
         payload_len,
@@ -417,7 +449,7 @@ impl Decoder {
                     let held = usize::from(len);
                     let header = if held == 0 {
                         // Common case: the header is parsed where it lies in the read buffer.
-                        match parse_header(&input[pos..])? {
+                        match parse_header(&input[pos..], limits.deflate)? {
                             Some(header) => {
                                 pos += header.len;
                                 header
@@ -437,7 +469,7 @@ impl Decoder {
                         // The header began in an earlier read: top it up from this one.
                         let take = (CLIENT_HEADER_MAX - held).min(input.len() - pos);
                         bytes[held..held + take].copy_from_slice(&input[pos..pos + take]);
-                        match parse_header(&bytes[..held + take])? {
+                        match parse_header(&bytes[..held + take], limits.deflate)? {
                             Some(header) => {
                                 pos += header.len - held;
                                 header
@@ -531,11 +563,13 @@ impl Decoder {
             if let FrameKind::Control(control) = kind {
                 return deliver_control(control, payload, sink);
             }
-            let message = if self.assembly == Assembly::Text {
-                std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?;
-                Message::Text(payload)
-            } else {
-                Message::Binary(payload)
+            let message = match self.assembly {
+                Assembly::Text => {
+                    std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?;
+                    Message::Text(payload)
+                }
+                Assembly::Compressed { text } => Message::Compressed { text, payload },
+                Assembly::Binary | Assembly::Idle => Message::Binary(payload),
             };
             self.assembly = Assembly::Idle;
             self.fragments = 0;
@@ -562,7 +596,10 @@ impl Decoder {
             (OpCode::Continuation, Assembly::Idle) => {
                 return Err(ProtocolError::UnexpectedContinuation);
             }
-            (OpCode::Text | OpCode::Binary, Assembly::Text | Assembly::Binary) => {
+            (
+                OpCode::Text | OpCode::Binary,
+                Assembly::Text | Assembly::Binary | Assembly::Compressed { .. },
+            ) => {
                 return Err(ProtocolError::ExpectedContinuation);
             }
             _ => {}
@@ -579,9 +616,11 @@ impl Decoder {
             return Err(ProtocolError::MessageTooBig);
         }
         self.fragments += 1;
-        match header.opcode {
-            OpCode::Text => self.assembly = Assembly::Text,
-            OpCode::Binary => self.assembly = Assembly::Binary,
+        match (header.opcode, header.rsv1) {
+            (OpCode::Text, false) => self.assembly = Assembly::Text,
+            (OpCode::Binary, false) => self.assembly = Assembly::Binary,
+            (OpCode::Text, true) => self.assembly = Assembly::Compressed { text: true },
+            (OpCode::Binary, true) => self.assembly = Assembly::Compressed { text: false },
             _ => {}
         }
         Ok(())
@@ -635,6 +674,10 @@ impl Decoder {
                 }
                 let message = match self.assembly {
                     Assembly::Text => Message::Text(&self.buf),
+                    Assembly::Compressed { text } => Message::Compressed {
+                        text,
+                        payload: &self.buf,
+                    },
                     Assembly::Binary | Assembly::Idle => Message::Binary(&self.buf),
                 };
                 let flow = sink(message);
@@ -666,6 +709,7 @@ mod tests {
     const LIMITS: DecoderLimits = DecoderLimits {
         message_bytes_max: 1 << 20,
         fragments_max: 64,
+        deflate: false,
     };
 
     /// A delivered message, owned, so tests can collect them.
@@ -675,6 +719,7 @@ mod tests {
         Binary(Vec<u8>),
         Ping(Vec<u8>),
         Pong(Vec<u8>),
+        Compressed(bool, Vec<u8>),
         Close(Option<u16>, String),
     }
 
@@ -684,6 +729,7 @@ mod tests {
             Message::Binary(b) => Owned::Binary(b.to_vec()),
             Message::Ping(p) => Owned::Ping(p.to_vec()),
             Message::Pong(p) => Owned::Pong(p.to_vec()),
+            Message::Compressed { text, payload } => Owned::Compressed(text, payload.to_vec()),
             Message::Close { code, reason } => Owned::Close(code, reason.to_owned()),
         }
     }
@@ -923,11 +969,77 @@ mod tests {
         );
     }
 
+    /// A frame with RSV1 set (RFC 7692 §6: "Per-Message Compressed").
+    fn frame_rsv1(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut f = frame(opcode, fin, payload);
+        f[0] |= 0x40;
+        f
+    }
+
+    #[test]
+    fn compressed_messages_with_permessage_deflate() {
+        let deflate = DecoderLimits {
+            deflate: true,
+            ..LIMITS
+        };
+        // RSV1 without the extension is still refused (§5.2).
+        let one = frame_rsv1(OpCode::Text, true, &[0xff, 0xfe]);
+        assert_eq!(error(&one), Some(ProtocolError::ReservedBits));
+        // With it, the bytes are handed over as they are: not UTF-8-checked, not inflated here.
+        assert_eq!(
+            run(&one, &[], &deflate),
+            (vec![Owned::Compressed(true, vec![0xff, 0xfe])], None)
+        );
+        // Fragmented: RSV1 on the first frame only; a ping between fragments; every split point
+        // gives the same result.
+        let mut stream = frame_rsv1(OpCode::Binary, false, b"ab");
+        stream.extend(frame(OpCode::Ping, true, b"p"));
+        stream.extend(frame(OpCode::Continuation, true, b"cd"));
+        stream.extend(frame(OpCode::Text, true, b"plain"));
+        let want = (
+            vec![
+                Owned::Ping(b"p".to_vec()),
+                Owned::Compressed(false, b"abcd".to_vec()),
+                text("plain"),
+            ],
+            None,
+        );
+        for cut in 0..=stream.len() {
+            assert_eq!(run(&stream, &[cut], &deflate), want, "cut at {cut}");
+        }
+        // RFC 7692 §6.1: never on a continuation or a control frame; RSV2 and RSV3 stay reserved.
+        let mut stream = frame_rsv1(OpCode::Text, false, b"a");
+        stream.extend(frame_rsv1(OpCode::Continuation, true, b"b"));
+        assert_eq!(
+            run(&stream, &[], &deflate).1,
+            Some(ProtocolError::ReservedBits)
+        );
+        let ping = frame_rsv1(OpCode::Ping, true, b"");
+        assert_eq!(
+            run(&ping, &[], &deflate).1,
+            Some(ProtocolError::ReservedBits)
+        );
+        let mut rsv2 = frame(OpCode::Text, true, b"a");
+        rsv2[0] |= 0x20;
+        assert_eq!(
+            run(&rsv2, &[], &deflate).1,
+            Some(ProtocolError::ReservedBits)
+        );
+        // The compressed size counts against the message limit like any other.
+        let small = DecoderLimits {
+            message_bytes_max: 3,
+            ..deflate
+        };
+        let big = frame_rsv1(OpCode::Text, true, b"abcd");
+        assert_eq!(run(&big, &[], &small).1, Some(ProtocolError::MessageTooBig));
+    }
+
     #[test]
     fn limits() {
         let limits = DecoderLimits {
             message_bytes_max: 10,
             fragments_max: 3,
+            deflate: false,
         };
         let ok = frame(OpCode::Binary, true, &[1; 10]);
         assert_eq!(
@@ -1037,6 +1149,7 @@ mod tests {
         let limits = DecoderLimits {
             message_bytes_max: 64 << 20,
             fragments_max: 4,
+            deflate: false,
         };
         let mut header = vec![0x82, 0xFF];
         header.extend((64u64 << 20).to_be_bytes());
@@ -1256,7 +1369,7 @@ mod tests {
                 stream[at % len] ^= xor;
             }
             let limits = if small {
-                DecoderLimits { message_bytes_max: 100, fragments_max: 2 }
+                DecoderLimits { message_bytes_max: 100, fragments_max: 2, deflate: false }
             } else {
                 LIMITS
             };
@@ -1278,7 +1391,7 @@ mod tests {
             message_bytes_max in 0usize..300,
             fragments_max in 0u32..4,
         ) {
-            let limits = DecoderLimits { message_bytes_max, fragments_max };
+            let limits = DecoderLimits { message_bytes_max, fragments_max, deflate: false };
             let reference = run(&stream, &[], &limits);
             let cuts = scale_cuts(&cuts, stream.len());
             prop_assert_eq!(run(&stream, &cuts, &limits), reference);

@@ -123,6 +123,26 @@ pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
     Bytes::from(frame)
 }
 
+/// The RSV1 bit of the first header byte: RFC 7692 §6 names it the "Per-Message Compressed" bit,
+/// set on the first frame of a compressed message only.
+pub const RSV1: u8 = 0x40;
+
+/// One unmasked FIN frame with RSV1 set around an already compressed payload (RFC 7692 §6.1: a
+/// compressed message, here always in one frame).
+pub fn encode_compressed(opcode: OpCode, compressed: &[u8]) -> Bytes {
+    assert!(
+        !opcode.is_control(),
+        "RFC 7692 §6.1: control frames are never compressed"
+    );
+    let mut header = [0u8; SERVER_HEADER_MAX];
+    let header_len = write_header(opcode, compressed.len(), &mut header);
+    header[0] |= RSV1;
+    let mut frame = Vec::with_capacity(header_len + compressed.len());
+    frame.extend_from_slice(&header[..header_len]);
+    frame.extend_from_slice(compressed);
+    Bytes::from(frame)
+}
+
 /// The payload of a frame made by `encode` (unmasked, one frame): what follows its header.
 /// Used to show kept messages as JSON without decoding them again.
 pub fn server_payload(frame: &[u8]) -> &[u8] {

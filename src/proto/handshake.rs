@@ -40,6 +40,10 @@ pub struct Request {
     pub protocols: Vec<String>,
     /// The Sec-WebSocket-Accept value for this request's key.
     pub accept: String,
+    /// The first acceptable permessage-deflate offer of Sec-WebSocket-Extensions (RFC 7692 §5;
+    /// `deflate::negotiate`): the server window it allows, in bits. Whether the server takes it
+    /// up is the engine's choice (config).
+    pub deflate_offer: Option<u8>,
     /// Length of the request head in the buffer; bytes after it are already WebSocket frames.
     pub head_len: usize,
 }
@@ -275,6 +279,7 @@ pub fn parse(buf: &[u8], head_bytes_max: usize) -> Result<Option<Request>, Rejec
     let mut origin: Option<&[u8]> = None;
     let mut origins = 0usize;
     let mut protocols = Vec::new();
+    let mut deflate_offer = None;
     for header in request.headers.iter() {
         let name = header.name;
         let value = header.value.trim_ascii();
@@ -303,6 +308,12 @@ pub fn parse(buf: &[u8], head_bytes_max: usize) -> Result<Option<Request>, Rejec
                     .filter(|p| !p.is_empty())
                     .map(str::to_owned),
             );
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            // RFC 6455 §9.1: the header may repeat. A value that is not text is a malformed
+            // offer: declined, not a failed handshake (RFC 7692 §5).
+            if let Ok(list) = std::str::from_utf8(value) {
+                deflate_offer = deflate_offer.or(super::deflate::negotiate([list]));
+            }
         }
     }
     if hosts != 1 {
@@ -336,6 +347,7 @@ pub fn parse(buf: &[u8], head_bytes_max: usize) -> Result<Option<Request>, Rejec
         origin,
         protocols,
         accept: accept_key(key),
+        deflate_offer,
         head_len,
     }))
 }
@@ -348,8 +360,10 @@ pub fn accept_key(key: &[u8]) -> String {
     BASE64.encode(sha1.digest().bytes())
 }
 
-/// The `101 Switching Protocols` response, with `protocol` echoed when one was chosen.
-pub fn response_101(accept: &str, protocol: Option<&str>) -> Bytes {
+/// The `101 Switching Protocols` response, with `protocol` echoed when one was chosen and
+/// permessage-deflate accepted when `deflate` holds the agreed server window (RFC 7692 §5: the
+/// server answers with one extension element, `deflate::response`).
+pub fn response_101(accept: &str, protocol: Option<&str>, deflate: Option<u8>) -> Bytes {
     // §4.2.2 item 5: status line, Upgrade, Connection, Sec-WebSocket-Accept, and the chosen
     // subprotocol only when there is one.
     let mut response = String::with_capacity(160);
@@ -362,6 +376,11 @@ pub fn response_101(accept: &str, protocol: Option<&str>) -> Bytes {
     if let Some(protocol) = protocol {
         response.push_str("Sec-WebSocket-Protocol: ");
         response.push_str(protocol);
+        response.push_str("\r\n");
+    }
+    if let Some(window_bits) = deflate {
+        response.push_str("Sec-WebSocket-Extensions: ");
+        response.push_str(&super::deflate::response(window_bits));
         response.push_str("\r\n");
     }
     response.push_str("\r\n");
@@ -425,6 +444,7 @@ mod tests {
                 origin: Some("http://example.com".into()),
                 protocols: vec!["chat".into(), "superchat".into()],
                 accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
+                deflate_offer: None,
                 head_len: request.len(),
             }
         );
@@ -681,14 +701,61 @@ mod tests {
     }
 
     #[test]
+    fn extension_offers() {
+        let offered = |extra: &str| {
+            parse_str(&rfc_request(extra))
+                .unwrap()
+                .unwrap()
+                .deflate_offer
+                .is_some()
+        };
+        assert!(!offered(""));
+        assert!(offered("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
+        // RFC 7692 §5.1: offers in two headers form one list, in order.
+        assert!(offered(
+            "Sec-WebSocket-Extensions: foo\r\nsec-websocket-extensions: permessage-deflate; \
+             client_max_window_bits\r\n"
+        ));
+        // A malformed offer declines the extension; the handshake itself succeeds.
+        assert!(!offered(
+            "Sec-WebSocket-Extensions: permessage-deflate; x=\"\r\n"
+        ));
+        let mut bytes = rfc_request("Sec-WebSocket-Extensions: \u{ff}\r\n").into_bytes();
+        let at = bytes
+            .windows(2)
+            .position(|w| w == "\u{ff}".as_bytes())
+            .unwrap();
+        bytes.splice(at..at + 2, [0xff]);
+        assert_eq!(parse(&bytes, MAX).unwrap().unwrap().deflate_offer, None);
+        assert_eq!(
+            parse_str(&rfc_request(
+                "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n"
+            ))
+            .unwrap()
+            .unwrap()
+            .deflate_offer,
+            Some(10)
+        );
+        let response = response_101("abc", None, Some(10));
+        assert!(
+            response.ends_with(b"client_no_context_takeover; server_max_window_bits=10\r\n\r\n")
+        );
+        let response = response_101("abc", None, Some(15));
+        assert!(response.ends_with(
+            b"Sec-WebSocket-Accept: abc\r\nSec-WebSocket-Extensions: permessage-deflate; \
+              server_no_context_takeover; client_no_context_takeover\r\n\r\n"
+        ));
+    }
+
+    #[test]
     fn responses() {
-        let response = response_101("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None);
+        let response = response_101("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None, None);
         assert_eq!(
             &response[..],
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
               Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
         );
-        let response = response_101("abc", Some("chat"));
+        let response = response_101("abc", Some("chat"), None);
         assert!(
             response
                 .ends_with(b"Sec-WebSocket-Accept: abc\r\nSec-WebSocket-Protocol: chat\r\n\r\n")

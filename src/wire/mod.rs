@@ -7,7 +7,7 @@
 pub mod envelope;
 pub mod push;
 
-pub use push::{Body, encode_message, encode_push};
+pub use push::{Body, Compressed, Frames, encode_message, encode_push};
 
 /// A stable error code: the `code` of every JSON error, on `/ws` and on the control socket
 /// (docs/protocol.md, docs/control.md). One enum, rendered in one place, so a code cannot be

@@ -1,7 +1,9 @@
 //! Payloads encoded once, in both client formats: the JSON envelope (`{"op":"message",...}` or
 //! `{"op":"push",...}`) and the raw payload, each a complete server frame in one `Bytes` that
-//! every recipient's queue shares.
+//! every recipient's queue shares, and once more compressed (RFC 7692) for the recipients that
+//! negotiated permessage-deflate ([`Frames`]).
 
+use crate::proto::deflate::Compressor;
 use crate::proto::frame::{self, OpCode};
 use crate::wire::envelope;
 use base64::Engine;
@@ -17,6 +19,104 @@ pub enum Body {
     Text(Bytes),
     /// Bytes: raw subscribers get a binary frame, envelopes `"b64":"..."`.
     Binary(Bytes),
+}
+
+/// One published message, encoded once per client format: the plain frames every client can
+/// read, and their compressed versions (RSV1 set, RFC 7692 §6) for permessage-deflate clients.
+/// An empty compressed frame means there is none (deflate off, payload below
+/// `deflate_min_bytes`, or compression did not make it smaller): those clients get the plain one,
+/// as RSV1 marks compression per message.
+#[derive(Debug, Clone, Default)]
+pub struct Frames {
+    /// The `{"op":"message",...}` text frame.
+    pub envelope: Bytes,
+    /// The payload as a text or binary frame.
+    pub raw: Bytes,
+    /// `envelope` compressed, or empty.
+    pub envelope_z: Bytes,
+    /// `raw` compressed, or empty.
+    pub raw_z: Bytes,
+}
+
+/// What compressing a message's frames did (for the counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compressed {
+    /// Frames compressed (0, 1 or 2).
+    pub frames: u64,
+    /// Payload bytes the compressed frames save over the plain ones.
+    pub bytes_saved: u64,
+}
+
+impl Frames {
+    /// The plain frames of one message.
+    pub fn plain(envelope: Bytes, raw: Bytes) -> Frames {
+        Frames {
+            envelope,
+            raw,
+            ..Frames::default()
+        }
+    }
+
+    /// The frame for a client of this format that agreed permessage-deflate with this server
+    /// window (bits; 0: not agreed). A compressed frame goes only where its back-references
+    /// stay within the client's window (`deflate::fits_window`).
+    pub fn pick(&self, raw: bool, deflate_window_bits: u8) -> &Bytes {
+        let (plain, compressed) = if raw {
+            (&self.raw, &self.raw_z)
+        } else {
+            (&self.envelope, &self.envelope_z)
+        };
+        let fits = || {
+            let payload_len = frame::server_payload(plain).len();
+            crate::proto::deflate::fits_window(payload_len, deflate_window_bits)
+        };
+        if deflate_window_bits != 0 && !compressed.is_empty() && fits() {
+            compressed
+        } else {
+            plain
+        }
+    }
+
+    /// Bytes the frames hold (for history's budget).
+    pub fn len(&self) -> usize {
+        self.envelope.len() + self.raw.len() + self.envelope_z.len() + self.raw_z.len()
+    }
+
+    /// Whether no frame holds a byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds the compressed versions of both frames whose payload has at least `min_bytes`,
+    /// keeping only those that come out smaller. `scratch` is the caller's buffer, reused.
+    pub fn compress(
+        &mut self,
+        compressor: &mut Compressor,
+        min_bytes: usize,
+        scratch: &mut Vec<u8>,
+    ) -> Compressed {
+        let mut done = Compressed::default();
+        for (plain, compressed) in [
+            (&self.envelope, &mut self.envelope_z),
+            (&self.raw, &mut self.raw_z),
+        ] {
+            let payload = frame::server_payload(plain);
+            if plain.is_empty() || payload.len() < min_bytes.max(1) {
+                continue;
+            }
+            // The plain frame's opcode: text or binary (RFC 7692 §6: RSV1 on a data frame).
+            let op = frame::opcode_from_u8(plain[0] & 0x0f).unwrap_or(OpCode::Binary);
+            scratch.clear();
+            compressor.compress(payload, scratch);
+            if scratch.len() >= payload.len() {
+                continue;
+            }
+            *compressed = frame::encode_compressed(op, scratch);
+            done.frames += 1;
+            done.bytes_saved += (payload.len() - scratch.len()) as u64;
+        }
+        done
+    }
 }
 
 /// Encodes a direct push (control `send`, or `broadcast` to every connection) once in both
@@ -78,6 +178,44 @@ pub fn encode_message(channel: &str, offset: u64, body: &Body) -> (Bytes, Bytes)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_compress_once_per_format() {
+        let data = Bytes::from(format!("{{\"text\":\"{}\"}}", "hello ".repeat(100)));
+        let (envelope, raw) = encode_message("news", 3, &Body::Json(data.clone()));
+        let mut frames = Frames::plain(envelope.clone(), raw.clone());
+        let mut compressor = Compressor::default();
+        let mut scratch = Vec::new();
+        let done = frames.compress(&mut compressor, 256, &mut scratch);
+        assert_eq!(done.frames, 2);
+        assert!(done.bytes_saved > 1000, "{done:?}");
+        assert_eq!(frames.pick(false, 0), &envelope);
+        assert_eq!(frames.pick(true, 0), &raw);
+        let mut inflater = crate::proto::deflate::Inflater::default();
+        for (raw_format, plain) in [(false, &envelope), (true, &raw)] {
+            let z = frames.pick(raw_format, 15);
+            // FIN, RSV1, text.
+            assert_eq!(z[0], 0xc1);
+            let mut out = Vec::new();
+            inflater
+                .inflate(frame::server_payload(z), 1 << 20, &mut out)
+                .unwrap();
+            assert_eq!(out, frame::server_payload(plain));
+        }
+        // A client that limited the server window to 512 bytes gets the plain ~600-byte raw frame.
+        assert_eq!(frames.pick(true, 9), &raw);
+        assert_eq!(frames.pick(true, 10)[0], 0xc1);
+        // Below the threshold, or not smaller: the plain frames serve everyone.
+        let (envelope, raw) = encode_message("n", 1, &Body::Text(Bytes::from_static(b"short")));
+        let mut frames = Frames::plain(envelope.clone(), raw);
+        assert_eq!(
+            frames.compress(&mut compressor, 256, &mut scratch).frames,
+            0
+        );
+        // "short" takes 7 bytes compressed: the raw frame stays plain.
+        assert!(frames.compress(&mut compressor, 0, &mut scratch).frames <= 1);
+        assert_eq!(frames.pick(true, 15)[0], 0x81);
+    }
 
     #[test]
     fn both_formats_encode_once() {

@@ -525,7 +525,7 @@ mod tests {
             stop: Arc::new(AtomicBool::new(false)),
         };
         let shard = UringShard::new(engine, io, &config.limits).unwrap();
-        let terms = crate::budget::shard_budget(&config.limits, 1, false);
+        let terms = crate::budget::shard_budget(&config.limits, 1, false, false);
         assert_eq!(
             shard.preallocated_bytes(),
             crate::budget::fixed_bytes(&terms)

@@ -40,10 +40,17 @@ type Frame = (u8, Vec<u8>);
 
 impl Ws {
     fn open(c: &mut Cluster, shard: usize, path: &str) -> Ws {
+        Ws::open_with(c, shard, path, "").0
+    }
+
+    /// Opens with `headers` (whole lines, e.g. `Sec-WebSocket-Extensions: ...\r\n`) added to
+    /// the request; returns the 101's head too.
+    fn open_with(c: &mut Cluster, shard: usize, path: &str, headers: &str) -> (Ws, String) {
         let sock = c.connect(shard, Listener::WebSocket);
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             {headers}\r\n"
         );
         c.write(sock, req.as_bytes());
         c.settle();
@@ -60,7 +67,7 @@ impl Ws {
         let head = String::from_utf8_lossy(&ws.buf[..end]).to_string();
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         ws.buf.drain(..end + 4);
-        ws
+        (ws, head)
     }
 
     fn send_text(&self, c: &mut Cluster, text: &str) {
@@ -72,6 +79,16 @@ impl Ws {
 
     /// Every complete frame received so far.
     fn frames(&mut self, c: &mut Cluster) -> Vec<Frame> {
+        let mut frames = self.frames_with_bits(c);
+        for frame in &mut frames {
+            frame.0 &= 0x0f;
+        }
+        frames
+    }
+
+    /// Every complete frame received so far, with its whole first header byte (FIN, RSV bits
+    /// and opcode).
+    fn frames_with_bits(&mut self, c: &mut Cluster) -> Vec<Frame> {
         self.buf.extend(c.read(self.sock));
         let mut out = Vec::new();
         loop {
@@ -91,7 +108,7 @@ impl Ws {
             if b.len() < start + len {
                 break;
             }
-            out.push((b[0] & 0x0f, b[start..start + len].to_vec()));
+            out.push((b[0], b[start..start + len].to_vec()));
             self.buf.drain(..start + len);
         }
         out
@@ -1364,4 +1381,5 @@ fn the_list_of_connections_owing_auth_stays_bounded() {
     );
 }
 
+mod deflate;
 mod users;
