@@ -1,4 +1,4 @@
-//! Drivers: the thin loops that run an [`Engine`](crate::engine::Engine) over a kernel
+//! Drivers: the thin loops that run an [`Engine`] over a kernel
 //! interface. Only this module (and `xshard`'s doorbell) talks to the kernel.
 //!
 //! - [`uring`]: io_uring — multishot accept, multishot receive into a provided-buffer ring,
