@@ -539,7 +539,7 @@ impl Engine {
 
     /// Whether this publishing connection must stop before its next line: this shard is over
     /// its high watermark, or another shard said so.
-    fn publisher_must_wait(&mut self, slot: usize) -> bool {
+    pub(super) fn publisher_must_wait(&mut self, slot: usize) -> bool {
         let publisher = self.conns[slot].control().is_some_and(|s| s.publisher);
         publisher
             && (self.queued_bytes > self.high_watermark()
@@ -558,6 +558,12 @@ impl Engine {
         debug_assert!(state.held.is_empty());
         state.lines.reset();
         state.held = rest.to_vec();
+        self.pause_publisher(slot);
+    }
+
+    /// Pauses a publisher for backpressure (an HTTP connection's unparsed requests stay in its
+    /// own buffer; a control connection's rest of input in `held`).
+    pub(super) fn pause_publisher(&mut self, slot: usize) {
         self.pause_control(slot);
         self.publishers_paused = true;
     }
@@ -566,6 +572,8 @@ impl Engine {
     /// connection is not paused (the caller handles the bytes now).
     pub(super) fn hold_control_input(&mut self, slot: usize, data: &[u8]) -> bool {
         match self.conns[slot].control() {
+            // An HTTP connection keeps what arrives in its own request buffer (bounded there).
+            Some(state) if state.is_http => false,
             // Drivers stop reading at once; what still arrives was already on its way (a
             // few receive buffers). Past HELD_INPUT_MAX the input is handled now rather than
             // held without a bound: backpressure yields, the other bounds still hold.
@@ -585,18 +593,6 @@ impl Engine {
     #[cfg(test)]
     pub(crate) fn unauthed_order_len(&self) -> usize {
         self.unauthed_order.len()
-    }
-
-    /// Whether a publishing connection must stop before its next request (see
-    /// `publisher_must_wait`), for the HTTP path.
-    pub(super) fn publisher_must_wait_now(&mut self, slot: usize) -> bool {
-        self.publisher_must_wait(slot)
-    }
-
-    /// Pauses a publishing HTTP connection: its unparsed requests stay in its buffer.
-    pub(super) fn pause_control_now(&mut self, slot: usize) {
-        self.pause_control(slot);
-        self.publishers_paused = true;
     }
 
     /// Stops reading a control connection (backpressure), once.

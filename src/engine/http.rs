@@ -127,7 +127,15 @@ impl Engine {
         let Some(buf) = state.http.as_mut() else {
             return;
         };
+        // While paused (backpressure) requests wait in the buffer, up to what one request may
+        // take; past it they are parsed anyway — the bound wins over the pause, as a control
+        // connection's held input does (counted alike).
+        let cap = limits.head_bytes_max + limits.body_bytes_max;
+        let overrun = state.paused && buf.len() + data.len() > cap;
         buf.extend_from_slice(data);
+        if overrun {
+            self.counters.publisher_pause_overruns += 1;
+        }
         loop {
             if !self.conns.contains(slot) {
                 return;
@@ -139,12 +147,12 @@ impl Engine {
             let Some(state) = conn.control() else {
                 return;
             };
-            if state.paused {
-                return; // resumed by backpressure's end
-            }
             let Some(buf) = state.http.as_mut() else {
                 return;
             };
+            if state.paused && buf.len() <= cap {
+                return; // resumed by backpressure's end
+            }
             let parsed = http::parse(buf, &limits);
             match parsed {
                 Ok(None) => return,
@@ -163,13 +171,13 @@ impl Engine {
                         self.flush_replies(slot);
                         return self.close_after_flush(slot);
                     }
-                    if self.publisher_must_wait_now(slot) {
-                        return self.pause_control_now(slot);
+                    if self.publisher_must_wait(slot) {
+                        return self.pause_publisher(slot);
                     }
                 }
                 Err(e) => {
                     self.counters.http_errors += 1;
-                    self.http_raw(slot, e.response());
+                    self.reply_raw(slot, e.response());
                     if let Some(state) = self.conns[slot].control() {
                         state.http = None;
                     }
@@ -180,18 +188,13 @@ impl Engine {
         }
     }
 
-    /// Queues a complete response (in order behind the pending ones).
-    fn http_raw(&mut self, slot: usize, response: Vec<u8>) {
-        self.reply_raw(slot, response);
-    }
-
     fn http_json_error(&mut self, slot: usize, status: u16, code: &str, message: &str) {
         let extra: &[(&str, &str)] = if status == 401 {
             &[("WWW-Authenticate", "Bearer")]
         } else {
             &[]
         };
-        self.http_raw(
+        self.reply_raw(
             slot,
             http::response::error_json(status, code, message, true, extra),
         );
@@ -219,31 +222,31 @@ impl Engine {
                     true,
                     &allow,
                 );
-                self.http_raw(slot, r)
+                self.reply_raw(slot, r)
             }
-            "/healthz" => self.http_raw(slot, page(200, "text/plain; charset=utf-8", b"ok\n")),
+            "/healthz" => self.reply_raw(slot, page(200, "text/plain; charset=utf-8", b"ok\n")),
             "/readyz" => {
                 let r = if self.is_draining() {
                     page(503, "text/plain; charset=utf-8", b"draining\n")
                 } else {
                     page(200, "text/plain; charset=utf-8", b"ready\n")
                 };
-                self.http_raw(slot, r)
+                self.reply_raw(slot, r)
             }
             "/metrics" => {
                 let shards: Vec<crate::stats::Counters> =
                     self.all_published.iter().map(|p| p.read()).collect();
                 let text = crate::metrics::render(&shards);
                 let ctype = "text/plain; version=0.0.4; charset=utf-8";
-                self.http_raw(slot, page(200, ctype, text.as_bytes()))
+                self.reply_raw(slot, page(200, ctype, text.as_bytes()))
             }
             "/" | "/dashboard" => {
                 let ctype = "text/html; charset=utf-8";
-                self.http_raw(slot, page(200, ctype, DASHBOARD.as_bytes()))
+                self.reply_raw(slot, page(200, ctype, DASHBOARD.as_bytes()))
             }
             _ => match path.strip_prefix("/api/") {
                 Some(method) if API_METHODS.contains(&method) => {
-                    self.on_api(slot, method, &request, get)
+                    self.on_api(slot, method, &request)
                 }
                 _ => self.http_json_error(slot, 404, "not_found", "no such path"),
             },
@@ -271,7 +274,7 @@ impl Engine {
         self.execute(slot, method, None, false);
     }
 
-    fn on_api(&mut self, slot: usize, method: &str, request: &Request, get: bool) {
+    fn on_api(&mut self, slot: usize, method: &str, request: &Request) {
         use http::request::Method as M;
         let reads = READ_METHODS.contains(&method);
         let line = match request.method {
@@ -318,10 +321,9 @@ impl Engine {
                     true,
                     &[("Allow", allow)],
                 );
-                return self.http_raw(slot, r);
+                return self.reply_raw(slot, r);
             }
         };
-        let _ = get;
         let Some(line) = line else {
             return self.http_json_error(slot, 400, "bad_json", "bad query string");
         };

@@ -156,14 +156,14 @@ impl Engine {
         info: Option<Arc<str>>,
         by_token: bool,
     ) {
-        self.presence_leave_all(slot);
+        self.presence_all(slot, false);
         if let Some(old) = self.user_of(slot) {
             // Re-binding the same user keeps its registration (the owner already counts it).
             if user.as_deref() == Some(&*old) && !by_token {
                 if let Some(identity) = self.conns[slot].ext_mut().identity.as_mut() {
                     identity.info = info;
                 }
-                return self.presence_join_all(slot);
+                return self.presence_all(slot, true);
             }
             self.unregister_user(slot, old);
         }
@@ -174,7 +174,7 @@ impl Engine {
         if let (Some(user), true) = (user, by_token) {
             self.register_user(slot, user);
         }
-        self.presence_join_all(slot);
+        self.presence_all(slot, true);
     }
 
     /// `{"op":"auth"}` and `{"op":"refresh"}` from a client.

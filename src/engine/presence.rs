@@ -41,27 +41,16 @@ impl Engine {
         );
     }
 
-    /// Leaves the presence of every channel `slot` subscribes to (before its identity changes).
-    pub(super) fn presence_leave_all(&mut self, slot: usize) {
+    /// Leaves (`join` false: before its identity changes) or joins (after it changed) the
+    /// presence of every channel `slot` subscribes to.
+    pub(super) fn presence_all(&mut self, slot: usize, join: bool) {
         let names: Vec<Arc<str>> = self.conns[slot]
             .subs
             .iter()
             .map(|m| self.local.get(m.channel).name.clone())
             .collect();
         for name in names {
-            self.presence_delta(slot, name, false);
-        }
-    }
-
-    /// Joins the presence of every channel `slot` subscribes to (after its identity changed).
-    pub(super) fn presence_join_all(&mut self, slot: usize) {
-        let names: Vec<Arc<str>> = self.conns[slot]
-            .subs
-            .iter()
-            .map(|m| self.local.get(m.channel).name.clone())
-            .collect();
-        for name in names {
-            self.presence_delta(slot, name, true);
+            self.presence_delta(slot, name, join);
         }
     }
 

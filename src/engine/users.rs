@@ -178,7 +178,7 @@ impl Engine {
     /// The owner: an operation on every connection of `user`.
     pub(super) fn on_user_op(&mut self, user: &str, op: UserOp, reply: Option<ReplyTo>) {
         let conns: Vec<u64> = self.users.conns(user).to_vec();
-        let part = match op {
+        let part = match &op {
             UserOp::Conns => {
                 let mut out = format!("{{\"user\":{},\"conns\":[", quoted(user));
                 for (i, c) in conns.iter().enumerate() {
@@ -191,38 +191,28 @@ impl Engine {
                 Part::Json(out)
             }
             UserOp::Send(body) => {
-                for &c in &conns {
-                    if let Some(conn) = ConnId::from_u64(c) {
-                        self.send_x(
-                            conn.shard(),
-                            XMsg::ToConn {
-                                conn,
-                                action: ConnAction::Send(body.clone()),
-                                reply: None,
-                            },
-                        );
-                    }
-                }
+                self.act_on_conns(&conns, || ConnAction::Send(body.clone()));
                 Part::Json(format!("{{\"connections\":{}}}", conns.len()))
             }
             UserOp::Disconnect(code, reason) => {
-                for &c in &conns {
-                    if let Some(conn) = ConnId::from_u64(c) {
-                        self.send_x(
-                            conn.shard(),
-                            XMsg::ToConn {
-                                conn,
-                                action: ConnAction::Disconnect(code, reason.clone()),
-                                reply: None,
-                            },
-                        );
-                    }
-                }
+                self.act_on_conns(&conns, || ConnAction::Disconnect(*code, reason.clone()));
                 Part::Json(format!("{{\"connections\":{}}}", conns.len()))
             }
         };
         if let Some(to) = reply {
             self.send_x(to.shard as usize, XMsg::Reply { to, part });
+        }
+    }
+
+    /// Sends `action()` to each of `conns` on its shard (no reply: the owner answered already).
+    fn act_on_conns(&mut self, conns: &[u64], action: impl Fn() -> ConnAction) {
+        for conn in conns.iter().filter_map(|&c| ConnId::from_u64(c)) {
+            let msg = XMsg::ToConn {
+                conn,
+                action: action(),
+                reply: None,
+            };
+            self.send_x(conn.shard(), msg);
         }
     }
 
