@@ -26,6 +26,8 @@
 //! - Responses always carry `Content-Length` (except 204 and 304, which have no content), so a
 //!   response never needs chunked encoding or a close to delimit it.
 
+#[doc(hidden)]
+pub mod fuzz;
 pub mod query;
 pub mod request;
 pub mod response;
