@@ -23,6 +23,7 @@
 //! server under test, and it reports its own CPU use so a run where it saturates is flagged.
 
 mod envelope;
+mod inflate;
 mod payload;
 mod plot;
 mod pool;
@@ -100,6 +101,10 @@ pub struct Common {
     /// No progress line even on a terminal.
     #[arg(long)]
     pub quiet: bool,
+    /// Offer permessage-deflate (RFC 7692) as browsers do, and inflate the compressed messages
+    /// the server sends (the first bytes of each, through a shared cache: see `inflate`).
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 fn main() {

@@ -16,6 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use hdrhistogram::Histogram;
 
+use crate::inflate::Inflater;
 use crate::report::Progress;
 use crate::sys::{self, Event, Interest, Poller};
 use crate::target::WsUrl;
@@ -164,6 +165,15 @@ pub struct PoolStats {
     pub bytes_in: u64,
     /// Pings answered with a pong.
     pub pings: u64,
+    /// Upgrades whose response accepted permessage-deflate (`set_deflate`).
+    pub deflate_negotiated: u64,
+    /// Data messages that arrived compressed (RSV1).
+    pub compressed_messages: u64,
+    /// Of those, how many the shared inflater had to inflate (the rest repeated bytes it had
+    /// just inflated for another connection), and how many did not inflate.
+    pub inflated: u64,
+    /// Compressed messages that were not valid raw DEFLATE (counted as unparsable as well).
+    pub inflate_errors: u64,
     /// Failures by kind ("connect: ...", "handshake: ...", "closed by server: code ...").
     pub errors: BTreeMap<String, u64>,
     /// Upgrade latency, connect() to 101, µs.
@@ -183,6 +193,11 @@ pub struct Pool {
     in_flight: usize,
     coalesce_ns: u64,
     last_events: usize,
+    /// Offer permessage-deflate in every upgrade request.
+    deflate: bool,
+    /// Shared by all connections: compressed messages are inflated here, as far as the reader's
+    /// prefix width (see `inflate`).
+    inflater: Inflater,
     /// Counters.
     pub stats: PoolStats,
 }
@@ -213,6 +228,8 @@ impl Pool {
             in_flight: 0,
             coalesce_ns: 0,
             last_events: 0,
+            deflate: false,
+            inflater: Inflater::default(),
             stats: PoolStats {
                 started: 0,
                 opened: 0,
@@ -229,6 +246,10 @@ impl Pool {
                 messages: 0,
                 bytes_in: 0,
                 pings: 0,
+                deflate_negotiated: 0,
+                compressed_messages: 0,
+                inflated: 0,
+                inflate_errors: 0,
                 errors: BTreeMap::new(),
                 handshake_us: new_histogram(),
             },
@@ -247,6 +268,12 @@ impl Pool {
     /// at most `ns` added to a latency reading. 0 disables it.
     pub fn set_coalesce(&mut self, ns: u64) {
         self.coalesce_ns = ns;
+    }
+
+    /// Offers permessage-deflate (RFC 7692) in the upgrade requests of connections started from
+    /// now on; connections whose server accepts it read compressed messages.
+    pub fn set_deflate(&mut self, on: bool) {
+        self.deflate = on;
     }
 
     /// State of connection `i`.
@@ -512,7 +539,7 @@ impl Pool {
             conn.state = State::Connecting;
             conn.started_ns = started_ns;
             conn.accept = ws::accept_key(&key);
-            conn.out = ws::request(&self.url.host, path, &key);
+            conn.out = ws::request(&self.url.host, path, &key, self.deflate);
         }
         let fd = match sys::tcp_socket(&self.url.addr, src) {
             Ok(fd) => fd,
@@ -668,6 +695,10 @@ impl Pool {
                 Response::Partial => {}
                 Response::Refused(why) => self.fail(i, format!("handshake: {why}")),
                 Response::Upgraded(at) => {
+                    if self.deflate && ws::deflate_accepted(&conn.response[..at]) {
+                        conn.reader.enable_deflate();
+                        self.stats.deflate_negotiated += 1;
+                    }
                     let rest = std::mem::take(&mut conn.response).split_off(at);
                     conn.accept = String::new();
                     conn.state = State::Open;
@@ -702,14 +733,35 @@ impl Pool {
             conns,
             scratch,
             stats,
+            inflater,
             ..
         } = self;
         scratch.clear();
         let mut close: Option<Option<u16>> = None;
+        let width = conns[i].reader.prefix_width();
         let result = conns[i].reader.feed(bytes, &mut |ev| match ev {
-            ws::Event::Message { text, prefix, len } => {
+            ws::Event::Message {
+                text,
+                prefix,
+                len,
+                compressed: false,
+            } => {
                 stats.messages += 1;
                 h.message(i, text, prefix, len, now);
+            }
+            ws::Event::Message {
+                text,
+                prefix,
+                len,
+                compressed: true,
+            } => {
+                stats.messages += 1;
+                stats.compressed_messages += 1;
+                // Bytes that do not inflate reach the handler as an empty prefix: unparsable.
+                let plain = inflater.prefix(prefix, width).unwrap_or(&[]);
+                h.message(i, text, plain, len, now);
+                stats.inflated = inflater.inflated;
+                stats.inflate_errors = inflater.errors;
             }
             ws::Event::Ping(payload) => {
                 stats.pings += 1;

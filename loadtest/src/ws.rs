@@ -19,6 +19,12 @@ const CONTROL_MAX: usize = 125;
 /// Refuse frames above this: nothing in a benchmark is that large, and the length would
 /// otherwise be trusted from the wire.
 const FRAME_BYTES_MAX: u64 = 1 << 31;
+/// Compressed bytes of each message a deflate reader captures (`FrameReader::enable_deflate`):
+/// enough to inflate the first `WIDE_PREFIX_MAX` bytes of any message seen in a benchmark.
+pub const DEFLATE_CAPTURE_MAX: usize = 4096;
+/// What a `--deflate` client offers: what browsers send (RFC 7692 §7.1.2.2: the client accepts
+/// any `client_max_window_bits` the server names).
+pub const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
 /// A handshake response larger than this is an error.
 pub const RESPONSE_BYTES_MAX: usize = 8192;
 
@@ -70,13 +76,33 @@ pub fn accept_key(key: &str) -> String {
     base64(&sha.digest().bytes())
 }
 
-/// The upgrade request for `path` on `host` with a base64 `key`.
-pub fn request(host: &str, path: &str, key: &str) -> Vec<u8> {
+/// The upgrade request for `path` on `host` with a base64 `key`, offering permessage-deflate
+/// when `deflate` is set.
+pub fn request(host: &str, path: &str, key: &str, deflate: bool) -> Vec<u8> {
+    let ext = if deflate {
+        format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n")
+    } else {
+        String::new()
+    };
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
     )
     .into_bytes()
+}
+
+/// Whether a 101 response head accepted permessage-deflate (RFC 7692 §5: the server names the
+/// extension in `Sec-WebSocket-Extensions`).
+pub fn deflate_accepted(head: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(head);
+    head.split("\r\n").any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("sec-websocket-extensions")
+                && value
+                    .split(',')
+                    .any(|ext| ext.split(';').next().map(str::trim) == Some("permessage-deflate"))
+        })
+    })
 }
 
 /// Outcome of looking at the bytes received so far in answer to the upgrade request.
@@ -145,8 +171,11 @@ pub enum Event<'a> {
         text: bool,
         /// Up to `PREFIX_MAX` first bytes (`WIDE_PREFIX_MAX` for a wide reader).
         prefix: &'a [u8],
-        /// Total payload length over all fragments.
+        /// Total payload length over all fragments (as sent: compressed when `compressed`).
         len: u64,
+        /// RSV1 was set (RFC 7692 §6): `prefix` holds the first compressed bytes, up to
+        /// `DEFLATE_CAPTURE_MAX`.
+        compressed: bool,
     },
     /// A ping with its payload (to be echoed in a pong).
     Ping(&'a [u8]),
@@ -204,6 +233,10 @@ pub struct FrameReader {
     prefix_len: u16,
     /// The capture buffer of a wide reader (then `prefix` is unused).
     wide: Option<Box<[u8; WIDE_PREFIX_MAX]>>,
+    /// permessage-deflate was negotiated: RSV1 is allowed on a message's first frame, and a
+    /// compressed message is captured here.
+    deflate: Option<Box<[u8; DEFLATE_CAPTURE_MAX]>>,
+    message_compressed: bool,
     control: [u8; CONTROL_MAX],
     control_len: u8,
 }
@@ -224,6 +257,8 @@ impl Default for FrameReader {
             prefix: [0; PREFIX_MAX],
             prefix_len: 0,
             wide: None,
+            deflate: None,
+            message_compressed: false,
             control: [0; CONTROL_MAX],
             control_len: 0,
         }
@@ -248,13 +283,30 @@ impl FrameReader {
         }
     }
 
-    /// Back to the state of a new reader (for a new connection), keeping its width.
+    /// Back to the state of a new reader (for a new connection), keeping its width; a new
+    /// connection negotiates deflate again.
     pub fn reset(&mut self) {
         let wide = self.wide.take();
         *self = FrameReader {
             wide,
             ..FrameReader::default()
         };
+    }
+
+    /// Bytes of each message's start this reader hands on (uncompressed).
+    pub fn prefix_width(&self) -> usize {
+        if self.wide.is_some() {
+            WIDE_PREFIX_MAX
+        } else {
+            PREFIX_MAX
+        }
+    }
+
+    /// permessage-deflate was negotiated on this connection (RFC 7692 §6).
+    pub fn enable_deflate(&mut self) {
+        if self.deflate.is_none() {
+            self.deflate = Some(Box::new([0; DEFLATE_CAPTURE_MAX]));
+        }
     }
 
     /// Consumes `input`, calling `sink` for each complete message or control frame.
@@ -322,7 +374,11 @@ impl FrameReader {
     fn start_frame(&mut self) -> Result<(), ReadError> {
         let (b0, b1) = (self.header[0], self.header[1]);
         self.header_len = 0;
-        if b0 & 0x70 != 0 {
+        // RSV1 marks a compressed message on its first frame only (RFC 7692 §6.1); RSV2/3 are
+        // never defined here.
+        let rsv1 = b0 & 0x40 != 0;
+        let first_data = matches!(b0 & 0x0f, opcode::TEXT | opcode::BINARY);
+        if b0 & 0x30 != 0 || (rsv1 && (self.deflate.is_none() || !first_data)) {
             return Err(ReadError::Reserved);
         }
         let len = match b1 & 0x7f {
@@ -340,6 +396,7 @@ impl FrameReader {
                     return Err(ReadError::Fragmentation);
                 }
                 self.in_message = true;
+                self.message_compressed = rsv1;
                 self.message_text = op == opcode::TEXT;
                 self.message_len = 0;
                 self.prefix_len = 0;
@@ -371,9 +428,10 @@ impl FrameReader {
             self.control[at..at + bytes.len()].copy_from_slice(bytes);
             self.control_len += bytes.len() as u8;
         } else {
-            let buf: &mut [u8] = match &mut self.wide {
-                Some(w) => &mut w[..],
-                None => &mut self.prefix[..],
+            let buf: &mut [u8] = match (&mut self.deflate, &mut self.wide) {
+                (Some(d), _) if self.message_compressed => &mut d[..],
+                (_, Some(w)) => &mut w[..],
+                (_, None) => &mut self.prefix[..],
             };
             let at = usize::from(self.prefix_len);
             let take = bytes.len().min(buf.len() - at);
@@ -397,14 +455,16 @@ impl FrameReader {
                 self.message_len += self.frame_len;
                 if self.frame_fin {
                     self.in_message = false;
-                    let buf: &[u8] = match &self.wide {
-                        Some(w) => &w[..],
-                        None => &self.prefix[..],
+                    let buf: &[u8] = match (&self.deflate, &self.wide) {
+                        (Some(d), _) if self.message_compressed => &d[..],
+                        (_, Some(w)) => &w[..],
+                        (_, None) => &self.prefix[..],
                     };
                     sink(Event::Message {
                         text: self.message_text,
                         prefix: &buf[..usize::from(self.prefix_len)],
                         len: self.message_len,
+                        compressed: self.message_compressed,
                     });
                 }
             }
@@ -431,7 +491,9 @@ mod tests {
     ) -> Result<(), ReadError> {
         reader.feed(input, &mut |ev| {
             out.push(match ev {
-                Event::Message { text, prefix, len } => Owned::Message(text, prefix.to_vec(), len),
+                Event::Message {
+                    text, prefix, len, ..
+                } => Owned::Message(text, prefix.to_vec(), len),
                 Event::Ping(p) => Owned::Ping(p.to_vec()),
                 Event::Pong => Owned::Pong,
                 Event::Close(c) => Owned::Close(c),
@@ -576,6 +638,80 @@ mod tests {
         assert_eq!(
             collect(&mut FrameReader::default(), &nested, &mut out),
             Err(ReadError::Fragmentation)
+        );
+    }
+
+    #[test]
+    fn rsv1_only_with_deflate_and_only_on_a_first_frame() {
+        // Without the extension RSV1 is a protocol error (RFC 6455 §5.2).
+        let compressed_text = server_frame(0xC1, &[0xf2, 0x48, 0x05, 0x00]);
+        let mut out = Vec::new();
+        assert_eq!(
+            collect(&mut FrameReader::default(), &compressed_text, &mut out),
+            Err(ReadError::Reserved)
+        );
+        // With it, the message is flagged and its compressed bytes captured whole.
+        let mut r = FrameReader::default();
+        r.enable_deflate();
+        let mut seen = Vec::new();
+        r.feed(&compressed_text, &mut |ev| {
+            if let Event::Message {
+                prefix, compressed, ..
+            } = ev
+            {
+                seen.push((prefix.to_vec(), compressed));
+            }
+        })
+        .expect("valid with deflate");
+        assert_eq!(seen, vec![(vec![0xf2, 0x48, 0x05, 0x00], true)]);
+        // Plain messages still pass through the plain prefix on a deflate reader.
+        seen.clear();
+        r.feed(&server_frame(0x81, b"plain"), &mut |ev| {
+            if let Event::Message {
+                prefix, compressed, ..
+            } = ev
+            {
+                seen.push((prefix.to_vec(), compressed));
+            }
+        })
+        .expect("plain frame");
+        assert_eq!(seen, vec![(b"plain".to_vec(), false)]);
+        // RSV1 on a continuation or a control frame is an error even with the extension (§6.1).
+        let mut cont = server_frame(0x41, b"a");
+        cont.extend_from_slice(&server_frame(0xC0, b"b"));
+        r.reset();
+        r.enable_deflate();
+        assert_eq!(collect(&mut r, &cont, &mut out), Err(ReadError::Reserved));
+        r.reset();
+        r.enable_deflate();
+        assert_eq!(
+            collect(&mut r, &server_frame(0xC9, b""), &mut out),
+            Err(ReadError::Reserved)
+        );
+    }
+
+    #[test]
+    fn deflate_acceptance_is_read_from_the_response_head() {
+        assert!(deflate_accepted(
+            b"HTTP/1.1 101 Switching Protocols\r\nsec-websocket-extensions: permessage-deflate; \
+              server_no_context_takeover; client_no_context_takeover"
+        ));
+        assert!(!deflate_accepted(
+            b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x"
+        ));
+        assert!(!deflate_accepted(
+            b"HTTP/1.1 101 OK\r\nSec-WebSocket-Extensions: x-permessage-deflate"
+        ));
+        let req = String::from_utf8(request("h", "/ws", "k", true)).expect("ascii");
+        assert!(
+            req.contains(
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            )
+        );
+        assert!(
+            !String::from_utf8(request("h", "/ws", "k", false))
+                .expect("ascii")
+                .contains("Extensions")
         );
     }
 

@@ -6,7 +6,9 @@
 //! And users: `presence` (HS256 tokens signed by the generator, verified by the server; one
 //! join and one leave per user), `events` (every connect and close once, or a gap for it), and
 //! `fanout` with a stalled event consumer and connection churn (the consumer loses events, the
-//! subscribers nothing).
+//! subscribers nothing). And `fanout --deflate`: subscribers that negotiated permessage-deflate
+//! get every message compressed (fewer bytes on the wire than the payload), inflated by the
+//! generator without a loss.
 
 use ringcast::config::{AuthConfig, Config, ControlConfig, Limits, Namespace};
 use ringcast::server::Server;
@@ -66,6 +68,75 @@ fn fanout_against_ringcast_loses_nothing() {
     assert_eq!(r["duplicated"], 0);
     let counters = server.counters();
     assert_eq!(counters.slow_consumers, 0);
+    server.shutdown();
+    server.wait().expect("clean shutdown");
+}
+
+#[test]
+fn deflate_subscribers_get_every_message_compressed() {
+    let sock = std::env::temp_dir().join(format!("ringcast-load-defl-{}.sock", std::process::id()));
+    let config = Config {
+        listen: "127.0.0.1:0"
+            .parse()
+            .expect("a literal address: cannot fail"),
+        shards: 2,
+        pin: false,
+        deflate: true,
+        control: ControlConfig {
+            listen: vec![format!("unix:{}", sock.display())],
+            token: None,
+        },
+        ..Config::default()
+    };
+    let server = Server::start(config).expect("server starts");
+    let url = format!("ws://{}/ws?format=raw&channel=bench", server.local_addr());
+    let control = format!("unix:{}", sock.display());
+    let v = run_load(
+        "deflate",
+        &[
+            "fanout",
+            "--url",
+            &url,
+            "--channel",
+            "bench",
+            "--control",
+            &control,
+            "-n",
+            "500",
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--drain",
+            "2",
+            "--payload",
+            "1024",
+            "--fill",
+            "json",
+            "--deflate",
+        ],
+    );
+    let r = &v["rates"][0];
+    assert_eq!(r["published"], 200);
+    assert_eq!(r["delivered"], 200 * 500);
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicated"], 0);
+    let io = &v["connections"]["generator_io"];
+    assert_eq!(io["deflate_negotiated"], 500);
+    assert_eq!(io["inflate_errors"], 0);
+    // Every data message came compressed (1 KiB is far above deflate_min_bytes), and the same
+    // compressed bytes went to every subscriber: the generator inflated each message about once.
+    assert_eq!(io["compressed_messages"], io["messages"]);
+    let messages = io["messages"].as_u64().expect("a count");
+    let inflated = io["inflated"].as_u64().expect("a count");
+    assert!(messages >= 200 * 500, "{io}");
+    assert!(
+        inflated * 100 < messages,
+        "inflated {inflated} of {messages}"
+    );
+    // The JSON fill compresses: fewer bytes per message on the wire than its 1,024-byte payload.
+    let per = io["bytes_in_per_message"].as_f64().expect("a ratio");
+    assert!(per < 800.0, "{per} bytes on the wire per message");
     server.shutdown();
     server.wait().expect("clean shutdown");
 }

@@ -84,6 +84,7 @@ pub fn run(args: ConnectArgs) -> Result<(), String> {
     let pid = args.common.server_pid;
     let path = url.path.clone();
     let mut pool = Pool::new(url, n, sources).map_err(|e| format!("epoll: {e}"))?;
+    pool.set_deflate(args.common.deflate);
 
     let (srv0, gen0) = (scenario::server_cpu(pid), scenario::self_cpu());
     let t0 = sys::now_ns();
@@ -393,6 +394,7 @@ fn run_storm(args: ConnectArgs) -> Result<(), String> {
     let connect_timeout_ns = (args.common.connect_timeout_s * 1e9) as u64;
 
     let mut pool = Pool::new(url, p + 2 * n, sources).map_err(|e| format!("epoll: {e}"))?;
+    pool.set_deflate(args.common.deflate);
     pool.set_coalesce(args.coalesce_us * 1000);
     let timer = Timer::new().map_err(|e| format!("timerfd: {e}"))?;
     pool.poller()

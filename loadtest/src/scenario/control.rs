@@ -93,8 +93,8 @@ impl ControlPub {
 
     /// Queues one `noreply` publish of `payload` (ASCII, no JSON escaping needed) to `channel`.
     pub fn publish(&mut self, channel: &str, payload: &[u8]) {
-        // The payload is ASCII hex and '.', so it needs no JSON escaping; the channel name is
-        // escaped by serde_json to be safe whatever the user passed.
+        // The payload is ASCII (hex and dots, or the JSON fill, whose quotes are escaped here);
+        // the channel name is escaped by serde_json to be safe whatever the user passed.
         let id = self.next_id;
         self.next_id += 1;
         let channel = serde_json::to_string(channel).expect("a str always serialises");
@@ -102,7 +102,7 @@ impl ControlPub {
             format!("{{\"id\":{id},\"method\":\"publish\",\"channel\":{channel},\"text\":\"")
                 .as_bytes(),
         );
-        self.out.extend_from_slice(payload);
+        crate::payload::push_json_string_body(payload, &mut self.out);
         self.out.extend_from_slice(b"\",\"noreply\":true}\n");
     }
 

@@ -532,6 +532,7 @@ pub fn run(args: EventsArgs) -> Result<(), String> {
     let connect_timeout_ns = (args.common.connect_timeout_s * 1e9) as u64;
 
     let mut pool = Pool::new(url, n + 1, sources).map_err(|e| format!("epoll: {e}"))?;
+    pool.set_deflate(args.common.deflate);
     for i in 0..=n {
         pool.set_wide(i);
     }

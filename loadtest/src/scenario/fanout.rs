@@ -77,6 +77,10 @@ pub struct Schedule {
     /// Payload bytes per publish (at least 40: stream, sequence number, intended send time).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(40..=1_048_576))]
     pub payload: u32,
+    /// What pads each payload past its 40-byte header: `dots`, or `json` (a JSON document of
+    /// varied events, at least 48 bytes, for measuring permessage-deflate on realistic pushes).
+    #[arg(long, value_enum, default_value = "dots")]
+    pub fill: payload::Fill,
     /// A rate holds when its p99 latency is within this budget and nothing is lost.
     #[arg(long, default_value_t = 1000)]
     pub p99_budget_ms: u64,
@@ -108,6 +112,12 @@ impl Schedule {
         }
         if !(self.warmup > 0.0 && self.warmup <= 600.0) {
             return Err("--warmup must be within (0, 600] s".into());
+        }
+        if self.fill == payload::Fill::Json && (self.payload as usize) < payload::JSON_MIN {
+            return Err(format!(
+                "--fill json needs --payload of at least {} bytes",
+                payload::JSON_MIN
+            ));
         }
         if self.p99_budget_ms == 0 || self.p99_budget_ms > 600_000 {
             return Err("--p99-budget-ms must be within [1, 600000]".into());
@@ -490,6 +500,7 @@ struct Run {
     channel_names: Vec<String>,
     next_seq: Vec<u64>,
     payload_bytes: usize,
+    fill: payload::Fill,
     scratch: Vec<u8>,
     read_buf: Vec<u8>,
     stalls: u64,
@@ -540,7 +551,7 @@ impl Run {
         };
         self.next_seq[stream] += 1;
         self.scratch.clear();
-        payload::encode(stamp, self.payload_bytes, &mut self.scratch);
+        payload::encode_with(stamp, self.payload_bytes, self.fill, &mut self.scratch);
         match &mut self.publisher {
             Publisher::Control(c) => c.publish(&self.channel_names[stream], &self.scratch),
             Publisher::Http(h) => h.publish(&self.scratch),
@@ -556,7 +567,7 @@ impl Run {
                         .expect("a str always serialises");
                     let mut cmd = format!("{{\"op\":\"publish\",\"channel\":{channel},\"data\":\"")
                         .into_bytes();
-                    cmd.extend_from_slice(&self.scratch);
+                    payload::push_json_string_body(&self.scratch, &mut cmd);
                     cmd.extend_from_slice(b"\"}");
                     self.scratch = cmd;
                 }
@@ -938,6 +949,7 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
     let slots = churn_from + plan.extras.churn_slots();
     let churn_path = envelope::ws_path(&url.path, None, true, None);
     let mut pool = Pool::new(url, slots, sources).map_err(|e| format!("epoll: {e}"))?;
+    pool.set_deflate(common.deflate);
     pool.set_coalesce(schedule.coalesce_us * 1000);
     if plan.slow_rcvbuf_bytes > 0 {
         for (i, _) in plan.slow.iter().enumerate().filter(|&(_, &s)| s) {
@@ -1063,6 +1075,7 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         channel_names: plan.channel_names,
         next_seq: vec![1; channels],
         payload_bytes: schedule.payload as usize,
+        fill: schedule.fill,
         scratch: Vec::new(),
         read_buf: vec![0; 64 * 1024],
         stalls: 0,

@@ -66,6 +66,7 @@ pub fn run(args: IdleArgs) -> Result<(), String> {
     let pid = args.common.server_pid;
     let path = url.path.clone();
     let mut pool = Pool::new(url, n, sources).map_err(|e| format!("epoll: {e}"))?;
+    pool.set_deflate(args.common.deflate);
 
     let before = sample(pid);
     let t0 = sys::now_ns();

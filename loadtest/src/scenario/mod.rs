@@ -177,6 +177,12 @@ pub fn pool_json(stats: &crate::pool::PoolStats) -> Value {
             "coalesce_sleeps": stats.coalesce_sleeps,
             "messages": stats.messages,
             "bytes_in": stats.bytes_in,
+            "bytes_in_per_message": (stats.messages > 0)
+                .then(|| round3(stats.bytes_in as f64 / stats.messages as f64)),
+            "deflate_negotiated": stats.deflate_negotiated,
+            "compressed_messages": stats.compressed_messages,
+            "inflated": stats.inflated,
+            "inflate_errors": stats.inflate_errors,
         },
     })
 }

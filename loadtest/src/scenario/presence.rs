@@ -470,6 +470,7 @@ pub fn run(args: PresenceArgs) -> Result<(), String> {
     let pid = args.common.server_pid;
 
     let mut pool = Pool::new(url, w + n, sources).map_err(|e| format!("epoll: {e}"))?;
+    pool.set_deflate(args.common.deflate);
     for i in 0..w {
         pool.set_wide(i);
     }

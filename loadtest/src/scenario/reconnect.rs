@@ -939,6 +939,7 @@ pub fn run(args: ReconnectArgs) -> Result<(), String> {
     let connect_timeout_ns = (args.common.connect_timeout_s * 1e9) as u64;
 
     let mut pool = Pool::new(url, n + r, sources).map_err(|e| format!("epoll: {e}"))?;
+    pool.set_deflate(args.common.deflate);
     pool.set_coalesce(args.coalesce_us * 1000);
     let timer = Timer::new().map_err(|e| format!("timerfd: {e}"))?;
     pool.poller()
