@@ -390,6 +390,10 @@ push_smokes() {
   for client in browser python node; do
     push_smoke "$client" "ws://127.0.0.1:$PORT/ws?channel=smoke:news&format=raw" 3 publish_smoke_news
   done
+  # Chromium with permessage-deflate on /ws: compressed pushes of a 2 KiB JSON document that
+  # must decode to the published text (tests/conformance/deflate-push.sh).
+  check deflate-push "$SMOKE_LIMIT_S" bash "$CONF/deflate-push.sh" \
+    "ws://127.0.0.1:$PORT/ws" "unix:$REPORT_DIR/control.sock"
   # The copy-paste publishers in examples/ (PHP, Python, Node, shell with socat and with nc),
   # each through the control socket to a real /ws subscriber that must get exactly its message.
   check examples "$EXAMPLES_LIMIT_S" bash "$CONF/examples.sh" \

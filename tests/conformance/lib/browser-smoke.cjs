@@ -1,7 +1,7 @@
 // Loads smoke.html in headless Chromium (the Debian package) through playwright-core and reports
 // the outcome the page writes into its title.
 // usage: node browser-smoke.cjs URL PROFILE_DIR
-// Environment: CHROMIUM (browser binary), SMOKE_MODE, SMOKE_SEND, SMOKE_EXPECT,
+// Environment: CHROMIUM (browser binary), SMOKE_MODE, SMOKE_SEND, SMOKE_EXPECT, SMOKE_WANT,
 //              SMOKE_TIMEOUT (seconds), SMOKE_OPEN_FILE (written once the page's socket is open).
 // Prints one "PASS ..." or "FAIL ..." line on stdout (the page's log goes to stderr); exit 0 or 1.
 'use strict';
@@ -16,6 +16,7 @@ const timeoutS = Number(process.env.SMOKE_TIMEOUT || 10);
 const q = new URLSearchParams({ url, mode: process.env.SMOKE_MODE || 'echo', timeout: String(timeoutS * 1000) });
 if (process.env.SMOKE_SEND !== undefined) q.set('send', process.env.SMOKE_SEND);
 if (process.env.SMOKE_EXPECT) q.set('expect', process.env.SMOKE_EXPECT);
+if (process.env.SMOKE_WANT !== undefined) q.set('want', process.env.SMOKE_WANT);
 const pageUrl = pathToFileURL(path.join(__dirname, 'smoke.html')).href + '?' + q.toString();
 
 (async () => {
