@@ -96,6 +96,20 @@ pub fn shard_budget(limits: &Limits, shards: usize, echo: bool, deflate: bool) -
                         * (std::mem::size_of::<libc::iovec>() + std::mem::size_of::<Bytes>())),
             fixed: false,
         },
+        // Between sends, a slot keeps its buffer for copied frames (engine::outbound) up to
+        // KEEP_COPIED_BYTES_MAX; what is in flight is counted in "outbound queues".
+        Term {
+            name: "send slot buffers",
+            bytes: limits.sends_in_flight_max * crate::engine::outbound::KEEP_COPIED_BYTES_MAX,
+            fixed: false,
+        },
+        // Drained queues kept for reuse, so a connection that receives every turn allocates
+        // nothing (engine::outbound::Owed), bounded per shard.
+        Term {
+            name: "spare queues",
+            bytes: crate::engine::outbound::SPARE_BYTES_MAX,
+            fixed: false,
+        },
         // Incoming cross-shard rings (one per other shard), allocated at start by the mesh.
         Term {
             name: "cross-shard rings",

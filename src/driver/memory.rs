@@ -8,6 +8,7 @@
 
 use crate::config::Config;
 use crate::engine::io::{Intent, Listener, SendResult, Sock, Token, Transmit};
+use crate::engine::outbound::Batch;
 use crate::engine::{Engine, EngineSetup};
 use crate::stats::{Counters, Published};
 use bytes::Bytes;
@@ -53,7 +54,7 @@ pub const WALL_BASE_MS: u64 = 1_700_000_000_000;
 struct Slot {
     token: Token,
     sock: Sock,
-    frames: Vec<Bytes>,
+    frames: Batch,
 }
 
 #[derive(Default)]
@@ -66,7 +67,7 @@ struct MemTx {
 }
 
 impl Transmit for MemTx {
-    fn reserve(&mut self) -> Option<(usize, &mut Vec<Bytes>)> {
+    fn reserve(&mut self) -> Option<(usize, &mut Batch)> {
         let index = match self.free.pop() {
             Some(i) => i,
             None if self.slots.len() < self.max => {
@@ -76,7 +77,7 @@ impl Transmit for MemTx {
                         generation: 0,
                     },
                     sock: Sock(-1),
-                    frames: Vec::new(),
+                    frames: Batch::default(),
                 });
                 self.slots.len() - 1
             }
@@ -94,8 +95,8 @@ impl Transmit for MemTx {
     fn in_flight(&self, f: &mut dyn FnMut(&Bytes)) -> usize {
         let mut handles = 0;
         for &i in &self.in_flight {
-            handles += self.slots[i].frames.capacity() * std::mem::size_of::<Bytes>();
-            self.slots[i].frames.iter().for_each(&mut *f);
+            handles += self.slots[i].frames.heap_bytes();
+            self.slots[i].frames.frames.iter().for_each(&mut *f);
         }
         handles
     }
@@ -358,7 +359,7 @@ impl Cluster {
                 self.shards[i].tx.free.push(index);
                 continue;
             }
-            let total: usize = slot.frames.iter().map(|f| f.len()).sum();
+            let total = slot.frames.len();
             let n = pipe.window.map_or(total, |w| w.min(total));
             if n == 0 {
                 still.push(index);
@@ -368,7 +369,7 @@ impl Cluster {
                 *w -= n;
             }
             let mut left = n;
-            for f in &slot.frames {
+            for f in slot.frames.chunks() {
                 let take = left.min(f.len());
                 pipe.from_server.extend_from_slice(&f[..take]);
                 left -= take;

@@ -20,6 +20,7 @@ pub mod uring;
 
 use crate::engine::Engine;
 use crate::engine::io::{SendResult, Sock, Token, Transmit};
+use crate::engine::outbound::Batch;
 use crate::xshard::Doorbell;
 use bytes::Bytes;
 use std::os::fd::OwnedFd;
@@ -63,7 +64,7 @@ pub struct SendSlot<X> {
     /// Its socket.
     pub sock: Sock,
     /// The batch being sent.
-    pub frames: Vec<Bytes>,
+    pub frames: Batch,
     /// The driver's own per-send data (iovecs, `msghdr`).
     pub extra: X,
 }
@@ -106,6 +107,7 @@ impl<X: Default> SendPool<X> {
         };
         let mut frames = std::mem::take(&mut slot.frames);
         engine.on_sent(slot.token, &mut frames, result);
+        // Empty again, keeping a small buffer's capacity for the next send.
         frames.clear();
         slot.frames = frames;
         self.free.push(index);
@@ -113,7 +115,7 @@ impl<X: Default> SendPool<X> {
 }
 
 impl<X: Default> Transmit for SendPool<X> {
-    fn reserve(&mut self) -> Option<(usize, &mut Vec<Bytes>)> {
+    fn reserve(&mut self) -> Option<(usize, &mut Batch)> {
         let index = match self.free.pop() {
             Some(index) => index as usize,
             None if self.slots.len() < self.max => {
@@ -123,7 +125,7 @@ impl<X: Default> Transmit for SendPool<X> {
                         generation: 0,
                     },
                     sock: Sock(-1),
-                    frames: Vec::with_capacity(self.initial_frames),
+                    frames: Batch::with_capacity(self.initial_frames),
                     extra: X::default(),
                 }));
                 self.slots.len() - 1
@@ -145,8 +147,8 @@ impl<X: Default> Transmit for SendPool<X> {
     fn in_flight(&self, f: &mut dyn FnMut(&Bytes)) -> usize {
         let mut handles = 0;
         for slot in &self.slots {
-            handles += slot.frames.capacity() * std::mem::size_of::<Bytes>();
-            slot.frames.iter().for_each(&mut *f);
+            handles += slot.frames.heap_bytes();
+            slot.frames.frames.iter().for_each(&mut *f);
         }
         handles
     }

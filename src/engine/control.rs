@@ -542,7 +542,7 @@ impl Engine {
     pub(super) fn publisher_must_wait(&mut self, slot: usize) -> bool {
         let publisher = self.conns[slot].control().is_some_and(|s| s.publisher);
         publisher
-            && (self.queued_bytes > self.high_watermark()
+            && (self.owed.total() > self.high_watermark()
                 || self.lagging > 0
                 || self.congested
                 || self.congestion.any())
@@ -1604,11 +1604,7 @@ impl Engine {
                 }
                 .into_bytes()
             };
-            if conn
-                .out
-                .push(Bytes::from(line), limit, &mut self.queued_bytes)
-                == Enqueue::SlowConsumer
-            {
+            if conn.out.push(Bytes::from(line), limit, &mut self.owed) == Enqueue::SlowConsumer {
                 overflow = true;
                 break;
             }
@@ -1628,9 +1624,8 @@ impl Engine {
                 ),
             );
             state.pending.clear();
-            conn.out.discard_queued(&mut self.queued_bytes);
-            conn.out
-                .push_control(Bytes::from(line), &mut self.queued_bytes);
+            conn.out.discard_queued(&mut self.owed);
+            conn.out.push_control(Bytes::from(line), &mut self.owed);
             return self.close_after_flush(slot);
         }
         if wrote {

@@ -417,10 +417,9 @@ impl Engine {
         let dropped = std::mem::take(&mut state.events_dropped);
         if dropped > 0 {
             let gap = format!("{{\"event\":\"gap\",\"dropped\":{dropped}}}\n");
-            conn.out
-                .push_control(Bytes::from(gap), &mut self.queued_bytes);
+            conn.out.push_control(Bytes::from(gap), &mut self.owed);
         }
-        conn.out.push_control(line, &mut self.queued_bytes);
+        conn.out.push_control(line, &mut self.owed);
         self.counters.events_delivered += 1;
         self.mark_dirty(slot);
     }

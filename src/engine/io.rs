@@ -29,6 +29,7 @@
 //! 4. Intents are carried out in the order given (a `Close` of an old socket precedes the `Read`
 //!    of a new connection that reuses its slot).
 
+use super::outbound::Batch;
 use bytes::Bytes;
 
 /// A driver's handle for a socket (the file descriptor, for the Linux drivers); opaque to the
@@ -119,13 +120,15 @@ pub enum SendResult {
 
 /// The driver's side of a flush: send buffers and their submission.
 pub trait Transmit {
-    /// A free send buffer (its index and an empty frame vector to fill), or `None` when every
-    /// send buffer is in flight (the connection is retried next turn).
-    fn reserve(&mut self) -> Option<(usize, &mut Vec<Bytes>)>;
-    /// Sends the frames now in buffer `index` on `sock`, as one vectored send; the driver reports
-    /// the outcome with `Engine::on_sent(token, frames, result)`.
+    /// A free send buffer (its index and an empty batch to fill), or `None` when every send
+    /// buffer is in flight (the connection is retried next turn).
+    fn reserve(&mut self) -> Option<(usize, &mut Batch)>;
+    /// Sends the batch now in buffer `index` on `sock`, as one vectored send of its
+    /// [`chunks`](Batch::chunks); the driver reports the outcome with
+    /// `Engine::on_sent(token, batch, result)`.
     fn submit(&mut self, index: usize, token: Token, sock: Sock);
-    /// Calls `f` on every frame in flight and returns the heap bytes of the send buffers' handle
-    /// vectors (what the engine's shard-wide bound measures beside its own queues).
+    /// Calls `f` on every shared frame in flight and returns the heap bytes the send buffers
+    /// hold of their own (handle vectors, copied bytes): what the engine's shard-wide bound
+    /// measures beside its own queues.
     fn in_flight(&self, f: &mut dyn FnMut(&Bytes)) -> usize;
 }

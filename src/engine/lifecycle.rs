@@ -126,7 +126,7 @@ impl Engine {
         conn.close_code = close::ABNORMAL;
         conn.out.push_control(
             handshake::response_101(&request.accept, None, deflate),
-            &mut self.queued_bytes,
+            &mut self.owed,
         );
         if conn.ext.as_ref().is_some_and(|e| e.is_empty()) {
             conn.ext = None;
@@ -199,8 +199,7 @@ impl Engine {
         if let Some(ext) = conn.ext.as_mut() {
             ext.head = Vec::new();
         }
-        conn.out
-            .push_control(rejection.response(), &mut self.queued_bytes);
+        conn.out.push_control(rejection.response(), &mut self.owed);
         self.close_after_flush(slot);
     }
 
@@ -241,7 +240,7 @@ impl Engine {
         let mut limited = false;
         let held_before = conn.decoder.heap_bytes();
         let counters = &mut self.counters;
-        let queued = &mut self.queued_bytes;
+        let queued = &mut self.owed;
         let mut inflater = self.inflater.as_deref_mut();
         let inflated = &mut self.inflated;
         let mut compressor = self.compressor.as_deref_mut();
@@ -453,10 +452,6 @@ impl Engine {
             }
             Err(error) => self.fail(slot, error.close_code()),
         }
-        let conn = &mut self.conns[slot];
-        if conn.decoder.heap_bytes() == 0 {
-            conn.out.shrink_when_idle();
-        }
     }
 
     /// Fails the connection (§7.1.7): send a close frame with `code`, read nothing more, then FIN.
@@ -469,7 +464,7 @@ impl Engine {
         let conn = &mut self.conns[slot];
         if conn.flags & CLOSE_SENT == 0 {
             conn.out
-                .push_control(frame::encode_close(code, ""), &mut self.queued_bytes);
+                .push_control(frame::encode_close(code, ""), &mut self.owed);
             conn.flags |= CLOSE_SENT;
             self.counters.frames_out += 1;
         }
@@ -489,7 +484,7 @@ impl Engine {
             return;
         }
         conn.out
-            .push_control(frame::encode_close(code, reason), &mut self.queued_bytes);
+            .push_control(frame::encode_close(code, reason), &mut self.owed);
         conn.flags |= CLOSE_SENT;
         conn.close_code = code;
         conn.state = State::Closing;
@@ -510,7 +505,7 @@ impl Engine {
         // reach the client as soon as it reads again, so it learns why it was closed.
         let conn = &mut self.conns[slot];
         if conn.state == State::Open {
-            conn.out.discard_queued(&mut self.queued_bytes);
+            conn.out.discard_queued(&mut self.owed);
         }
         self.start_close(slot, close::SLOW_CONSUMER);
     }
@@ -529,7 +524,7 @@ impl Engine {
             self.stall_ticks,
             &mut self.lagging,
         );
-        let outcome = conn.out.push(frame, max, &mut self.queued_bytes);
+        let outcome = conn.out.push_shared(&frame, max, &mut self.owed);
         match outcome {
             Enqueue::Enqueued => {
                 self.counters.frames_out += 1;
@@ -554,7 +549,7 @@ impl Engine {
         }
         let conn = &mut self.conns[slot];
         conn.out
-            .push_control(frame::encode(OpCode::Ping, &[]), &mut self.queued_bytes);
+            .push_control(frame::encode(OpCode::Ping, &[]), &mut self.owed);
         conn.flags |= TRIM_WHEN_DRAINED;
         self.counters.frames_out += 1;
         let next = self.now_tick + interval;

@@ -19,7 +19,7 @@
 //! - [`xmsg`]: the messages between shards, and which of them may be refused;
 //! - [`io`]: the driver contract.
 //!
-//! Invariants: at most one send in flight per connection (`SENDING`); `queued_bytes` is the sum
+//! Invariants: at most one send in flight per connection (`SENDING`); `owed.total()` is the sum
 //! of every queue's `owed_bytes`; `inbound_bytes` is the sum of the decoders' `heap_bytes`;
 //! `handshaking` counts the connections in `State::Handshaking`. A network event never panics:
 //! bad input is an operating error answered on its own connection.
@@ -55,6 +55,7 @@ use conn::{
     TRIM_WHEN_DRAINED,
 };
 use io::{Intent, Listener, PeerAddr, SendResult, Sock, Token, Transmit};
+use outbound::{Batch, Owed};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use xmsg::XMsg;
@@ -195,7 +196,7 @@ pub struct Engine {
     conns: ConnTable,
     /// Bytes owed to all connections of this shard (queued or in flight), bounded by
     /// `shard_outbound_bytes_max`.
-    queued_bytes: usize,
+    owed: Owed,
     /// While the real figure is under the limit, the running total at which to measure again.
     shed_recheck_at: usize,
     /// Bytes of partly received messages held by decoders, bounded by `shard_inbound_bytes_max`.
@@ -308,7 +309,7 @@ impl Engine {
             index: setup.index,
             shards: setup.shards,
             conns: ConnTable::with_capacity(limits.conns_per_shard_max),
-            queued_bytes: 0,
+            owed: Owed::default(),
             shed_recheck_at: 0,
             inbound_bytes: 0,
             handshaking: 0,
@@ -573,7 +574,7 @@ impl Engine {
 
     /// A send submitted through `Transmit` completed; `frames` is its batch, which the engine
     /// takes back (what was not sent returns to the front of the queue) and leaves empty.
-    pub fn on_sent(&mut self, token: Token, frames: &mut Vec<Bytes>, result: SendResult) {
+    pub fn on_sent(&mut self, token: Token, frames: &mut Batch, result: SendResult) {
         self.counters.sends += 1;
         let slot = token.slot as usize;
         let Some(conn) = self.conns.live(token) else {
@@ -598,7 +599,7 @@ impl Engine {
         };
         self.counters.bytes_out += sent as u64;
         conn.progress_tick = self.now_tick;
-        conn.out.complete(frames, sent, &mut self.queued_bytes);
+        conn.out.complete(frames, sent, &mut self.owed);
         if conn.flags & LAGGING != 0
             && conn.out.owed_bytes() <= self.config.limits.outbound_bytes_max / 2
         {
@@ -612,7 +613,7 @@ impl Engine {
             // The queue drained: the held latest values go out now.
             let held = std::mem::take(&mut conn.ext_mut().conflated);
             for (_, frame) in held {
-                conn.out.push_control(frame, &mut self.queued_bytes);
+                conn.out.push_control(frame, &mut self.owed);
                 self.counters.frames_out += 1;
             }
         }
@@ -669,7 +670,7 @@ impl Engine {
     /// Publishes a snapshot of the counters (for `stats` and the server's totals).
     pub fn publish_counters(&mut self) {
         self.counters.open = self.conns.len() as u64;
-        self.counters.queued_bytes = self.queued_bytes as u64;
+        self.counters.queued_bytes = self.owed.total() as u64;
         self.counters.users_online = self.users.len() as u64;
         self.counters.history_bytes = self.owned.history_bytes() as u64;
         self.counters.control_open = self.control_open as u64;
@@ -678,7 +679,7 @@ impl Engine {
 
     /// Bytes owed to this shard's connections (queued or in flight).
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        self.owed.total()
     }
 
     /// Connections in use (WebSocket and control).
@@ -851,11 +852,11 @@ impl Engine {
     /// `outbound_stall_ms` (they do not read; they must not hold every publisher back).
     fn update_backpressure(&mut self) {
         let high = self.high_watermark();
-        if !self.congested && (self.queued_bytes > high || self.lagging > 0) {
+        if !self.congested && (self.owed.total() > high || self.lagging > 0) {
             self.congested = true;
             self.counters.backpressure_episodes += 1;
             self.congestion.set(self.index, true);
-        } else if self.congested && self.queued_bytes <= high / 4 && self.lagging == 0 {
+        } else if self.congested && self.owed.total() <= high / 4 && self.lagging == 0 {
             self.congested = false;
             self.congestion.set(self.index, false);
         }
@@ -895,11 +896,11 @@ impl Engine {
     /// only when the limit is passed, which a healthy shard never does.
     fn shed_largest_queues(&mut self, tx: &impl Transmit) {
         let max = self.config.limits.shard_outbound_bytes_max;
-        if self.queued_bytes <= max {
+        if self.owed.total() <= max {
             self.shed_recheck_at = 0;
             return;
         }
-        if self.queued_bytes <= self.shed_recheck_at {
+        if self.owed.total() <= self.shed_recheck_at {
             return;
         }
         // The running total counts a frame shared by N queues N times (cheap to keep). Before
@@ -907,14 +908,14 @@ impl Engine {
         // look again only after the running total grows by another eighth of it.
         let real = self.real_queued_bytes(tx);
         if real <= max {
-            self.shed_recheck_at = self.queued_bytes + max / 8;
+            self.shed_recheck_at = self.owed.total() + max / 8;
             return;
         }
         self.shed_recheck_at = 0;
         // Shed until the running total is back under 7/8 of the limit, scaled by how much it
         // overstates the real figure.
         let target =
-            ((max / 8 * 7) as u128 * self.queued_bytes as u128 / real.max(1) as u128) as usize;
+            ((max / 8 * 7) as u128 * self.owed.total() as u128 / real.max(1) as u128) as usize;
         let mut by_size: Vec<(usize, usize)> = self
             .conns
             .iter()
@@ -923,7 +924,7 @@ impl Engine {
             .collect();
         by_size.sort_unstable_by(|a, b| b.cmp(a));
         for (_, slot) in by_size {
-            if self.queued_bytes <= target {
+            if self.owed.total() <= target {
                 break;
             }
             self.counters.shard_outbound_overflows += 1;
@@ -983,7 +984,7 @@ impl Engine {
             self.counters
                 .send_queue_64b
                 .observe(conn.out.owed_bytes().div_ceil(64) as u64);
-            conn.out.take_batch(iov_max, frames);
+            conn.out.take_batch(iov_max, frames, &mut self.owed);
             conn.flags |= SENDING;
             let token = Token {
                 slot: slot as u32,
@@ -1030,7 +1031,7 @@ impl Engine {
                 }
             }
         }
-        conn.out.clear(&mut self.queued_bytes);
+        conn.out.clear(&mut self.owed);
         self.inbound_bytes -= conn.decoder.heap_bytes().min(self.inbound_bytes);
         self.wheel.remove(slot);
         if code != 0 {

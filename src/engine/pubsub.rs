@@ -126,7 +126,7 @@ impl Engine {
         let mut any = false;
         let high = self.high_watermark();
         while let Some(msg) = batch.pop_front() {
-            if self.queued_bytes > high
+            if self.owed.total() > high
                 && matches!(msg, XMsg::Deliver { .. } | XMsg::PushAll { .. })
             {
                 // Over the watermark: the rest waits, in order, until the queues drain (the
@@ -508,9 +508,8 @@ impl Engine {
                 // Its recovery's replay covers this offset and comes next.
                 continue;
             }
-            let frame = frames
-                .pick(conn.endpoint.raw(), conn.endpoint.deflate_window_bits())
-                .clone();
+            // Lent, not cloned: a small frame is copied into the queue, a large one shared there.
+            let frame = frames.pick(conn.endpoint.raw(), conn.endpoint.deflate_window_bits());
             // Over its limit: a conflating channel keeps the latest value instead; otherwise a
             // reader that makes progress lags rather than being shed (`data_limit`).
             let over = conn.out.owed_bytes() + frame.len() + FRAME_OVERHEAD > limit;
@@ -520,13 +519,13 @@ impl Engine {
                 self.counters.conflated += 1;
                 let held = &mut conn.ext_mut().conflated;
                 match held.iter_mut().find(|(c, _)| *c == id) {
-                    Some(entry) => entry.1 = frame,
-                    None => held.push((id, frame)),
+                    Some(entry) => entry.1 = frame.clone(),
+                    None => held.push((id, frame.clone())),
                 }
                 continue;
             }
             let limit = super::data_limit(conn, frame.len(), limit, now, stall, &mut self.lagging);
-            match conn.out.push(frame, limit, &mut self.queued_bytes) {
+            match conn.out.push_shared(frame, limit, &mut self.owed) {
                 Enqueue::Enqueued => {
                     delivered += 1;
                     self.counters.frames_out += 1;

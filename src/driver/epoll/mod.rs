@@ -77,7 +77,7 @@ type SendSlot = super::SendSlot<Vec<libc::iovec>>;
 fn write_batch(slot: &mut SendSlot) -> Wrote {
     let iov = &mut slot.extra;
     iov.clear();
-    iov.extend(slot.frames.iter().take(IOV_MAX).map(|f| libc::iovec {
+    iov.extend(slot.frames.chunks().take(IOV_MAX).map(|f| libc::iovec {
         iov_base: f.as_ptr() as *mut libc::c_void,
         iov_len: f.len(),
     }));

@@ -301,7 +301,7 @@ impl UringShard {
             let send = self.sends.slot(index);
             let Msg { iov, msg } = &mut send.extra;
             iov.clear();
-            iov.extend(send.frames.iter().map(|f| libc::iovec {
+            iov.extend(send.frames.chunks().map(|f| libc::iovec {
                 iov_base: f.as_ptr() as *mut libc::c_void,
                 iov_len: f.len(),
             }));
