@@ -18,10 +18,72 @@
 //! replies the bridge needs is small, sans-IO and property-tested here ([`resp`]).
 //!
 //! Modules: [`url`] (`redis://` URLs), [`resp`] (the codec), [`keys`] (key layout and Lua
-//! scripts), [`message`] (the pub/sub message format), [`backoff`] (reconnection delays).
+//! scripts), [`message`] (the pub/sub message format), [`backoff`] (reconnection delays),
+//! [`conn`] (one connection), [`bridge`] (the loop).
+
+use super::config::ClusterConfig;
+use super::{BrokerHandle, BrokerSink};
+use std::thread::JoinHandle;
 
 pub mod backoff;
+pub mod bridge;
+pub mod conn;
 pub mod keys;
 pub mod message;
 pub mod resp;
 pub mod url;
+
+/// A running bridge: its handle, and its thread (stopped and joined on drop).
+#[derive(Debug)]
+pub struct RedisBridge {
+    handle: BrokerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RedisBridge {
+    /// Starts the bridge for `config` (which must have `redis` set); it connects by itself and
+    /// delivers `Up` (or `Down`) into `sink` as its first event. The error names the cause.
+    pub fn spawn<S: BrokerSink>(config: &ClusterConfig, sink: S) -> Result<RedisBridge, String> {
+        config.validate()?;
+        let url = config
+            .redis
+            .as_deref()
+            .ok_or_else(|| "cluster.redis is not set".to_string())?;
+        let url = url::RedisUrl::parse(url).map_err(|e| format!("cluster.redis: {e}"))?;
+        let (handle, rx) = super::queue(config.queue_capacity)
+            .map_err(|e| format!("cluster: cannot create the bridge's eventfd: {e}"))?;
+        let bridge = bridge::Bridge::new(config, url, sink, handle.shared().clone(), rx);
+        let thread = std::thread::Builder::new()
+            .name("ringcast-broker".to_string())
+            .spawn(move || bridge.run())
+            .map_err(|e| format!("cluster: cannot start the bridge thread: {e}"))?;
+        Ok(RedisBridge {
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for a shard (clone it per shard).
+    pub fn handle(&self) -> BrokerHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the thread and waits for it (requests in flight are abandoned unanswered). A
+    /// connection attempt in progress finishes first (at most `timeout_ms` per step).
+    pub fn stop(mut self) {
+        self.join();
+    }
+
+    fn join(&mut self) {
+        self.handle.shared().request_stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RedisBridge {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
