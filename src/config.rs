@@ -503,6 +503,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The HTTP listener.
     pub http: HttpConfig,
+    /// Scale-out through a broker (`[cluster]`, docs/cluster.md); off unless `redis` is set.
+    pub cluster: crate::broker::config::ClusterConfig,
     /// Every bound.
     pub limits: Limits,
 }
@@ -547,6 +549,7 @@ impl Default for Config {
             control: ControlConfig::default(),
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
+            cluster: crate::broker::config::ClusterConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -564,6 +567,7 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, String> {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         config.limits.validate()?;
+        config.cluster.validate()?;
         Ok(config)
     }
 }
@@ -632,6 +636,7 @@ pub fn reload(old: &Config, new: &Config) -> Reload {
     restart_if(old.driver != new.driver, "driver", &mut needs_restart);
     restart_if(old.control != new.control, "control", &mut needs_restart);
     restart_if(old.http != new.http, "http", &mut needs_restart);
+    restart_if(old.cluster != new.cluster, "cluster", &mut needs_restart);
     let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (
         serde_json::to_value(&old.limits),
         serde_json::to_value(&new.limits),
@@ -738,6 +743,17 @@ mod tests {
         );
         assert!(c.namespaces["chat"].client_publish);
         assert!(Config::from_toml("[limits]\nmesage_bytes_max = 1\n").is_err());
+        let c =
+            Config::from_toml("[cluster]\nredis = \"redis://10.0.0.5:6380/2\"\nprefix = \"rc\"\n")
+                .unwrap();
+        assert!(c.cluster.enabled());
+        assert_eq!(c.cluster.prefix, "rc");
+        assert!(!Config::default().cluster.enabled(), "off by default");
+        let typo = Config::from_toml("[cluster]\nredis_url = \"redis://h\"\n").unwrap_err();
+        assert!(typo.contains("redis_url"), "{typo}");
+        let bad =
+            Config::from_toml("[cluster]\nredis = \"redis://h\"\ntimeout_ms = 1\n").unwrap_err();
+        assert!(bad.contains("cluster.timeout_ms"), "{bad}");
         assert!(Config::from_toml("[limits]\nrecv_buffers = 1000\n").is_err());
     }
 

@@ -23,6 +23,8 @@
 //!   `Origin` allowlist;
 //! - [`channel`]: pub/sub state as plain data: local subscriber index, the owner's sequence;
 //! - [`xshard`]: bounded SPSC rings between shards, the overflow queue, the eventfd doorbell;
+//! - [`broker`]: the seam to a broker shared by several nodes (commands, events, the bounded
+//!   queue) and the Redis bridge on its own thread; not wired to the shards yet;
 //! - [`timer`]: the timing wheel (pure data);
 //! - [`config`]: `Config` and `Limits`, every bound of the server;
 //! - [`budget`]: a shard's worst-case memory, term by term, from `Limits`;
@@ -33,6 +35,7 @@
 //! - [`ctl`]: `ringcast ctl`, the control socket's command-line client.
 
 pub mod auth;
+pub mod broker;
 pub mod budget;
 pub mod channel;
 pub mod config;

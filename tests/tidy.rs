@@ -78,6 +78,8 @@ fn sans_io_layers_touch_no_io_and_no_clock() {
         "crate::driver",
         "std::thread",
         "std::os::",
+        // The engine sees the broker seam (`crate::broker`), never the bridge behind it.
+        "broker::redis",
     ];
     let mut files = Vec::new();
     rust_files(&root().join("src/engine"), &mut files);
@@ -87,6 +89,44 @@ fn sans_io_layers_touch_no_io_and_no_clock() {
             for word in engine_forbidden {
                 if line.contains(word) && !line.trim_start().starts_with("//") {
                     problems.push(format!("{}:{n}: `{word}` in the engine", file.display()));
+                }
+            }
+        }
+    }
+    // The broker seam (src/broker/*.rs, which the engine may use) is plain data and a queue:
+    // no sockets, threads or clock. Only the bridge (src/broker/redis/) does I/O, on its own
+    // thread, and no part of the broker reaches into the engine or a driver: it talks to the
+    // shards through the seam alone.
+    let seam_forbidden = [
+        "io_uring",
+        "libc::",
+        "std::net",
+        "std::time",
+        "Instant::",
+        "SystemTime",
+        "std::thread",
+    ];
+    let mut files = Vec::new();
+    rust_files(&root().join("src/broker"), &mut files);
+    assert!(files.len() >= 3, "src/broker has its modules");
+    for file in files {
+        let seam = file.parent() == Some(root().join("src/broker").as_path());
+        for (n, line) in shipped_lines(&file) {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            if line.contains("crate::engine") || line.contains("crate::driver") {
+                problems.push(format!(
+                    "{}:{n}: the broker talks to the shards through its seam only",
+                    file.display()
+                ));
+            }
+            for word in seam_forbidden.iter().filter(|_| seam) {
+                if line.contains(word) {
+                    problems.push(format!(
+                        "{}:{n}: `{word}` in the broker seam (I/O belongs in broker/redis)",
+                        file.display()
+                    ));
                 }
             }
         }
