@@ -38,6 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+: >"$work/server.out" # before the server's own redirection: the wait below reads it at once
 timeout "$lifetime" "$floor" 127.0.0.1:0 >"$work/server.out" 2>"$work/server.err" </dev/null &
 server_pid=$!
 # Wait for the readiness line (at most 10 s), never a fixed sleep.
