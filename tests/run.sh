@@ -3,7 +3,9 @@
 #
 # usage: bash tests/run.sh [PHASE...]          (from any directory)
 #   cargo        release build of every target, all unit + integration tests (the end-to-end
-#                suite once more on the epoll driver), benches compile
+#                suite once more on the epoll driver), benches compile, and the epoll-floor
+#                baseline's smoke run (loadtest/scripts/floor-smoke.sh: its own build, a few
+#                seconds, and a 1,000-subscriber fan-out that must lose nothing)
 #   conformance  for each driver (io_uring, then epoll): start `ringcast serve --echo --driver D`
 #                on a free loopback port, run the Autobahn cases and the real-client smokes
 #                (Chromium, Python websockets, Node ws) against /echo, the push smokes on /ws,
@@ -200,6 +202,8 @@ phase_cargo() {
   step test "$TEST_LIMIT_S" cargo test --release --workspace
   step test-epoll "$TEST_LIMIT_S" env RINGCAST_DRIVER=epoll cargo test --release --test e2e
   step bench-build "$BENCH_LIMIT_S" cargo bench --workspace --no-run
+  step floor-smoke "$SMOKE_LIMIT_S" bash loadtest/scripts/floor-smoke.sh \
+    "$TARGET_DIR/release/ringcast-load"
 }
 
 # ----- phase 2: conformance --------------------------------------------------------------------

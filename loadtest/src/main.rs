@@ -5,6 +5,8 @@
 //! - `ws`: the client side of RFC 6455, sans-IO (handshake check, masked frames out, frame
 //!   reader in), written independently of the server's code on purpose;
 //! - `payload`: the stamped benchmark payload and the loss/duplicate accounting;
+//! - `delivery`: how a subscriber's messages carry the payload (raw frames or ringcast's JSON
+//!   envelope), detected per connection;
 //! - `envelope`: ringcast's JSON envelopes as a client reads them (offsets, `subscribed`
 //!   replies, the welcome's connection id, join/leave news), and the URL and command that
 //!   resume a channel with `since`;
@@ -22,6 +24,7 @@
 //! The generator is one thread on purpose: it is meant to be pinned to one core next to the
 //! server under test, and it reports its own CPU use so a run where it saturates is flagged.
 
+mod delivery;
 mod envelope;
 mod inflate;
 mod payload;

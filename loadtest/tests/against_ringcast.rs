@@ -1,14 +1,16 @@
-//! The generator against the real server: `fanout` with 1,000 raw subscribers on a ringcast
-//! server started in this process, publishes through its control socket; every subscriber must
+//! The generator against the real server: `fanout` with 1,000 subscribers on a ringcast server
+//! started in this process, publishes through its control socket, once with raw frames and once
+//! on the default `/ws` protocol (JSON envelopes, subscribed by command); every subscriber must
 //! get every publish exactly once, each publisher's sequence in order (the generator's loss and
-//! duplicate accounting checks both). And `reconnect` on a namespace with history: subscribers
-//! that drop and come back with `since` (in the URL, and as a command) get every message once.
-//! And users: `presence` (HS256 tokens signed by the generator, verified by the server; one
-//! join and one leave per user), `events` (every connect and close once, or a gap for it), and
-//! `fanout` with a stalled event consumer and connection churn (the consumer loses events, the
-//! subscribers nothing). And `fanout --deflate`: subscribers that negotiated permessage-deflate
-//! get every message compressed (fewer bytes on the wire than the payload), inflated by the
-//! generator without a loss.
+//! duplicate accounting checks both), and the report must name the format it saw. And
+//! `reconnect` on a namespace with history: subscribers that drop and come back with `since`
+//! (in the URL, and as a command) get every message once. And users: `presence` (HS256 tokens
+//! signed by the generator, verified by the server; one join and one leave per user), `events`
+//! (every connect and close once, or a gap for it), and `fanout` with a stalled event consumer
+//! and connection churn (the consumer loses events, the subscribers nothing). And
+//! `fanout --deflate`: subscribers that negotiated permessage-deflate get every message
+//! compressed (fewer bytes on the wire than the payload), inflated by the generator without a
+//! loss.
 
 use ringcast::config::{AuthConfig, Config, ControlConfig, Limits, Namespace};
 use ringcast::server::Server;
@@ -31,41 +33,80 @@ fn fanout_against_ringcast_loses_nothing() {
         ..Config::default()
     };
     let server = Server::start(config).expect("server starts");
-    let json = std::env::temp_dir().join(format!("ringcast-load-e2e-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_ringcast-load"))
-        .arg("fanout")
-        .arg("--url")
-        .arg(format!("ws://{}/ws?format=raw", server.local_addr()))
-        .args(["--channel", "bench", "--control"])
-        .arg(format!("unix:{}", sock.display()))
-        .args([
-            "-n",
-            "1000",
-            "--rate",
-            "200",
-            "--duration",
-            "2",
-            "--drain",
-            "2",
-            "--quiet",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .expect("ringcast-load runs");
-    assert!(
-        out.status.success(),
-        "ringcast-load failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&json).expect("the JSON report");
-    let _ = std::fs::remove_file(&json);
-    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
-    let r = &v["rates"][0];
-    assert_eq!(r["published"], 400);
-    assert_eq!(r["delivered"], 400 * 1000);
-    assert_eq!(r["lost"], 0);
-    assert_eq!(r["duplicated"], 0);
+    // Raw frames (the URL asks for them, the channel is added to it), and the default /ws
+    // protocol: JSON envelopes, found out from each connection's first message, with the
+    // channel in the URL, and with a URL without one, so each subscriber subscribes with the
+    // client command.
+    for (name, query, format, from, by) in [
+        ("raw", "?format=raw", "raw", "url", "url"),
+        (
+            "envelope-url",
+            "?channel=bench",
+            "envelope",
+            "first message",
+            "url",
+        ),
+        ("envelope", "", "envelope", "first message", "command"),
+    ] {
+        let json = std::env::temp_dir().join(format!(
+            "ringcast-load-e2e-{name}-{}.json",
+            std::process::id()
+        ));
+        let out = Command::new(env!("CARGO_BIN_EXE_ringcast-load"))
+            .arg("fanout")
+            .arg("--url")
+            .arg(format!("ws://{}/ws{query}", server.local_addr()))
+            .args(["--channel", &format!("bench:{name}"), "--control"])
+            .arg(format!("unix:{}", sock.display()))
+            .args([
+                "-n",
+                "1000",
+                "--rate",
+                "200",
+                "--duration",
+                "2",
+                "--drain",
+                "2",
+                "--quiet",
+                "--json",
+            ])
+            .arg(&json)
+            .output()
+            .expect("ringcast-load runs");
+        assert!(
+            out.status.success(),
+            "ringcast-load ({name}) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let text = std::fs::read_to_string(&json).expect("the JSON report");
+        let _ = std::fs::remove_file(&json);
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        let r = &v["rates"][0];
+        assert_eq!(r["published"], 400, "{name}");
+        assert_eq!(r["delivered"], 400 * 1000, "{name}: {r}");
+        assert_eq!(r["lost"], 0, "{name}: {r}");
+        assert_eq!(r["duplicated"], 0, "{name}: {r}");
+        assert_eq!(r["unparsable"], 0, "{name}: {r}");
+        assert_eq!(r["foreign"], 0, "{name}: {r}");
+        let f = &v["format"];
+        assert_eq!(f["detected"], format, "{name}: {f}");
+        assert_eq!(f["from"], from, "{name}: {f}");
+        assert_eq!(f[format], 1000, "{name}: {f}");
+        assert_eq!(f["undetected"], 0, "{name}: {f}");
+        assert_eq!(v["subscribe"]["by"], by, "{name}");
+        if by == "command" {
+            assert_eq!(v["subscribe"]["subscribed"], 1000, "{}", v["subscribe"]);
+            assert_eq!(v["subscribe"]["refused"], 0, "{}", v["subscribe"]);
+        }
+        assert_eq!(v["error_replies"], 0, "{name}");
+        let line = if format == "raw" {
+            "format: raw"
+        } else {
+            "format: envelope (json)"
+        };
+        assert!(stdout.contains(line), "{name}: {stdout}");
+    }
     let counters = server.counters();
     assert_eq!(counters.slow_consumers, 0);
     server.shutdown();

@@ -68,6 +68,7 @@ pub fn run(args: ChatArgs) -> Result<(), String> {
             publisher: PublisherSpec::Control(control),
             channel_names,
             paths,
+            subscribe_by_command: false,
             slow: Vec::new(),
             slow_read_s: 0.0,
             slow_rcvbuf_bytes: 0,

@@ -1,17 +1,21 @@
 //! `fanout`: N subscribers, one publisher, a fixed rate or a sweep of rates — and the engine
 //! that `slow` and `chat` run on.
 //!
-//! Method. Subscribers connect first (raw format: each publish arrives as one frame, payload as
-//! published). A warm-up then publishes one message per channel at a time until every
-//! subscriber has received something on its channel and caught up, so a subscription still
-//! being set up is never counted as loss. Each rate then runs for `--duration`: publish `i` is
-//! due at `t0 + i / rate` and carries that intended time, not the moment it was written, so a
-//! late publisher or a backed-up server shows as latency instead of fewer samples (no
-//! coordinated omission). After the last publish the generator waits until every subscriber has
-//! everything or the drain time passes; whatever has not arrived then is lost. Latency = receive
-//! time (one clock read per socket read) − intended time, in µs, into an HdrHistogram. A rate
-//! "holds" when nothing was lost or duplicated and p99 stayed within `--p99-budget-ms`; a sweep
-//! stops at the first rate that does not hold unless `--keep-going`.
+//! Method. Subscribers connect first. Each publish arrives as one message, either as the payload
+//! itself (a raw frame: ringcast's `format=raw`, or a peer server) or in ringcast's JSON envelope
+//! (the `/ws` default); each connection's format is taken from its URL's `format=` or from its
+//! first message (`delivery`), and the report says which was seen. On ringcast, subscribers whose
+//! URL names no channel and asks for the envelope subscribe with the client command after the
+//! upgrade and count as ready only once the `subscribed` reply is in. A warm-up then publishes one
+//! message per channel at a time until every subscriber has received something on its channel and
+//! caught up, so a subscription still being set up is never counted as loss. Each rate then runs
+//! for `--duration`: publish `i` is due at `t0 + i / rate` and carries that intended time, not the
+//! moment it was written, so a late publisher or a backed-up server shows as latency instead of
+//! fewer samples (no coordinated omission). After the last publish the generator waits until every
+//! subscriber has everything or the drain time passes; whatever has not arrived then is lost.
+//! Latency = receive time (one clock read per socket read) − intended time, in µs, into an
+//! HdrHistogram. A rate "holds" when nothing was lost or duplicated and p99 stayed within
+//! `--p99-budget-ms`; a sweep stops at the first rate that does not hold unless `--keep-going`.
 //!
 //! Publishers: `--control unix:PATH|tcp:ADDR` sends pipelined `noreply` JSON publishes on
 //! ringcast's control socket; `--pub-ws` sends the payload as a text frame on its own WebSocket
@@ -43,6 +47,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::Common;
+use crate::delivery::{self, Delivery, Format};
 use crate::envelope;
 use crate::payload::{self, Seen, SeqTracker, Stamp};
 use crate::plot;
@@ -161,6 +166,9 @@ pub struct FanoutArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     channels: u32,
     /// Channel name (or prefix with --channels > 1); default: the URL's channel=, else "bench".
+    /// With --control or --pub-ws-format ringcast and a URL without channel=: a format=raw URL
+    /// gets channel= added; otherwise (the JSON envelope) each subscriber sends
+    /// {"op":"subscribe","channel":C} after the upgrade and is ready at its `subscribed` reply.
     #[arg(long)]
     channel: Option<String>,
     /// Before the subscribers connect, make a control connection (on --control) a consumer of
@@ -220,6 +228,9 @@ pub struct Plan<'a> {
     pub channel_names: Vec<String>,
     /// The URL path (with query) of each channel's subscribers; one entry: all the same.
     pub paths: Vec<String>,
+    /// Each subscriber sends `{"op":"subscribe","channel":C}` for its channel after the upgrade
+    /// (its URL names none) and is ready once the `subscribed` reply names it.
+    pub subscribe_by_command: bool,
     /// Subscribers that stop reading after the warm-up (empty: none).
     pub slow: Vec<bool>,
     /// Seconds to read the slow subscribers at the end.
@@ -403,14 +414,34 @@ impl Phase {
     }
 }
 
-/// The handler: per-subscriber sequence tracking, the current phase's figures, the slow
-/// subscribers' counts and the server's memory series.
+/// How a subscriber stands with its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Join {
+    /// Its URL names the channel: subscribed by the upgrade itself.
+    Url,
+    /// The subscribe command is sent (or waits for the upgrade); no reply yet.
+    Pending,
+    /// The `subscribed` reply named its channel.
+    Subscribed,
+    /// The subscribe was answered with an error.
+    Refused,
+}
+
+/// The handler: per-subscriber format, subscription and sequence tracking, the current
+/// phase's figures, the slow subscribers' counts and the server's memory series.
 struct Receiver {
     subscribers: usize,
     /// Slots from here up are churn connections (their messages are only counted).
     churn_from: usize,
     churn_messages: u64,
     channels: usize,
+    /// Channel names by stream, to match a `subscribed` reply to its subscriber.
+    channel_names: Vec<String>,
+    /// Each subscriber's message format (from its URL, or settled by its first message).
+    formats: Vec<Format>,
+    joins: Vec<Join>,
+    /// `{"op":"error"}` replies on subscriber connections.
+    error_replies: u64,
     trackers: Vec<SeqTracker>,
     /// Subscribers that stop reading after the warm-up (empty: none).
     slow: Vec<bool>,
@@ -441,12 +472,35 @@ impl Handler for Receiver {
             self.slow_bytes += len;
             return;
         }
+        let stream = payload::stream_of(conn, self.channels);
+        let data = match delivery::read(&mut self.formats[conn], prefix) {
+            Delivery::Payload(data) => data,
+            Delivery::Subscribed(channel) => {
+                if self.joins[conn] == Join::Pending
+                    && channel == self.channel_names[stream].as_bytes()
+                {
+                    self.joins[conn] = Join::Subscribed;
+                }
+                return;
+            }
+            Delivery::Error => {
+                self.error_replies += 1;
+                if self.joins[conn] == Join::Pending {
+                    self.joins[conn] = Join::Refused;
+                }
+                return;
+            }
+            Delivery::Other => return,
+            Delivery::Unparsable => {
+                self.phase.unparsable += 1;
+                return;
+            }
+        };
         let phase = &mut self.phase;
-        let Some(stamp) = payload::decode(prefix) else {
+        let Some(stamp) = payload::decode(data) else {
             phase.unparsable += 1;
             return;
         };
-        let stream = payload::stream_of(conn, self.channels);
         if stamp.stream as usize != stream {
             phase.foreign += 1;
             return;
@@ -638,10 +692,15 @@ impl Run {
         self.rx.slow.get(i) == Some(&true)
     }
 
-    /// Open subscribers, the slow ones included or not.
+    /// Open subscribers that are subscribed (by URL, or by command once the reply came), the
+    /// slow ones included or not.
     fn open_subscribers(&self, with_slow: bool) -> Vec<usize> {
         (0..self.rx.subscribers)
-            .filter(|&i| self.pool.state(i) == State::Open && (with_slow || !self.is_slow(i)))
+            .filter(|&i| {
+                self.pool.state(i) == State::Open
+                    && matches!(self.rx.joins[i], Join::Url | Join::Subscribed)
+                    && (with_slow || !self.is_slow(i))
+            })
             .collect()
     }
 
@@ -911,6 +970,108 @@ impl Run {
     }
 }
 
+/// Waits until every open subscriber's subscribe command is answered or `timeout_s` passes;
+/// returns what became of them, for the report. Those not subscribed are left out of every
+/// figure (`Run::open_subscribers`), and a warning says so.
+fn await_subscribed(
+    pool: &mut Pool,
+    rx: &mut Receiver,
+    timeout_s: f64,
+    progress: &mut Progress,
+) -> Result<Value, String> {
+    let count = |pool: &Pool, rx: &Receiver, join: Join| {
+        (0..rx.subscribers)
+            .filter(|&i| pool.state(i) == State::Open && rx.joins[i] == join)
+            .count()
+    };
+    let t0 = sys::now_ns();
+    let deadline = t0 + (timeout_s * 1e9) as u64;
+    loop {
+        let now = sys::now_ns();
+        let pending = count(pool, rx, Join::Pending);
+        if pending == 0 || now >= deadline {
+            break;
+        }
+        progress.tick(now, || {
+            format!("subscribing: {pending} subscribed replies awaited")
+        });
+        pool.poll(10, rx).map_err(|e| format!("epoll_wait: {e}"))?;
+    }
+    progress.clear();
+    let seconds = (sys::now_ns() - t0) as f64 / 1e9;
+    let subscribed = count(pool, rx, Join::Subscribed);
+    let refused = count(pool, rx, Join::Refused);
+    let unanswered = count(pool, rx, Join::Pending);
+    if subscribed == 0 {
+        return Err(format!(
+            "no subscriber was subscribed: {refused} subscribe commands answered with an \
+             error, {unanswered} unanswered after {seconds:.1} s"
+        ));
+    }
+    if refused + unanswered > 0 {
+        eprintln!(
+            "ringcast-load: warning: {} of {} open subscribers are not subscribed ({refused} \
+             answered with an error, {unanswered} unanswered after {seconds:.1} s); they are \
+             left out of the figures",
+            refused + unanswered,
+            subscribed + refused + unanswered,
+        );
+    }
+    Ok(json!({
+        "by": "command",
+        "subscribed": subscribed,
+        "refused": refused,
+        "unanswered": unanswered,
+        "seconds": scenario::round3(seconds),
+    }))
+}
+
+/// The subscribers' formats as the report states them: which was seen, whether the URL named
+/// it, and how many connections had each.
+fn format_json(formats: &[Format], from_url: bool) -> Value {
+    let count = |f: Format| formats.iter().filter(|&&x| x == f).count();
+    let (raw, envelope) = (count(Format::Raw), count(Format::Envelope));
+    let detected = match (raw > 0, envelope > 0) {
+        (true, false) => Format::Raw.name(),
+        (false, true) => Format::Envelope.name(),
+        (true, true) => "mixed",
+        (false, false) => "none",
+    };
+    json!({
+        "detected": detected,
+        "from": if from_url { "url" } else { "first message" },
+        "raw": raw,
+        "envelope": envelope,
+        "undetected": count(Format::Undetected),
+    })
+}
+
+/// The report's line about the format (`format: envelope (json), ...`).
+fn format_line(result: &Value) -> Option<String> {
+    let f = &result["format"];
+    let detected = f["detected"].as_str()?;
+    let how = if f["from"] == "url" {
+        "as the URL asks (format=)"
+    } else {
+        "detected from each connection's first message"
+    };
+    let mut line = match detected {
+        "raw" => format!("format: {}, {how}", Format::Raw.label()),
+        "envelope" => format!("format: {}, {how}", Format::Envelope.label()),
+        "mixed" => format!(
+            "format: mixed, {} subscribers raw and {} {}, {how}",
+            f["raw"],
+            f["envelope"],
+            Format::Envelope.label()
+        ),
+        _ => return Some("format: none detected (no subscriber received anything)".into()),
+    };
+    if let Some(n) = f["undetected"].as_u64().filter(|&n| n > 0) {
+        line.push_str(&format!("; {n} subscribers received nothing"));
+    }
+    Some(line)
+}
+
 /// How the generator saw a slow subscriber end, as a row label.
 fn ending_label(ending: Option<Ending>) -> String {
     match ending {
@@ -951,6 +1112,22 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
     let mut pool = Pool::new(url, slots, sources).map_err(|e| format!("epoll: {e}"))?;
     pool.set_deflate(common.deflate);
     pool.set_coalesce(schedule.coalesce_us * 1000);
+    let paths = &plan.paths;
+    let path_of = |i: usize| &paths[payload::stream_of(i, channels) % paths.len()];
+    for i in 0..n {
+        // An envelope comes before the payload's header: a reader that captures enough of it,
+        // unless the URL asks for raw frames.
+        if Format::of_path(path_of(i)) != Format::Raw {
+            pool.set_wide(i);
+        }
+        if plan.subscribe_by_command {
+            let channel = &plan.channel_names[payload::stream_of(i, channels)];
+            pool.send_on_open(i, envelope::subscribe_command(channel, None).as_bytes());
+        }
+    }
+    let from_url = paths
+        .iter()
+        .all(|p| Format::of_path(p) != Format::Undetected);
     if plan.slow_rcvbuf_bytes > 0 {
         for (i, _) in plan.slow.iter().enumerate().filter(|&(_, &s)| s) {
             pool.set_rcvbuf(i, plan.slow_rcvbuf_bytes);
@@ -985,6 +1162,17 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         churn_from,
         churn_messages: 0,
         channels,
+        channel_names: plan.channel_names.clone(),
+        formats: (0..n).map(|i| Format::of_path(path_of(i))).collect(),
+        joins: vec![
+            if plan.subscribe_by_command {
+                Join::Pending
+            } else {
+                Join::Url
+            };
+            n
+        ],
+        error_replies: 0,
         trackers: vec![SeqTracker::default(); n],
         slow: plan.slow,
         slow_stopped: false,
@@ -1001,11 +1189,10 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
 
     let deadline = t_start + (common.connect_timeout_s * 1e9) as u64;
     let concurrency = common.concurrency as usize;
-    let paths = &plan.paths;
     pool.open(
         0..n,
         concurrency,
-        &|i| paths[payload::stream_of(i, channels) % paths.len()].clone(),
+        &|i| path_of(i).clone(),
         deadline,
         &mut rx,
         &mut progress,
@@ -1016,6 +1203,11 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         scenario::print_errors(&pool.stats);
         return Err("no subscriber could connect".into());
     }
+    let subscribe = if plan.subscribe_by_command {
+        await_subscribed(&mut pool, &mut rx, common.connect_timeout_s, &mut progress)?
+    } else {
+        json!({"by": "url"})
+    };
     let control_addr = match &plan.publisher {
         PublisherSpec::Control(a) => Some(a.clone()),
         PublisherSpec::Ws { .. } | PublisherSpec::Http(_) => None,
@@ -1231,6 +1423,9 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         "channels": run.channel_names,
         "connect_seconds": scenario::round3(connect_s),
         "connections": scenario::pool_json(&run.pool.stats),
+        "format": format_json(&run.rx.formats, from_url),
+        "subscribe": subscribe,
+        "error_replies": run.rx.error_replies,
         "warmup_silent_subscribers": silent,
         "publisher_replies": control_errors,
         "rates": results,
@@ -1259,6 +1454,20 @@ fn mib(v: &Value) -> String {
 /// Prints the per-rate table and what follows it (reasons, highest rate held, the slow
 /// subscribers, the server's memory and counters, errors), from the JSON so the two agree.
 pub fn print_report(result: &Value, budget_ms: u64) {
+    if let Some(line) = format_line(result) {
+        println!("{line}");
+    }
+    let sub = &result["subscribe"];
+    if sub["by"] == "command" {
+        println!(
+            "subscribed by command after the upgrade: {} ({} refused, {} unanswered; the last \
+             reply {} s after the connections were open)",
+            human_count(sub["subscribed"].as_u64().unwrap_or(0)),
+            sub["refused"],
+            sub["unanswered"],
+            sub["seconds"],
+        );
+    }
     let rates = result["rates"].as_array().map_or(&[][..], |v| &v[..]);
     let mut rows = Vec::new();
     for r in rates {
@@ -1477,11 +1686,24 @@ pub fn write_outputs(
     std::fs::write(path, svg).map_err(|e| format!("--plot {path}: {e}"))
 }
 
-/// Checks the publisher flags and builds the channel names, their URL paths and the
-/// publisher of a `fanout` (or `slow`) run.
-pub fn prepare(
-    args: &FanoutArgs,
-) -> Result<(Setup, PublisherSpec, Vec<String>, Vec<String>), String> {
+/// What `prepare` builds for a `fanout` (or `slow`) run: the parts of its `Plan` that come
+/// from the flags.
+pub struct Prepared {
+    /// URL, sources, progress line.
+    pub setup: Setup,
+    /// Who publishes.
+    pub publisher: PublisherSpec,
+    /// As `Plan::channel_names`.
+    pub channel_names: Vec<String>,
+    /// As `Plan::paths`.
+    pub paths: Vec<String>,
+    /// As `Plan::subscribe_by_command`.
+    pub subscribe_by_command: bool,
+}
+
+/// Checks the publisher flags and builds the channel names, their URL paths, how subscribers
+/// join and the publisher of a `fanout` (or `slow`) run.
+pub fn prepare(args: &FanoutArgs) -> Result<Prepared, String> {
     args.schedule.check()?;
     if args.control.is_none() && !args.pub_ws && args.pub_http.is_none() {
         return Err(
@@ -1538,9 +1760,8 @@ pub fn prepare(
     } else {
         (0..channels).map(|k| format!("{base}{k}")).collect()
     };
-    // With a control publisher the subscribers' URL names their channel; a --pub-ws run keeps
-    // the URL as given (a peer server may have no channels at all).
-    let paths: Vec<String> = if named_channels {
+    let subscribe_by_command = subscribes_by_command(named_channels, url);
+    let paths: Vec<String> = if named_channels && !subscribe_by_command {
         channel_names
             .iter()
             .map(|c| url.path_with_channel(c))
@@ -1548,7 +1769,22 @@ pub fn prepare(
     } else {
         vec![url.path.clone()]
     };
-    Ok((setup, publisher, channel_names, paths))
+    Ok(Prepared {
+        setup,
+        publisher,
+        channel_names,
+        paths,
+        subscribe_by_command,
+    })
+}
+
+/// Whether subscribers join their channel with the client command rather than by the URL. With
+/// a publisher that names channels (ringcast), a subscriber whose URL names none subscribes by
+/// command when it speaks the JSON envelope, which answers with `subscribed`; a raw one gets no
+/// replies, so its channel goes into the URL instead. Without named channels (a raw --pub-ws
+/// run) the URL stays as given: a peer server may have no channels at all.
+fn subscribes_by_command(named_channels: bool, url: &WsUrl) -> bool {
+    named_channels && url.channel().is_none() && Format::of_path(&url.path) != Format::Raw
 }
 
 /// The plot's second line for a fanout-shaped run.
@@ -1571,7 +1807,13 @@ pub fn plot_subtitle(args: &FanoutArgs, subscribers: u64, extra: &str) -> String
 
 /// Runs the scenario.
 pub fn run(args: FanoutArgs) -> Result<(), String> {
-    let (setup, publisher, channel_names, paths) = prepare(&args)?;
+    let Prepared {
+        setup,
+        publisher,
+        channel_names,
+        paths,
+        subscribe_by_command,
+    } = prepare(&args)?;
     let n = u64::from(args.common.connections);
     let result = execute(
         Plan {
@@ -1582,6 +1824,7 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
             publisher,
             channel_names,
             paths,
+            subscribe_by_command,
             slow: Vec::new(),
             slow_read_s: 0.0,
             slow_rcvbuf_bytes: 0,
@@ -1606,4 +1849,49 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
         "ringcast-load fanout: latency against publish rate",
         &plot_subtitle(&args, opened, ""),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribers_join_by_command_only_on_an_envelope_url_without_a_channel() {
+        let url = |q: &str| target::parse_ws_url(&format!("ws://127.0.0.1:9/ws{q}")).unwrap();
+        assert!(subscribes_by_command(true, &url("")));
+        assert!(subscribes_by_command(true, &url("?format=json")));
+        assert!(subscribes_by_command(true, &url("?token=t")));
+        // A raw connection gets no `subscribed` reply: its channel goes into the URL.
+        assert!(!subscribes_by_command(true, &url("?format=raw")));
+        assert!(!subscribes_by_command(true, &url("?channel=bench")));
+        // A raw publisher names no channel: a peer server is sent no ringcast command.
+        assert!(!subscribes_by_command(false, &url("")));
+    }
+
+    #[test]
+    fn the_report_names_the_format_seen() {
+        use Format::{Envelope, Raw, Undetected};
+        let v = json!({ "format": format_json(&[Envelope, Envelope], false) });
+        assert_eq!(v["format"]["detected"], "envelope");
+        assert_eq!(v["format"]["envelope"], 2);
+        assert_eq!(
+            format_line(&v).unwrap(),
+            "format: envelope (json), detected from each connection's first message"
+        );
+        let v = json!({ "format": format_json(&[Raw, Raw, Raw], true) });
+        assert_eq!(v["format"]["detected"], "raw");
+        assert_eq!(
+            format_line(&v).unwrap(),
+            "format: raw, as the URL asks (format=)"
+        );
+        let v = json!({ "format": format_json(&[Raw, Envelope, Undetected], false) });
+        assert_eq!(v["format"]["detected"], "mixed");
+        let line = format_line(&v).unwrap();
+        assert!(line.starts_with("format: mixed, 1 subscribers raw and 1 envelope (json)"));
+        assert!(line.ends_with("; 1 subscribers received nothing"), "{line}");
+        let v = json!({ "format": format_json(&[Undetected], false) });
+        assert_eq!(v["format"]["detected"], "none");
+        assert!(format_line(&v).unwrap().starts_with("format: none"));
+        assert_eq!(format_line(&json!({})), None);
+    }
 }

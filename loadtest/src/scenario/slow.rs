@@ -73,7 +73,13 @@ pub fn run(args: SlowArgs) -> Result<(), String> {
     if !(0.0..=600.0).contains(&args.slow_read_s) {
         return Err("--slow-read-s must be within [0, 600]".into());
     }
-    let (setup, publisher, channel_names, paths) = fanout::prepare(&args.fanout)?;
+    let fanout::Prepared {
+        setup,
+        publisher,
+        channel_names,
+        paths,
+        subscribe_by_command,
+    } = fanout::prepare(&args.fanout)?;
     let n = args.fanout.common.connections as usize;
     let slow = slow_set(n, args.slow_fraction, channel_names.len());
     let slow_count = slow.iter().filter(|&&s| s).count();
@@ -86,6 +92,7 @@ pub fn run(args: SlowArgs) -> Result<(), String> {
             publisher,
             channel_names,
             paths,
+            subscribe_by_command,
             slow,
             slow_read_s: args.slow_read_s,
             slow_rcvbuf_bytes: args.slow_rcvbuf,
