@@ -112,5 +112,44 @@ fn unmask(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, handshake_parse, frame_decode, unmask);
+/// permessage-deflate's cost per message at the owner (once per message, whatever the number of
+/// subscribers): the 2,119-byte JSON document of the Chromium check and its first 1,024 bytes
+/// closed into a JSON document of that size, compressed as `wire::Frames` does.
+fn deflate_compress(c: &mut Criterion) {
+    let doc = include_str!("../tests/conformance/lib/deflate-push.json").trim();
+    // A 1 KiB JSON document from the same events: cut after an event, closed, padded to 1,024.
+    let cut = doc[..1000]
+        .rfind("},")
+        .expect("the fixture holds several events")
+        + 1;
+    let mut kib = format!("{}]}}", &doc[..cut]);
+    while kib.len() < 1024 {
+        kib.insert(kib.len() - 2, ' ');
+    }
+    let mut group = c.benchmark_group("deflate_compress");
+    let mut z = ringcast::proto::deflate::Compressor::default();
+    let mut out = Vec::with_capacity(4096);
+    for (name, payload) in [("json_1kib", kib.as_bytes()), ("json_2kib", doc.as_bytes())] {
+        out.clear();
+        z.compress(payload, &mut out);
+        eprintln!("{name}: {} -> {} bytes", payload.len(), out.len());
+        group.throughput(Throughput::Bytes(payload.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                z.compress(std::hint::black_box(payload), &mut out);
+                out.len()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    handshake_parse,
+    frame_decode,
+    unmask,
+    deflate_compress
+);
 criterion_main!(benches);

@@ -6,11 +6,16 @@ usage: python3 publish_deflate.py CONTROL CHANNEL COUNT INTERVAL_S DOC_FILE
   DOC_FILE one line of compact JSON, published as `data` byte for byte (a `format=raw`
            subscriber receives exactly that text: the server keeps a JSON value's text as sent)
 
-The server compresses a message once, at the channel's owner, and only when a subscriber
-negotiated permessage-deflate (docs/protocol.md, "Compression"); the shards' `frames_compressed`
-counter (control `stats`) therefore rises only if a deflate subscriber was there to receive it.
-Prints one line: frames_compressed before, after, and the delta. Exit 0 when the delta is at least
-1, 1 when it is 0, 2 on a connection problem or an error reply.
+The server compresses a message once, at the channel's owner, when it has an audience
+(docs/protocol.md, "Compression"), and sends the compressed frame to the subscribers that
+negotiated permessage-deflate. Two counters of control `stats` (summed over shards) show it:
+`frames_compressed` rises by 2 for each message that had an audience (its envelope and its raw
+frame), and `bytes_out` — everything the server sent meanwhile — must stay below that many
+uncompressed copies of the document: the publishes ask for no reply, so what was sent is the
+first `stats` reply (its length is known), the subscriber's messages and its close frame, and
+plain frames would be at least the document's length each.
+Prints one line with both deltas. Exit 0 when both hold, 1 when one does not, 2 on a connection
+problem or an error reply.
 """
 import json
 import socket
@@ -21,23 +26,23 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from control import connect  # noqa: E402
 
 
-def request(sock, reader, req, raw_data=None):
-    line = json.dumps(req)
-    if raw_data is not None:
-        line = line[:-1] + ',"data":' + raw_data + "}"
-    sock.sendall((line + "\n").encode())
+def publish(sock, channel, raw_data):
+    line = json.dumps({"method": "publish", "channel": channel, "noreply": True})
+    sock.sendall((line[:-1] + ',"data":' + raw_data + "}\n").encode())
+
+
+def counters(sock, reader):
+    """(frames_compressed, bytes_out, bytes of this reply as sent)."""
+    sock.sendall(b'{"id":0,"method":"stats"}\n')
     line = reader.readline()
     if not line:
         raise ConnectionError("control socket closed")
     reply = json.loads(line)
     if "error" in reply:
-        raise RuntimeError(f"error reply to {req['method']}: {reply['error']}")
-    return reply["result"]
-
-
-def compressed(sock, reader):
-    stats = request(sock, reader, {"id": 0, "method": "stats"})
-    return sum(s["frames_compressed"] for s in stats["shards"])
+        raise RuntimeError(f"error reply to stats: {reply['error']}")
+    shards = reply["result"]["shards"]
+    return (sum(s["frames_compressed"] for s in shards), sum(s["bytes_out"] for s in shards),
+            len(line))
 
 
 def main():
@@ -51,16 +56,20 @@ def main():
     try:
         sock = connect(control)
         reader = sock.makefile("rb")
-        before = compressed(sock, reader)
-        for i in range(count):
-            request(sock, reader, {"id": i + 1, "method": "publish", "channel": channel}, doc)
+        zipped0, out0, reply0 = counters(sock, reader)
+        for _ in range(count):
+            publish(sock, channel, doc)
             time.sleep(interval)
-        after = compressed(sock, reader)
+        zipped1, out1, _ = counters(sock, reader)
     except (OSError, ConnectionError, RuntimeError, ValueError) as e:
         print(f"publish_deflate: {e}", file=sys.stderr)
         return 2
-    print(f"frames_compressed before={before} after={after} delta={after - before}")
-    return 0 if after > before else 1
+    sent = out1 - out0 - reply0
+    delivered = (zipped1 - zipped0) // 2
+    plain = delivered * len(doc)
+    print(f"frames_compressed +{zipped1 - zipped0} ({delivered} messages with an audience); "
+          f"bytes sent to the subscriber {sent}, uncompressed they would be over {plain}")
+    return 0 if delivered >= 3 and 0 < sent < plain else 1
 
 
 if __name__ == "__main__":
