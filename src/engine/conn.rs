@@ -318,7 +318,7 @@ mod tests {
             size,
             std::mem::size_of::<Decoder>()
         );
-        assert!(size <= 160, "connection state is {size} bytes");
+        assert!(size <= 128, "connection state is {size} bytes");
         let conn = Conn::new(Sock(3), 1, 0);
         assert_eq!(conn.decoder.heap_bytes(), 0);
         assert!(conn.ext.is_none());
