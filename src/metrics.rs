@@ -74,6 +74,11 @@ const HELP: &[(&str, &str)] = &[
         "recv_rearms",
         "Multishot receives re-armed by the io_uring driver.",
     ),
+    ("loop_turns", "Turns of the shards' event loops."),
+    (
+        "loop_wait_us",
+        "Microseconds the event loops spent submitting and waiting (io_uring_enter, epoll_wait).",
+    ),
     (
         "conn_limit_refusals",
         "Connections refused at a connection or handshake limit (503).",

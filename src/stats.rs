@@ -85,6 +85,12 @@ pub struct Counters {
     pub slow_consumers: u64,
     /// Multishot receives re-armed after the kernel ended them (ENOBUFS or a full CQ).
     pub recv_rearms: u64,
+    /// Turns of the shard's event loop. With `sends`, `frames_out` and `control_requests`, the
+    /// per-turn averages of sends, frames queued and requests read.
+    pub loop_turns: u64,
+    /// Microseconds the loop spent in the call that submits and waits (`io_uring_enter`,
+    /// `epoll_wait`), sleeping included: what is left of wall time is the loop's own work.
+    pub loop_wait_us: u64,
     /// Connections refused at the per-shard connection limit (also in `rejected_by_status` 503).
     pub conn_limit_refusals: u64,
     /// Publishes sequenced by this shard as a channel owner.
@@ -287,6 +293,8 @@ impl Counters {
         self.stale_completions += other.stale_completions;
         self.slow_consumers += other.slow_consumers;
         self.recv_rearms += other.recv_rearms;
+        self.loop_turns += other.loop_turns;
+        self.loop_wait_us += other.loop_wait_us;
         self.conn_limit_refusals += other.conn_limit_refusals;
         self.published += other.published;
         self.published_no_audience += other.published_no_audience;

@@ -502,6 +502,14 @@ fn many_connections_open_and_leave() {
         per_shard.iter().all(|c| c.accepted > 0),
         "SO_REUSEPORT spreads connections: {per_shard:?}"
     );
+    // Each shard's loop counts its turns and the time it spent submitting and waiting (both
+    // drivers; the loop sleeps between ticks, so the wait is never zero).
+    eventually(&server, "loop turns counted", |c| {
+        c.loop_turns > 0 && c.loop_wait_us > 0
+    });
+    for c in server.shard_counters() {
+        assert!(c.loop_turns > 0 && c.loop_wait_us > 0, "{c:?}");
+    }
     stop(server);
 }
 

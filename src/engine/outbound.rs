@@ -96,6 +96,16 @@ impl Batch {
         copied.into_iter().chain(self.frames.iter().map(|f| &f[..]))
     }
 
+    /// The batch's bytes when they are one run (only copied bytes, or one handle): the driver
+    /// can then send them without iovecs.
+    pub fn single_run(&self) -> Option<&[u8]> {
+        match (self.copied.is_empty(), self.frames.as_slice()) {
+            (false, []) => Some(&self.copied),
+            (true, [only]) => Some(only),
+            _ => None,
+        }
+    }
+
     /// Heap the batch holds that no other queue shares: the handle vector and the copied buffer
     /// (by capacity).
     pub fn heap_bytes(&self) -> usize {
@@ -655,5 +665,35 @@ mod tests {
         batch.copied.reserve(KEEP_COPIED_BYTES_MAX + 1);
         batch.clear();
         assert_eq!(batch.copied.capacity(), 0);
+    }
+
+    #[test]
+    fn a_batch_of_one_run_is_sent_without_iovecs() {
+        let mut t = Owed::default();
+        let mut q = Outbound::default();
+        let mut batch = Batch::default();
+        assert_eq!(batch.single_run(), None, "nothing to send");
+        q.push_shared(&b("ab"), 1000, &mut t);
+        q.push_shared(&b("cd"), 1000, &mut t);
+        q.take_batch(8, &mut batch, &mut t);
+        assert_eq!(
+            batch.single_run(),
+            Some(&b"abcd"[..]),
+            "copied frames are one run"
+        );
+        q.complete(&mut batch, 4, &mut t);
+        let big = Bytes::from(vec![b'x'; COPY_FRAME_BYTES_MAX + 1]);
+        q.push_shared(&big, 1 << 20, &mut t);
+        q.take_batch(8, &mut batch, &mut t);
+        assert_eq!(batch.single_run(), Some(&big[..]), "one handle is one run");
+        q.complete(&mut batch, big.len(), &mut t);
+        q.push_shared(&b("ab"), 1 << 20, &mut t);
+        q.push_shared(&big, 1 << 20, &mut t);
+        q.take_batch(8, &mut batch, &mut t);
+        assert_eq!(
+            batch.single_run(),
+            None,
+            "copied bytes and a handle are two"
+        );
     }
 }

@@ -75,6 +75,20 @@ enum Wrote {
 type SendSlot = super::SendSlot<Vec<libc::iovec>>;
 
 fn write_batch(slot: &mut SendSlot) -> Wrote {
+    if let Some(only) = slot.frames.single_run() {
+        // One run of bytes (small frames are copied into one buffer): plain `send`, no iovecs.
+        // SAFETY: `only` points into the slot's batch, which does not change during the call;
+        // MSG_NOSIGNAL as below.
+        let n = unsafe {
+            libc::send(
+                slot.sock.0,
+                only.as_ptr().cast(),
+                only.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        return wrote(n);
+    }
     let iov = &mut slot.extra;
     iov.clear();
     iov.extend(slot.frames.chunks().take(IOV_MAX).map(|f| libc::iovec {
@@ -89,6 +103,11 @@ fn write_batch(slot: &mut SendSlot) -> Wrote {
     // call. sendmsg rather than writev for MSG_NOSIGNAL: a peer's reset must be an error code,
     // never a SIGPIPE (a library user may not ignore the signal).
     let n = unsafe { libc::sendmsg(slot.sock.0, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    wrote(n)
+}
+
+/// The outcome of a `send`/`sendmsg` that returned `n`.
+fn wrote(n: isize) -> Wrote {
     if n > 0 {
         return Wrote::Some(n as usize);
     }
@@ -203,7 +222,11 @@ impl EpollShard {
                 let tick = crate::engine::TICK_MS;
                 (tick - self.now_ms() % tick) as i32
             };
+            let entered = super::monotonic_us();
             self.wait(timeout_ms)?;
+            let counters = self.engine.counters_mut();
+            counters.loop_turns += 1;
+            counters.loop_wait_us += super::monotonic_us().saturating_sub(entered);
             bell.set_awake();
             self.read_ready();
             let now = self.now_ms();
