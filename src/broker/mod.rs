@@ -3,7 +3,8 @@
 //! Owns the types that cross the seam and nothing else: [`BrokerCommand`] (shards → bridge),
 //! [`BrokerEvent`] (bridge → shards), the [`BrokerSink`] the bridge delivers events into, the
 //! bounded command queue behind [`BrokerHandle`], and the bridge's counters ([`BrokerStats`]).
-//! The one bridge today is [`redis`]; [`config`] holds its `[cluster]` settings.
+//! The one bridge today is [`redis`]; [`config`] holds its `[cluster]` settings; [`route`] carries
+//! events to the shards (the server's sink).
 //!
 //! The seam, as the integration drives it:
 //!
@@ -50,6 +51,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 pub mod config;
 pub mod redis;
+pub mod route;
 
 /// A channel's place in its sequence: the last offset assigned and the epoch that identifies
 /// this incarnation of the sequence. `(0, 0)`: the broker does not know the channel.
