@@ -167,6 +167,7 @@ impl Cluster {
                     http_listener: Some(1),
                     drain: drain.clone(),
                     live: live.clone(),
+                    cluster: None,
                 }),
                 tx: MemTx {
                     max: config.limits.sends_in_flight_max,
