@@ -27,7 +27,8 @@ use crate::broker::{
     BrokerCommand, BrokerError, BrokerEvent, BrokerHandle, Keep, Position, Recovered, Refused,
 };
 use crate::channel;
-use crate::wire::ErrorCode;
+use crate::channel::history::Entry;
+use crate::wire::{ErrorCode, Frames, encode_message};
 use crate::xshard::LaneRx;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -66,6 +67,27 @@ struct Syncing {
     recovers: Vec<XMsg>,
 }
 
+/// A recovery read from the broker's history, waiting for its answer.
+struct PendingRecover {
+    channel: Arc<str>,
+    since: (u64, u64),
+    shard: u16,
+    slot: u32,
+    generation: u32,
+    id: Option<Box<str>>,
+}
+
+/// The messages an owner delivered since the first of a channel's broker recoveries in flight
+/// was sent: the broker's answer may end before them.
+#[derive(Default)]
+struct Tail {
+    /// Recoveries in flight for the channel.
+    readers: usize,
+    entries: Vec<Entry>,
+    /// More than `HELD_MAX` messages came meanwhile: those recoveries fail.
+    overflowed: bool,
+}
+
 /// A shard's cluster state.
 pub struct Cluster {
     handle: BrokerHandle,
@@ -77,6 +99,9 @@ pub struct Cluster {
     publishes: HashMap<u64, PendingPublish>,
     /// History reads in flight, by token.
     reads: HashMap<u64, Arc<str>>,
+    /// Recoveries read from the broker, by token.
+    recoveries: HashMap<u64, PendingRecover>,
+    tails: HashMap<Arc<str>, Tail>,
     next_seq: u64,
     /// The broker was lost at least once and not yet back.
     down: bool,
@@ -94,6 +119,8 @@ impl Cluster {
             channels: HashMap::new(),
             publishes: HashMap::new(),
             reads: HashMap::new(),
+            recoveries: HashMap::new(),
+            tails: HashMap::new(),
             next_seq: 0,
             down: false,
             ring: false,
@@ -137,11 +164,19 @@ impl Engine {
             } => self.cluster_publish(channel, body, reply, key),
             XMsg::Interest { channel, shard } => self.cluster_interest(channel, shard),
             XMsg::Withdraw { channel, shard } => self.cluster_withdraw(&channel, shard),
-            XMsg::Recover { ref channel, .. } => {
+            XMsg::Recover {
+                ref channel, since, ..
+            } => {
                 let cluster = self.cluster.as_mut()?;
                 match cluster.channels.get_mut(channel) {
                     Some(Some(sync)) => sync.recovers.push(msg),
-                    _ => return Some(msg),
+                    Some(None) => {
+                        if !self.wants_broker_recovery(channel, since) {
+                            return Some(msg);
+                        }
+                        self.recover_from_broker(msg);
+                    }
+                    None => return Some(msg),
                 }
             }
             other => return Some(other),
@@ -307,6 +342,154 @@ impl Engine {
         }
     }
 
+    /// Whether a recovery should read the broker's history: the namespace keeps history, the
+    /// client's epoch is the channel's, it missed messages, and the local history (which starts
+    /// at this node's first subscriber) does not hold all of them.
+    fn wants_broker_recovery(&self, channel: &str, since: (u64, u64)) -> bool {
+        self.history_policy(channel).is_some()
+            && self
+                .owned
+                .get(channel)
+                .is_some_and(|o| o.epoch != 0 && o.epoch == since.1 && since.0 < o.offset)
+            && self
+                .owned
+                .recover(channel, since.0, since.1)
+                .replay
+                .is_none()
+    }
+
+    /// Asks the broker for what a recovering client missed; the answer completes it with what
+    /// this owner delivered meanwhile (`Tail`).
+    fn recover_from_broker(&mut self, msg: XMsg) {
+        let XMsg::Recover {
+            channel,
+            since,
+            shard,
+            slot,
+            generation,
+            id,
+        } = msg
+        else {
+            return;
+        };
+        let index = self.index;
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        cluster.next_seq += 1;
+        let token = token(index, cluster.next_seq);
+        let command = BrokerCommand::History {
+            channel: channel.clone(),
+            since: Some(Position {
+                offset: since.0,
+                epoch: since.1,
+            }),
+            token,
+        };
+        let pending = PendingRecover {
+            channel: channel.clone(),
+            since,
+            shard,
+            slot,
+            generation,
+            id,
+        };
+        if cluster.handle.try_send(command).is_ok() {
+            cluster.ring = true;
+            cluster.tails.entry(channel).or_default().readers += 1;
+            cluster.recoveries.insert(token, pending);
+        } else {
+            self.answer_recover(pending, None);
+        }
+    }
+
+    /// The broker's answer to a recovery: its messages up to what this owner delivered, then
+    /// those delivered since the request; recovered only if together they leave no gap.
+    fn on_recover_reply(
+        &mut self,
+        pending: PendingRecover,
+        result: Result<Recovered, BrokerError>,
+    ) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let (tail, overflowed) = match cluster.tails.get_mut(&pending.channel) {
+            Some(tail) => {
+                tail.readers -= 1;
+                let overflowed = tail.overflowed;
+                if tail.readers == 0 {
+                    let taken = std::mem::take(&mut tail.entries);
+                    cluster.tails.remove(&pending.channel);
+                    (taken, overflowed)
+                } else {
+                    (tail.entries.clone(), overflowed)
+                }
+            }
+            None => (Vec::new(), true),
+        };
+        let (last, epoch) = self
+            .owned
+            .get(&pending.channel)
+            .map_or((0, 0), |o| (o.offset, o.epoch));
+        let now = self.now_ms;
+        let channel = pending.channel.clone();
+        let since = pending.since;
+        let replay = (|| {
+            let recovered = result.ok().filter(|_| !overflowed)?;
+            if recovered.position.epoch != epoch || since.1 != epoch {
+                return None;
+            }
+            let mut out = Vec::new();
+            let mut next = since.0 + 1;
+            for (offset, payload) in recovered.replay? {
+                if offset > last {
+                    break;
+                }
+                if offset != next {
+                    return None;
+                }
+                let body = Body::from_broker(&payload)?;
+                let (envelope, raw) = encode_message(&channel, offset, &body);
+                let frames = Arc::new(Frames::plain(envelope, raw));
+                out.push(Entry {
+                    offset,
+                    at_ms: now,
+                    frames,
+                });
+                next += 1;
+            }
+            for entry in tail {
+                if entry.offset < next {
+                    continue;
+                }
+                if entry.offset != next || entry.offset > last {
+                    break;
+                }
+                out.push(entry);
+                next += 1;
+            }
+            (next == last + 1).then_some(out)
+        })();
+        self.answer_recover(pending, replay);
+    }
+
+    /// Sends a recovery's answer with the channel's position here.
+    fn answer_recover(&mut self, pending: PendingRecover, replay: Option<Vec<Entry>>) {
+        let position = self
+            .owned
+            .get(&pending.channel)
+            .map_or((0, 0), |o| (o.offset, o.epoch));
+        let msg = XMsg::Recovered {
+            channel: pending.channel,
+            slot: pending.slot,
+            generation: pending.generation,
+            id: pending.id,
+            position,
+            replay,
+        };
+        self.send_x(pending.shard as usize, msg);
+    }
+
     /// Answers recoveries whose channel went away meanwhile: nothing recovered.
     fn refuse_recovers(&mut self, recovers: Vec<XMsg>) {
         for msg in recovers {
@@ -412,7 +595,19 @@ impl Engine {
             .map(|o| o.shards)
             .unwrap_or_default();
         let history = self.history_policy(channel);
-        self.fan_out(channel, offset, &body, shards, history, None);
+        let frames = self.fan_out(channel, offset, &body, shards, history, None);
+        let now = self.now_ms;
+        if let Some(tail) = self.cluster.as_mut().and_then(|c| c.tails.get_mut(channel)) {
+            if tail.entries.len() < HELD_MAX {
+                tail.entries.push(Entry {
+                    offset,
+                    at_ms: now,
+                    frames,
+                });
+            } else {
+                tail.overflowed = true;
+            }
+        }
     }
 
     /// Sets a channel's position and tells the shards with subscribers (`Position`).
@@ -563,6 +758,9 @@ impl Engine {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
+        if let Some(pending) = cluster.recoveries.remove(&token) {
+            return self.on_recover_reply(pending, result);
+        }
         if cluster.reads.remove(&token).is_none() {
             return;
         }

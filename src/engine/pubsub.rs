@@ -442,7 +442,7 @@ impl Engine {
         } else {
             self.counters.published += 1;
         }
-        self.fan_out(&channel, offset, &body, shards, history, report_to);
+        let _ = self.fan_out(&channel, offset, &body, shards, history, report_to);
         (offset, epoch)
     }
 
@@ -457,7 +457,7 @@ impl Engine {
         shards: crate::channel::owner::ShardSet,
         history: Option<(usize, u64)>,
         report_to: Option<ReplyTo>,
-    ) {
+    ) -> Arc<Frames> {
         let (envelope, raw) = encode_message(channel, offset, body);
         let mut frames = Frames::plain(envelope, raw);
         if let Some(compressor) = self.compressor.as_mut() {
@@ -499,6 +499,7 @@ impl Engine {
             };
             self.send_x(shard, msg);
         }
+        frames
     }
 
     /// Queues one sequenced frame to every local subscriber; returns (queued, slow).
