@@ -200,6 +200,7 @@ impl Server {
     /// Binds the listeners and starts the shards; returns once every shard is ready to accept.
     pub fn start(config: Config) -> Result<Server, String> {
         config.limits.validate()?;
+        crate::broker::config::validate_inputs(&config.redis_input, &config.cluster)?;
         let origins = crate::auth::OriginPolicy::parse(&config.allowed_origins)
             .map_err(|e| format!("allowed_origins: {e}"))?;
         let shards = if config.shards == 0 {

@@ -101,6 +101,8 @@ pub struct Cluster {
     reads: HashMap<u64, Arc<str>>,
     /// Recoveries read from the broker, by token.
     recoveries: HashMap<u64, PendingRecover>,
+    /// Position reads for live channels whose position is unknown, by token.
+    refreshes: HashMap<u64, Arc<str>>,
     tails: HashMap<Arc<str>, Tail>,
     next_seq: u64,
     /// The broker was lost at least once and not yet back.
@@ -120,6 +122,7 @@ impl Cluster {
             publishes: HashMap::new(),
             reads: HashMap::new(),
             recoveries: HashMap::new(),
+            refreshes: HashMap::new(),
             tails: HashMap::new(),
             next_seq: 0,
             down: false,
@@ -610,6 +613,23 @@ impl Engine {
         }
     }
 
+    /// Reads the position of a live channel whose position is unknown (epoch 0); the read
+    /// starts the broker's epoch if it has none.
+    fn refresh_position(&mut self, channel: &Arc<str>) {
+        let index = self.index;
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        cluster.next_seq += 1;
+        let token = token(index, cluster.next_seq);
+        cluster.refreshes.insert(token, channel.clone());
+        cluster.outbox.push_back(BrokerCommand::History {
+            channel: channel.clone(),
+            since: None,
+            token,
+        });
+    }
+
     /// Sets a channel's position and tells the shards with subscribers (`Position`).
     fn move_position(&mut self, channel: &Arc<str>, offset: u64, epoch: u64) {
         self.owned.clear_history(channel);
@@ -730,6 +750,7 @@ impl Engine {
                         self.counters.cluster_epochs_bumped += 1;
                     }
                     self.move_position(&channel, 0, 0);
+                    self.refresh_position(&channel);
                 }
             }
             BrokerEvent::Up { .. } => {
@@ -739,6 +760,17 @@ impl Engine {
                 };
                 if std::mem::take(&mut cluster.down) && index == 0 {
                     self.counters.cluster_reconnects += 1;
+                }
+                // Channels answered while the broker was away learn their epoch now.
+                let unknown: Vec<Arc<str>> = cluster
+                    .channels
+                    .iter()
+                    .filter(|(_, state)| state.is_none())
+                    .map(|(name, _)| name.clone())
+                    .filter(|name| self.owned.get(name).is_some_and(|o| o.epoch == 0))
+                    .collect();
+                for channel in unknown {
+                    self.refresh_position(&channel);
                 }
             }
             BrokerEvent::Down { .. } => {
@@ -760,6 +792,18 @@ impl Engine {
         };
         if let Some(pending) = cluster.recoveries.remove(&token) {
             return self.on_recover_reply(pending, result);
+        }
+        if let Some(refreshed) = cluster.refreshes.remove(&token) {
+            // Still unknown (no message came meanwhile): the broker's epoch, offset 0, so
+            // every message of it that is on its way is above the position, and any that
+            // were missed show as a gap (or are recovered from the broker).
+            let epoch = result.map_or(0, |r| r.position.epoch);
+            let unknown = self.owned.get(&refreshed).is_some_and(|o| o.epoch == 0);
+            let live = matches!(cluster.channels.get(&refreshed), Some(None));
+            if unknown && live && epoch != 0 {
+                self.move_position(&refreshed, 0, epoch);
+            }
+            return;
         }
         if cluster.reads.remove(&token).is_none() {
             return;

@@ -384,13 +384,34 @@ fn a_subscribe_while_the_broker_is_down_is_answered_and_its_first_message_sets_t
         moved: 0,
         epochs_bumped: 0,
     });
+    c.settle();
+    // Back up: the channel's position is read again, and its epoch is known from then on.
+    let refresh = broker.take().into_iter().find_map(|c| match c {
+        BrokerCommand::History {
+            since: None, token, ..
+        } => Some(token),
+        _ => None,
+    });
+    broker.deliver(reply(refresh.expect("a position read"), "news", 11, 5));
+    c.settle();
+    let mut late = Ws::open(&mut c, 1, "/ws");
+    late.send_text(&mut c, r#"{"op":"subscribe","channel":"news"}"#);
+    c.settle();
+    let texts = late.texts(&mut c);
+    let sub = texts.iter().find(|t| t["op"] == "subscribed").unwrap();
+    assert_eq!(
+        (sub["offset"].as_u64(), sub["epoch"].as_u64()),
+        (Some(0), Some(5))
+    );
     broker.deliver(message("news", 12, 5, "12"));
     broker.deliver(message("news", 13, 5, "13"));
     c.settle();
-    assert_eq!(
-        offsets(&ws.texts(&mut c)),
-        vec![(12, json!(12)), (13, json!(13))]
-    );
+    for ws in [&mut ws, &mut late] {
+        assert_eq!(
+            offsets(&ws.texts(&mut c)),
+            vec![(12, json!(12)), (13, json!(13))]
+        );
+    }
     // The broker lost the channel: the position becomes unknown until the next message.
     broker.deliver(BrokerEvent::Resync {
         channel: Arc::from("news"),
@@ -400,6 +421,14 @@ fn a_subscribe_while_the_broker_is_down_is_answered_and_its_first_message_sets_t
         },
         now: Position::default(),
     });
+    c.settle();
+    assert!(
+        broker
+            .take()
+            .iter()
+            .any(|c| matches!(c, BrokerCommand::History { since: None, .. })),
+        "the new epoch is read"
+    );
     broker.deliver(message("news", 1, 6, "1"));
     c.settle();
     assert_eq!(offsets(&ws.texts(&mut c)), vec![(1, json!(1))]);
