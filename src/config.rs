@@ -505,6 +505,9 @@ pub struct Config {
     pub http: HttpConfig,
     /// Scale-out through a broker (`[cluster]`, docs/cluster.md); off unless `redis` is set.
     pub cluster: crate::broker::config::ClusterConfig,
+    /// Broker channels applications publish to, mapped onto connections, users or channels
+    /// (`[[redis_input]]`, docs/cluster.md); needs `[cluster] redis`.
+    pub redis_input: Vec<crate::broker::config::RedisInput>,
     /// Every bound.
     pub limits: Limits,
 }
@@ -550,6 +553,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
             cluster: crate::broker::config::ClusterConfig::default(),
+            redis_input: Vec::new(),
             limits: Limits::default(),
         }
     }
@@ -568,6 +572,7 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         config.limits.validate()?;
         config.cluster.validate()?;
+        crate::broker::config::validate_inputs(&config.redis_input, &config.cluster)?;
         Ok(config)
     }
 }
@@ -637,6 +642,11 @@ pub fn reload(old: &Config, new: &Config) -> Reload {
     restart_if(old.control != new.control, "control", &mut needs_restart);
     restart_if(old.http != new.http, "http", &mut needs_restart);
     restart_if(old.cluster != new.cluster, "cluster", &mut needs_restart);
+    restart_if(
+        old.redis_input != new.redis_input,
+        "redis_input",
+        &mut needs_restart,
+    );
     let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (
         serde_json::to_value(&old.limits),
         serde_json::to_value(&new.limits),

@@ -24,7 +24,8 @@
 //! - [`channel`]: pub/sub state as plain data: local subscriber index, the owner's sequence;
 //! - [`xshard`]: bounded SPSC rings between shards, the overflow queue, the eventfd doorbell;
 //! - [`broker`]: the seam to a broker shared by several nodes (commands, events, the bounded
-//!   queue) and the Redis bridge on its own thread; not wired to the shards yet;
+//!   queue, the routing of events to shards) and the Redis bridge on its own thread, started
+//!   by the server with `[cluster]`; the engine's side is `engine::cluster`;
 //! - [`timer`]: the timing wheel (pure data);
 //! - [`config`]: `Config` and `Limits`, every bound of the server;
 //! - [`budget`]: a shard's worst-case memory, term by term, from `Limits`;

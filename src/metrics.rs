@@ -14,6 +14,11 @@ use std::fmt::Write;
 /// Fields that are gauges (a level now), with their metric name and help.
 const GAUGES: &[(&str, &str, &str)] = &[
     (
+        "cluster_up",
+        "ringcast_cluster_up",
+        "1 while the shard's broker bridge is connected (`[cluster]`), else 0.",
+    ),
+    (
         "open",
         "ringcast_connections",
         "Connections open now (WebSocket, control and HTTP; handshaking, open or closing).",
@@ -260,6 +265,39 @@ const HELP: &[(&str, &str)] = &[
     (
         "inflate_too_big",
         "Compressed client messages that inflated past the message limit (1009).",
+    ),
+    (
+        "cluster_reconnects",
+        "Times the broker came back after being lost.",
+    ),
+    (
+        "cluster_publish_errors",
+        "Publishes refused or lost by the broker (answered cluster_unavailable).",
+    ),
+    (
+        "cluster_messages_in",
+        "Channel messages received from the broker at their owner shard.",
+    ),
+    (
+        "cluster_messages_out",
+        "Publishes the broker sequenced for this shard.",
+    ),
+    (
+        "cluster_malformed",
+        "Broker messages dropped for a payload that does not decode.",
+    ),
+    (
+        "cluster_events_dropped",
+        "Broker events dropped at a full ring towards the shard.",
+    ),
+    (
+        "cluster_epochs_bumped",
+        "Channels whose broker epoch changed while subscribed here.",
+    ),
+    ("redis_input_messages", "Redis input messages acted on."),
+    (
+        "redis_input_refused",
+        "Redis input messages ignored (bad suffix, too long, unknown target).",
     ),
 ];
 

@@ -36,6 +36,8 @@ pub struct Server {
     drain: Arc<std::sync::atomic::AtomicU64>,
     /// The configuration the shards run, replaceable by a reload.
     live: Arc<crate::engine::LiveConfig>,
+    /// The broker bridge (`[cluster]`), stopped after the shards.
+    bridge: Option<crate::broker::redis::RedisBridge>,
 }
 
 /// The driver the shards run on, and the line that says why when it is not the one asked for.
@@ -198,6 +200,7 @@ impl Server {
     /// Binds the listeners and starts the shards; returns once every shard is ready to accept.
     pub fn start(config: Config) -> Result<Server, String> {
         config.limits.validate()?;
+        crate::broker::config::validate_inputs(&config.redis_input, &config.cluster)?;
         let origins = crate::auth::OriginPolicy::parse(&config.allowed_origins)
             .map_err(|e| format!("allowed_origins: {e}"))?;
         let shards = if config.shards == 0 {
@@ -297,6 +300,17 @@ impl Server {
         // its life on average. (Start time alone was overtaken by a burst of 20,000 channels.)
         // The result stays below 2^52 (JavaScript-safe) until the year 2109.
         let epoch_base = wall_ms.saturating_mul(EPOCH_PER_MS);
+        // Clustered: the bridge runs on its own thread; its events reach each shard through a
+        // ring of its own and that shard's doorbell, its commands go through a handle per shard.
+        let (bridge, mut cluster_lanes) = if config.cluster.enabled() {
+            // Every request in flight has room for its answer, plus as much again for messages.
+            let lane_capacity = config.cluster.queue_capacity.saturating_mul(2).max(1024);
+            let (sink, lanes) = crate::broker::route::ShardSink::new(bells.clone(), lane_capacity);
+            let bridge = crate::broker::redis::RedisBridge::spawn(&config.cluster, sink)?;
+            (Some(bridge), lanes.into_iter().map(Some).collect())
+        } else {
+            (None, Vec::new())
+        };
         let mut threads = Vec::with_capacity(shards);
         let published: Vec<Arc<Published>> = (0..shards)
             .map(|_| Arc::new(Published::default()))
@@ -325,6 +339,13 @@ impl Server {
                 http_listener,
                 drain: drain.clone(),
                 live: live.clone(),
+                cluster: match (&bridge, cluster_lanes.get_mut(index).and_then(Option::take)) {
+                    (Some(bridge), Some(events)) => Some(crate::engine::cluster::ClusterSetup {
+                        handle: bridge.handle(),
+                        events,
+                    }),
+                    _ => None,
+                },
             };
             let shard_io = ShardIo {
                 listener,
@@ -369,6 +390,7 @@ impl Server {
             http_addr,
             drain,
             live,
+            bridge,
         };
         if let Some(err) = failure {
             server.stop.store(true, Ordering::Relaxed);
@@ -472,6 +494,10 @@ impl Server {
                 Ok(Err(e)) => result = result.and(Err(format!("shard {index}: {e}"))),
                 Err(_) => result = result.and(Err(format!("shard {index} panicked"))),
             }
+        }
+        // The shards are gone: nothing sends to the bridge any more.
+        if let Some(bridge) = self.bridge {
+            bridge.stop();
         }
         // Only now may a successor take the control paths: their socket files are gone.
         drop(self.control_locks);

@@ -57,6 +57,9 @@ pub struct Counters {
     pub history_bytes: u64,
     /// Gauge: control and HTTP connections open now (included in `open`).
     pub control_open: u64,
+    /// Gauge: 1 while the broker bridge is connected (`[cluster]`; summed: the shards that see
+    /// it up), else 0.
+    pub cluster_up: u64,
     /// Upgrade handshakes completed.
     pub handshakes: u64,
     /// Handshakes refused, by HTTP status, e.g. `[(400, 3), (404, 1)]`.
@@ -214,6 +217,27 @@ pub struct Counters {
     pub messages_inflated: u64,
     /// Compressed client messages refused for inflating past the message limit (close 1009).
     pub inflate_too_big: u64,
+    /// Times the broker came back after being lost (`[cluster]`; counted by shard 0).
+    pub cluster_reconnects: u64,
+    /// Publishes answered `cluster_unavailable` (or `limit_exceeded` for a payload too large for
+    /// the bridge): the broker was down, its queue full, or it refused or lost the publish.
+    pub cluster_publish_errors: u64,
+    /// Channel messages received from the broker at their owner shard (then fanned out).
+    pub cluster_messages_in: u64,
+    /// Publishes the broker sequenced for this shard's requests.
+    pub cluster_messages_out: u64,
+    /// Broker messages dropped at their owner for a payload that does not decode (kind byte,
+    /// UTF-8, JSON).
+    pub cluster_malformed: u64,
+    /// Broker events dropped because this shard's ring from the bridge was full.
+    pub cluster_events_dropped: u64,
+    /// Channels whose broker epoch changed while this node had subscribers (the broker lost them).
+    pub cluster_epochs_bumped: u64,
+    /// `[[redis_input]]` messages acted on (sent to a connection, a user or a channel).
+    pub redis_input_messages: u64,
+    /// `[[redis_input]]` messages ignored: unknown pattern, bad or too long suffix, payload too
+    /// large, bad channel.
+    pub redis_input_refused: u64,
 }
 
 fn bump(list: &mut Vec<(u16, u64)>, key: u16, by: u64) {
@@ -271,6 +295,7 @@ impl Counters {
         self.users_online += other.users_online;
         self.history_bytes += other.history_bytes;
         self.control_open += other.control_open;
+        self.cluster_up += other.cluster_up;
         self.handshakes += other.handshakes;
         for &(k, n) in &other.rejected_by_status {
             bump(&mut self.rejected_by_status, k, n);
@@ -347,6 +372,15 @@ impl Counters {
         self.deflate_bytes_saved += other.deflate_bytes_saved;
         self.messages_inflated += other.messages_inflated;
         self.inflate_too_big += other.inflate_too_big;
+        self.cluster_reconnects += other.cluster_reconnects;
+        self.cluster_publish_errors += other.cluster_publish_errors;
+        self.cluster_messages_in += other.cluster_messages_in;
+        self.cluster_messages_out += other.cluster_messages_out;
+        self.cluster_malformed += other.cluster_malformed;
+        self.cluster_events_dropped += other.cluster_events_dropped;
+        self.cluster_epochs_bumped += other.cluster_epochs_bumped;
+        self.redis_input_messages += other.redis_input_messages;
+        self.redis_input_refused += other.redis_input_refused;
         self.config_reloads += other.config_reloads;
         self.delivery_latency_us.add(&other.delivery_latency_us);
         self.send_queue_64b.add(&other.send_queue_64b);

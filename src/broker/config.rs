@@ -142,6 +142,103 @@ impl ClusterConfig {
     }
 }
 
+/// Most `[[redis_input]]` entries.
+pub const REDIS_INPUTS_MAX: usize = 64;
+/// Longest literal prefix of a `[[redis_input]]` pattern, in bytes.
+pub const INPUT_PREFIX_BYTES_MAX: usize = 200;
+
+/// What a `[[redis_input]]` entry delivers to.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InputTarget {
+    /// The suffix is a connection id: the payload goes to that connection as it is.
+    Conn,
+    /// The suffix is a user id: the payload goes to each of the user's connections.
+    User,
+    /// The suffix (or `channel` with `{}` replaced by it) is a ringcast channel: the payload is
+    /// published there.
+    Channel,
+}
+
+/// One `[[redis_input]]` entry: broker channels applications `PUBLISH` to, mapped onto a
+/// ringcast target (docs/cluster.md, "Redis input").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisInput {
+    /// A Redis glob of the form `LITERAL*` (one `*`, at the end, no other glob character),
+    /// e.g. `ws:fid:*`; what the `*` matched is the suffix.
+    pub pattern: String,
+    /// What the suffix names.
+    pub to: InputTarget,
+    /// With `to = "channel"`: the ringcast channel, `{}` standing for the suffix (e.g.
+    /// `news:{}`); none: the suffix itself.
+    pub channel: Option<String>,
+}
+
+impl RedisInput {
+    /// The pattern's literal part (what precedes the `*`).
+    pub fn prefix(&self) -> &str {
+        self.pattern.strip_suffix('*').unwrap_or(&self.pattern)
+    }
+
+    /// Checks the entry; the error names it.
+    pub fn validate(&self) -> Result<(), String> {
+        let name = format!("redis_input {:?}", self.pattern);
+        let prefix = self.prefix();
+        if !self.pattern.ends_with('*')
+            || prefix.is_empty()
+            || prefix.len() > INPUT_PREFIX_BYTES_MAX
+            || prefix.bytes().any(|b| {
+                matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') || b.is_ascii_control() || b == b' '
+            })
+        {
+            return Err(format!(
+                "{name}: the pattern must be 1 to {INPUT_PREFIX_BYTES_MAX} literal bytes followed \
+                 by one `*` (e.g. \"ws:fid:*\")"
+            ));
+        }
+        match (&self.channel, self.to) {
+            (Some(_), InputTarget::Conn | InputTarget::User) => {
+                Err(format!("{name}: `channel` is only for to = \"channel\""))
+            }
+            (Some(template), InputTarget::Channel) if template.matches("{}").count() > 1 => {
+                Err(format!("{name}: `channel` may hold `{{}}` once"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The ringcast channel a suffix maps to (`to = "channel"`), unvalidated.
+    pub fn channel_for(&self, suffix: &str) -> String {
+        match &self.channel {
+            Some(template) => template.replacen("{}", suffix, 1),
+            None => suffix.to_string(),
+        }
+    }
+}
+
+/// Checks the `[[redis_input]]` list against `[cluster]`.
+pub fn validate_inputs(inputs: &[RedisInput], cluster: &ClusterConfig) -> Result<(), String> {
+    if inputs.is_empty() {
+        return Ok(());
+    }
+    if !cluster.enabled() {
+        return Err("redis_input needs [cluster] redis to be set".to_string());
+    }
+    if inputs.len() > REDIS_INPUTS_MAX {
+        return Err(format!(
+            "at most {REDIS_INPUTS_MAX} [[redis_input]] entries"
+        ));
+    }
+    for (i, input) in inputs.iter().enumerate() {
+        input.validate()?;
+        if inputs[..i].iter().any(|o| o.pattern == input.pattern) {
+            return Err(format!("redis_input {:?} appears twice", input.pattern));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +254,38 @@ mod tests {
             "{node}"
         );
         assert!(is_name(&node), "{node}");
+    }
+
+    #[test]
+    fn redis_inputs_are_validated() {
+        let on = ClusterConfig {
+            redis: Some("redis://127.0.0.1".to_string()),
+            ..ClusterConfig::default()
+        };
+        let input = |pattern: &str, to, channel: Option<&str>| RedisInput {
+            pattern: pattern.to_string(),
+            to,
+            channel: channel.map(str::to_string),
+        };
+        let good = input("ws:fid:*", InputTarget::Conn, None);
+        assert_eq!(good.prefix(), "ws:fid:");
+        assert_eq!(validate_inputs(std::slice::from_ref(&good), &on), Ok(()));
+        assert!(validate_inputs(std::slice::from_ref(&good), &ClusterConfig::default()).is_err());
+        for bad in ["ws:fid:", "*", "ws:*:x*", "ws:?*", "a b*"] {
+            let e = validate_inputs(&[input(bad, InputTarget::User, None)], &on).unwrap_err();
+            assert!(e.contains("pattern"), "{bad}: {e}");
+        }
+        let t = input("in:*", InputTarget::Channel, Some("news:{}"));
+        assert_eq!(t.channel_for("x"), "news:x");
+        assert!(
+            input("in:*", InputTarget::Conn, Some("a"))
+                .validate()
+                .is_err()
+        );
+        assert!(
+            validate_inputs(&[good.clone(), good], &on).is_err(),
+            "twice"
+        );
     }
 
     #[test]

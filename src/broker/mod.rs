@@ -3,7 +3,8 @@
 //! Owns the types that cross the seam and nothing else: [`BrokerCommand`] (shards → bridge),
 //! [`BrokerEvent`] (bridge → shards), the [`BrokerSink`] the bridge delivers events into, the
 //! bounded command queue behind [`BrokerHandle`], and the bridge's counters ([`BrokerStats`]).
-//! The one bridge today is [`redis`]; [`config`] holds its `[cluster]` settings.
+//! The one bridge today is [`redis`]; [`config`] holds its `[cluster]` settings; [`route`] carries
+//! events to the shards (the server's sink).
 //!
 //! The seam, as the integration drives it:
 //!
@@ -24,7 +25,9 @@
 //!   once, in the broker's one order, with the offset and epoch the broker assigned. A publish
 //!   is answered by [`BrokerEvent::Published`] with its offset (or the error).
 //! - **Recovery**: [`BrokerCommand::History`] answers the channel's position and, when the
-//!   caller's `since` is still kept in the same epoch, the messages after it. A history read is
+//!   caller's `since` is still kept in the same epoch, the messages after it; without `since`,
+//!   a channel the broker does not know gets its epoch then (offset 0), so subscribers learn
+//!   the epoch their first messages will carry. A history read is
 //!   executed only after every earlier `Subscribe` of this bridge is active at the broker, so a
 //!   `Subscribe` then a `History` for the same channel leave no gap: every message with an
 //!   offset above the reply's position arrives as a `Message` (possibly before the reply: the
@@ -50,6 +53,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 pub mod config;
 pub mod redis;
+pub mod route;
 
 /// A channel's place in its sequence: the last offset assigned and the epoch that identifies
 /// this incarnation of the sequence. `(0, 0)`: the broker does not know the channel.
@@ -111,7 +115,8 @@ pub enum BrokerCommand {
     History {
         /// The channel.
         channel: Arc<str>,
-        /// The position the caller saw last (`None`: only the current position).
+        /// The position the caller saw last (`None`: only the current position, the channel's
+        /// epoch started if it has none).
         since: Option<Position>,
         /// The caller's token, returned in the answer.
         token: u64,

@@ -122,6 +122,11 @@ impl History {
         }
     }
 
+    /// The newest kept offset.
+    pub fn last_offset(&self) -> Option<u64> {
+        self.entries.back().map(|e| e.offset)
+    }
+
     /// Whether every message after `since` up to `last` (the channel's last offset) is kept.
     pub fn covers(&self, since: u64, last: u64) -> Since {
         if since >= last {

@@ -195,6 +195,31 @@ impl OwnedChannels {
     pub fn get(&self, name: &str) -> Option<&Owned> {
         self.map.get(name)
     }
+
+    /// Clustered: the broker sequences the channel; its position as the broker gave it (the
+    /// last offset delivered here and the broker's epoch).
+    pub fn set_position(&mut self, name: &str, offset: u64, epoch: u64) {
+        if let Some(owned) = self.map.get_mut(name) {
+            owned.offset = offset;
+            owned.epoch = epoch;
+        }
+    }
+
+    /// Clustered: forgets the channel's kept messages (a gap or a new epoch came from the
+    /// broker, so they no longer lead up to the channel's position).
+    pub fn clear_history(&mut self, name: &str) {
+        if let Some(owned) = self.map.get_mut(name) {
+            owned.history.clear(&mut self.history_bytes);
+        }
+    }
+
+    /// Clustered: forgets the channel (the node's last interest left and the broker
+    /// subscription with it, so its history here would miss what comes next).
+    pub fn remove(&mut self, name: &str) {
+        if let Some(mut owned) = self.map.remove(name) {
+            owned.history.clear(&mut self.history_bytes);
+        }
+    }
 }
 
 #[cfg(test)]

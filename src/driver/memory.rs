@@ -123,9 +123,74 @@ pub struct Cluster {
     pub stopped_accepting: Vec<bool>,
 }
 
+/// A stand-in for the broker bridge: the commands the shards sent, and a way to hand them
+/// events as the bridge's sink would (routed by `broker::route`).
+pub struct FakeBroker {
+    /// The shards' handle (mark it up or down with `handle.shared().set_up`).
+    pub handle: crate::broker::BrokerHandle,
+    /// The commands the shards queued, in order.
+    pub commands: std::sync::mpsc::Receiver<crate::broker::BrokerCommand>,
+    lanes: Vec<crate::xshard::LaneTx<crate::broker::BrokerEvent>>,
+}
+
+impl FakeBroker {
+    /// Delivers `event` to the shard (or shards) the sink would.
+    pub fn deliver(&mut self, event: crate::broker::BrokerEvent) {
+        use crate::broker::route::{Route, route};
+        match route(&event, self.lanes.len()) {
+            Route::One(shard) => {
+                self.lanes[shard].push(event);
+            }
+            Route::All => {
+                for lane in &mut self.lanes {
+                    lane.push(event.clone());
+                }
+            }
+        }
+    }
+
+    /// Every command queued so far.
+    pub fn take(&self) -> Vec<crate::broker::BrokerCommand> {
+        self.commands.try_iter().collect()
+    }
+}
+
 impl Cluster {
     /// `shards` engines on `config` (its ring capacities apply), at time 0.
     pub fn new(config: Config, shards: usize) -> Cluster {
+        Cluster::build(config, shards, (0..shards).map(|_| None).collect())
+    }
+
+    /// Clustered engines (`[cluster]` as if set) and the fake broker they talk to; the broker
+    /// counts as up.
+    pub fn with_broker(config: Config, shards: usize) -> (Cluster, FakeBroker) {
+        // Invariant: an eventfd for the fake's doorbell (a test machine has them).
+        let (handle, commands) = crate::broker::queue(1024).expect("invariant: an eventfd");
+        handle.shared().set_up(true);
+        let mut lanes = Vec::new();
+        let mut setups = Vec::new();
+        for _ in 0..shards {
+            let (tx, rx) = crate::xshard::lane(4096);
+            lanes.push(tx);
+            setups.push(Some(crate::engine::cluster::ClusterSetup {
+                handle: handle.clone(),
+                events: rx,
+            }));
+        }
+        let cluster = Cluster::build(config, shards, setups);
+        let broker = FakeBroker {
+            handle,
+            commands,
+            lanes,
+        };
+        (cluster, broker)
+    }
+
+    fn build(
+        config: Config,
+        shards: usize,
+        mut setups: Vec<Option<crate::engine::cluster::ClusterSetup>>,
+    ) -> Cluster {
         let config = Arc::new(config);
         let mesh = crate::xshard::mesh(
             shards,
@@ -167,6 +232,7 @@ impl Cluster {
                     http_listener: Some(1),
                     drain: drain.clone(),
                     live: live.clone(),
+                    cluster: setups[index].take(),
                 }),
                 tx: MemTx {
                     max: config.limits.sends_in_flight_max,

@@ -231,6 +231,12 @@ impl ConnTable {
         }
     }
 
+    /// Starts the generations at `first` (clustered nodes start each shard at a different
+    /// point, so the ids of two nodes rarely coincide; see docs/cluster.md, "Redis input").
+    pub fn seed_generation(&mut self, first: u32) {
+        self.next_generation = first & ((1 << crate::id::GEN_BITS) - 1);
+    }
+
     /// Inserts a fresh connection on `sock` with the next generation; returns its slot.
     pub fn insert(&mut self, sock: Sock, now_tick: u32) -> usize {
         let generation = self.next_generation;

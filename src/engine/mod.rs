@@ -16,6 +16,8 @@
 //! - [`events`]: the backend event stream (consumers, groups, per-shard sequences);
 //! - [`http`]: HTTP connections: metrics, health, the dashboard, the HTTP API on the control
 //!   executor;
+//! - [`cluster`]: clustered channels through the broker seam (`[cluster]` only): interest,
+//!   publishes and deliveries at each channel's owner, `[[redis_input]]`;
 //! - [`xmsg`]: the messages between shards, and which of them may be refused;
 //! - [`io`]: the driver contract.
 //!
@@ -24,6 +26,7 @@
 //! `handshaking` counts the connections in `State::Handshaking`. A network event never panics:
 //! bad input is an operating error answered on its own connection.
 
+pub mod cluster;
 pub mod conn;
 pub mod control;
 pub mod events;
@@ -138,6 +141,8 @@ pub struct EngineSetup {
     pub drain: Arc<std::sync::atomic::AtomicU64>,
     /// The reloadable configuration (the same for every shard).
     pub live: Arc<LiveConfig>,
+    /// With `[cluster]`: the broker's handle and this shard's events (none: one node).
+    pub cluster: Option<cluster::ClusterSetup>,
 }
 
 /// The configuration every shard runs with, replaceable while they run (a reload): the server
@@ -272,6 +277,8 @@ pub struct Engine {
     echo_narrow: Option<(u8, Box<crate::proto::deflate::Compressor>)>,
     /// The inflater's output: one client message at a time (≤ its endpoint's message limit).
     inflated: Vec<u8>,
+    /// Clustered channels (`[cluster]`); none on a single node.
+    cluster: Option<Box<cluster::Cluster>>,
     // Cross-shard rings.
     outboxes: Vec<Option<Outbox<XMsg>>>,
     inbox: Inbox<XMsg>,
@@ -305,10 +312,20 @@ impl Engine {
         let limits = &setup.config.limits;
         let mut wheel = Wheel::new(WHEEL_BUCKETS, 0);
         wheel.reserve_keys(crate::budget::wheel_keys(limits));
-        Engine {
+        let mut conns = ConnTable::with_capacity(limits.conns_per_shard_max);
+        if setup.cluster.is_some() {
+            // Connection ids carry no node: start each node's generations elsewhere, so an id
+            // published to the broker rarely names a connection on two nodes.
+            let seed = setup
+                .epoch_base
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .rotate_left(17 + setup.index as u32);
+            conns.seed_generation((seed >> 20) as u32);
+        }
+        let mut engine = Engine {
             index: setup.index,
             shards: setup.shards,
-            conns: ConnTable::with_capacity(limits.conns_per_shard_max),
+            conns,
             owed: Owed::default(),
             shed_recheck_at: 0,
             inbound_bytes: 0,
@@ -352,6 +369,7 @@ impl Engine {
             deflate_scratch: Vec::new(),
             inflated: Vec::new(),
             echo_narrow: None,
+            cluster: setup.cluster.map(|c| Box::new(cluster::Cluster::new(c))),
             outboxes: setup.mesh.outboxes,
             inbox: setup.mesh.inbox,
             self_queue: VecDeque::new(),
@@ -380,7 +398,9 @@ impl Engine {
                 deflate: false,
             },
             config: setup.config,
-        }
+        };
+        engine.subscribe_inputs();
+        engine
     }
 
     fn limits(&self) -> &Limits {
@@ -674,6 +694,7 @@ impl Engine {
         self.counters.users_online = self.users.len() as u64;
         self.counters.history_bytes = self.owned.history_bytes() as u64;
         self.counters.control_open = self.control_open as u64;
+        self.cluster_gauges();
         self.published.publish(&self.counters);
     }
 

@@ -4,7 +4,9 @@
 //! Publish path: publisher's shard → `Publish` → owner (`channel::owner_of`) assigns the offset
 //! and encodes the envelope and raw frames once → `Deliver` to every shard with subscribers →
 //! each clones the `Bytes` handle into each subscriber's queue. No per-subscriber allocation,
-//! copy or clock read.
+//! copy or clock read. Clustered, the owner sends the publish to the broker instead, and the
+//! broker's message comes back to the owner of every node, which fans it out the same way
+//! (`super::cluster`).
 
 use super::Engine;
 use super::conn::{DIRTY, Endpoint, SENDING, State};
@@ -112,7 +114,8 @@ impl Engine {
         }
     }
 
-    /// Handles what other shards (and this one) sent, up to a budget; returns whether anything
+    /// Handles what other shards (and this one) sent, and the broker's events when clustered,
+    /// up to a budget; returns whether anything
     /// was handled (not when everything waits for the queues to drain: the driver may then
     /// sleep until sends complete or the next tick).
     pub fn drain_inbox(&mut self) -> bool {
@@ -123,7 +126,13 @@ impl Engine {
             }
             self.inbox.drain(DRAIN_BUDGET, |m| batch.push_back(m));
         }
-        let mut any = false;
+        let mut any = self.drain_broker();
+        if any && batch.is_empty() {
+            // What the broker's events sent to this shard itself.
+            while let Some(msg) = self.self_queue.pop_front() {
+                batch.push_back(msg);
+            }
+        }
         let high = self.high_watermark();
         while let Some(msg) = batch.pop_front() {
             if self.owed.total() > high
@@ -144,6 +153,7 @@ impl Engine {
     /// Retries overflowed messages; calls `ring(shard)` for every destination that got messages
     /// since the last call (the driver rings that shard's doorbell). Once per loop turn.
     pub fn flush_outboxes(&mut self, mut ring: impl FnMut(usize)) {
+        self.flush_broker();
         for (to, outbox) in self.outboxes.iter_mut().enumerate() {
             if let Some(outbox) = outbox {
                 if outbox.flush() {
@@ -153,7 +163,10 @@ impl Engine {
         }
     }
 
-    fn handle_x(&mut self, msg: XMsg) {
+    pub(super) fn handle_x(&mut self, msg: XMsg) {
+        let Some(msg) = self.cluster_intercept(msg) else {
+            return;
+        };
         match msg {
             XMsg::Publish {
                 channel,
@@ -201,6 +214,7 @@ impl Engine {
             }
             XMsg::Withdraw { channel, shard } => self.owned.withdraw(&channel, shard as usize),
             XMsg::Ack { channel, position } => self.on_ack(&channel, position),
+            XMsg::Position { channel, position } => self.on_position(&channel, position),
             XMsg::Recover {
                 channel,
                 since,
@@ -344,7 +358,7 @@ impl Engine {
 
     /// The owner: assign the next offset, encode both frames once, fan out to the shards.
     /// The channel's history settings, when its namespace keeps history: (size, ttl in ms).
-    fn history_policy(&self, name: &str) -> Option<(usize, u64)> {
+    pub(super) fn history_policy(&self, name: &str) -> Option<(usize, u64)> {
         self.config
             .namespaces
             .get(channel::namespace_of(name))
@@ -353,7 +367,7 @@ impl Engine {
     }
 
     /// The position a publish with this key got, if it was within the window.
-    fn seen_key(&mut self, channel: &str, key: &str) -> Option<(u64, u64)> {
+    pub(super) fn seen_key(&mut self, channel: &str, key: &str) -> Option<(u64, u64)> {
         let window = limits_ticks(self.config.limits.idempotency_window_ms);
         let now = self.now_tick;
         // Forget what aged out (oldest first), then look.
@@ -371,7 +385,7 @@ impl Engine {
     }
 
     /// Remembers the position a publish with this key got.
-    fn remember_key(&mut self, channel: &Arc<str>, key: Box<str>, position: (u64, u64)) {
+    pub(super) fn remember_key(&mut self, channel: &Arc<str>, key: Box<str>, position: (u64, u64)) {
         let max = self.config.limits.idempotency_keys_per_shard_max;
         if max == 0 {
             return;
@@ -428,7 +442,23 @@ impl Engine {
         } else {
             self.counters.published += 1;
         }
-        let (envelope, raw) = encode_message(&channel, offset, &body);
+        let _ = self.fan_out(&channel, offset, &body, shards, history, report_to);
+        (offset, epoch)
+    }
+
+    /// The owner, once a message has its offset (assigned here, or by the broker when
+    /// clustered): encode both frames once, keep them in history, send them to every shard in
+    /// `shards`.
+    pub(super) fn fan_out(
+        &mut self,
+        channel: &Arc<str>,
+        offset: u64,
+        body: &Body,
+        shards: crate::channel::owner::ShardSet,
+        history: Option<(usize, u64)>,
+        report_to: Option<ReplyTo>,
+    ) -> Arc<Frames> {
+        let (envelope, raw) = encode_message(channel, offset, body);
         let mut frames = Frames::plain(envelope, raw);
         if let Some(compressor) = self.compressor.as_mut() {
             // Once here at the owner, never per subscriber (RFC 7692 §7.2.1; without context
@@ -442,14 +472,14 @@ impl Engine {
         if let Some((size, ttl_ms)) = history {
             // The same frames the subscribers get: a replay sends the bytes a delivery did.
             let now = self.now_ms;
-            self.owned.expire(&channel, now, ttl_ms);
+            self.owned.expire(channel, now, ttl_ms);
             let entry = crate::channel::history::Entry {
                 offset,
                 at_ms: now,
                 frames: frames.clone(),
             };
             let max = self.config.limits.history_bytes_per_shard_max;
-            if !self.owned.keep(&channel, entry, size, max) {
+            if !self.owned.keep(channel, entry, size, max) {
                 self.counters.history_refused += 1;
             }
         }
@@ -469,7 +499,7 @@ impl Engine {
             };
             self.send_x(shard, msg);
         }
-        (offset, epoch)
+        frames
     }
 
     /// Queues one sequenced frame to every local subscriber; returns (queued, slow).

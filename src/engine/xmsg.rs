@@ -194,6 +194,15 @@ pub enum XMsg {
         /// Last offset and epoch, or `None` when refused.
         position: Option<(u64, u64)>,
     },
+    /// Clustered, from the owner to a shard with subscribers: the broker moved the channel's
+    /// position (a new epoch, or messages this node missed while the broker was away); later
+    /// offsets follow it.
+    Position {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Last offset and epoch.
+        position: (u64, u64),
+    },
     /// To the owner: what did a client that saw `since` (offset, epoch) miss?
     Recover {
         /// Channel name.
@@ -396,6 +405,7 @@ impl XMsg {
             | XMsg::ClientHistoryReply { .. }
             | XMsg::Recovered { .. }
             | XMsg::Ack { .. }
+            | XMsg::Position { .. }
             | XMsg::UserBind { .. }
             | XMsg::UserUnbind { .. }
             | XMsg::UserRefused { .. }

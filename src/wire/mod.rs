@@ -48,6 +48,9 @@ pub enum ErrorCode {
     TokenExpired,
     /// A client `send` found no event-stream consumer for `message` events.
     NoConsumer,
+    /// Clustered (`[cluster]`): the broker is unreachable or refused or lost the publish; its
+    /// outcome may be unknown (lost in flight). Retry later.
+    ClusterUnavailable,
 }
 
 impl ErrorCode {
@@ -71,11 +74,12 @@ impl ErrorCode {
             ErrorCode::TokenInvalid => "token_invalid",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::NoConsumer => "no_consumer",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
         }
     }
 
     /// Every code (for the docs test).
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::BadParams,
@@ -93,6 +97,7 @@ impl ErrorCode {
         ErrorCode::TokenInvalid,
         ErrorCode::TokenExpired,
         ErrorCode::NoConsumer,
+        ErrorCode::ClusterUnavailable,
     ];
 }
 

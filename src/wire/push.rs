@@ -21,6 +21,62 @@ pub enum Body {
     Binary(Bytes),
 }
 
+/// The first byte of a clustered message's payload in the broker: which [`Body`] follows.
+pub mod broker_kind {
+    /// JSON text.
+    pub const JSON: u8 = b'j';
+    /// A string (UTF-8).
+    pub const TEXT: u8 = b't';
+    /// Bytes.
+    pub const BINARY: u8 = b'b';
+}
+
+impl Body {
+    /// The payload as it crosses the broker (docs/cluster.md, "The payload across Redis"): one
+    /// kind byte, then the body's bytes as they are. Every node decodes the same body and
+    /// encodes the same envelope from it.
+    pub fn to_broker(&self) -> Bytes {
+        let (kind, bytes) = match self {
+            Body::Json(b) => (broker_kind::JSON, b),
+            Body::Text(b) => (broker_kind::TEXT, b),
+            Body::Binary(b) => (broker_kind::BINARY, b),
+        };
+        let mut out = Vec::with_capacity(1 + bytes.len());
+        out.push(kind);
+        out.extend_from_slice(bytes);
+        Bytes::from(out)
+    }
+
+    /// The body of a broker payload; `None` when it does not decode (an unknown kind, a text
+    /// that is not UTF-8, JSON that does not parse: anyone may `PUBLISH` on the broker, and a
+    /// text frame must be UTF-8, RFC 6455 §5.6).
+    pub fn from_broker(payload: &Bytes) -> Option<Body> {
+        let (&kind, rest) = payload.split_first()?;
+        let bytes = payload.slice(1..);
+        match kind {
+            broker_kind::JSON => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(rest).ok()?;
+                Some(Body::Json(bytes))
+            }
+            broker_kind::TEXT => std::str::from_utf8(rest).ok().map(|_| Body::Text(bytes)),
+            broker_kind::BINARY => Some(Body::Binary(bytes)),
+            _ => None,
+        }
+    }
+
+    /// A payload an application published on the broker itself (`[[redis_input]]`): JSON when
+    /// it parses as JSON, else a string when it is UTF-8, else bytes.
+    pub fn from_foreign(payload: Bytes) -> Body {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_ok() {
+            Body::Json(payload)
+        } else if std::str::from_utf8(&payload).is_ok() {
+            Body::Text(payload)
+        } else {
+            Body::Binary(payload)
+        }
+    }
+}
+
 /// One published message, encoded once per client format: the plain frames every client can
 /// read, and their compressed versions (RSV1 set, RFC 7692 §6) for permessage-deflate clients.
 /// An empty compressed frame means there is none (deflate off, payload below
@@ -178,6 +234,37 @@ pub fn encode_message(channel: &str, offset: u64, body: &Body) -> (Bytes, Bytes)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_cross_the_broker_with_their_kind() {
+        let cases = [
+            Body::Json(Bytes::from_static(b"{\"a\":1}")),
+            Body::Text(Bytes::from_static("h\u{e9}".as_bytes())),
+            Body::Binary(Bytes::from_static(&[0, 0xff])),
+        ];
+        for body in cases {
+            let back = Body::from_broker(&body.to_broker()).expect("decodes");
+            assert_eq!(encode_message("c", 1, &back), encode_message("c", 1, &body));
+        }
+        for bad in [&b""[..], b"x123", b"j{", b"t\xff"] {
+            assert!(
+                Body::from_broker(&Bytes::copy_from_slice(bad)).is_none(),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            Body::from_foreign(Bytes::from_static(b"[1]")),
+            Body::Json(_)
+        ));
+        assert!(matches!(
+            Body::from_foreign(Bytes::from_static(b"hi")),
+            Body::Text(_)
+        ));
+        assert!(matches!(
+            Body::from_foreign(Bytes::from_static(b"\xff")),
+            Body::Binary(_)
+        ));
+    }
 
     #[test]
     fn frames_compress_once_per_format() {

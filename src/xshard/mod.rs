@@ -219,6 +219,69 @@ impl<T> Inbox<T> {
     }
 }
 
+/// A single bounded SPSC ring from one producer thread to one shard (the broker bridge's
+/// events): unlike an [`Outbox`] it has no overflow queue, so a full ring refuses the message
+/// and counts it in `dropped`, which both ends share.
+pub fn lane<T>(capacity: usize) -> (LaneTx<T>, LaneRx<T>) {
+    assert!(capacity > 0);
+    let (producer, consumer) = RingBuffer::new(capacity);
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    (
+        LaneTx {
+            producer,
+            dropped: dropped.clone(),
+        },
+        LaneRx { consumer, dropped },
+    )
+}
+
+/// The producing end of a [`lane`].
+pub struct LaneTx<T> {
+    producer: Producer<T>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<T> LaneTx<T> {
+    /// Pushes `msg`, never blocking; a full ring drops it (counted). Returns whether it went in.
+    pub fn push(&mut self, msg: T) -> bool {
+        match self.producer.push(msg) {
+            Ok(()) => true,
+            Err(PushError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
+/// The consuming end of a [`lane`].
+pub struct LaneRx<T> {
+    consumer: Consumer<T>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<T> LaneRx<T> {
+    /// Pops up to `budget` messages, calling `f` on each in order; returns how many.
+    pub fn drain(&mut self, budget: usize, mut f: impl FnMut(T)) -> usize {
+        let mut taken = 0;
+        while taken < budget {
+            match self.consumer.pop() {
+                Ok(msg) => {
+                    taken += 1;
+                    f(msg);
+                }
+                Err(_) => break,
+            }
+        }
+        taken
+    }
+
+    /// Messages the producer dropped because the ring was full, since the start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
 /// One shard's ends of the mesh: an outbox per destination (`None` for itself) and its inbox.
 pub struct Endpoints<T> {
     /// Outboxes indexed by destination shard.
@@ -270,6 +333,20 @@ pub fn mesh<T>(shards: usize, capacity: usize, overflow_max: usize) -> Vec<Endpo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_lane_drops_and_counts() {
+        let (mut tx, mut rx) = lane::<u32>(2);
+        assert!(tx.push(1));
+        assert!(tx.push(2));
+        assert!(!tx.push(3));
+        assert_eq!(rx.dropped(), 1);
+        let mut got = Vec::new();
+        assert_eq!(rx.drain(1, |m| got.push(m)), 1);
+        assert!(tx.push(4));
+        rx.drain(10, |m| got.push(m));
+        assert_eq!(got, vec![1, 2, 4]);
+    }
 
     #[test]
     fn overflow_keeps_order_and_refuses_past_its_bound() {

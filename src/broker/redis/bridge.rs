@@ -56,7 +56,7 @@ enum Pending {
         payload: Bytes,
         keep: Keep,
     },
-    /// A history read (`since: None`: `HMGET` of the position only).
+    /// A history read (`since: None`: the position script only).
     History {
         token: u64,
         channel: Arc<str>,
@@ -116,6 +116,7 @@ pub struct Bridge<S: BrokerSink> {
     keys: Keys,
     publish: Script,
     history: Script,
+    position: Script,
     sink: S,
     shared: Arc<Shared>,
     rx: Receiver<BrokerCommand>,
@@ -162,6 +163,7 @@ impl<S: BrokerSink> Bridge<S> {
             keys: Keys::new(&cfg.prefix),
             publish: Script::new(super::keys::PUBLISH),
             history: Script::new(super::keys::HISTORY),
+            position: Script::new(super::keys::POSITION),
             sink,
             shared,
             rx,
@@ -221,7 +223,7 @@ impl<S: BrokerSink> Bridge<S> {
         let bytes_max = self.cfg.buffer_bytes_max;
         let opened = open_pair(&self.url, &self.node, timeout, bytes_max).and_then(|(sub, cmd)| {
             let mut cmd = cmd;
-            for script in [&self.publish, &self.history] {
+            for script in [&self.publish, &self.history, &self.position] {
                 let sha = cmd.setup(&[b"SCRIPT", b"LOAD", script.text.as_bytes()])?;
                 if sha.bytes().map(|b| &b[..]) != Some(script.sha.as_bytes()) {
                     return Err(protocol("SCRIPT LOAD answered another digest"));
@@ -568,9 +570,12 @@ impl<S: BrokerSink> Bridge<S> {
         since: Option<Position>,
     ) {
         match since {
-            None => link
-                .cmd
-                .queue(&[b"HMGET", &self.keys.hash(&channel), b"seq", b"epoch"]),
+            None => {
+                let (hash, history) = (self.keys.hash(&channel), self.keys.history(&channel));
+                let key_ttl_ms = self.cfg.key_ttl_s.saturating_mul(1000).to_string();
+                let args: [&[u8]; 3] = [&hash, &history, key_ttl_ms.as_bytes()];
+                self.script(link, &self.position, &args);
+            }
             Some(since) => {
                 let (hash, history) = (self.keys.hash(&channel), self.keys.history(&channel));
                 let numbers = [
@@ -877,7 +882,8 @@ impl<S: BrokerSink> Bridge<S> {
         Ok(())
     }
 
-    /// A history reply: `HMGET` for a position alone, the history script with `since`.
+    /// A history reply: the position script for a position alone, the history script with
+    /// `since`.
     fn recovered(
         &mut self,
         channel: &str,

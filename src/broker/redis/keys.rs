@@ -46,6 +46,25 @@ redis.call('PUBLISH', ARGV[1], struct.pack('>BI8I8', 1, seq, tonumber(epoch)) ..
 return {seq, epoch}
 "#;
 
+/// The position script: the channel's position, starting its epoch (with no message yet) when
+/// the channel has none, so that subscribers learn the epoch their first messages will carry and
+/// can recover from it. The old history of an expired channel goes, as in the publish script.
+///
+/// KEYS: the hash, the stream. ARGV: hash TTL (ms). Returns `{offset, epoch}` (epoch as a
+/// decimal string).
+pub const POSITION: &str = r#"-- ringcast position
+local h = redis.call('HMGET', KEYS[1], 'seq', 'epoch')
+local epoch = h[2]
+if not epoch then
+  local t = redis.call('TIME')
+  epoch = t[1] .. string.sub('00000' .. t[2], -6)
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return {tonumber(h[1] or '0'), epoch}
+"#;
+
 /// The history script: the position and, when every message after `since` is kept in the
 /// same epoch (and within the bounds), those messages, read atomically with the position.
 ///

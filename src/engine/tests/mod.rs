@@ -1381,5 +1381,6 @@ fn the_list_of_connections_owing_auth_stays_bounded() {
     );
 }
 
+mod cluster;
 mod deflate;
 mod users;

@@ -1,0 +1,436 @@
+//! Clustered channels on the in-memory driver, against a fake broker: the subscribe/position
+//! protocol (held messages, duplicates dropped), publishes answered from the broker, epochs
+//! moving, recovery through the broker, and untrusted broker input (malformed payloads, bad
+//! `[[redis_input]]` suffixes) counted and dropped.
+
+use super::*;
+use crate::broker::config::{ClusterConfig, InputTarget, RedisInput};
+use crate::broker::{BrokerCommand, BrokerError, BrokerEvent, Position, Recovered};
+use crate::driver::memory::FakeBroker;
+use bytes::Bytes;
+use std::sync::Arc;
+
+fn clustered() -> Config {
+    let mut config = config();
+    config.cluster = ClusterConfig {
+        redis: Some("redis://127.0.0.1:1".to_string()),
+        ..ClusterConfig::default()
+    };
+    config.namespaces.insert(
+        "rec".to_string(),
+        crate::config::Namespace {
+            history_size: 100,
+            ..Default::default()
+        },
+    );
+    config.redis_input = vec![
+        RedisInput {
+            pattern: "ws:fid:*".to_string(),
+            to: InputTarget::Conn,
+            channel: None,
+        },
+        RedisInput {
+            pattern: "ws:in:*".to_string(),
+            to: InputTarget::Channel,
+            channel: Some("feed:{}".to_string()),
+        },
+    ];
+    config
+}
+
+fn message(channel: &str, offset: u64, epoch: u64, data: &str) -> BrokerEvent {
+    BrokerEvent::Message {
+        channel: Arc::from(channel),
+        offset,
+        epoch,
+        payload: crate::wire::Body::Json(Bytes::copy_from_slice(data.as_bytes())).to_broker(),
+    }
+}
+
+/// The token of the position read the owner sent for `channel`, after its `Subscribe`.
+fn position_read(broker: &FakeBroker, channel: &str) -> u64 {
+    let commands = broker.take();
+    let at = commands
+        .iter()
+        .position(|c| matches!(c, BrokerCommand::Subscribe { channel: ch } if &**ch == channel))
+        .unwrap_or_else(|| panic!("no Subscribe for {channel}: {commands:?}"));
+    match &commands[at + 1] {
+        BrokerCommand::History {
+            channel: ch,
+            since: None,
+            token,
+        } if &**ch == channel => *token,
+        other => panic!("not a position read after the subscribe: {other:?}"),
+    }
+}
+
+fn reply(token: u64, channel: &str, offset: u64, epoch: u64) -> BrokerEvent {
+    BrokerEvent::HistoryReply {
+        token,
+        channel: Arc::from(channel),
+        result: Ok(Recovered {
+            position: Position { offset, epoch },
+            replay: None,
+        }),
+    }
+}
+
+/// (offset, data) of the `message` envelopes received.
+fn offsets(texts: &[Value]) -> Vec<(u64, Value)> {
+    texts
+        .iter()
+        .filter(|t| t["op"] == "message")
+        .map(|t| (t["offset"].as_u64().unwrap(), t["data"].clone()))
+        .collect()
+}
+
+#[test]
+fn messages_before_the_position_are_held_and_duplicates_dropped() {
+    let (mut c, mut broker) = Cluster::with_broker(clustered(), 2);
+    let mut subs: Vec<Ws> = (0..2).map(|s| Ws::open(&mut c, s, "/ws")).collect();
+    for ws in &mut subs {
+        ws.send_text(&mut c, r#"{"op":"subscribe","channel":"news"}"#);
+    }
+    c.settle();
+    let token = position_read(&broker, "news");
+    assert!(broker.take().is_empty(), "one subscription for the node");
+    for ws in &mut subs {
+        assert!(
+            ws.texts(&mut c).iter().all(|t| t["op"] != "subscribed"),
+            "held"
+        );
+    }
+    // Before the answer: one at the position (dropped), one above (held, then delivered).
+    broker.deliver(message("news", 5, 7, "5"));
+    broker.deliver(message("news", 6, 7, "6"));
+    c.settle();
+    broker.deliver(reply(token, "news", 5, 7));
+    broker.deliver(message("news", 6, 7, "6"));
+    broker.deliver(message("news", 7, 7, "7"));
+    c.settle();
+    for ws in &mut subs {
+        let texts = ws.texts(&mut c);
+        let sub = texts.iter().find(|t| t["op"] == "subscribed").unwrap();
+        assert_eq!(
+            (sub["offset"].as_u64(), sub["epoch"].as_u64()),
+            (Some(5), Some(7))
+        );
+        assert_eq!(offsets(&texts), vec![(6, json!(6)), (7, json!(7))]);
+    }
+    // A new epoch (the broker lost the channel): offsets start again and later subscribers
+    // hear the new epoch.
+    broker.deliver(message("news", 1, 9, "\"new\""));
+    c.settle();
+    for ws in &mut subs {
+        assert_eq!(offsets(&ws.texts(&mut c)), vec![(1, json!("new"))]);
+    }
+    assert_eq!(c.total().cluster_epochs_bumped, 1);
+    let mut late = Ws::open(&mut c, 1, "/ws");
+    late.send_text(&mut c, r#"{"op":"subscribe","channel":"news"}"#);
+    c.settle();
+    let texts = late.texts(&mut c);
+    let sub = texts.iter().find(|t| t["op"] == "subscribed").unwrap();
+    assert_eq!(
+        (sub["offset"].as_u64(), sub["epoch"].as_u64()),
+        (Some(1), Some(9))
+    );
+    // Malformed payloads from the broker are counted and never reach a client.
+    let bad = |payload: &'static [u8], offset| BrokerEvent::Message {
+        channel: Arc::from("news"),
+        offset,
+        epoch: 9,
+        payload: Bytes::from_static(payload),
+    };
+    broker.deliver(bad(b"x{}", 2));
+    broker.deliver(bad(b"t\xff", 3));
+    broker.deliver(bad(b"j{nope", 4));
+    broker.deliver(bad(b"", 5));
+    broker.deliver(message("news", 6, 9, "6"));
+    c.settle();
+    assert_eq!(c.total().cluster_malformed, 4);
+    for ws in subs.iter_mut().chain(std::iter::once(&mut late)) {
+        assert_eq!(offsets(&ws.texts(&mut c)), vec![(6, json!(6))]);
+    }
+    // The last subscriber leaving unsubscribes the node, once.
+    let unsubscribes = |commands: Vec<BrokerCommand>| {
+        commands
+            .iter()
+            .filter(|c| matches!(c, BrokerCommand::Unsubscribe { channel } if &**channel == "news"))
+            .count()
+    };
+    for ws in &subs {
+        ws.send_text(&mut c, r#"{"op":"unsubscribe","channel":"news"}"#);
+    }
+    c.settle();
+    assert_eq!(unsubscribes(broker.take()), 0, "one subscriber is left");
+    late.send_text(&mut c, r#"{"op":"unsubscribe","channel":"news"}"#);
+    c.settle();
+    assert_eq!(unsubscribes(broker.take()), 1);
+    // What the broker still sends for it is dropped.
+    broker.deliver(message("news", 7, 9, "7"));
+    c.settle();
+    assert!(offsets(&late.texts(&mut c)).is_empty());
+}
+
+#[test]
+fn publishes_are_answered_from_the_broker() {
+    let (mut c, mut broker) = Cluster::with_broker(clustered(), 2);
+    let ctl = control(&mut c, 1);
+    c.write(
+        ctl,
+        b"{\"id\":1,\"method\":\"publish\",\"channel\":\"news\",\"data\":{\"a\":1}}\n",
+    );
+    c.settle();
+    let commands = broker.take();
+    let Some(BrokerCommand::Publish { payload, token, .. }) = commands
+        .iter()
+        .find(|c| matches!(c, BrokerCommand::Publish { .. }))
+    else {
+        panic!("no publish sent: {commands:?}");
+    };
+    assert_eq!(&payload[..], b"j{\"a\":1}", "kind byte, then the JSON");
+    assert!(lines(&mut c, ctl).is_empty(), "answered by the broker");
+    broker.deliver(BrokerEvent::Published {
+        token: *token,
+        result: Ok(Position {
+            offset: 41,
+            epoch: 3,
+        }),
+    });
+    c.settle();
+    let r = lines(&mut c, ctl);
+    assert_eq!(r[0]["result"]["offset"], 41, "{r:?}");
+    assert_eq!(r[0]["result"]["epoch"], 3);
+    // Lost in flight, then refused at once while down.
+    c.write(
+        ctl,
+        b"{\"id\":2,\"method\":\"publish\",\"channel\":\"news\",\"text\":\"x\"}\n",
+    );
+    c.settle();
+    let token = match broker.take().pop() {
+        Some(BrokerCommand::Publish { token, .. }) => token,
+        other => panic!("{other:?}"),
+    };
+    broker.deliver(BrokerEvent::Published {
+        token,
+        result: Err(BrokerError::Down),
+    });
+    c.settle();
+    assert_eq!(
+        lines(&mut c, ctl)[0]["error"]["code"],
+        "cluster_unavailable"
+    );
+    broker.handle.shared().set_up(false);
+    let r = call(
+        &mut c,
+        ctl,
+        &[json!({"id":3,"method":"publish","channel":"news","text":"y"})],
+    );
+    assert_eq!(r[0]["error"]["code"], "cluster_unavailable", "{r:?}");
+    assert!(broker.take().is_empty(), "nothing queued while down");
+    assert_eq!(c.total().cluster_publish_errors, 2);
+    assert_eq!(c.total().cluster_messages_out, 1);
+}
+
+#[test]
+fn recovery_reads_the_broker_and_appends_what_came_meanwhile() {
+    let (mut c, mut broker) = Cluster::with_broker(clustered(), 2);
+    let mut ws = Ws::open(&mut c, 0, "/ws");
+    ws.send_text(
+        &mut c,
+        r#"{"op":"subscribe","channel":"rec:a","since":{"offset":2,"epoch":7}}"#,
+    );
+    c.settle();
+    let token = position_read(&broker, "rec:a");
+    broker.deliver(reply(token, "rec:a", 5, 7));
+    c.settle();
+    // Nothing local covers 3..=5: the owner asks the broker from 2.
+    let commands = broker.take();
+    let Some(BrokerCommand::History {
+        since: Some(since),
+        token,
+        ..
+    }) = commands.first()
+    else {
+        panic!("no recovery read: {commands:?}");
+    };
+    assert_eq!((since.offset, since.epoch), (2, 7));
+    // Messages 6 and 7 arrive before the broker's answer, which ends at 6.
+    broker.deliver(message("rec:a", 6, 7, "6"));
+    broker.deliver(message("rec:a", 7, 7, "7"));
+    c.settle();
+    let payload = |n: &str| crate::wire::Body::Json(Bytes::from(n.to_string())).to_broker();
+    broker.deliver(BrokerEvent::HistoryReply {
+        token: *token,
+        channel: Arc::from("rec:a"),
+        result: Ok(Recovered {
+            position: Position {
+                offset: 6,
+                epoch: 7,
+            },
+            replay: Some((3..=6).map(|o| (o, payload(&o.to_string()))).collect()),
+        }),
+    });
+    broker.deliver(message("rec:a", 8, 7, "8"));
+    c.settle();
+    let texts = ws.texts(&mut c);
+    let sub = texts.iter().find(|t| t["op"] == "subscribed").unwrap();
+    assert_eq!(sub["recovered"], true, "{sub}");
+    assert_eq!(sub["offset"], 7, "{sub}");
+    let got: Vec<u64> = offsets(&texts).iter().map(|(o, _)| *o).collect();
+    assert_eq!(got, vec![3, 4, 5, 6, 7, 8], "once each, in order");
+    assert_eq!(c.total().recoveries, 1);
+    // Another epoch: not recoverable, no broker read.
+    let mut other = Ws::open(&mut c, 1, "/ws");
+    other.send_text(
+        &mut c,
+        r#"{"op":"subscribe","channel":"rec:a","since":{"offset":2,"epoch":6}}"#,
+    );
+    c.settle();
+    let texts = other.texts(&mut c);
+    let sub = texts.iter().find(|t| t["op"] == "subscribed").unwrap();
+    assert_eq!(sub["recovered"], false, "{sub}");
+    assert!(broker.take().is_empty());
+}
+
+#[test]
+fn redis_input_is_validated_and_counted() {
+    let (mut c, mut broker) = Cluster::with_broker(clustered(), 2);
+    let patterns: Vec<String> = broker
+        .take()
+        .into_iter()
+        .filter_map(|c| match c {
+            BrokerCommand::PatternSubscribe { pattern } => Some(pattern.to_string()),
+            _ => None,
+        })
+        .collect();
+    c.settle();
+    let patterns: Vec<String> = patterns
+        .into_iter()
+        .chain(broker.take().into_iter().filter_map(|c| match c {
+            BrokerCommand::PatternSubscribe { pattern } => Some(pattern.to_string()),
+            _ => None,
+        }))
+        .collect();
+    assert_eq!(patterns, vec!["ws:fid:*", "ws:in:*"], "once per node");
+    let mut ws = Ws::open(&mut c, 1, "/ws");
+    let id = ws.texts(&mut c)[0]["conn"].as_u64().unwrap();
+    let input = |pattern: &str, channel: &[u8], payload: &[u8]| BrokerEvent::Pattern {
+        pattern: Arc::from(pattern),
+        channel: Bytes::copy_from_slice(channel),
+        payload: Bytes::copy_from_slice(payload),
+    };
+    broker.deliver(input(
+        "ws:fid:*",
+        format!("ws:fid:{id}").as_bytes(),
+        b"{\"x\":1}",
+    ));
+    let long = format!("ws:fid:{}", "9".repeat(300));
+    for (pattern, channel) in [
+        ("ws:fid:*", &b"ws:fid:"[..]),
+        ("ws:fid:*", b"ws:fid:12x"),
+        ("ws:fid:*", b"ws:fid:\xff"),
+        ("ws:fid:*", b"ws:fid:99999999999999999999"),
+        ("ws:fid:*", long.as_bytes()),
+        ("ws:fid:*", b"other:1"),
+        ("ws:nope:*", b"ws:nope:1"),
+        ("ws:in:*", b"ws:in:bad channel"),
+    ] {
+        broker.deliver(input(pattern, channel, b"x"));
+    }
+    broker.deliver(input("ws:in:*", b"ws:in:a", b"[1]"));
+    c.settle();
+    let texts = ws.texts(&mut c);
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert_eq!(texts[0]["data"], json!({"x": 1}));
+    let total = c.total();
+    assert_eq!(
+        (total.redis_input_messages, total.redis_input_refused),
+        (2, 8)
+    );
+    let published = broker.take();
+    assert!(
+        published
+            .iter()
+            .any(|c| matches!(c, BrokerCommand::Publish { channel, .. } if &**channel == "feed:a")),
+        "{published:?}"
+    );
+}
+
+#[test]
+fn a_subscribe_while_the_broker_is_down_is_answered_and_its_first_message_sets_the_position() {
+    let (mut c, mut broker) = Cluster::with_broker(clustered(), 2);
+    broker.handle.shared().set_up(false);
+    let mut ws = Ws::open(&mut c, 0, "/ws");
+    ws.send_text(&mut c, r#"{"op":"subscribe","channel":"news"}"#);
+    c.settle();
+    let texts = ws.texts(&mut c);
+    let sub = texts.iter().find(|t| t["op"] == "subscribed").unwrap();
+    assert_eq!(
+        (sub["offset"].as_u64(), sub["epoch"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(
+        broker
+            .take()
+            .iter()
+            .any(|c| matches!(c, BrokerCommand::Subscribe { .. })),
+        "interest is queued while down (the bridge resubscribes it)"
+    );
+    broker.handle.shared().set_up(true);
+    broker.deliver(BrokerEvent::Up {
+        resubscribed: 1,
+        patterns: 2,
+        moved: 0,
+        epochs_bumped: 0,
+    });
+    c.settle();
+    // Back up: the channel's position is read again, and its epoch is known from then on.
+    let refresh = broker.take().into_iter().find_map(|c| match c {
+        BrokerCommand::History {
+            since: None, token, ..
+        } => Some(token),
+        _ => None,
+    });
+    broker.deliver(reply(refresh.expect("a position read"), "news", 11, 5));
+    c.settle();
+    let mut late = Ws::open(&mut c, 1, "/ws");
+    late.send_text(&mut c, r#"{"op":"subscribe","channel":"news"}"#);
+    c.settle();
+    let texts = late.texts(&mut c);
+    let sub = texts.iter().find(|t| t["op"] == "subscribed").unwrap();
+    assert_eq!(
+        (sub["offset"].as_u64(), sub["epoch"].as_u64()),
+        (Some(0), Some(5))
+    );
+    broker.deliver(message("news", 12, 5, "12"));
+    broker.deliver(message("news", 13, 5, "13"));
+    c.settle();
+    for ws in [&mut ws, &mut late] {
+        assert_eq!(
+            offsets(&ws.texts(&mut c)),
+            vec![(12, json!(12)), (13, json!(13))]
+        );
+    }
+    // The broker lost the channel: the position becomes unknown until the next message.
+    broker.deliver(BrokerEvent::Resync {
+        channel: Arc::from("news"),
+        before: Position {
+            offset: 13,
+            epoch: 5,
+        },
+        now: Position::default(),
+    });
+    c.settle();
+    assert!(
+        broker
+            .take()
+            .iter()
+            .any(|c| matches!(c, BrokerCommand::History { since: None, .. })),
+        "the new epoch is read"
+    );
+    broker.deliver(message("news", 1, 6, "1"));
+    c.settle();
+    assert_eq!(offsets(&ws.texts(&mut c)), vec![(1, json!(1))]);
+    assert_eq!(c.total().cluster_epochs_bumped, 1);
+}
