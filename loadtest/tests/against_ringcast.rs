@@ -148,8 +148,9 @@ fn deflate_subscribers_get_every_message_compressed() {
             "100",
             "--duration",
             "2",
+            // Generous on a loaded machine: a drain is a bound, not a wait.
             "--drain",
-            "2",
+            "5",
             "--payload",
             "1024",
             "--fill",
