@@ -301,6 +301,10 @@ const HELP: &[(&str, &str)] = &[
     ),
 ];
 
+/// Counters kept in a smaller unit than Prometheus' base unit, exported in the base unit
+/// (promtool's lint asks for seconds): field, metric name, factor.
+const SCALED: &[(&str, &str, f64)] = &[("loop_wait_us", "ringcast_loop_wait_seconds_total", 1e-6)];
+
 fn help_of(field: &str) -> String {
     HELP.iter().find(|(f, _)| *f == field).map_or_else(
         || format!("ringcast counter {field}."),
@@ -321,6 +325,16 @@ pub fn render(shards: &[Counters]) -> String {
     for field in first.keys() {
         match first[field] {
             serde_json::Value::Number(_) => {
+                if let Some((_, name, factor)) = SCALED.iter().find(|(f, _, _)| f == field) {
+                    let help = help_of(field).replace("Microseconds", "Seconds");
+                    let _ = writeln!(out, "# HELP {name} {help}");
+                    let _ = writeln!(out, "# TYPE {name} counter");
+                    for (shard, v) in values.iter().enumerate() {
+                        let x = v[field].as_u64().unwrap_or(0) as f64 * factor;
+                        let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {x}");
+                    }
+                    continue;
+                }
                 let (name, help, kind) = match GAUGES.iter().find(|(f, _, _)| f == field) {
                     Some((_, name, help)) => (name.to_string(), help.to_string(), "gauge"),
                     None => (format!("ringcast_{field}_total"), help_of(field), "counter"),
@@ -447,6 +461,7 @@ mod tests {
         let mut a = Counters {
             open: 3,
             published: 7,
+            loop_wait_us: 2_500_000,
             ..Counters::default()
         };
         a.closed(4001);
@@ -464,6 +479,10 @@ mod tests {
         assert!(text.contains("ringcast_connections{shard=\"0\"} 3\n"));
         assert!(text.contains("ringcast_connections{shard=\"1\"} 1\n"));
         assert!(text.contains("# TYPE ringcast_published_total counter\n"));
+        // A microsecond counter leaves in seconds, under a name promtool accepts.
+        assert!(text.contains("# TYPE ringcast_loop_wait_seconds_total counter\n"));
+        assert!(text.contains("ringcast_loop_wait_seconds_total{shard=\"0\"} 2.5\n"));
+        assert!(!text.contains("loop_wait_us"));
         assert!(text.contains("ringcast_published_total{shard=\"0\"} 7\n"));
         assert!(text.contains("ringcast_closes_total{shard=\"0\",code=\"4001\"} 1\n"));
         assert!(
