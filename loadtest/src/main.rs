@@ -79,7 +79,7 @@ enum Scenario {
 /// Flags every scenario shares.
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct Common {
-    /// Server URL (ws://127.x.y.z:PORT/PATH?QUERY or ws://[::1]:PORT/...; loopback only).
+    /// Server URL (ws://127.x.y.z:PORT/PATH?QUERY or `ws://[::1]:PORT/...`; loopback only).
     #[arg(long)]
     pub url: String,
     /// Number of connections (subscribers in fanout).

@@ -107,7 +107,7 @@ pub struct EventsArgs {
     /// Storms in a row, each on new connections.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
-    /// HS256 secret of the server's [auth]: connection i carries a token for user u{i % --users}
+    /// HS256 secret of the server's `[auth]`: connection i carries a token for user u{i % --users}
     /// and its events must name that user (without it the connections are anonymous).
     #[arg(long, requires = "users")]
     #[serde(skip)]

@@ -79,7 +79,7 @@ pub struct PresenceArgs {
     /// ringcast's control socket (for presence_stats): unix:PATH or tcp:HOST:PORT.
     #[arg(long)]
     control: String,
-    /// The server's [auth] hs256_secret: the tokens are signed with it.
+    /// The server's `[auth]` hs256_secret: the tokens are signed with it.
     #[arg(long)]
     #[serde(skip)]
     secret: String,
