@@ -287,6 +287,10 @@ const HELP: &[(&str, &str)] = &[
         "Broker messages dropped for a payload that does not decode.",
     ),
     (
+        "cluster_requests_expired",
+        "Broker requests failed for want of an answer (dropped at a full event ring).",
+    ),
+    (
         "cluster_events_dropped",
         "Broker events dropped at a full ring towards the shard.",
     ),

@@ -231,6 +231,9 @@ pub struct Counters {
     pub cluster_malformed: u64,
     /// Broker events dropped because this shard's ring from the bridge was full.
     pub cluster_events_dropped: u64,
+    /// Broker requests failed here because no answer came in time (it was dropped at a full
+    /// event ring): publishes answered `cluster_unavailable`, reads as if the broker was lost.
+    pub cluster_requests_expired: u64,
     /// Channels whose broker epoch changed while this node had subscribers (the broker lost them).
     pub cluster_epochs_bumped: u64,
     /// `[[redis_input]]` messages acted on (sent to a connection, a user or a channel).
@@ -378,6 +381,7 @@ impl Counters {
         self.cluster_messages_out += other.cluster_messages_out;
         self.cluster_malformed += other.cluster_malformed;
         self.cluster_events_dropped += other.cluster_events_dropped;
+        self.cluster_requests_expired += other.cluster_requests_expired;
         self.cluster_epochs_bumped += other.cluster_epochs_bumped;
         self.redis_input_messages += other.redis_input_messages;
         self.redis_input_refused += other.redis_input_refused;

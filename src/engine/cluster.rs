@@ -38,6 +38,11 @@ use std::sync::Arc;
 pub const EVENTS_PER_TURN: usize = 4096;
 /// Messages held per channel while its position is read; more are dropped (an offset gap).
 pub const HELD_MAX: usize = 65_536;
+/// How long a request waits for the bridge's answer beyond `[cluster] timeout_ms` × 4: the
+/// bridge answers every request it took within its timeout (it fails what Redis did not answer),
+/// so an answer later than this was dropped at a full event ring (`cluster_events_dropped`);
+/// the request is failed here instead of waiting for ever (and its entry freed).
+pub const ANSWER_SLACK_MS: u64 = 10_000;
 /// Longest `[[redis_input]]` suffix, in bytes.
 pub const INPUT_SUFFIX_BYTES_MAX: usize = 256;
 
@@ -104,6 +109,11 @@ pub struct Cluster {
     /// Position reads for live channels whose position is unknown, by token.
     refreshes: HashMap<u64, Arc<str>>,
     tails: HashMap<Arc<str>, Tail>,
+    /// Every request in the maps above, in the order sent (so by deadline): (due ms, token,
+    /// channel of a history read). Expired entries whose token is still waiting are failed.
+    deadlines: VecDeque<(u64, u64, Option<Arc<str>>)>,
+    /// Broker events of one turn (kept for its capacity).
+    scratch: Vec<BrokerEvent>,
     next_seq: u64,
     /// The broker was lost at least once and not yet back.
     down: bool,
@@ -124,6 +134,8 @@ impl Cluster {
             recoveries: HashMap::new(),
             refreshes: HashMap::new(),
             tails: HashMap::new(),
+            deadlines: VecDeque::new(),
+            scratch: Vec::new(),
             next_seq: 0,
             down: false,
             ring: false,
@@ -207,6 +219,7 @@ impl Engine {
                 ttl_s: ttl_ms / 1000,
             });
         let index = self.index;
+        let due = self.answer_due_ms();
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
@@ -227,6 +240,7 @@ impl Engine {
                     key,
                 };
                 cluster.publishes.insert(token, pending);
+                cluster.deadlines.push_back((due, token, None));
             }
             Err(refused) => {
                 let why = match refused {
@@ -280,6 +294,7 @@ impl Engine {
             );
         };
         let index = self.index;
+        let due = self.answer_due_ms();
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
@@ -307,6 +322,9 @@ impl Engine {
                     }),
                 );
                 cluster.reads.insert(token, channel.clone());
+                cluster
+                    .deadlines
+                    .push_back((due, token, Some(channel.clone())));
                 cluster.outbox.push_back(BrokerCommand::Subscribe {
                     channel: channel.clone(),
                 });
@@ -376,6 +394,7 @@ impl Engine {
             return;
         };
         let index = self.index;
+        let due = self.answer_due_ms();
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
@@ -399,6 +418,9 @@ impl Engine {
         };
         if cluster.handle.try_send(command).is_ok() {
             cluster.ring = true;
+            cluster
+                .deadlines
+                .push_back((due, token, Some(channel.clone())));
             cluster.tails.entry(channel).or_default().readers += 1;
             cluster.recoveries.insert(token, pending);
         } else {
@@ -617,12 +639,16 @@ impl Engine {
     /// starts the broker's epoch if it has none.
     fn refresh_position(&mut self, channel: &Arc<str>) {
         let index = self.index;
+        let due = self.answer_due_ms();
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
         cluster.next_seq += 1;
         let token = token(index, cluster.next_seq);
         cluster.refreshes.insert(token, channel.clone());
+        cluster
+            .deadlines
+            .push_back((due, token, Some(channel.clone())));
         cluster.outbox.push_back(BrokerCommand::History {
             channel: channel.clone(),
             since: None,
@@ -666,15 +692,61 @@ impl Engine {
         let Some(cluster) = self.cluster.as_mut() else {
             return false;
         };
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut cluster.scratch);
         cluster
             .events
             .drain(EVENTS_PER_TURN, |event| events.push(event));
         let any = !events.is_empty();
-        for event in events {
+        for event in events.drain(..) {
             self.on_broker_event(event);
         }
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.scratch = events;
+        }
+        self.expire_requests();
         any
+    }
+
+    /// When a request sent now is failed if no answer came: see `ANSWER_SLACK_MS`.
+    fn answer_due_ms(&self) -> u64 {
+        self.now_ms + 4 * self.config.cluster.timeout_ms + ANSWER_SLACK_MS
+    }
+
+    /// Fails the requests whose answer is overdue (dropped on its way here) as if the broker had
+    /// been lost with them in flight: the backend gets `cluster_unavailable` (outcome unknown),
+    /// a subscribe its position unknown, a recovery `recovered:false`.
+    fn expire_requests(&mut self) {
+        let now = self.now_ms;
+        loop {
+            let Some(cluster) = self.cluster.as_mut() else {
+                return;
+            };
+            match cluster.deadlines.front() {
+                Some(&(due, _, _)) if due <= now => {}
+                _ => return,
+            }
+            let Some((_, token, channel)) = cluster.deadlines.pop_front() else {
+                return;
+            };
+            match channel {
+                None => {
+                    if let Some(pending) = cluster.publishes.remove(&token) {
+                        self.counters.cluster_publish_errors += 1;
+                        self.counters.cluster_requests_expired += 1;
+                        self.answer_publish(pending.reply, Err(BrokerError::Down));
+                    }
+                }
+                Some(channel) => {
+                    let waiting = cluster.reads.contains_key(&token)
+                        || cluster.recoveries.contains_key(&token)
+                        || cluster.refreshes.contains_key(&token);
+                    if waiting {
+                        self.counters.cluster_requests_expired += 1;
+                        self.on_history_reply(token, &channel, Err(BrokerError::Down));
+                    }
+                }
+            }
+        }
     }
 
     fn on_broker_event(&mut self, event: BrokerEvent) {

@@ -233,6 +233,49 @@ fn publishes_are_answered_from_the_broker() {
 }
 
 #[test]
+fn requests_whose_answer_never_comes_are_failed_at_their_deadline() {
+    let (mut c, broker) = Cluster::with_broker(clustered(), 2);
+    let ctl = control(&mut c, 1);
+    c.write(
+        ctl,
+        b"{\"id\":1,\"method\":\"publish\",\"channel\":\"news\",\"text\":\"x\"}\n",
+    );
+    let mut sub = Ws::open(&mut c, 0, "/ws");
+    sub.send_text(&mut c, r#"{"op":"subscribe","channel":"lost"}"#);
+    c.settle();
+    let sent = broker.take();
+    assert!(
+        sent.iter()
+            .any(|c| matches!(c, BrokerCommand::Publish { .. }))
+    );
+    assert!(
+        sent.iter()
+            .any(|c| matches!(c, BrokerCommand::History { .. }))
+    );
+    // The answers were dropped on their way (a full event ring): nothing comes back. Until the
+    // deadline nothing is failed ...
+    let deadline =
+        4 * ClusterConfig::default().timeout_ms + crate::engine::cluster::ANSWER_SLACK_MS;
+    c.advance(deadline - 1000);
+    c.settle();
+    assert!(lines(&mut c, ctl).is_empty());
+    assert_eq!(c.total().cluster_requests_expired, 0);
+    // ... then the publish is answered as lost in flight, and the subscribe as a read the broker
+    // could not answer: acknowledged with its position unknown.
+    c.advance(2000);
+    c.settle();
+    assert_eq!(
+        lines(&mut c, ctl)[0]["error"]["code"],
+        "cluster_unavailable"
+    );
+    let texts = sub.texts(&mut c);
+    let subscribed = texts.iter().find(|t| t["op"] == "subscribed");
+    assert!(subscribed.is_some(), "{texts:?}");
+    assert_eq!(c.total().cluster_requests_expired, 2);
+    assert_eq!(c.total().cluster_publish_errors, 1);
+}
+
+#[test]
 fn recovery_reads_the_broker_and_appends_what_came_meanwhile() {
     let (mut c, mut broker) = Cluster::with_broker(clustered(), 2);
     let mut ws = Ws::open(&mut c, 0, "/ws");
