@@ -56,6 +56,8 @@ pub struct ClusterSetup {
 
 /// A publish sent to the broker, waiting for its answer.
 struct PendingPublish {
+    /// When it is failed if no answer came (`answer_due_ms`).
+    due_ms: u64,
     reply: Option<(ReplyTo, u32)>,
     channel: Arc<str>,
     key: Option<Box<str>>,
@@ -74,6 +76,8 @@ struct Syncing {
 
 /// A recovery read from the broker's history, waiting for its answer.
 struct PendingRecover {
+    /// When it is failed if no answer came (`answer_due_ms`).
+    due_ms: u64,
     channel: Arc<str>,
     since: (u64, u64),
     shard: u16,
@@ -102,16 +106,17 @@ pub struct Cluster {
     /// Owned channels with interest on this node; `Some` while the position is read.
     channels: HashMap<Arc<str>, Option<Syncing>>,
     publishes: HashMap<u64, PendingPublish>,
-    /// History reads in flight, by token.
-    reads: HashMap<u64, Arc<str>>,
+    /// History reads in flight, by token: the channel and when the read is failed if no answer
+    /// came.
+    reads: HashMap<u64, (Arc<str>, u64)>,
     /// Recoveries read from the broker, by token.
     recoveries: HashMap<u64, PendingRecover>,
     /// Position reads for live channels whose position is unknown, by token.
-    refreshes: HashMap<u64, Arc<str>>,
+    refreshes: HashMap<u64, (Arc<str>, u64)>,
     tails: HashMap<Arc<str>, Tail>,
-    /// Every request in the maps above, in the order sent (so by deadline): (due ms, token,
-    /// channel of a history read). Expired entries whose token is still waiting are failed.
-    deadlines: VecDeque<(u64, u64, Option<Arc<str>>)>,
+    /// When the maps above are next swept for requests past their deadline (once a second:
+    /// the sweep is O(requests waiting), and only unanswered requests are in them).
+    next_sweep_ms: u64,
     /// Broker events of one turn (kept for its capacity).
     scratch: Vec<BrokerEvent>,
     next_seq: u64,
@@ -134,7 +139,7 @@ impl Cluster {
             recoveries: HashMap::new(),
             refreshes: HashMap::new(),
             tails: HashMap::new(),
-            deadlines: VecDeque::new(),
+            next_sweep_ms: 0,
             scratch: Vec::new(),
             next_seq: 0,
             down: false,
@@ -235,12 +240,12 @@ impl Engine {
             Ok(()) => {
                 cluster.ring = true;
                 let pending = PendingPublish {
+                    due_ms: due,
                     reply,
                     channel,
                     key,
                 };
                 cluster.publishes.insert(token, pending);
-                cluster.deadlines.push_back((due, token, None));
             }
             Err(refused) => {
                 let why = match refused {
@@ -321,10 +326,7 @@ impl Engine {
                         recovers: Vec::new(),
                     }),
                 );
-                cluster.reads.insert(token, channel.clone());
-                cluster
-                    .deadlines
-                    .push_back((due, token, Some(channel.clone())));
+                cluster.reads.insert(token, (channel.clone(), due));
                 cluster.outbox.push_back(BrokerCommand::Subscribe {
                     channel: channel.clone(),
                 });
@@ -409,6 +411,7 @@ impl Engine {
             token,
         };
         let pending = PendingRecover {
+            due_ms: due,
             channel: channel.clone(),
             since,
             shard,
@@ -418,9 +421,6 @@ impl Engine {
         };
         if cluster.handle.try_send(command).is_ok() {
             cluster.ring = true;
-            cluster
-                .deadlines
-                .push_back((due, token, Some(channel.clone())));
             cluster.tails.entry(channel).or_default().readers += 1;
             cluster.recoveries.insert(token, pending);
         } else {
@@ -645,10 +645,7 @@ impl Engine {
         };
         cluster.next_seq += 1;
         let token = token(index, cluster.next_seq);
-        cluster.refreshes.insert(token, channel.clone());
-        cluster
-            .deadlines
-            .push_back((due, token, Some(channel.clone())));
+        cluster.refreshes.insert(token, (channel.clone(), due));
         cluster.outbox.push_back(BrokerCommand::History {
             channel: channel.clone(),
             since: None,
@@ -714,38 +711,47 @@ impl Engine {
 
     /// Fails the requests whose answer is overdue (dropped on its way here) as if the broker had
     /// been lost with them in flight: the backend gets `cluster_unavailable` (outcome unknown),
-    /// a subscribe its position unknown, a recovery `recovered:false`.
+    /// a subscribe its position unknown, a recovery `recovered:false`. Once a second.
     fn expire_requests(&mut self) {
         let now = self.now_ms;
-        loop {
-            let Some(cluster) = self.cluster.as_mut() else {
-                return;
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        if now < cluster.next_sweep_ms {
+            return;
+        }
+        cluster.next_sweep_ms = now + 1000;
+        let overdue = |due: u64| due <= now;
+        let publishes: Vec<u64> = (cluster.publishes.iter())
+            .filter(|(_, p)| overdue(p.due_ms))
+            .map(|(&t, _)| t)
+            .collect();
+        let mut reads: Vec<(u64, Arc<str>)> = (cluster.recoveries.iter())
+            .filter(|(_, r)| overdue(r.due_ms))
+            .map(|(&t, r)| (t, r.channel.clone()))
+            .collect();
+        for map in [&cluster.reads, &cluster.refreshes] {
+            reads.extend(
+                map.iter()
+                    .filter(|(_, (_, due))| overdue(*due))
+                    .map(|(&t, (c, _))| (t, c.clone())),
+            );
+        }
+        for token in publishes {
+            let Some(pending) = self
+                .cluster
+                .as_mut()
+                .and_then(|c| c.publishes.remove(&token))
+            else {
+                continue;
             };
-            match cluster.deadlines.front() {
-                Some(&(due, _, _)) if due <= now => {}
-                _ => return,
-            }
-            let Some((_, token, channel)) = cluster.deadlines.pop_front() else {
-                return;
-            };
-            match channel {
-                None => {
-                    if let Some(pending) = cluster.publishes.remove(&token) {
-                        self.counters.cluster_publish_errors += 1;
-                        self.counters.cluster_requests_expired += 1;
-                        self.answer_publish(pending.reply, Err(BrokerError::Down));
-                    }
-                }
-                Some(channel) => {
-                    let waiting = cluster.reads.contains_key(&token)
-                        || cluster.recoveries.contains_key(&token)
-                        || cluster.refreshes.contains_key(&token);
-                    if waiting {
-                        self.counters.cluster_requests_expired += 1;
-                        self.on_history_reply(token, &channel, Err(BrokerError::Down));
-                    }
-                }
-            }
+            self.counters.cluster_publish_errors += 1;
+            self.counters.cluster_requests_expired += 1;
+            self.answer_publish(pending.reply, Err(BrokerError::Down));
+        }
+        for (token, channel) in reads {
+            self.counters.cluster_requests_expired += 1;
+            self.on_history_reply(token, &channel, Err(BrokerError::Down));
         }
     }
 
@@ -865,7 +871,7 @@ impl Engine {
         if let Some(pending) = cluster.recoveries.remove(&token) {
             return self.on_recover_reply(pending, result);
         }
-        if let Some(refreshed) = cluster.refreshes.remove(&token) {
+        if let Some((refreshed, _)) = cluster.refreshes.remove(&token) {
             // Still unknown (no message came meanwhile): the broker's epoch, offset 0, so
             // every message of it that is on its way is above the position, and any that
             // were missed show as a gap (or are recovered from the broker).
