@@ -2,7 +2,8 @@
 # The project's test command: everything that must pass before a change lands.
 #
 # usage: bash tests/run.sh [PHASE...]          (from any directory)
-#   cargo        release build of every target, all unit + integration tests (the end-to-end
+#   cargo        the Debian packages the tests need (install.sh debian: redis-server, php, ...), a
+#                release build of every target, all unit + integration tests (the end-to-end
 #                suite once more on the epoll driver), benches compile, and the epoll-floor
 #                baseline's smoke run (loadtest/scripts/floor-smoke.sh: its own build, a few
 #                seconds, and a 1,000-subscriber fan-out that must lose nothing)
@@ -13,7 +14,8 @@
 #                page in Chromium, the user examples (login timeout, online users, event
 #                consumer; PHP with Chromium or Python clients), the HTTP listener (`--http`: an
 #                HTTP smoke, the real Prometheus scraping /metrics, the dashboard in Chromium under
-#                load), then stop the server with SIGTERM
+#                load), then stop the server with SIGTERM; then the seed examples 03-05, each
+#                on a server of its own on the same driver (tests/conformance/seeds.sh)
 #   (no PHASE: cargo, then conformance)
 #
 # Environment (all optional):
@@ -64,6 +66,7 @@ USERS_LIMIT_S="${USERS_LIMIT_S:-180}"
 HTTP_LIMIT_S="${HTTP_LIMIT_S:-90}"
 PROMETHEUS_LIMIT_S="${PROMETHEUS_LIMIT_S:-300}"
 DASHBOARD_LIMIT_S="${DASHBOARD_LIMIT_S:-180}"
+SEEDS_LIMIT_S="${SEEDS_LIMIT_S:-240}"
 STOP_LIMIT_S="${STOP_LIMIT_S:-20}"
 # Hard bound on the server's life, whatever happens to this script.
 SERVER_LIFETIME_S="${SERVER_LIFETIME_S:-3600}"
@@ -198,6 +201,9 @@ trap 'log "terminated"; exit 143' TERM
 
 phase_cargo() {
   log "$(cargo --version), $(rustc --version)"
+  # The integration tests start real redis-server processes (tests/redis.rs, tests/cluster.rs):
+  # on a fresh machine the Debian packages come first (apt-get as root; a no-op when present).
+  step debian-packages "$TOOLS_LIMIT_S" bash "$CONF/install.sh" debian
   step build "$BUILD_LIMIT_S" cargo build --release --workspace --all-targets
   step test "$TEST_LIMIT_S" cargo test --release --workspace
   step test-epoll "$TEST_LIMIT_S" env RINGCAST_DRIVER=epoll cargo test --release --test e2e
@@ -407,7 +413,7 @@ push_smokes() {
   # of tests/conformance/smoke.toml).
   check recover "$SMOKE_LIMIT_S" bash "$CONF/recover.sh" \
     "ws://127.0.0.1:$PORT/ws" "unix:$REPORT_DIR/control.sock"
-  # The user examples with their PHP scripts: examples/login-timeout/ and examples/online-users/
+  # The user examples with their PHP scripts: examples/01-login-timeout/ and examples/02-online-users/
   # in Chromium, examples/event-consumer/ with Python websockets clients (connection tokens,
   # presence news, the event stream; [auth] and the `lt`, `online`, `chat` namespaces of
   # tests/conformance/smoke.toml).
@@ -428,6 +434,17 @@ http_checks() {
   check http "$HTTP_LIMIT_S" bash "$CONF/http.sh" "$http" "$ws" "$SHARDS"
   check prometheus "$PROMETHEUS_LIMIT_S" bash "$CONF/prometheus.sh" "$http" "$ws" "$SHARDS" "$REPORT_DIR"
   check dashboard "$DASHBOARD_LIMIT_S" bash "$CONF/dashboard.sh" "$http" "$ws" "$REPORT_DIR"
+}
+
+# The seed scenarios examples/03-group-chat, 04-push-every-second and 05-task-progress, each on
+# a server of its own started from the example's ringcast.toml on this driver, with its PHP
+# backend (and a private redis-server for 05), its page in Chromium and Node clients
+# (tests/conformance/seeds.sh; 01 and 02 are the login-timeout and online-users steps above).
+seed_examples() {
+  local seed
+  for seed in group-chat push-every-second task-progress; do
+    check "$seed" "$SEEDS_LIMIT_S" bash "$CONF/seeds.sh" "$seed" "$1"
+  done
 }
 
 phase_conformance() {
@@ -453,6 +470,7 @@ phase_conformance() {
     else
       FAILED_STEPS=$((FAILED_STEPS + 1))
     fi
+    seed_examples "$driver"
     STEP_PREFIX=""
   done
   [ "$FAILED_STEPS" = 0 ]

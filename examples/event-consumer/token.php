@@ -1,6 +1,6 @@
 <?php
 // Mint a connection token for trying the event consumer (in your application, your login
-// endpoint does this; see examples/login-timeout/login.php).
+// endpoint does this; see examples/01-login-timeout/login.php).
 //
 // usage: RINGCAST_HS256_SECRET=... php token.php USER [TTL_S]
 //   prints an HS256 token for USER, valid TTL_S seconds (default 3600), that subscribes to

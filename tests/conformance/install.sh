@@ -2,7 +2,8 @@
 # Install the external tools of the conformance tests into the test cache (idempotent).
 #
 # usage: install.sh [debian] [python] [node] [chromium]   (no argument: all four)
-#   debian    the Debian packages the examples use (php-cli, socat, netcat-openbsd) and the
+#   debian    the Debian packages the examples use (php-cli, php-redis, socat, netcat-openbsd,
+#             redis-server with redis-cli) and the
 #             monitoring checks use (prometheus: the prometheus and promtool commands; curl), via
 #             apt-get as root when a command is missing, with one `apt-get update` for all of
 #             them (on a fresh machine the test command needs no separate setup step)
@@ -21,13 +22,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # them) makes no second update.
 ensure_debian_packages() {
   local missing=() pair cmd pkg
-  for pair in php:php-cli socat:socat nc:netcat-openbsd prometheus:prometheus promtool:prometheus curl:curl; do
+  for pair in php:php-cli socat:socat nc:netcat-openbsd prometheus:prometheus promtool:prometheus curl:curl \
+    redis-server:redis-server redis-cli:redis-tools; do
     cmd="${pair%%:*}"
     pkg="${pair#*:}"
     command -v "$cmd" >/dev/null || [[ " ${missing[*]} " == *" $pkg "* ]] || missing+=("$pkg")
   done
+  # The PHP Redis extension of examples/05-task-progress (a PHP module, not a command).
+  { command -v php >/dev/null && php -m 2>/dev/null | grep -qx redis; } || missing+=(php-redis)
   if [ ${#missing[@]} -eq 0 ]; then
-    log "debian packages ready (php, socat, nc, prometheus, promtool, curl)"
+    log "debian packages ready (php, php-redis, socat, nc, prometheus, promtool, curl, redis-server, redis-cli)"
     return 0
   fi
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

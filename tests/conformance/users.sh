@@ -3,19 +3,20 @@
 # server with real clients, the PHP parts with the PHP CLI.
 #
 # usage: bash tests/conformance/users.sh EXAMPLE URL_WS CONTROL_ADDR
-#   EXAMPLE       login-timeout, online-users or event-consumer (a directory of examples/)
+#   EXAMPLE       login-timeout, online-users or event-consumer (examples/01-login-timeout,
+#                 examples/02-online-users, examples/event-consumer)
 #   URL_WS        the server's /ws endpoint, e.g. ws://127.0.0.1:9080/ws
 #   CONTROL_ADDR  its control socket, unix:PATH or tcp:HOST:PORT (what `serve --control` got)
 #
 # The server must run with tests/conformance/smoke.toml (its [auth] hs256_secret signs the
 # tokens the PHP scripts mint, read from there unless USERS_HS256_SECRET is set; the `lt`,
 # `online` and `chat` namespaces; token_refresh_grace_ms = 5000).
-#   login-timeout   `php -S` serves examples/login-timeout/ twice (logins of 4 s and of 60 s);
+#   login-timeout   `php -S` serves examples/01-login-timeout/ twice (logins of 4 s and of 60 s);
 #                   lib/browser-login-timeout.cjs drives the page in headless Chromium: three
 #                   tabs of a user see the expiry notice, two are closed with 4005, one logs in
 #                   again in time and stays; logout.php push (send_user) reaches both tabs of a
 #                   user, logout.php disconnect (disconnect_user) closes both tabs of another.
-#   online-users    `php -S` serves examples/online-users/ (sessions in a scratch directory,
+#   online-users    `php -S` serves examples/02-online-users/ (sessions in a scratch directory,
 #                   tokens of 5 s);
 #                   lib/browser-online-users.cjs drives the page in three browser contexts
 #                   (three users): the lists, one join per user (a second tab makes none), one
@@ -51,8 +52,8 @@ smoke_secret() {
 
 # The copies of ringcast.php in the example directories must stay the same file.
 check_helper_copies() {
-  local first="$REPO_ROOT/examples/login-timeout/ringcast.php" other
-  for other in "$REPO_ROOT"/examples/{online-users,event-consumer}/ringcast.php; do
+  local first="$REPO_ROOT/examples/01-login-timeout/ringcast.php" other
+  for other in "$REPO_ROOT"/examples/{02-online-users,event-consumer}/ringcast.php; do
     cmp -s "$first" "$other" || { echo "$EXAMPLE: FAIL $other differs from $first"; exit 1; }
   done
 }
@@ -120,7 +121,12 @@ main() {
   [ ${#SECRET} -ge 32 ] || die "no [auth] hs256_secret of 32+ bytes in $CONFORMANCE_DIR/smoke.toml"
   check_helper_copies
 
-  local limit=$((${USERS_TIMEOUT:-60} + 60)) dir="$REPO_ROOT/examples/$EXAMPLE" out rc=0
+  local limit=$((${USERS_TIMEOUT:-60} + 60)) dir out rc=0
+  case "$EXAMPLE" in
+    login-timeout) dir="$REPO_ROOT/examples/01-login-timeout" ;;
+    online-users) dir="$REPO_ROOT/examples/02-online-users" ;;
+    *) dir="$REPO_ROOT/examples/$EXAMPLE" ;;
+  esac
   PHP_LIFETIME_S=$((limit + 30))
   WORK="$(mktemp -d "${TMPDIR:-/tmp}/ringcast-users.XXXXXX")"
   case "$EXAMPLE" in

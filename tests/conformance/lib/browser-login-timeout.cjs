@@ -1,4 +1,4 @@
-// Drives examples/login-timeout/ (index.html served with login.php by `php -S`, logout.php run
+// Drives examples/01-login-timeout/ (index.html served with login.php by `php -S`, logout.php run
 // as a command) in headless Chromium against a running server.
 // usage: node browser-login-timeout.cjs WS_URL CONTROL_ADDR SHORT_URL LONG_URL
 //   WS_URL        the server's /ws endpoint, e.g. ws://127.0.0.1:9080/ws
@@ -30,7 +30,7 @@ if (!wsUrl || !controlAddr || !shortUrl || !longUrl) {
   process.exit(2);
 }
 const PHP = process.env.PHP || 'php';
-const LOGOUT_PHP = path.join(__dirname, '..', '..', '..', 'examples', 'login-timeout', 'logout.php');
+const LOGOUT_PHP = path.join(__dirname, '..', '..', '..', 'examples', '01-login-timeout', 'logout.php');
 const ws = new URL(wsUrl);
 const step = stepper('browser-login-timeout');
 const errors = [];

@@ -1,4 +1,4 @@
-// Drives examples/online-users/ (index.html with login.php and online.php, served by `php -S`
+// Drives examples/02-online-users/ (index.html with login.php and online.php, served by `php -S`
 // with short tokens, ONLINE_TTL_S=5) in headless Chromium against a running server: three
 // browser contexts are three users (alice, bob, carol, each with its own PHP session; a
 // fourth, dave, comes in at the end).
