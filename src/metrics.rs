@@ -298,6 +298,18 @@ const HELP: &[(&str, &str)] = &[
         "cluster_epochs_bumped",
         "Channels whose broker epoch changed while subscribed here.",
     ),
+    (
+        "cluster_user_sends",
+        "User sends and disconnects sent through the broker to every node holding the user.",
+    ),
+    (
+        "cluster_user_messages_in",
+        "User sends and disconnects received from the broker and acted on here.",
+    ),
+    (
+        "cluster_user_local_only",
+        "User sends and disconnects acted on this node only, the broker being down.",
+    ),
     ("redis_input_messages", "Redis input messages acted on."),
     (
         "redis_input_refused",

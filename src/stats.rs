@@ -236,6 +236,15 @@ pub struct Counters {
     pub cluster_requests_expired: u64,
     /// Channels whose broker epoch changed while this node had subscribers (the broker lost them).
     pub cluster_epochs_bumped: u64,
+    /// `send_user` and `disconnect_user` requests sent through the broker to every node holding
+    /// the user (at the user's owner shard).
+    pub cluster_user_sends: u64,
+    /// User sends received from the broker (any node's, this one's included) and acted on at the
+    /// user's owner shard.
+    pub cluster_user_messages_in: u64,
+    /// `send_user` and `disconnect_user` requests acted on this node only, because the broker
+    /// was down (the reply says `local_only`).
+    pub cluster_user_local_only: u64,
     /// `[[redis_input]]` messages acted on (sent to a connection, a user or a channel).
     pub redis_input_messages: u64,
     /// `[[redis_input]]` messages ignored: unknown pattern, bad or too long suffix, payload too
@@ -383,6 +392,9 @@ impl Counters {
         self.cluster_events_dropped += other.cluster_events_dropped;
         self.cluster_requests_expired += other.cluster_requests_expired;
         self.cluster_epochs_bumped += other.cluster_epochs_bumped;
+        self.cluster_user_sends += other.cluster_user_sends;
+        self.cluster_user_messages_in += other.cluster_user_messages_in;
+        self.cluster_user_local_only += other.cluster_user_local_only;
         self.redis_input_messages += other.redis_input_messages;
         self.redis_input_refused += other.redis_input_refused;
         self.config_reloads += other.config_reloads;

@@ -551,3 +551,94 @@ fn a_client_recovers_on_a_node_that_never_had_the_channel() {
     let r = read_json(&mut ws);
     assert_eq!(r["recovered"], false, "{r}");
 }
+
+/// The close code of the next close frame (after any text).
+fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => return frame.code.into(),
+            Ok(Message::Close(None)) => return 1005,
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+#[test]
+fn send_user_and_disconnect_user_reach_every_node() {
+    let redis = Redis::start();
+    let nodes = [
+        Node::start(&redis.url(), "users", 0, Vec::new()),
+        Node::start(&redis.url(), "users", 1, Vec::new()),
+        Node::start(&redis.url(), "users", 2, Vec::new()),
+    ];
+    // Alice has two tabs on node 0 and one on node 1; bob one on node 1. Node 2 holds no one.
+    let tab = |node: &Node| {
+        let mut ws = connect(node.addr(), "/ws");
+        let welcome = read_json(&mut ws);
+        (ws, welcome["conn"].as_u64().unwrap())
+    };
+    let mut alice = vec![tab(&nodes[0]), tab(&nodes[0]), tab(&nodes[1])];
+    let mut bob = tab(&nodes[1]);
+    for (i, (_, conn)) in alice.iter().enumerate() {
+        let node = if i < 2 { &nodes[0] } else { &nodes[1] };
+        let r = node
+            .ctl()
+            .call(json!({"method":"bind_user","conn":conn,"user":"alice"}));
+        assert!(r.get("error").is_none(), "{r}");
+    }
+    let r = nodes[1]
+        .ctl()
+        .call(json!({"method":"bind_user","conn":bob.1,"user":"bob"}));
+    assert!(r.get("error").is_none(), "{r}");
+    // Each node holding alice subscribed her once: PUBLISH reaches two receivers.
+    let deadline = Instant::now() + WAIT;
+    while redis.cli(&["PUBSUB", "NUMSUB", "rc-users:usr:alice"]) != "rc-users:usr:alice\n2" {
+        assert!(
+            Instant::now() < deadline,
+            "alice not subscribed by both nodes"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // From the node that holds nobody: every tab of alice, on both nodes, once; bob nothing.
+    let mut ctl = nodes[2].ctl();
+    let r = ctl.call(json!({"method":"send_user","user":"alice","data":{"n":1}}));
+    assert_eq!(r["result"], json!({"connections":0,"nodes":2}), "{r}");
+    let r = nodes[0]
+        .ctl()
+        .call(json!({"method":"send_user","user":"alice","data":{"n":2}}));
+    assert_eq!(r["result"], json!({"connections":2,"nodes":2}), "{r}");
+    for (ws, _) in alice.iter_mut() {
+        assert_eq!(read_json(ws), json!({"op":"push","data":{"n":1}}));
+        assert_eq!(
+            read_json(ws),
+            json!({"op":"push","data":{"n":2}}),
+            "in order"
+        );
+    }
+    let r = nodes[0]
+        .ctl()
+        .call(json!({"method":"send_user","user":"bob","text":"for bob"}));
+    assert_eq!(r["result"], json!({"connections":0,"nodes":1}), "{r}");
+    assert_eq!(read_json(&mut bob.0), json!({"op":"push","data":"for bob"}));
+    let r = ctl.call(json!({"method":"send_user","user":"nobody","text":"x"}));
+    assert_eq!(r["result"], json!({"connections":0,"nodes":0}), "{r}");
+    // disconnect_user from node 2 closes alice everywhere with the code asked for.
+    let r = ctl.call(json!({"method":"disconnect_user","user":"alice","code":4401,"reason":"bye"}));
+    assert_eq!(r["result"]["nodes"], 2, "{r}");
+    for (ws, _) in alice.iter_mut() {
+        assert_eq!(close_code(ws), 4401);
+    }
+    drop(alice);
+    // Once her tabs are gone, no node holds her: the subscriptions went with them.
+    let deadline = Instant::now() + WAIT;
+    while redis.cli(&["PUBSUB", "NUMSUB", "rc-users:usr:alice"]) != "rc-users:usr:alice\n0" {
+        assert!(Instant::now() < deadline, "alice still subscribed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = ctl.call(json!({"method":"send_user","user":"alice","text":"late"}));
+    assert_eq!(r["result"], json!({"connections":0,"nodes":0}), "{r}");
+    for node in &nodes[..2] {
+        node.eventually("user sends acted on", |c| c.cluster_user_messages_in >= 2);
+    }
+}

@@ -38,6 +38,12 @@
 //!   [`BrokerEvent::Resync`] per subscribed channel whose position moved meanwhile (messages
 //!   missed, or a new epoch because the broker lost the channel) and [`BrokerEvent::Up`].
 //!
+//! - **Users**: the node holding a user's connections subscribes the user (`UserSubscribe` on
+//!   its first connection, `UserUnsubscribe` after its last); `UserSend` reaches every node
+//!   that holds the user, the sending one included, as [`BrokerEvent::User`] (so each acts on
+//!   its own connections, in the broker's one order), and is answered with the number of
+//!   nodes. Nothing is kept: a node that is cut off misses what was sent meanwhile.
+//!
 //! Extension point: presence leases (a node's users per channel, kept alive by renewal) will be
 //! new variants of [`BrokerCommand`] and [`BrokerEvent`]; the bridge's `command` dispatch in
 //! `redis/bridge.rs` is the one place that grows with them. Nothing of them exists yet.
@@ -108,6 +114,29 @@ pub enum BrokerCommand {
         /// History to keep.
         keep: Keep,
         /// The caller's token, returned in the answer (e.g. shard, request).
+        token: u64,
+    },
+    /// The node holds its first connection of `user`: receive what any node sends the user
+    /// ([`BrokerEvent::User`]).
+    UserSubscribe {
+        /// The user id (1-128 bytes, no control characters).
+        user: Arc<str>,
+    },
+    /// The node's last connection of `user` went.
+    UserUnsubscribe {
+        /// The user id.
+        user: Arc<str>,
+    },
+    /// Hand `payload` to every node that holds connections of `user`, this one included
+    /// (each gets it as [`BrokerEvent::User`]): answered by [`BrokerEvent::UserSent`] with the
+    /// number of nodes that got it. Executed only after every earlier subscription of this
+    /// bridge is active (so a node that just subscribed the user is among them).
+    UserSend {
+        /// The user id.
+        user: Arc<str>,
+        /// What the nodes act on (the integration's encoding; the bridge passes it as is).
+        payload: Bytes,
+        /// The caller's token, returned in the answer.
         token: u64,
     },
     /// The channel's position and, with `since`, the messages after it: answered by
@@ -222,6 +251,20 @@ pub enum BrokerEvent {
         channel: Arc<str>,
         /// What was found.
         result: Result<Recovered, BrokerError>,
+    },
+    /// What a node sent (`UserSend`) to a user this node subscribed.
+    User {
+        /// The user id (the handle the `UserSubscribe` carried).
+        user: Arc<str>,
+        /// The payload, as sent.
+        payload: Bytes,
+    },
+    /// The answer to a `UserSend`.
+    UserSent {
+        /// The request's token.
+        token: u64,
+        /// How many nodes received it (this one included, when it holds the user).
+        result: Result<u64, BrokerError>,
     },
     /// The subscription set is full (`[cluster] channels_max`): this `Subscribe` was not
     /// recorded and nothing of the channel will arrive.
@@ -365,7 +408,7 @@ impl Shared {
 pub enum Refused {
     /// The queue is full (counted: `queue_overflows`).
     Full(BrokerCommand),
-    /// A `Publish` or `History` while the broker is down (a publish is counted:
+    /// A `Publish`, `History` or `UserSend` while the broker is down (a publish is counted:
     /// `publish_errors`).
     Down(BrokerCommand),
     /// The bridge has stopped.
@@ -398,7 +441,9 @@ impl BrokerHandle {
     pub fn try_send(&self, command: BrokerCommand) -> Result<(), Refused> {
         let needs_broker = matches!(
             command,
-            BrokerCommand::Publish { .. } | BrokerCommand::History { .. }
+            BrokerCommand::Publish { .. }
+                | BrokerCommand::History { .. }
+                | BrokerCommand::UserSend { .. }
         );
         if needs_broker && !self.is_up() {
             if matches!(command, BrokerCommand::Publish { .. }) {

@@ -3,8 +3,9 @@
 //! doorbell rung once per batch.
 //!
 //! Routing: a channel's events (`Message`, `Resync`, `SubscribeRefused`) go to the channel's
-//! owner shard (`channel::owner_of`, the same on every node); answers (`Published`,
-//! `HistoryReply`) to the shard named in the request's token ([`token`]); pattern messages to a
+//! owner shard (`channel::owner_of`, the same on every node), a user's (`User`) to the user's
+//! owner shard (the same hash); answers (`Published`, `HistoryReply`, `UserSent`) to the shard
+//! named in the request's token ([`token`]); pattern messages to a
 //! shard chosen by a hash of their broker channel (any shard can act on them); `Up` and `Down`
 //! to every shard.
 //!
@@ -49,9 +50,11 @@ pub fn route(event: &BrokerEvent, shards: usize) -> Route {
         BrokerEvent::Message { channel, .. }
         | BrokerEvent::Resync { channel, .. }
         | BrokerEvent::SubscribeRefused { channel } => owner(channel),
-        BrokerEvent::Published { token, .. } | BrokerEvent::HistoryReply { token, .. } => {
-            Route::One(token_shard(*token).min(shards - 1))
-        }
+        // A user's owner shard holds its registry (the same hash as channels).
+        BrokerEvent::User { user, .. } => owner(user),
+        BrokerEvent::Published { token, .. }
+        | BrokerEvent::HistoryReply { token, .. }
+        | BrokerEvent::UserSent { token, .. } => Route::One(token_shard(*token).min(shards - 1)),
         BrokerEvent::Pattern { channel, .. } => {
             let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
             for b in channel.iter() {

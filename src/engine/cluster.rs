@@ -34,6 +34,8 @@ use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+mod users;
+
 /// Broker events handled per loop turn.
 pub const EVENTS_PER_TURN: usize = 4096;
 /// Messages held per channel while its position is read; more are dropped (an offset gap).
@@ -114,6 +116,8 @@ pub struct Cluster {
     /// Position reads for live channels whose position is unknown, by token.
     refreshes: HashMap<u64, (Arc<str>, u64)>,
     tails: HashMap<Arc<str>, Tail>,
+    /// `send_user` / `disconnect_user` requests sent to the broker, by token.
+    user_sends: HashMap<u64, users::PendingUserSend>,
     /// When the maps above are next swept for requests past their deadline (once a second:
     /// the sweep is O(requests waiting), and only unanswered requests are in them).
     next_sweep_ms: u64,
@@ -139,6 +143,7 @@ impl Cluster {
             recoveries: HashMap::new(),
             refreshes: HashMap::new(),
             tails: HashMap::new(),
+            user_sends: HashMap::new(),
             next_sweep_ms: 0,
             scratch: Vec::new(),
             next_seq: 0,
@@ -183,6 +188,13 @@ impl Engine {
                 ..
             } => self.cluster_publish(channel, body, reply, key),
             XMsg::Interest { channel, shard } => self.cluster_interest(channel, shard),
+            // A backend's send or disconnect for a user goes to every node holding the user.
+            XMsg::UserOp {
+                user,
+                op: op @ (UserOp::Send(_) | UserOp::Disconnect(..)),
+                reply,
+                here: false,
+            } => self.cluster_user_op(user, op, reply),
             XMsg::Withdraw { channel, shard } => self.cluster_withdraw(&channel, shard),
             XMsg::Recover {
                 ref channel, since, ..
@@ -737,6 +749,13 @@ impl Engine {
                     .map(|(&t, (c, _))| (t, c.clone())),
             );
         }
+        let user_sends: Vec<u64> = (cluster.user_sends.iter())
+            .filter(|(_, p)| overdue(p.due_ms))
+            .map(|(&t, _)| t)
+            .collect();
+        for token in user_sends {
+            self.expire_user_send(token);
+        }
         for token in publishes {
             let Some(pending) = self
                 .cluster
@@ -807,6 +826,8 @@ impl Engine {
                 result,
             } => self.on_history_reply(token, &channel, result),
             BrokerEvent::SubscribeRefused { channel } => self.on_subscribe_refused(&channel),
+            BrokerEvent::User { user, payload } => self.on_broker_user(&user, &payload),
+            BrokerEvent::UserSent { token, result } => self.on_user_sent(token, result),
             BrokerEvent::Resync { channel, now, .. } => {
                 let Some(cluster) = self.cluster.as_ref() else {
                     return;
@@ -1023,12 +1044,14 @@ impl Engine {
                     let user: Arc<str> = Arc::from(suffix);
                     let owner = channel::owner_of(&user, self.shards);
                     let op = UserOp::Send(body);
+                    // Every node gets the pattern message and acts on its own connections.
                     self.send_x(
                         owner,
                         XMsg::UserOp {
                             user,
                             op,
                             reply: None,
+                            here: true,
                         },
                     );
                 }

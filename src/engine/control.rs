@@ -1267,7 +1267,16 @@ impl Engine {
         if matches!(op, UserOp::Send(_)) {
             self.mark_publisher(slot);
         }
-        self.send_x(owner, XMsg::UserOp { user, op, reply });
+        let here = false;
+        self.send_x(
+            owner,
+            XMsg::UserOp {
+                user,
+                op,
+                reply,
+                here,
+            },
+        );
     }
 
     fn request_for_conn(

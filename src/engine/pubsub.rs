@@ -296,9 +296,11 @@ impl Engine {
                 reply,
                 from_control,
             } => self.on_user_bind(user, conn, reply, from_control),
-            XMsg::UserUnbind { user, conn } => self.users.unbind(&user, conn.get()),
+            XMsg::UserUnbind { user, conn } => self.on_user_unbind(&user, conn),
             XMsg::UserRefused { user, conn } => self.on_user_refused(&user, conn),
-            XMsg::UserOp { user, op, reply } => self.on_user_op(&user, op, reply),
+            XMsg::UserOp {
+                user, op, reply, ..
+            } => self.on_user_op(&user, op, reply),
             XMsg::UserQuery { query, reply } => self.on_user_query(query, reply),
             XMsg::Presence {
                 channel,

@@ -125,9 +125,13 @@ impl Engine {
         from_control: Option<Option<Arc<str>>>,
     ) {
         let max = self.config.limits.conns_per_user_max;
+        let first = self.users.conns(&user).is_empty();
         let ok = self.users.bind(&user, conn.get(), max);
         if !ok {
             self.counters.user_limit_refusals += 1;
+        }
+        if ok && first {
+            self.cluster_user_held(&user, true);
         }
         match (ok, from_control) {
             (true, Some(info)) => {
@@ -157,6 +161,15 @@ impl Engine {
                 };
                 self.send_x(conn.shard(), msg);
             }
+        }
+    }
+
+    /// The owner: `conn` is no longer one of `user`'s.
+    pub(super) fn on_user_unbind(&mut self, user: &Arc<str>, conn: ConnId) {
+        let held = !self.users.conns(user).is_empty();
+        self.users.unbind(user, conn.get());
+        if held && self.users.conns(user).is_empty() {
+            self.cluster_user_held(user, false);
         }
     }
 
@@ -205,7 +218,7 @@ impl Engine {
     }
 
     /// Sends `action()` to each of `conns` on its shard (no reply: the owner answered already).
-    fn act_on_conns(&mut self, conns: &[u64], action: impl Fn() -> ConnAction) {
+    pub(super) fn act_on_conns(&mut self, conns: &[u64], action: impl Fn() -> ConnAction) {
         for conn in conns.iter().filter_map(|&c| ConnId::from_u64(c)) {
             let msg = XMsg::ToConn {
                 conn,

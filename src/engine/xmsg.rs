@@ -308,6 +308,10 @@ pub enum XMsg {
         op: UserOp,
         /// Where to answer.
         reply: Option<ReplyTo>,
+        /// Act on this node's connections only (what came from the broker or a Redis input);
+        /// false: a backend's request, which in cluster mode goes to every node holding the
+        /// user.
+        here: bool,
     },
     /// To every shard: a question about the users it owns.
     UserQuery {

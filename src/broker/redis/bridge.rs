@@ -13,7 +13,9 @@
 //!   subscriber connection (`sub_owed == 0`), so its position is read while the channel's
 //!   subscription is active: later messages all arrive;
 //! - after a reconnect, positions are read only once every resubscription is confirmed, for
-//!   the same reason, and `Up` is sent after the last of them.
+//!   the same reason, and `Up` is sent after the last of them;
+//! - a `UserSend` waits the same way, so a node that has just subscribed the user (its first
+//!   connection of the user bound before the send) is among the receivers.
 //!
 //! Faults: any I/O error, protocol error, error reply on the subscriber connection, or request
 //! unanswered for `timeout_ms` drops both connections (`lose`): requests in flight fail with
@@ -46,9 +48,18 @@ const FRAMING_BYTES: usize = 1024;
 /// Longest sleep while connected (the timers' resolution).
 const TICK_MS: u64 = 100;
 
+/// A request held until every earlier (un)subscribe is confirmed.
+#[derive(Debug)]
+enum Held {
+    History(u64, Arc<str>, Option<Position>),
+    UserSend(u64, Arc<str>, Bytes),
+}
+
 /// What one reply on the command connection answers.
 #[derive(Debug)]
 enum Pending {
+    /// A `PUBLISH` to a user's pub/sub channel.
+    UserSend { token: u64 },
     /// A publish (kept whole for a resend with `EVAL` after `NOSCRIPT`).
     Publish {
         token: u64,
@@ -125,8 +136,10 @@ pub struct Bridge<S: BrokerSink> {
     /// Subscribed channels and the last position seen of each.
     subs: HashMap<Arc<str>, Sub>,
     patterns: HashSet<Arc<str>>,
-    /// History reads waiting for subscribe confirmations.
-    held: VecDeque<(u64, Arc<str>, Option<Position>)>,
+    /// Users subscribed (what this node's connections hold).
+    users: HashSet<Arc<str>>,
+    /// History reads and user sends waiting for subscribe confirmations.
+    held: VecDeque<Held>,
     link: Option<Link>,
     retry_at: Instant,
     backoff: Backoff,
@@ -171,6 +184,7 @@ impl<S: BrokerSink> Bridge<S> {
             queue_closed: false,
             subs: HashMap::new(),
             patterns: HashSet::new(),
+            users: HashSet::new(),
             held: VecDeque::new(),
             link: None,
             retry_at: Instant::now(),
@@ -255,7 +269,9 @@ impl<S: BrokerSink> Bridge<S> {
             bumped: 0,
             resubscribed: (self.subs.len(), self.patterns.len()),
         };
-        let channels: Vec<Vec<u8>> = self.subs.keys().map(|c| self.keys.pubsub(c)).collect();
+        let channels: Vec<Vec<u8>> = (self.subs.keys().map(|c| self.keys.pubsub(c)))
+            .chain(self.users.iter().map(|u| self.keys.user(u)))
+            .collect();
         for batch in channels.chunks(SUBSCRIBE_BATCH) {
             let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
             args.extend(batch.iter().map(|c| &c[..]));
@@ -281,12 +297,16 @@ impl<S: BrokerSink> Bridge<S> {
                 match pending {
                     Pending::Publish { token, .. } => self.fail_publish(token),
                     Pending::History { token, channel, .. } => self.fail_history(token, channel),
+                    Pending::UserSend { token } => self.fail_user_send(token),
                     Pending::Resync { .. } | Pending::Ping => {}
                 }
             }
         }
-        while let Some((token, channel, _)) = self.held.pop_front() {
-            self.fail_history(token, channel);
+        while let Some(held) = self.held.pop_front() {
+            match held {
+                Held::History(token, channel, _) => self.fail_history(token, channel),
+                Held::UserSend(token, ..) => self.fail_user_send(token),
+            }
         }
         if self.announced != Announced::Down {
             eprintln!(
@@ -303,6 +323,13 @@ impl<S: BrokerSink> Bridge<S> {
     fn fail_publish(&mut self, token: u64) {
         BrokerStats::count(&self.shared.stats.publish_errors);
         self.sink.deliver(BrokerEvent::Published {
+            token,
+            result: Err(BrokerError::Down),
+        });
+    }
+
+    fn fail_user_send(&mut self, token: u64) {
+        self.sink.deliver(BrokerEvent::UserSent {
             token,
             result: Err(BrokerError::Down),
         });
@@ -356,8 +383,13 @@ impl<S: BrokerSink> Bridge<S> {
         let (resubscribed, patterns) = link.resubscribed;
         eprintln!(
             "ringcast: cluster: redis at {}:{} is up (node {}, prefix {}; subscribed: \
-             {resubscribed} channels, {patterns} patterns; moved meanwhile: {})",
-            self.url.host, self.url.port, self.node, self.cfg.prefix, link.moved
+             {resubscribed} channels, {patterns} patterns, {} users; moved meanwhile: {})",
+            self.url.host,
+            self.url.port,
+            self.node,
+            self.cfg.prefix,
+            self.users.len(),
+            link.moved
         );
         self.sink.deliver(BrokerEvent::Up {
             resubscribed,
@@ -411,7 +443,8 @@ impl<S: BrokerSink> Bridge<S> {
                 if self.subs.contains_key(&channel) {
                     return;
                 }
-                if self.subs.len() + self.patterns.len() >= self.cfg.channels_max {
+                if self.subs.len() + self.patterns.len() + self.users.len() >= self.cfg.channels_max
+                {
                     BrokerStats::count(&self.shared.stats.subscribe_refusals);
                     self.sink.deliver(BrokerEvent::SubscribeRefused { channel });
                     return;
@@ -434,7 +467,8 @@ impl<S: BrokerSink> Bridge<S> {
                 if self.patterns.contains(&pattern) {
                     return;
                 }
-                if self.subs.len() + self.patterns.len() >= self.cfg.channels_max {
+                if self.subs.len() + self.patterns.len() + self.users.len() >= self.cfg.channels_max
+                {
                     BrokerStats::count(&self.shared.stats.subscribe_refusals);
                     self.sink
                         .deliver(BrokerEvent::SubscribeRefused { channel: pattern });
@@ -446,6 +480,50 @@ impl<S: BrokerSink> Bridge<S> {
             BrokerCommand::PatternUnsubscribe { pattern } => {
                 if self.patterns.remove(&pattern) {
                     self.subscription(b"PUNSUBSCRIBE", pattern.as_bytes());
+                }
+            }
+            BrokerCommand::UserSubscribe { user } => {
+                if self.users.contains(&user) {
+                    return;
+                }
+                if self.subs.len() + self.patterns.len() + self.users.len() >= self.cfg.channels_max
+                {
+                    // The user's connections here then get only this node's sends (counted).
+                    BrokerStats::count(&self.shared.stats.subscribe_refusals);
+                    return;
+                }
+                let name = self.keys.user(&user);
+                self.users.insert(user);
+                self.subscription(b"SUBSCRIBE", &name);
+            }
+            BrokerCommand::UserUnsubscribe { user } => {
+                if self.users.remove(&user) {
+                    let name = self.keys.user(&user);
+                    self.subscription(b"UNSUBSCRIBE", &name);
+                }
+            }
+            BrokerCommand::UserSend {
+                user,
+                payload,
+                token,
+            } => {
+                if payload.len() + FRAMING_BYTES > self.cfg.buffer_bytes_max {
+                    self.sink.deliver(BrokerEvent::UserSent {
+                        token,
+                        result: Err(BrokerError::TooLarge),
+                    });
+                    return;
+                }
+                match self.link.take() {
+                    None => self.fail_user_send(token),
+                    Some(mut link) => {
+                        if link.sub_owed > 0 {
+                            self.held.push_back(Held::UserSend(token, user, payload));
+                        } else {
+                            self.send_user(&mut link, token, &user, &payload);
+                        }
+                        self.link = Some(link);
+                    }
                 }
             }
             BrokerCommand::Publish {
@@ -479,7 +557,7 @@ impl<S: BrokerSink> Bridge<S> {
                 None => self.fail_history(token, channel),
                 Some(mut link) => {
                     if link.sub_owed > 0 {
-                        self.held.push_back((token, channel, since));
+                        self.held.push_back(Held::History(token, channel, since));
                     } else {
                         self.send_history(&mut link, token, channel, since);
                     }
@@ -560,6 +638,13 @@ impl<S: BrokerSink> Bridge<S> {
                 keep,
             },
         );
+    }
+
+    /// `PUBLISH PREFIX:usr:USER payload`: every node holding the user gets it.
+    fn send_user(&mut self, link: &mut Link, token: u64, user: &str, payload: &[u8]) {
+        let name = self.keys.user(user);
+        link.cmd.queue(&[b"PUBLISH", &name, payload]);
+        self.push_pending(link, Pending::UserSend { token });
     }
 
     fn send_history(
@@ -738,6 +823,13 @@ impl<S: BrokerSink> Bridge<S> {
                     return Err(protocol("a message without its channel or payload"));
                 };
                 let Some(channel) = self.keys.channel_of(name) else {
+                    if let Some(user) = self.keys.user_of(name).and_then(|u| self.users.get(u)) {
+                        BrokerStats::count(&self.shared.stats.messages_in);
+                        self.sink.deliver(BrokerEvent::User {
+                            user: user.clone(),
+                            payload: payload.clone(),
+                        });
+                    }
                     return Ok(());
                 };
                 let Some(sub) = self.subs.get_mut(channel) else {
@@ -784,8 +876,15 @@ impl<S: BrokerSink> Bridge<S> {
             (Some(b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe"), 3) => {
                 link.sub_owed = link.sub_owed.saturating_sub(1);
                 if link.sub_owed == 0 {
-                    while let Some((token, channel, since)) = self.held.pop_front() {
-                        self.send_history(link, token, channel, since);
+                    while let Some(held) = self.held.pop_front() {
+                        match held {
+                            Held::History(token, channel, since) => {
+                                self.send_history(link, token, channel, since);
+                            }
+                            Held::UserSend(token, user, payload) => {
+                                self.send_user(link, token, &user, &payload);
+                            }
+                        }
                     }
                 }
             }
@@ -872,6 +971,17 @@ impl<S: BrokerSink> Bridge<S> {
                         });
                     }
                 }
+            }
+            Pending::UserSend { token } => {
+                let result = match reply {
+                    Reply::Integer(n) => {
+                        BrokerStats::count(&self.shared.stats.messages_out);
+                        Ok(n.max(0) as u64)
+                    }
+                    Reply::Error(e) => Err(BrokerError::Rejected(text(&e))),
+                    _ => return Err(protocol("an unexpected answer to PUBLISH")),
+                };
+                self.sink.deliver(BrokerEvent::UserSent { token, result });
             }
             Pending::Ping => {
                 if !matches!(reply, Reply::Simple(_)) {

@@ -9,6 +9,10 @@
 //! | `PREFIX:hist:NAME` | stream | the kept messages, entry id `0-OFFSET`, field `p`: payload |
 //! | `PREFIX:msg:NAME` | pub/sub channel | each message as [`super::message`] encodes it |
 //!
+//! Per user `USER` held by some node: the pub/sub channel `PREFIX:usr:USER`, on which any node
+//! `PUBLISH`es what is sent to the user (`send_user`, `disconnect_user`), subscribed by every
+//! node holding connections of the user. Nothing is stored for users.
+//!
 //! Why a stream for history: entry ids are the offsets, so "everything after N" is one
 //! `XRANGE` from `0-(N+1)` and a gap shows as a missing id; `XADD ... MAXLEN` trims in the same
 //! command. A list would need the offset stored beside each payload and an index computed from
@@ -154,6 +158,18 @@ impl Keys {
         self.name("msg", channel)
     }
 
+    /// The pub/sub channel of what is sent to a user (`UserSend`).
+    pub fn user(&self, user: &str) -> Vec<u8> {
+        self.name("usr", user)
+    }
+
+    /// The user a user pub/sub channel name belongs to, if it is one of ours.
+    pub fn user_of<'a>(&self, pubsub: &'a [u8]) -> Option<&'a str> {
+        let rest = pubsub.strip_prefix(self.prefix.as_bytes())?;
+        let name = rest.strip_prefix(b":usr:")?;
+        std::str::from_utf8(name).ok()
+    }
+
     /// The ringcast channel a pub/sub channel name belongs to, if it is one of ours.
     pub fn channel_of<'a>(&self, pubsub: &'a [u8]) -> Option<&'a str> {
         let rest = pubsub.strip_prefix(self.prefix.as_bytes())?;
@@ -175,6 +191,10 @@ mod tests {
         assert_eq!(k.channel_of(b"rc1:msg:chat:a"), Some("chat:a"));
         assert_eq!(k.channel_of(b"rc2:msg:chat:a"), None);
         assert_eq!(k.channel_of(b"rc1:ch:chat:a"), None);
+        assert_eq!(k.user("alice"), b"rc1:usr:alice");
+        assert_eq!(k.user_of(b"rc1:usr:alice"), Some("alice"));
+        assert_eq!(k.user_of(b"rc1:msg:alice"), None);
+        assert_eq!(k.channel_of(b"rc1:usr:alice"), None);
         assert_eq!(Script::new("return 1").sha.len(), 40);
     }
 }

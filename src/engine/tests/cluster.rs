@@ -477,3 +477,148 @@ fn a_subscribe_while_the_broker_is_down_is_answered_and_its_first_message_sets_t
     assert_eq!(offsets(&ws.texts(&mut c)), vec![(1, json!(1))]);
     assert_eq!(c.total().cluster_epochs_bumped, 1);
 }
+
+/// The user commands the engine sent (taking every command from the broker).
+fn user_commands(broker: &FakeBroker) -> Vec<BrokerCommand> {
+    broker
+        .take()
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c,
+                BrokerCommand::UserSubscribe { .. }
+                    | BrokerCommand::UserUnsubscribe { .. }
+                    | BrokerCommand::UserSend { .. }
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn user_sends_go_through_the_broker_and_act_on_what_comes_back() {
+    let (mut c, mut broker) = Cluster::with_broker(clustered(), 3);
+    let mut a0 = Ws::open(&mut c, 0, "/ws");
+    let mut a2 = Ws::open(&mut c, 2, "/ws");
+    let mut id = |ws: &mut Ws| {
+        let texts = ws.texts(&mut c);
+        assert_eq!(texts[0]["op"], "welcome", "{texts:?}");
+        texts[0]["conn"].as_u64().unwrap()
+    };
+    let (id0, id2) = (id(&mut a0), id(&mut a2));
+    let ctl = control(&mut c, 1);
+    let r = call(
+        &mut c,
+        ctl,
+        &[
+            json!({"id":1,"method":"bind_user","conn":id0,"user":"alice"}),
+            json!({"id":2,"method":"bind_user","conn":id2,"user":"alice"}),
+        ],
+    );
+    assert!(r.iter().all(|r| r.get("result").is_some()), "{r:?}");
+    let commands = user_commands(&broker);
+    assert_eq!(
+        commands,
+        vec![BrokerCommand::UserSubscribe {
+            user: Arc::from("alice")
+        }],
+        "the node subscribes the user once, at its first connection"
+    );
+    // A send goes to the broker; nothing reaches the tabs until the broker hands it back.
+    c.write(
+        ctl,
+        b"{\"id\":3,\"method\":\"send_user\",\"user\":\"alice\",\"data\":{\"msg\":\"hi\"}}\n",
+    );
+    c.settle();
+    let (payload, token) = match user_commands(&broker).pop() {
+        Some(BrokerCommand::UserSend {
+            user,
+            payload,
+            token,
+        }) if &*user == "alice" => (payload, token),
+        other => panic!("no UserSend: {other:?}"),
+    };
+    assert!(a0.texts(&mut c).is_empty(), "not before the broker's copy");
+    broker.deliver(BrokerEvent::UserSent {
+        token,
+        result: Ok(2),
+    });
+    c.settle();
+    let r = lines(&mut c, ctl);
+    assert_eq!(r[0]["result"], json!({"connections":2,"nodes":2}), "{r:?}");
+    broker.deliver(BrokerEvent::User {
+        user: Arc::from("alice"),
+        payload: payload.clone(),
+    });
+    // Another node's send arrives the same way; a malformed one is dropped and counted.
+    broker.deliver(BrokerEvent::User {
+        user: Arc::from("alice"),
+        payload: Bytes::from_static(b"\x01Sx"),
+    });
+    c.settle();
+    for ws in [&mut a0, &mut a2] {
+        assert_eq!(
+            ws.texts(&mut c),
+            vec![json!({"op":"push","data":{"msg":"hi"}})],
+            "each tab once"
+        );
+    }
+    assert_eq!(c.total().cluster_user_messages_in, 1);
+    assert_eq!(c.total().cluster_malformed, 1);
+    assert_eq!(c.total().cluster_user_sends, 1);
+    // While the broker is down: acted on here only, and the reply says so.
+    broker.handle.shared().set_up(false);
+    let r = call(
+        &mut c,
+        ctl,
+        &[json!({"id":4,"method":"send_user","user":"alice","text":"local"})],
+    );
+    assert_eq!(
+        r[0]["result"],
+        json!({"connections":2,"local_only":true}),
+        "{r:?}"
+    );
+    assert!(
+        user_commands(&broker).is_empty(),
+        "nothing queued while down"
+    );
+    for ws in [&mut a0, &mut a2] {
+        assert_eq!(ws.texts(&mut c), vec![json!({"op":"push","data":"local"})]);
+    }
+    assert_eq!(c.total().cluster_user_local_only, 1);
+    broker.handle.shared().set_up(true);
+    // A disconnect from another node closes both tabs; the last one gone unsubscribes.
+    let bytes = Bytes::from_static(b"\x01D\x11\x31logged out");
+    broker.deliver(BrokerEvent::User {
+        user: Arc::from("alice"),
+        payload: bytes,
+    });
+    c.settle();
+    for ws in [&mut a0, &mut a2] {
+        assert_eq!(close_code(&ws.frames(&mut c)), Some(4401));
+        c.client_fin(ws.sock);
+    }
+    c.settle();
+    assert_eq!(
+        user_commands(&broker),
+        vec![BrokerCommand::UserUnsubscribe {
+            user: Arc::from("alice")
+        }]
+    );
+    // A send whose answer never comes is failed at its deadline, outcome unknown.
+    c.write(
+        ctl,
+        b"{\"id\":5,\"method\":\"disconnect_user\",\"user\":\"alice\"}\n",
+    );
+    c.settle();
+    assert!(matches!(
+        user_commands(&broker).pop(),
+        Some(BrokerCommand::UserSend { .. })
+    ));
+    c.advance(
+        4 * ClusterConfig::default().timeout_ms + crate::engine::cluster::ANSWER_SLACK_MS + 1000,
+    );
+    c.settle();
+    let r = lines(&mut c, ctl);
+    assert_eq!(r[0]["error"]["code"], "cluster_unavailable", "{r:?}");
+    assert_eq!(c.total().cluster_requests_expired, 1);
+}
