@@ -565,7 +565,7 @@ fn close_code(ws: &mut Ws) -> u16 {
 }
 
 #[test]
-fn send_user_and_disconnect_user_reach_every_node() {
+fn send_user_disconnect_user_and_online_span_the_nodes() {
     let redis = Redis::start();
     let nodes = [
         Node::start(&redis.url(), "users", 0, Vec::new()),
@@ -623,6 +623,21 @@ fn send_user_and_disconnect_user_reach_every_node() {
     assert_eq!(read_json(&mut bob.0), json!({"op":"push","data":"for bob"}));
     let r = ctl.call(json!({"method":"send_user","user":"nobody","text":"x"}));
     assert_eq!(r["result"], json!({"connections":0,"nodes":0}), "{r}");
+    // online from any node: this node's connection counts, and the nodes holding each user.
+    let r = ctl.call(json!({"method":"online","users":["alice","bob","nobody"]}));
+    assert_eq!(
+        r["result"],
+        json!({"users":{"alice":0,"bob":0,"nobody":0},"nodes":{"alice":2,"bob":1,"nobody":0}}),
+        "{r}"
+    );
+    let r = nodes[0]
+        .ctl()
+        .call(json!({"method":"online","users":["alice"]}));
+    assert_eq!(
+        r["result"],
+        json!({"users":{"alice":2},"nodes":{"alice":2}}),
+        "{r}"
+    );
     // disconnect_user from node 2 closes alice everywhere with the code asked for.
     let r = ctl.call(json!({"method":"disconnect_user","user":"alice","code":4401,"reason":"bye"}));
     assert_eq!(r["result"]["nodes"], 2, "{r}");
@@ -638,6 +653,8 @@ fn send_user_and_disconnect_user_reach_every_node() {
     }
     let r = ctl.call(json!({"method":"send_user","user":"alice","text":"late"}));
     assert_eq!(r["result"], json!({"connections":0,"nodes":0}), "{r}");
+    let r = ctl.call(json!({"method":"online","users":["alice","bob"]}));
+    assert_eq!(r["result"]["nodes"], json!({"alice":0,"bob":1}), "{r}");
     for node in &nodes[..2] {
         node.eventually("user sends acted on", |c| c.cluster_user_messages_in >= 2);
     }

@@ -139,6 +139,14 @@ pub enum BrokerCommand {
         /// The caller's token, returned in the answer.
         token: u64,
     },
+    /// How many nodes hold connections of each of `users` (the subscribers of each user's
+    /// channel): answered by [`BrokerEvent::UserNodes`], in the same order.
+    UserNodes {
+        /// The user ids (at most 5,000: `online`'s bound).
+        users: Vec<Arc<str>>,
+        /// The caller's token, returned in the answer.
+        token: u64,
+    },
     /// The channel's position and, with `since`, the messages after it: answered by
     /// [`BrokerEvent::HistoryReply`].
     History {
@@ -265,6 +273,13 @@ pub enum BrokerEvent {
         token: u64,
         /// How many nodes received it (this one included, when it holds the user).
         result: Result<u64, BrokerError>,
+    },
+    /// The answer to a `UserNodes`.
+    UserNodes {
+        /// The request's token.
+        token: u64,
+        /// The node counts, one per asked user, in the asked order.
+        result: Result<Vec<u64>, BrokerError>,
     },
     /// The subscription set is full (`[cluster] channels_max`): this `Subscribe` was not
     /// recorded and nothing of the channel will arrive.
@@ -444,6 +459,7 @@ impl BrokerHandle {
             BrokerCommand::Publish { .. }
                 | BrokerCommand::History { .. }
                 | BrokerCommand::UserSend { .. }
+                | BrokerCommand::UserNodes { .. }
         );
         if needs_broker && !self.is_up() {
             if matches!(command, BrokerCommand::Publish { .. }) {

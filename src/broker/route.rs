@@ -54,7 +54,8 @@ pub fn route(event: &BrokerEvent, shards: usize) -> Route {
         BrokerEvent::User { user, .. } => owner(user),
         BrokerEvent::Published { token, .. }
         | BrokerEvent::HistoryReply { token, .. }
-        | BrokerEvent::UserSent { token, .. } => Route::One(token_shard(*token).min(shards - 1)),
+        | BrokerEvent::UserSent { token, .. }
+        | BrokerEvent::UserNodes { token, .. } => Route::One(token_shard(*token).min(shards - 1)),
         BrokerEvent::Pattern { channel, .. } => {
             let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
             for b in channel.iter() {

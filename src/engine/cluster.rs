@@ -118,6 +118,9 @@ pub struct Cluster {
     tails: HashMap<Arc<str>, Tail>,
     /// `send_user` / `disconnect_user` requests sent to the broker, by token.
     user_sends: HashMap<u64, users::PendingUserSend>,
+    /// Clustered `online` node counts asked of the broker, by token: the reply they complete,
+    /// the users asked, and the deadline.
+    user_nodes: HashMap<u64, (ReplyTo, Vec<Arc<str>>, u64)>,
     /// When the maps above are next swept for requests past their deadline (once a second:
     /// the sweep is O(requests waiting), and only unanswered requests are in them).
     next_sweep_ms: u64,
@@ -144,6 +147,7 @@ impl Cluster {
             refreshes: HashMap::new(),
             tails: HashMap::new(),
             user_sends: HashMap::new(),
+            user_nodes: HashMap::new(),
             next_sweep_ms: 0,
             scratch: Vec::new(),
             next_seq: 0,
@@ -753,8 +757,16 @@ impl Engine {
             .filter(|(_, p)| overdue(p.due_ms))
             .map(|(&t, _)| t)
             .collect();
+        let user_nodes: Vec<u64> = (cluster.user_nodes.iter())
+            .filter(|(_, (_, _, due))| overdue(*due))
+            .map(|(&t, _)| t)
+            .collect();
         for token in user_sends {
             self.expire_user_send(token);
+        }
+        for token in user_nodes {
+            self.counters.cluster_requests_expired += 1;
+            self.on_user_nodes(token, Err(BrokerError::Down));
         }
         for token in publishes {
             let Some(pending) = self
@@ -828,6 +840,7 @@ impl Engine {
             BrokerEvent::SubscribeRefused { channel } => self.on_subscribe_refused(&channel),
             BrokerEvent::User { user, payload } => self.on_broker_user(&user, &payload),
             BrokerEvent::UserSent { token, result } => self.on_user_sent(token, result),
+            BrokerEvent::UserNodes { token, result } => self.on_user_nodes(token, result),
             BrokerEvent::Resync { channel, now, .. } => {
                 let Some(cluster) = self.cluster.as_ref() else {
                     return;

@@ -64,6 +64,9 @@ enum Acc {
         map: BTreeMap<Arc<str>, u64>,
         /// Page size (`users`), or `None` for `online`.
         limit: Option<usize>,
+        /// Clustered `online`: the nodes holding each user, once the broker answered (`None`
+        /// inside: it could not); `None`: not asked.
+        nodes: Option<Option<BTreeMap<Arc<str>, u64>>>,
     },
     /// Channels: summed counts.
     Channels {
@@ -218,6 +221,18 @@ impl ControlState {
     }
 }
 
+/// `{"name":N,...}`, names in byte order.
+fn counts(out: &mut String, map: &BTreeMap<Arc<str>, u64>) {
+    out.push('{');
+    for (i, (name, n)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{}:{n}", serde_json::Value::from(&**name));
+    }
+    out.push('}');
+}
+
 fn result_of(p: &Pending) -> String {
     let mut out = String::new();
     match &p.acc {
@@ -254,19 +269,27 @@ fn result_of(p: &Pending) -> String {
             out.push_str("]}");
         }
         Acc::Done => out.push_str("{}"),
-        Acc::Users { map, limit: None } => {
-            out.push_str("{\"users\":{");
-            for (i, (name, n)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
+        Acc::Users {
+            map,
+            limit: None,
+            nodes,
+        } => {
+            out.push_str("{\"users\":");
+            counts(&mut out, map);
+            match nodes {
+                None => {}
+                Some(None) => out.push_str(",\"nodes\":null"),
+                Some(Some(nodes)) => {
+                    out.push_str(",\"nodes\":");
+                    counts(&mut out, nodes);
                 }
-                let _ = write!(out, "{}:{n}", serde_json::Value::from(&**name));
             }
-            out.push_str("}}");
+            out.push('}');
         }
         Acc::Users {
             map,
             limit: Some(limit),
+            ..
         } => {
             out.push_str("{\"users\":{");
             for (i, (name, n)) in map.iter().take(*limit).enumerate() {
@@ -1143,8 +1166,19 @@ impl Engine {
                 let users: Vec<Arc<str>> = users.iter().map(|u| Arc::from(u.as_str())).collect();
                 // Every asked user is in the answer, 0 when no shard holds it.
                 let map = users.iter().map(|u| (u.clone(), 0)).collect();
-                let acc = Acc::Users { map, limit: None };
-                if let Some(to) = self.await_parts(slot, id, self.shards as u32, acc) {
+                // Clustered: the broker says how many nodes hold each user (one more part).
+                let clustered = self.cluster.is_some();
+                let nodes = clustered.then_some(None);
+                let acc = Acc::Users {
+                    map,
+                    limit: None,
+                    nodes,
+                };
+                let parts = self.shards as u32 + u32::from(clustered);
+                if let Some(to) = self.await_parts(slot, id, parts, acc) {
+                    if clustered {
+                        self.cluster_user_nodes(users.clone(), to);
+                    }
                     for shard in 0..self.shards {
                         let mine: Vec<Arc<str>> = users
                             .iter()
@@ -1163,6 +1197,7 @@ impl Engine {
                 let acc = Acc::Users {
                     map: BTreeMap::new(),
                     limit: Some(limit),
+                    nodes: None,
                 };
                 let after: Option<Arc<str>> = after.map(|a| Arc::from(a.as_str()));
                 if let Some(to) = self.await_parts(slot, id, self.shards as u32, acc) {
@@ -1494,6 +1529,9 @@ impl Engine {
                 for (name, n) in list {
                     *map.entry(name).or_insert(0) += n;
                 }
+            }
+            (Part::Nodes(list), Acc::Users { nodes, .. }) => {
+                *nodes = Some(list.map(|l| l.into_iter().collect()));
             }
             (Part::Channels(list), Acc::Channels { map, .. }) => {
                 for (name, n) in list {

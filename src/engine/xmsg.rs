@@ -123,6 +123,8 @@ pub enum Part {
     Count(u64),
     /// A complete JSON result, rendered by the shard that had the answer.
     Json(String),
+    /// Clustered `online`: how many nodes hold each user (`None`: the broker could not say).
+    Nodes(Option<Vec<(Arc<str>, u64)>>),
 }
 
 /// A message on a cross-shard ring.

@@ -60,6 +60,8 @@ enum Held {
 enum Pending {
     /// A `PUBLISH` to a user's pub/sub channel.
     UserSend { token: u64 },
+    /// A `PUBSUB NUMSUB` of users' pub/sub channels.
+    UserNodes { token: u64, users: usize },
     /// A publish (kept whole for a resend with `EVAL` after `NOSCRIPT`).
     Publish {
         token: u64,
@@ -298,6 +300,7 @@ impl<S: BrokerSink> Bridge<S> {
                     Pending::Publish { token, .. } => self.fail_publish(token),
                     Pending::History { token, channel, .. } => self.fail_history(token, channel),
                     Pending::UserSend { token } => self.fail_user_send(token),
+                    Pending::UserNodes { token, .. } => self.fail_user_nodes(token),
                     Pending::Resync { .. } | Pending::Ping => {}
                 }
             }
@@ -330,6 +333,13 @@ impl<S: BrokerSink> Bridge<S> {
 
     fn fail_user_send(&mut self, token: u64) {
         self.sink.deliver(BrokerEvent::UserSent {
+            token,
+            result: Err(BrokerError::Down),
+        });
+    }
+
+    fn fail_user_nodes(&mut self, token: u64) {
+        self.sink.deliver(BrokerEvent::UserNodes {
             token,
             result: Err(BrokerError::Down),
         });
@@ -526,6 +536,18 @@ impl<S: BrokerSink> Bridge<S> {
                     }
                 }
             }
+            BrokerCommand::UserNodes { users, token } => match self.link.take() {
+                None => self.fail_user_nodes(token),
+                Some(mut link) => {
+                    let names: Vec<Vec<u8>> = users.iter().map(|u| self.keys.user(u)).collect();
+                    let mut args: Vec<&[u8]> = vec![b"PUBSUB", b"NUMSUB"];
+                    args.extend(names.iter().map(|n| &n[..]));
+                    link.cmd.queue(&args);
+                    let users = users.len();
+                    self.push_pending(&mut link, Pending::UserNodes { token, users });
+                    self.link = Some(link);
+                }
+            },
             BrokerCommand::Publish {
                 channel,
                 payload,
@@ -982,6 +1004,30 @@ impl<S: BrokerSink> Bridge<S> {
                     _ => return Err(protocol("an unexpected answer to PUBLISH")),
                 };
                 self.sink.deliver(BrokerEvent::UserSent { token, result });
+            }
+            Pending::UserNodes { token, users } => {
+                // [name, count, name, count, ...], in the asked order.
+                let result = match reply {
+                    Reply::Array(items) if items.len() == 2 * users => items
+                        .iter()
+                        .skip(1)
+                        .step_by(2)
+                        .map(|n| match n {
+                            Reply::Integer(n) => Ok((*n).max(0) as u64),
+                            _ => Err(protocol("a NUMSUB count that is no integer")),
+                        })
+                        .collect::<Result<Vec<u64>, DownCause>>()?,
+                    Reply::Error(e) => {
+                        let result = Err(BrokerError::Rejected(text(&e)));
+                        self.sink.deliver(BrokerEvent::UserNodes { token, result });
+                        return Ok(());
+                    }
+                    _ => return Err(protocol("an unexpected answer to PUBSUB NUMSUB")),
+                };
+                self.sink.deliver(BrokerEvent::UserNodes {
+                    token,
+                    result: Ok(result),
+                });
             }
             Pending::Ping => {
                 if !matches!(reply, Reply::Simple(_)) {

@@ -163,6 +163,61 @@ impl Engine {
         self.answer_user(pending.reply, part);
     }
 
+    /// Clustered `online`: asks the broker how many nodes hold each of `users`; the answer is
+    /// one more part of the reply `to` (`Part::Nodes`, `None` when the broker cannot say).
+    pub(in crate::engine) fn cluster_user_nodes(&mut self, users: Vec<Arc<str>>, to: ReplyTo) {
+        let index = self.index;
+        let due = self.answer_due_ms();
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        cluster.next_seq += 1;
+        let token = token(index, cluster.next_seq);
+        let asked = users.clone();
+        match cluster
+            .handle
+            .try_send(BrokerCommand::UserNodes { users, token })
+        {
+            Ok(()) => {
+                cluster.ring = true;
+                cluster.user_nodes.insert(token, (to, asked, due));
+            }
+            Err(_) => self.send_x(
+                to.shard as usize,
+                super::super::xmsg::XMsg::Reply {
+                    to,
+                    part: Part::Nodes(None),
+                },
+            ),
+        }
+    }
+
+    /// The broker's node counts for a clustered `online` (or their failure).
+    pub(in crate::engine) fn on_user_nodes(
+        &mut self,
+        token: u64,
+        result: Result<Vec<u64>, BrokerError>,
+    ) {
+        let Some((to, users, _)) = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.user_nodes.remove(&token))
+        else {
+            return;
+        };
+        let nodes = result
+            .ok()
+            .filter(|n| n.len() == users.len())
+            .map(|n| users.into_iter().zip(n).collect());
+        self.send_x(
+            to.shard as usize,
+            super::super::xmsg::XMsg::Reply {
+                to,
+                part: Part::Nodes(nodes),
+            },
+        );
+    }
+
     /// A user request past its deadline (its answer was dropped on the way): outcome unknown.
     pub(in crate::engine) fn expire_user_send(&mut self, token: u64) {
         self.counters.cluster_requests_expired += 1;

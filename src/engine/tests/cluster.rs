@@ -489,6 +489,7 @@ fn user_commands(broker: &FakeBroker) -> Vec<BrokerCommand> {
                 BrokerCommand::UserSubscribe { .. }
                     | BrokerCommand::UserUnsubscribe { .. }
                     | BrokerCommand::UserSend { .. }
+                    | BrokerCommand::UserNodes { .. }
             )
         })
         .collect()
@@ -604,6 +605,43 @@ fn user_sends_go_through_the_broker_and_act_on_what_comes_back() {
             user: Arc::from("alice")
         }]
     );
+    // online asks the broker how many nodes hold each user, beside this node's counts.
+    c.write(
+        ctl,
+        b"{\"id\":6,\"method\":\"online\",\"users\":[\"alice\",\"bob\"]}\n",
+    );
+    c.settle();
+    let token = match broker.take().pop() {
+        Some(BrokerCommand::UserNodes { users, token }) => {
+            assert_eq!(users, vec![Arc::from("alice"), Arc::from("bob")]);
+            token
+        }
+        other => panic!("no UserNodes: {other:?}"),
+    };
+    assert!(lines(&mut c, ctl).is_empty(), "waits for the broker's part");
+    broker.deliver(BrokerEvent::UserNodes {
+        token,
+        result: Ok(vec![3, 0]),
+    });
+    c.settle();
+    let r = lines(&mut c, ctl);
+    assert_eq!(
+        r[0]["result"],
+        json!({"users":{"alice":0,"bob":0},"nodes":{"alice":3,"bob":0}}),
+        "{r:?}"
+    );
+    broker.handle.shared().set_up(false);
+    let r = call(
+        &mut c,
+        ctl,
+        &[json!({"id":7,"method":"online","users":["alice"]})],
+    );
+    assert_eq!(
+        r[0]["result"],
+        json!({"users":{"alice":0},"nodes":null}),
+        "{r:?}"
+    );
+    broker.handle.shared().set_up(true);
     // A send whose answer never comes is failed at its deadline, outcome unknown.
     c.write(
         ctl,
