@@ -275,6 +275,10 @@ const HELP: &[(&str, &str)] = &[
         "Publishes refused or lost by the broker (answered cluster_unavailable).",
     ),
     (
+        "cluster_publish_local",
+        "Publishes delivered to this node's subscribers only, the broker being down.",
+    ),
+    (
         "cluster_messages_in",
         "Channel messages received from the broker at their owner shard.",
     ),

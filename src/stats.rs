@@ -222,6 +222,9 @@ pub struct Counters {
     /// Publishes answered `cluster_unavailable` (or `limit_exceeded` for a payload too large for
     /// the bridge): the broker was down, its queue full, or it refused or lost the publish.
     pub cluster_publish_errors: u64,
+    /// Publishes delivered to this node's subscribers only, with a node-local epoch, because
+    /// the broker was down (answered with `local_only`).
+    pub cluster_publish_local: u64,
     /// Channel messages received from the broker at their owner shard (then fanned out).
     pub cluster_messages_in: u64,
     /// Publishes the broker sequenced for this shard's requests.
@@ -386,6 +389,7 @@ impl Counters {
         self.inflate_too_big += other.inflate_too_big;
         self.cluster_reconnects += other.cluster_reconnects;
         self.cluster_publish_errors += other.cluster_publish_errors;
+        self.cluster_publish_local += other.cluster_publish_local;
         self.cluster_messages_in += other.cluster_messages_in;
         self.cluster_messages_out += other.cluster_messages_out;
         self.cluster_malformed += other.cluster_malformed;

@@ -45,6 +45,11 @@ pub const HELD_MAX: usize = 65_536;
 /// so an answer later than this was dropped at a full event ring (`cluster_events_dropped`);
 /// the request is failed here instead of waiting for ever (and its entry freed).
 pub const ANSWER_SLACK_MS: u64 = 10_000;
+/// Set in every node-local epoch: what a channel's owner sequences by itself while the broker
+/// is down. The broker's epochs (its clock in microseconds) stay below 2^52 until the year 2112,
+/// so a node-local epoch never equals one of them, and recovering across it answers
+/// `recovered:false`.
+pub const LOCAL_EPOCH_BIT: u64 = 1 << 52;
 /// Longest `[[redis_input]]` suffix, in bytes.
 pub const INPUT_SUFFIX_BYTES_MAX: usize = 256;
 
@@ -129,13 +134,20 @@ pub struct Cluster {
     next_seq: u64,
     /// The broker was lost at least once and not yet back.
     down: bool,
+    /// Live channels this owner sequences by itself while the broker is down (each on a
+    /// node-local epoch), back to the broker's position when it returns.
+    local: std::collections::HashSet<Arc<str>>,
+    /// Where this shard's node-local epochs start, and how many it made.
+    local_seed: u64,
+    local_epochs: u64,
     /// Commands were queued since the bridge was last woken.
     ring: bool,
 }
 
 impl Cluster {
-    /// The state for a shard.
-    pub fn new(setup: ClusterSetup) -> Cluster {
+    /// The state for a shard; `local_seed` makes its node-local epochs differ from other
+    /// nodes' and runs'.
+    pub fn new(setup: ClusterSetup, local_seed: u64) -> Cluster {
         Cluster {
             handle: setup.handle,
             events: setup.events,
@@ -152,6 +164,9 @@ impl Cluster {
             scratch: Vec::new(),
             next_seq: 0,
             down: false,
+            local: std::collections::HashSet::new(),
+            local_seed,
+            local_epochs: 0,
             ring: false,
         }
     }
@@ -263,16 +278,53 @@ impl Engine {
                 };
                 cluster.publishes.insert(token, pending);
             }
-            Err(refused) => {
-                let why = match refused {
-                    Refused::Full(_) => {
-                        BrokerError::Rejected("its queue is full (queue_capacity)".to_string())
-                    }
-                    Refused::Down(_) | Refused::Stopped(_) => BrokerError::Down,
-                };
+            Err(Refused::Full(_)) => {
+                let why = BrokerError::Rejected("its queue is full (queue_capacity)".to_string());
                 self.counters.cluster_publish_errors += 1;
                 self.answer_publish(reply, Err(why));
             }
+            Err(Refused::Down(BrokerCommand::Publish { .. })) => {
+                self.publish_locally(channel, body, reply, key);
+            }
+            Err(Refused::Down(_) | Refused::Stopped(_)) => {
+                self.counters.cluster_publish_errors += 1;
+                self.answer_publish(reply, Err(BrokerError::Down));
+            }
+        }
+    }
+
+    /// The broker is down: a channel with subscribers on this node still gets the publish
+    /// here, sequenced by this owner on a node-local epoch (its offsets go on from the last
+    /// one; recovering across the change answers `recovered:false`), and the reply says
+    /// `local_only`. Other nodes miss it. A channel without subscribers here (or whose position
+    /// is still being read) is refused, `cluster_unavailable`, as before.
+    fn publish_locally(
+        &mut self,
+        channel: Arc<str>,
+        body: Body,
+        reply: Option<(ReplyTo, u32)>,
+        key: Option<Box<str>>,
+    ) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        if !matches!(cluster.channels.get(&channel), Some(None)) {
+            self.counters.cluster_publish_errors += 1;
+            return self.answer_publish(reply, Err(BrokerError::Down));
+        }
+        if cluster.local.insert(channel.clone()) {
+            cluster.local_epochs += 1;
+            let mixed = (cluster.local_seed
+                ^ cluster.local_epochs.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .rotate_left(29);
+            let epoch = LOCAL_EPOCH_BIT | (mixed & (LOCAL_EPOCH_BIT - 1));
+            let offset = self.owned.get(&channel).map_or(0, |o| o.offset);
+            self.move_position(&channel, offset, epoch);
+        }
+        self.counters.cluster_publish_local += 1;
+        let position = self.sequence(channel.clone(), body, reply, false);
+        if let Some(key) = key {
+            self.remember_key(&channel, key, position);
         }
     }
 
@@ -873,6 +925,23 @@ impl Engine {
                 if std::mem::take(&mut cluster.down) && index == 0 {
                     self.counters.cluster_reconnects += 1;
                 }
+                // Channels sequenced here while the broker was away go back to its position:
+                // unknown until the read below (or their next message) says it, so recoveries
+                // from the node-local epoch answer recovered:false.
+                let local: Vec<Arc<str>> = cluster.local.drain().collect();
+                for channel in local {
+                    let on_local = self
+                        .owned
+                        .get(&channel)
+                        .is_some_and(|o| o.epoch & LOCAL_EPOCH_BIT != 0);
+                    if on_local {
+                        self.counters.cluster_epochs_bumped += 1;
+                        self.move_position(&channel, 0, 0);
+                    }
+                }
+                let Some(cluster) = self.cluster.as_mut() else {
+                    return;
+                };
                 // Channels answered while the broker was away learn their epoch now.
                 let unknown: Vec<Arc<str>> = cluster
                     .channels

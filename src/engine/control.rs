@@ -238,7 +238,13 @@ fn result_of(p: &Pending) -> String {
     match &p.acc {
         Acc::Publish(pos) => {
             let (offset, epoch) = pos.unwrap_or((0, 0));
-            let _ = write!(out, "{{\"offset\":{offset},\"epoch\":{epoch}}}");
+            // Clustered, broker down: delivered to this node's subscribers only.
+            let local = if epoch & super::cluster::LOCAL_EPOCH_BIT != 0 {
+                ",\"local_only\":true"
+            } else {
+                ""
+            };
+            let _ = write!(out, "{{\"offset\":{offset},\"epoch\":{epoch}{local}}}");
         }
         Acc::Report {
             position,

@@ -369,7 +369,13 @@ impl Engine {
             deflate_scratch: Vec::new(),
             inflated: Vec::new(),
             echo_narrow: None,
-            cluster: setup.cluster.map(|c| Box::new(cluster::Cluster::new(c))),
+            cluster: setup.cluster.map(|c| {
+                // Node-local epochs (publishes while the broker is down) must differ between
+                // nodes and runs: seeded like the generations above.
+                let seed = setup.epoch_base.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    ^ (setup.index as u64).wrapping_mul(0xff51_afd7_ed55_8ccd);
+                Box::new(cluster::Cluster::new(c, seed))
+            }),
             outboxes: setup.mesh.outboxes,
             inbox: setup.mesh.inbox,
             self_queue: VecDeque::new(),

@@ -406,7 +406,7 @@ impl Engine {
 
     /// Sequences and fans out one publish; returns its offset and epoch ((0, 0): nobody
     /// subscribes and nothing is kept).
-    fn sequence(
+    pub(super) fn sequence(
         &mut self,
         channel: Arc<str>,
         body: Body,

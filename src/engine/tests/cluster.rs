@@ -660,3 +660,114 @@ fn user_sends_go_through_the_broker_and_act_on_what_comes_back() {
     assert_eq!(r[0]["error"]["code"], "cluster_unavailable", "{r:?}");
     assert_eq!(c.total().cluster_requests_expired, 1);
 }
+
+#[test]
+fn while_the_broker_is_down_a_node_delivers_to_its_own_subscribers() {
+    let (mut c, mut broker) = Cluster::with_broker(clustered(), 2);
+    let mut sub = Ws::open(&mut c, 1, "/ws");
+    sub.send_text(&mut c, r#"{"op":"subscribe","channel":"rec:a"}"#);
+    c.settle();
+    let token = position_read(&broker, "rec:a");
+    broker.deliver(reply(token, "rec:a", 10, 7));
+    c.settle();
+    let texts = sub.texts(&mut c);
+    assert!(texts.iter().any(|t| t["op"] == "subscribed"), "{texts:?}");
+    broker.handle.shared().set_up(false);
+    broker.deliver(BrokerEvent::Down {
+        cause: crate::broker::DownCause::Closed,
+    });
+    let ctl = control(&mut c, 0);
+    let r = call(
+        &mut c,
+        ctl,
+        &[
+            json!({"id":1,"method":"publish","channel":"rec:a","data":1}),
+            json!({"id":2,"method":"publish","channel":"rec:a","data":2}),
+            json!({"id":3,"method":"publish","channel":"nobody:here","data":3}),
+        ],
+    );
+    let local_epoch = r[0]["result"]["epoch"].as_u64().unwrap();
+    assert!(
+        local_epoch >= crate::engine::cluster::LOCAL_EPOCH_BIT,
+        "{r:?}"
+    );
+    assert!(local_epoch < 1 << 53, "JavaScript-safe");
+    assert_eq!(
+        r[0]["result"],
+        json!({"offset":11,"epoch":local_epoch,"local_only":true}),
+        "offsets go on from the broker's, on a node-local epoch"
+    );
+    assert_eq!(r[1]["result"]["offset"], 12);
+    assert_eq!(r[1]["result"]["epoch"], local_epoch, "one epoch while down");
+    assert_eq!(
+        r[2]["error"]["code"], "cluster_unavailable",
+        "no subscriber here: nobody would get it"
+    );
+    assert!(broker.take().is_empty(), "nothing queued for the broker");
+    assert_eq!(
+        offsets(&sub.texts(&mut c)),
+        vec![(11, json!(1)), (12, json!(2))]
+    );
+    assert_eq!(c.total().cluster_publish_local, 2);
+    // Within the local epoch a recovery on this node works; across it, it cannot.
+    let mut back = Ws::open(&mut c, 0, "/ws");
+    let since = format!(
+        r#"{{"op":"subscribe","channel":"rec:a","since":{{"offset":11,"epoch":{local_epoch}}}}}"#
+    );
+    back.send_text(&mut c, &since);
+    c.settle();
+    let texts = back.texts(&mut c);
+    let subscribed = texts.iter().find(|t| t["op"] == "subscribed").unwrap();
+    assert_eq!(subscribed["recovered"], true, "{texts:?}");
+    assert_eq!(offsets(&texts), vec![(12, json!(2))]);
+    let mut old = Ws::open(&mut c, 0, "/ws");
+    old.send_text(
+        &mut c,
+        r#"{"op":"subscribe","channel":"rec:a","since":{"offset":10,"epoch":7}}"#,
+    );
+    c.settle();
+    let texts = old.texts(&mut c);
+    let subscribed = texts.iter().find(|t| t["op"] == "subscribed").unwrap();
+    assert_eq!(subscribed["recovered"], false, "{texts:?}");
+    // The broker back: the channel returns to the broker's sequence (position read again).
+    broker.handle.shared().set_up(true);
+    broker.deliver(BrokerEvent::Up {
+        resubscribed: 1,
+        patterns: 0,
+        moved: 0,
+        epochs_bumped: 0,
+    });
+    c.settle();
+    let commands = broker.take();
+    let Some(BrokerCommand::History {
+        token, since: None, ..
+    }) = commands
+        .iter()
+        .find(|c| matches!(c, BrokerCommand::History { channel, .. } if &**channel == "rec:a"))
+    else {
+        panic!("no position read after the broker came back: {commands:?}");
+    };
+    broker.deliver(reply(*token, "rec:a", 10, 7));
+    broker.deliver(message("rec:a", 11, 7, "\"via broker\""));
+    c.settle();
+    for ws in [&mut sub, &mut back, &mut old] {
+        assert_eq!(
+            offsets(&ws.texts(&mut c)),
+            vec![(11, json!("via broker"))],
+            "the broker's sequence again"
+        );
+    }
+    assert!(c.total().cluster_epochs_bumped >= 1);
+    let r = call(
+        &mut c,
+        ctl,
+        &[json!({"id":4,"method":"publish","channel":"rec:a","data":4})],
+    );
+    assert!(r.is_empty(), "answered by the broker now: {r:?}");
+    assert!(
+        broker
+            .take()
+            .iter()
+            .any(|c| matches!(c, BrokerCommand::Publish { .. }))
+    );
+}
