@@ -299,6 +299,26 @@ const HELP: &[(&str, &str)] = &[
         "Broker events dropped at a full ring towards the shard.",
     ),
     (
+        "bridge_messages_in",
+        "Messages the bridge received from Redis (channel, user and pattern messages).",
+    ),
+    (
+        "bridge_messages_out",
+        "Publishes and user sends Redis accepted from the bridge.",
+    ),
+    (
+        "bridge_malformed_in",
+        "Messages from Redis the bridge could not decode.",
+    ),
+    (
+        "bridge_queue_overflows",
+        "Commands refused because the bridge's queue was full.",
+    ),
+    (
+        "bridge_subscribe_refusals",
+        "Subscriptions refused because the bridge's set was full (channels_max).",
+    ),
+    (
         "cluster_epochs_bumped",
         "Channels whose broker epoch changed while subscribed here.",
     ),

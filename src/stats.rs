@@ -248,6 +248,16 @@ pub struct Counters {
     /// `send_user` and `disconnect_user` requests acted on this node only, because the broker
     /// was down (the reply says `local_only`).
     pub cluster_user_local_only: u64,
+    /// Messages the bridge received from Redis (channel, user and pattern messages). (the bridge's own count, on shard 0; `[cluster]`).
+    pub bridge_messages_in: u64,
+    /// Publishes and user sends Redis accepted from the bridge. (the bridge's own count, on shard 0; `[cluster]`).
+    pub bridge_messages_out: u64,
+    /// Messages from Redis the bridge could not decode. (the bridge's own count, on shard 0; `[cluster]`).
+    pub bridge_malformed_in: u64,
+    /// Commands refused because the bridge's queue was full. (the bridge's own count, on shard 0; `[cluster]`).
+    pub bridge_queue_overflows: u64,
+    /// Subscriptions refused because the bridge's set was full (channels_max). (the bridge's own count, on shard 0; `[cluster]`).
+    pub bridge_subscribe_refusals: u64,
     /// `[[redis_input]]` messages acted on (sent to a connection, a user or a channel).
     pub redis_input_messages: u64,
     /// `[[redis_input]]` messages ignored: unknown pattern, bad or too long suffix, payload too
@@ -399,6 +409,11 @@ impl Counters {
         self.cluster_user_sends += other.cluster_user_sends;
         self.cluster_user_messages_in += other.cluster_user_messages_in;
         self.cluster_user_local_only += other.cluster_user_local_only;
+        self.bridge_messages_in += other.bridge_messages_in;
+        self.bridge_messages_out += other.bridge_messages_out;
+        self.bridge_malformed_in += other.bridge_malformed_in;
+        self.bridge_queue_overflows += other.bridge_queue_overflows;
+        self.bridge_subscribe_refusals += other.bridge_subscribe_refusals;
         self.redis_input_messages += other.redis_input_messages;
         self.redis_input_refused += other.redis_input_refused;
         self.config_reloads += other.config_reloads;

@@ -672,5 +672,8 @@ fn send_user_disconnect_user_and_online_span_the_nodes() {
     assert_eq!(r["result"]["nodes"], json!({"alice":0,"bob":1}), "{r}");
     for node in &nodes[..2] {
         node.eventually("user sends acted on", |c| c.cluster_user_messages_in >= 2);
+        // The bridge's own counters are in `stats` too (shard 0 copies them).
+        node.eventually("the bridge's counters", |c| c.bridge_messages_in >= 2);
     }
+    nodes[2].eventually("the bridge's sends counted", |c| c.bridge_messages_out >= 4);
 }

@@ -1151,11 +1151,20 @@ impl Engine {
         }
     }
 
-    /// This shard's dropped-event count, for the snapshot.
+    /// This shard's dropped-event count, for the snapshot; shard 0 also copies the bridge's
+    /// own counters (one bridge per node, so the sum over shards is the bridge's count).
     pub(super) fn cluster_gauges(&mut self) {
         if let Some(cluster) = self.cluster.as_ref() {
             self.counters.cluster_events_dropped = cluster.events.dropped();
             self.counters.cluster_up = u64::from(cluster.handle.is_up());
+            if self.index == 0 {
+                let bridge = cluster.handle.stats();
+                self.counters.bridge_messages_in = bridge.messages_in;
+                self.counters.bridge_messages_out = bridge.messages_out;
+                self.counters.bridge_malformed_in = bridge.malformed_in;
+                self.counters.bridge_queue_overflows = bridge.queue_overflows;
+                self.counters.bridge_subscribe_refusals = bridge.subscribe_refusals;
+            }
         }
     }
 }
