@@ -248,15 +248,16 @@ pub struct Counters {
     /// `send_user` and `disconnect_user` requests acted on this node only, because the broker
     /// was down (the reply says `local_only`).
     pub cluster_user_local_only: u64,
-    /// Messages the bridge received from Redis (channel, user and pattern messages). (the bridge's own count, on shard 0; `[cluster]`).
+    /// The bridge's own counters (`[cluster]`; one bridge per node, copied by shard 0, so the
+    /// other shards hold 0). Messages received from Redis: channel, user and pattern messages.
     pub bridge_messages_in: u64,
-    /// Publishes and user sends Redis accepted from the bridge. (the bridge's own count, on shard 0; `[cluster]`).
+    /// Publishes and user sends Redis accepted from the bridge.
     pub bridge_messages_out: u64,
-    /// Messages from Redis the bridge could not decode. (the bridge's own count, on shard 0; `[cluster]`).
+    /// Messages from Redis the bridge could not decode.
     pub bridge_malformed_in: u64,
-    /// Commands refused because the bridge's queue was full. (the bridge's own count, on shard 0; `[cluster]`).
+    /// Commands refused because the bridge's queue was full (`queue_capacity`).
     pub bridge_queue_overflows: u64,
-    /// Subscriptions refused because the bridge's set was full (channels_max). (the bridge's own count, on shard 0; `[cluster]`).
+    /// Subscriptions refused because the bridge's set was full (`channels_max`).
     pub bridge_subscribe_refusals: u64,
     /// `[[redis_input]]` messages acted on (sent to a connection, a user or a channel).
     pub redis_input_messages: u64,
