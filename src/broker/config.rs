@@ -27,6 +27,10 @@ pub struct ClusterConfig {
     /// Commands the queue from the shards to the bridge holds. Overflow: the command is refused
     /// (`queue_overflows`). Memory: ≈100 bytes each plus the payloads queued.
     pub queue_capacity: usize,
+    /// Payload and name bytes the queue holds (publishes and user sends queued while Redis is
+    /// slow). Overflow: the command is refused as for a full queue (`queue_overflows`); an
+    /// empty queue always takes one. Memory: this much, beside `queue_capacity` × ≈100 bytes.
+    pub queue_bytes_max: usize,
     /// Requests the bridge has sent and not yet seen answered (pipelined publishes, history
     /// reads). At the bound it stops taking commands from the queue until answers arrive.
     pub in_flight_max: usize,
@@ -56,6 +60,7 @@ impl Default for ClusterConfig {
             history_size_max: 1000,
             key_ttl_s: 86_400,
             queue_capacity: 65_536,
+            queue_bytes_max: 64 << 20,
             in_flight_max: 4096,
             buffer_bytes_max: 32 << 20,
             channels_max: 1_000_000,
@@ -105,6 +110,9 @@ impl ClusterConfig {
                  above 0"
                     .to_string(),
             );
+        }
+        if self.queue_bytes_max < 1 << 20 {
+            errors.push("cluster.queue_bytes_max must be at least 1048576".to_string());
         }
         if self.buffer_bytes_max < 64 * 1024 {
             errors.push("cluster.buffer_bytes_max must be at least 65536".to_string());

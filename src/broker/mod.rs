@@ -54,7 +54,7 @@
 use crate::xshard::Doorbell;
 use bytes::Bytes;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 pub mod config;
@@ -390,6 +390,11 @@ impl BrokerStats {
 pub struct Shared {
     /// Counters.
     pub stats: BrokerStats,
+    /// Bytes of the commands in the queue ([`BrokerCommand::queued_bytes`]): added by the
+    /// handles, released by the bridge as it takes them.
+    queued_bytes: AtomicUsize,
+    /// The queue's byte bound (`[cluster] queue_bytes_max`).
+    queue_bytes_max: usize,
     /// Whether the broker is up (set by the bridge; publishes are refused at once while not).
     up: AtomicBool,
     /// Set to stop the bridge.
@@ -416,6 +421,37 @@ impl Shared {
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::SeqCst);
     }
+    /// The bridge took `command` from the queue: its bytes leave the bound.
+    pub fn taken(&self, command: &BrokerCommand) {
+        self.queued_bytes
+            .fetch_sub(command.queued_bytes(), Ordering::Relaxed);
+    }
+    /// Bytes in the queue now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl BrokerCommand {
+    /// What the command holds in the queue, for `queue_bytes_max`: its payload and names.
+    pub fn queued_bytes(&self) -> usize {
+        match self {
+            BrokerCommand::Subscribe { channel } | BrokerCommand::Unsubscribe { channel } => {
+                channel.len()
+            }
+            BrokerCommand::PatternSubscribe { pattern }
+            | BrokerCommand::PatternUnsubscribe { pattern } => pattern.len(),
+            BrokerCommand::UserSubscribe { user } | BrokerCommand::UserUnsubscribe { user } => {
+                user.len()
+            }
+            BrokerCommand::UserSend { user, payload, .. } => user.len() + payload.len(),
+            BrokerCommand::UserNodes { users, .. } => users.iter().map(|u| u.len()).sum(),
+            BrokerCommand::Publish {
+                channel, payload, ..
+            } => channel.len() + payload.len(),
+            BrokerCommand::History { channel, .. } => channel.len(),
+        }
+    }
 }
 
 /// Why [`BrokerHandle::try_send`] refused a command; the command comes back.
@@ -437,12 +473,19 @@ pub struct BrokerHandle {
     shared: Arc<Shared>,
 }
 
-/// A bounded command queue of `capacity` commands: the handle and the bridge's end.
-pub fn queue(capacity: usize) -> std::io::Result<(BrokerHandle, Receiver<BrokerCommand>)> {
+/// A bounded command queue of `capacity` commands and `bytes_max` bytes
+/// ([`BrokerCommand::queued_bytes`]): the handle and the bridge's end. The bridge calls
+/// [`Shared::taken`] for each command it receives.
+pub fn queue(
+    capacity: usize,
+    bytes_max: usize,
+) -> std::io::Result<(BrokerHandle, Receiver<BrokerCommand>)> {
     assert!(capacity > 0);
     let (tx, rx) = sync_channel(capacity);
     let shared = Arc::new(Shared {
         stats: BrokerStats::default(),
+        queued_bytes: AtomicUsize::new(0),
+        queue_bytes_max: bytes_max,
         up: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         doorbell: Doorbell::new()?,
@@ -467,16 +510,27 @@ impl BrokerHandle {
             }
             return Err(Refused::Down(command));
         }
+        let size = command.queued_bytes();
+        let before = self.shared.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        let full = |command: BrokerCommand| {
+            self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            BrokerStats::count(&self.shared.stats.queue_overflows);
+            if matches!(command, BrokerCommand::Publish { .. }) {
+                BrokerStats::count(&self.shared.stats.publish_errors);
+            }
+            Err(Refused::Full(command))
+        };
+        // An empty queue takes any one command, so a payload near the bound still passes.
+        if before > 0 && before + size > self.shared.queue_bytes_max {
+            return full(command);
+        }
         match self.tx.try_send(command) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(command)) => {
-                BrokerStats::count(&self.shared.stats.queue_overflows);
-                if matches!(command, BrokerCommand::Publish { .. }) {
-                    BrokerStats::count(&self.shared.stats.publish_errors);
-                }
-                Err(Refused::Full(command))
+            Err(TrySendError::Full(command)) => full(command),
+            Err(TrySendError::Disconnected(command)) => {
+                self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                Err(Refused::Stopped(command))
             }
-            Err(TrySendError::Disconnected(command)) => Err(Refused::Stopped(command)),
         }
     }
 
@@ -516,7 +570,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_and_counts_without_blocking() {
-        let (handle, rx) = queue(2).unwrap();
+        let (handle, rx) = queue(2, 1 << 20).unwrap();
         handle.shared().set_up(true);
         assert_eq!(handle.try_send(publish(1)), Ok(()));
         assert_eq!(handle.try_send(publish(2)), Ok(()));
@@ -536,8 +590,42 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let (handle, rx) = queue(100, 1 << 20).unwrap();
+        handle.shared().set_up(true);
+        let big = |token| BrokerCommand::Publish {
+            channel: Arc::from("n"),
+            payload: Bytes::from(vec![0u8; 600 << 10]),
+            keep: Keep::default(),
+            token,
+        };
+        assert_eq!(handle.try_send(big(1)), Ok(()));
+        assert_eq!(handle.shared().queued_bytes(), (600 << 10) + 1);
+        assert_eq!(handle.try_send(big(2)), Err(Refused::Full(big(2))));
+        assert_eq!(handle.stats().queue_overflows, 1);
+        assert_eq!(handle.stats().publish_errors, 1);
+        assert_eq!(
+            handle.shared().queued_bytes(),
+            (600 << 10) + 1,
+            "the refusal is undone"
+        );
+        let taken = rx.try_recv().unwrap();
+        handle.shared().taken(&taken);
+        assert_eq!(handle.shared().queued_bytes(), 0);
+        // An empty queue takes one command whatever its size.
+        let huge = BrokerCommand::Publish {
+            channel: Arc::from("n"),
+            payload: Bytes::from(vec![0u8; 2 << 20]),
+            keep: Keep::default(),
+            token: 3,
+        };
+        assert_eq!(handle.try_send(huge), Ok(()));
+        assert!(matches!(handle.try_send(big(4)), Err(Refused::Full(_))));
+    }
+
+    #[test]
     fn publishes_while_down_fail_fast_and_interest_still_queues() {
-        let (handle, rx) = queue(8).unwrap();
+        let (handle, rx) = queue(8, 1 << 20).unwrap();
         assert_eq!(handle.try_send(publish(1)), Err(Refused::Down(publish(1))));
         let history = BrokerCommand::History {
             channel: Arc::from("a"),

@@ -151,7 +151,11 @@ impl FakeBroker {
 
     /// Every command queued so far.
     pub fn take(&self) -> Vec<crate::broker::BrokerCommand> {
-        self.commands.try_iter().collect()
+        let taken: Vec<_> = self.commands.try_iter().collect();
+        for command in &taken {
+            self.handle.shared().taken(command);
+        }
+        taken
     }
 }
 
@@ -165,7 +169,8 @@ impl Cluster {
     /// counts as up.
     pub fn with_broker(config: Config, shards: usize) -> (Cluster, FakeBroker) {
         // Invariant: an eventfd for the fake's doorbell (a test machine has them).
-        let (handle, commands) = crate::broker::queue(1024).expect("invariant: an eventfd");
+        let (handle, commands) =
+            crate::broker::queue(1024, 64 << 20).expect("invariant: an eventfd");
         handle.shared().set_up(true);
         let mut lanes = Vec::new();
         let mut setups = Vec::new();

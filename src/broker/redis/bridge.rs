@@ -427,7 +427,10 @@ impl<S: BrokerSink> Bridge<S> {
     fn peek(&mut self) -> bool {
         if self.stash.is_none() && !self.queue_closed {
             match self.rx.try_recv() {
-                Ok(command) => self.stash = Some(command),
+                Ok(command) => {
+                    self.shared.taken(&command);
+                    self.stash = Some(command);
+                }
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => self.queue_closed = true,
             }

@@ -50,7 +50,7 @@ impl RedisBridge {
             .as_deref()
             .ok_or_else(|| "cluster.redis is not set".to_string())?;
         let url = url::RedisUrl::parse(url).map_err(|e| format!("cluster.redis: {e}"))?;
-        let (handle, rx) = super::queue(config.queue_capacity)
+        let (handle, rx) = super::queue(config.queue_capacity, config.queue_bytes_max)
             .map_err(|e| format!("cluster: cannot create the bridge's eventfd: {e}"))?;
         let bridge = bridge::Bridge::new(config, url, sink, handle.shared().clone(), rx);
         let thread = std::thread::Builder::new()
