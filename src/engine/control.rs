@@ -28,7 +28,7 @@ type Position = Option<(u64, u64)>;
 
 /// What a pending reply accumulates.
 #[derive(Debug)]
-enum Acc {
+pub(super) enum Acc {
     /// One publish: offset and epoch.
     Publish(Position),
     /// One publish with a delivery report: offset and epoch, connections reached, slow ones,
@@ -80,6 +80,38 @@ enum Acc {
     Json(Option<String>),
     /// A complete HTTP response (an HTTP connection's answer that needs no executor).
     Raw(Vec<u8>),
+    /// A fixed result, once every part (publishes, for the Pusher API's events) arrived.
+    Fixed(&'static str),
+    /// Pusher channels from their owners (the Pusher API's channel queries).
+    PusherChannels {
+        /// Internal names with connections and users.
+        map: BTreeMap<Arc<str>, (u64, u64)>,
+        /// Which counts to show.
+        info: super::pusher::Info,
+        /// One channel (`{"occupied":..}`) rather than the list.
+        single: bool,
+    },
+}
+
+impl Acc {
+    /// `text` once every part arrived.
+    pub(super) fn fixed(text: &'static str) -> Acc {
+        Acc::Fixed(text)
+    }
+
+    /// Pusher channel counts, rendered as the Pusher API answers.
+    pub(super) fn pusher_channels(info: super::pusher::Info, single: bool) -> Acc {
+        Acc::PusherChannels {
+            map: BTreeMap::new(),
+            info,
+            single,
+        }
+    }
+
+    /// A JSON result rendered by the shard that has it.
+    pub(super) fn json() -> Acc {
+        Acc::Json(None)
+    }
 }
 
 #[derive(Debug)]
@@ -326,6 +358,10 @@ fn result_of(p: &Pending) -> String {
             let _ = write!(out, "{{\"connections\":{n}}}");
         }
         Acc::Ready(text) => out.push_str(text),
+        Acc::Fixed(text) => out.push_str(text),
+        Acc::PusherChannels { map, info, single } => {
+            out.push_str(&super::pusher::render_channels(map, *info, *single))
+        }
         Acc::Raw(_) => {}
         Acc::Json(text) => out.push_str(text.as_deref().unwrap_or("{}")),
     }
@@ -1307,7 +1343,7 @@ impl Engine {
 
     /// Adds a pending reply expecting `parts` parts; `None` (and the connection closed) when the
     /// connection already has `control_pending_max` replies pending.
-    fn await_parts(
+    pub(super) fn await_parts(
         &mut self,
         slot: usize,
         id: Option<&str>,
@@ -1492,6 +1528,12 @@ impl Engine {
                 }
             }
             (Part::Count(n), Acc::Count(total)) => *total += n,
+            (Part::Published { .. }, Acc::Fixed(_)) => {}
+            (Part::PusherChannels(list), Acc::PusherChannels { map, .. }) => {
+                for (name, conns, users) in list {
+                    map.insert(name, (conns, users));
+                }
+            }
             (Part::Json(text), Acc::Json(slot_text)) => *slot_text = Some(text),
             (Part::Done, _) => {}
             (part, acc) => debug_assert!(false, "reply part {part:?} does not fit {acc:?}"),
@@ -1744,6 +1786,9 @@ impl Engine {
                 list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 list.truncate(limit + 1);
                 Part::Channels(list)
+            }
+            query @ (Query::PusherChannels { .. } | Query::PusherUsers { .. }) => {
+                super::pusher::answer(self, query)
             }
         };
         self.send_x(reply.shard as usize, XMsg::Reply { to: reply, part });

@@ -313,7 +313,23 @@ impl Engine {
                 limit,
                 reply,
             } => self.on_presence_ask(&channel, stats, after.as_deref(), limit, reply),
-            XMsg::Notify { channel, frame } => self.on_notify(&channel, &frame),
+            XMsg::Notify {
+                channel,
+                frame,
+                skip_user,
+            } => self.on_notify(&channel, &frame, skip_user.as_deref()),
+            XMsg::PusherMembers {
+                channel,
+                shard,
+                slot,
+                generation,
+            } => self.on_pusher_members(channel, shard, slot, generation),
+            XMsg::PusherMembersReply {
+                channel,
+                slot,
+                generation,
+                data,
+            } => self.on_pusher_members_reply(&channel, slot, generation, &data),
             XMsg::Consumer {
                 group,
                 addr,
@@ -460,7 +476,15 @@ impl Engine {
     ) -> Arc<Frames> {
         let (envelope, raw) = encode_message(channel, offset, body);
         let mut frames = Frames::plain(envelope, raw);
-        if let Some(compressor) = self.compressor.as_mut() {
+        let pusher = match body {
+            crate::wire::Body::Pusher { exclude, .. } => {
+                frames.exclude = *exclude;
+                true
+            }
+            _ => false,
+        };
+        // Pusher connections never agree permessage-deflate: nothing to compress for them.
+        if let Some(compressor) = self.compressor.as_mut().filter(|_| !pusher) {
             // Once here at the owner, never per subscriber (RFC 7692 §7.2.1; without context
             // takeover the same bytes suit every deflate client).
             let min = self.config.limits.deflate_min_bytes;
@@ -525,9 +549,21 @@ impl Engine {
         let now = self.now_tick;
         let stall = self.stall_ticks;
         let mut slow = std::mem::take(&mut self.slow_scratch);
+        // A Pusher event's `socket_id`: the slot to skip when that connection is on this shard
+        // (u32::MAX, no slot, otherwise: one register compare per subscriber).
+        let skip = frames
+            .exclude
+            .and_then(crate::id::ConnId::from_u64)
+            .filter(|c| c.shard() == self.index)
+            .filter(|c| {
+                self.conns
+                    .get(c.slot())
+                    .is_some_and(|x| x.generation == c.generation())
+            })
+            .map_or(u32::MAX, |c| c.slot() as u32);
         for &slot in &self.local.get(id).subscribers {
             let conn = &mut self.conns[slot as usize];
-            if conn.state != State::Open {
+            if conn.state != State::Open || slot == skip {
                 continue;
             }
             if conn
@@ -642,10 +678,7 @@ impl Engine {
                 && conn.subs.iter().any(|m| m.channel == id);
             match position {
                 Some((offset, epoch)) if subscribed => {
-                    self.reply(
-                        slot,
-                        envelope::subscribed(&name, offset, epoch, req.as_deref()),
-                    );
+                    self.subscribed_reply(slot, &name, offset, epoch, req.as_deref());
                 }
                 Some(_) => {} // unsubscribed by the backend meanwhile
                 None => {
@@ -783,7 +816,7 @@ impl Engine {
     }
 
     /// Runs the commands a client sent while its subscription waited for the owner, in order.
-    fn replay_deferred(&mut self, slot: usize) {
+    pub(super) fn replay_deferred(&mut self, slot: usize) {
         let Some(mut queue) = self.conns[slot]
             .ext
             .as_mut()
@@ -826,8 +859,20 @@ impl Engine {
         id: Option<&str>,
         since: Option<envelope::Since>,
     ) -> Result<(), ChannelError> {
+        channel::validate_name(name, self.config.limits.channel_name_bytes_max)?;
+        self.subscribe_named(slot, name, id, since)
+    }
+
+    /// `subscribe_since` for a name already checked by its caller (a Pusher channel's internal
+    /// name is outside `validate_name`'s characters on purpose).
+    pub(super) fn subscribe_named(
+        &mut self,
+        slot: usize,
+        name: &str,
+        id: Option<&str>,
+        since: Option<envelope::Since>,
+    ) -> Result<(), ChannelError> {
         let limits = &self.config.limits;
-        channel::validate_name(name, limits.channel_name_bytes_max)?;
         let (per_conn, per_shard) = (limits.channels_per_conn_max, limits.channels_per_shard_max);
         let conn = &mut self.conns[slot];
         let generation = conn.generation;
@@ -889,8 +934,8 @@ impl Engine {
             }
             Subscribed::Ready(local) => {
                 let channel = self.local.get(local);
-                let text = envelope::subscribed(name, channel.last_offset, channel.epoch, id);
-                self.reply(slot, text);
+                let (offset, epoch) = (channel.last_offset, channel.epoch);
+                self.subscribed_reply(slot, name, offset, epoch, id);
             }
         }
         Ok(())
@@ -924,7 +969,10 @@ impl Engine {
         };
         let name = self.local.get(id).name.clone();
         self.emit_membership(slot, &name, false);
-        self.presence_delta(slot, name, false);
+        self.presence_delta(slot, name.clone(), false);
+        if let Some(ext) = self.conns[slot].ext.as_mut() {
+            ext.pusher_members.retain(|m| m.channel != name);
+        }
         if let Some((moved, position)) = done.moved {
             LocalChannels::moved_to(&mut self.conns[moved as usize].subs, id, position);
         }
@@ -979,6 +1027,21 @@ impl Engine {
         Ok(())
     }
 
+    /// A subscription is in place: tell the client, in its protocol.
+    fn subscribed_reply(
+        &mut self,
+        slot: usize,
+        name: &str,
+        offset: u64,
+        epoch: u64,
+        id: Option<&str>,
+    ) {
+        if let Endpoint::Pusher { .. } = self.conns[slot].endpoint {
+            return self.pusher_subscribed(slot, name);
+        }
+        self.reply(slot, envelope::subscribed(name, offset, epoch, id));
+    }
+
     /// Queues a JSON reply for an envelope-format client (raw clients get nothing but payloads).
     pub(super) fn reply(&mut self, slot: usize, text: String) {
         if let Endpoint::Push { raw: false, .. } = self.conns[slot].endpoint {
@@ -998,6 +1061,9 @@ impl Engine {
 
     /// Tells an envelope client why a channel operation was refused.
     pub(super) fn reply_channel_error(&mut self, slot: usize, e: ChannelError, id: Option<&str>) {
+        if let Endpoint::Pusher { .. } = self.conns[slot].endpoint {
+            return self.pusher_channel_error(slot, e);
+        }
         let message = e.message(self.config.limits.channel_name_bytes_max);
         self.reply_error(slot, e.code(), &message, id);
     }
@@ -1014,6 +1080,9 @@ impl Engine {
             }
             queue.push_back(text.to_vec());
             return;
+        }
+        if let Endpoint::Pusher { app } = self.conns[slot].endpoint {
+            return self.on_pusher_message(slot, app, text);
         }
         let request = match envelope::parse(text) {
             Ok(request) => request,

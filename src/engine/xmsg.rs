@@ -85,6 +85,21 @@ pub enum Query {
         /// Page size.
         limit: usize,
     },
+    /// The Pusher channels this shard owns whose internal name starts with `prefix` (is it,
+    /// with `exact`), with their connections and users (`GET /apps/{id}/channels`).
+    PusherChannels {
+        /// The internal prefix (or name).
+        prefix: Arc<str>,
+        /// The name must equal `prefix`.
+        exact: bool,
+    },
+    /// To a presence channel's owner: its first `limit` users (`GET .../users`).
+    PusherUsers {
+        /// The internal channel name.
+        channel: Arc<str>,
+        /// At most this many users.
+        limit: usize,
+    },
 }
 
 /// One shard's part of a reply.
@@ -123,6 +138,8 @@ pub enum Part {
     Count(u64),
     /// A complete JSON result, rendered by the shard that had the answer.
     Json(String),
+    /// Pusher channels an owner has: internal name, connections, users.
+    PusherChannels(Vec<(Arc<str>, u64, u64)>),
 }
 
 /// A message on a cross-shard ring.
@@ -344,8 +361,36 @@ pub enum XMsg {
     Notify {
         /// Channel name.
         channel: Arc<str>,
-        /// The `{"op":"join"|"leave",...}` text frame.
+        /// The `{"op":"join"|"leave",...}` text frame (for a Pusher presence channel, its
+        /// `member_added`/`member_removed`).
         frame: Bytes,
+        /// A Pusher `member_added` is not sent to the connections of the user it announces
+        /// (their `subscription_succeeded` lists it).
+        skip_user: Option<Arc<str>>,
+    },
+    /// To a Pusher presence channel's owner: the members for a connection's
+    /// `subscription_succeeded` (sent after the connection's own join, on the same ring, so
+    /// the answer includes it).
+    PusherMembers {
+        /// Internal channel name.
+        channel: Arc<str>,
+        /// The asking connection's shard, slot and generation.
+        shard: u16,
+        /// Slot.
+        slot: u32,
+        /// Generation.
+        generation: u32,
+    },
+    /// The owner's answer to `PusherMembers`: the presence data.
+    PusherMembersReply {
+        /// Internal channel name.
+        channel: Arc<str>,
+        /// Slot.
+        slot: u32,
+        /// Generation.
+        generation: u32,
+        /// `{"presence":{...}}`.
+        data: String,
     },
     /// To every shard: an event-stream consumer joined (`types`) or left (`None`).
     Consumer {
@@ -412,6 +457,8 @@ impl XMsg {
             | XMsg::UserQuery { .. }
             | XMsg::Presence { .. }
             | XMsg::PresenceAsk { .. }
+            | XMsg::PusherMembers { .. }
+            | XMsg::PusherMembersReply { .. }
             | XMsg::Consumer { .. } => false,
         }
     }
