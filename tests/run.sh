@@ -13,7 +13,8 @@
 #                page in Chromium, the user examples (login timeout, online users, event
 #                consumer; PHP with Chromium or Python clients), the HTTP listener (`--http`: an
 #                HTTP smoke, the real Prometheus scraping /metrics, the dashboard in Chromium under
-#                load), then stop the server with SIGTERM
+#                load), the Pusher endpoint with pusher-js and the pusher server SDK, then stop
+#                the server with SIGTERM
 #   (no PHASE: cargo, then conformance)
 #
 # Environment (all optional):
@@ -64,6 +65,7 @@ USERS_LIMIT_S="${USERS_LIMIT_S:-180}"
 HTTP_LIMIT_S="${HTTP_LIMIT_S:-90}"
 PROMETHEUS_LIMIT_S="${PROMETHEUS_LIMIT_S:-300}"
 DASHBOARD_LIMIT_S="${DASHBOARD_LIMIT_S:-180}"
+PUSHER_LIMIT_S="${PUSHER_LIMIT_S:-90}"
 STOP_LIMIT_S="${STOP_LIMIT_S:-20}"
 # Hard bound on the server's life, whatever happens to this script.
 SERVER_LIFETIME_S="${SERVER_LIFETIME_S:-3600}"
@@ -428,6 +430,9 @@ http_checks() {
   check http "$HTTP_LIMIT_S" bash "$CONF/http.sh" "$http" "$ws" "$SHARDS"
   check prometheus "$PROMETHEUS_LIMIT_S" bash "$CONF/prometheus.sh" "$http" "$ws" "$SHARDS" "$REPORT_DIR"
   check dashboard "$DASHBOARD_LIMIT_S" bash "$CONF/dashboard.sh" "$http" "$ws" "$REPORT_DIR"
+  # The Pusher endpoint with pusher-js and the pusher server SDK (the [[pusher.apps]] of
+  # tests/conformance/smoke.toml; tests/conformance/pusher.sh).
+  check pusher "$PUSHER_LIMIT_S" bash "$CONF/pusher.sh" "$http" "$ws"
 }
 
 phase_conformance() {
