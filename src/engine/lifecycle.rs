@@ -451,7 +451,8 @@ impl Engine {
             self.on_command(slot, &command);
         }
         if limited {
-            return self.fail(slot, close::RATE_LIMITED);
+            let code = self.pusher_close_code(slot, close::RATE_LIMITED);
+            return self.fail(slot, code);
         }
         if binary_on_ws {
             return self.fail(slot, close::UNSUPPORTED_DATA);
@@ -529,7 +530,8 @@ impl Engine {
         if conn.state == State::Open {
             conn.out.discard_queued(&mut self.owed);
         }
-        self.start_close(slot, close::SLOW_CONSUMER);
+        let code = self.pusher_close_code(slot, close::SLOW_CONSUMER);
+        self.start_close(slot, code);
     }
 
     /// Queues a data frame for `slot`, closing it as a slow consumer when its queue is full.

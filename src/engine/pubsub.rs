@@ -1076,7 +1076,8 @@ impl Engine {
             let queue = &mut self.conns[slot].ext_mut().deferred;
             if queue.len() >= DEFERRED_COMMANDS_MAX {
                 self.counters.rate_limited += 1;
-                return self.fail(slot, crate::proto::close::RATE_LIMITED);
+                let code = self.pusher_close_code(slot, crate::proto::close::RATE_LIMITED);
+                return self.fail(slot, code);
             }
             queue.push_back(text.to_vec());
             return;

@@ -245,6 +245,22 @@ impl Engine {
         }
     }
 
+    /// The close code a connection is closed with for a ringcast reason: a Pusher client gets
+    /// one in the range pusher-js acts on as meant (4100-4199: reconnect after backing off)
+    /// instead of ringcast's 4001 (slow consumer) and 4002 (rate limited), which pusher-js
+    /// would read as "never reconnect" (4000-4099).
+    pub(super) fn pusher_close_code(&self, slot: usize, code: u16) -> u16 {
+        match self.conns[slot].endpoint {
+            Endpoint::Pusher { .. } => match code {
+                crate::proto::close::SLOW_CONSUMER | crate::proto::close::RATE_LIMITED => {
+                    code::OVER_CAPACITY
+                }
+                other => other,
+            },
+            _ => code,
+        }
+    }
+
     fn pusher_send(&mut self, slot: usize, text: &str) {
         self.queue_data(slot, frame::encode(OpCode::Text, text.as_bytes()));
     }

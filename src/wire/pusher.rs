@@ -43,6 +43,9 @@ pub mod code {
     pub const CLIENT_EVENT: u16 = 4301;
     /// Too many subscriptions on this connection, or the shard is full of channels.
     pub const LIMIT: u16 = 4100;
+    /// Closed for falling behind (slow consumer) or sending too fast: pusher-js reconnects
+    /// after backing off.
+    pub const OVER_CAPACITY: u16 = 4100;
 }
 
 /// What kind of channel a name is, from its prefix.

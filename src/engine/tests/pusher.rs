@@ -561,3 +561,27 @@ fn max_connections_is_enforced_with_4004() {
     let _d = connect(&mut c, 0, "key1");
     let _x = connect(&mut c, 0, "key2");
 }
+
+#[test]
+fn a_client_over_the_rate_gets_a_backoff_close_code() {
+    let mut config = pusher_config();
+    config.limits.client_messages_per_s = 5;
+    let mut c = Cluster::new(config, 1);
+    let mut a = connect(&mut c, 0, "key1");
+    let mut text = Vec::new();
+    for _ in 0..10 {
+        text.extend(encode_client(
+            OpCode::Text,
+            true,
+            br#"{"event":"pusher:ping"}"#,
+            MASK,
+        ));
+    }
+    c.write(a.ws.sock, &text);
+    c.settle();
+    assert_eq!(
+        close_code(&a.ws.frames(&mut c)),
+        Some(4100),
+        "pusher-js backs off on 41xx"
+    );
+}
