@@ -15,6 +15,7 @@
 # gets pusher:subscription_error and the connection stays; a client event reaches the other
 # member with the sender's user_id, not the sender. Each wait is bounded
 # (PUSHER_WAIT_S, default 10 s); the client is stopped after 60 s. Takes about a second.
+# PUSHER_WRONG=1 adds one deliberately wrong expectation (the event's data differs).
 #
 # Prints one line "pusher: PASS ..." or "pusher: FAIL reason" (each check on stderr).
 # Exit: 0 pass, 1 fail, 2 setup problem.

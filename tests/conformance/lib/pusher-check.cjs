@@ -137,7 +137,9 @@ async function main() {
   const res = await server.trigger(pub, 'greeting', payload);
   expect(res.status === 200, `trigger answered ${res.status}`);
   const data = await gotPub;
-  expect(JSON.stringify(data) === JSON.stringify(payload), `event data arrived exact: ${JSON.stringify(data)}`);
+  // PUSHER_WRONG=1: one deliberately wrong expectation, to see the step fail.
+  const want = process.env.PUSHER_WRONG === '1' ? { ...payload, n: 43 } : payload;
+  expect(JSON.stringify(data) === JSON.stringify(want), `event data arrived exact: ${JSON.stringify(data)}`);
 
   // socket_id: b gets the excluded event, a gets only the next one.
   const seenA = [];
