@@ -186,6 +186,10 @@ pub struct Limits {
     /// `activity_timeout_s` of silence) before it is closed with 4201 (pusher-js then
     /// reconnects); pusher-js's own `pongTimeout` is 30 s.
     pub pusher_pong_timeout_ms: u64,
+    /// How long a Pusher cache channel keeps its last event, in seconds (Pusher: 30 minutes).
+    /// Overflow: older, the event is forgotten and a new subscriber gets `pusher:cache_miss`.
+    /// Memory: one event per cache channel at its owner, within `history_bytes_per_shard_max`.
+    pub pusher_cache_ttl_s: u64,
 }
 
 impl Default for Limits {
@@ -240,6 +244,7 @@ impl Default for Limits {
             pusher_channel_name_bytes_max: 164,
             pusher_timestamp_skew_s: 600,
             pusher_pong_timeout_ms: 30_000,
+            pusher_cache_ttl_s: 1800,
         }
     }
 }

@@ -323,13 +323,28 @@ impl Engine {
                 shard,
                 slot,
                 generation,
-            } => self.on_pusher_members(channel, shard, slot, generation),
+                since,
+            } => self.on_pusher_members(channel, shard, slot, generation, since),
             XMsg::PusherMembersReply {
                 channel,
                 slot,
                 generation,
+                since,
                 data,
-            } => self.on_pusher_members_reply(&channel, slot, generation, &data),
+            } => self.on_pusher_members_reply(&channel, slot, generation, since, &data),
+            XMsg::PusherCache {
+                channel,
+                shard,
+                slot,
+                generation,
+                since,
+            } => self.on_pusher_cache(channel, shard, slot, generation, since),
+            XMsg::PusherCacheReply {
+                channel,
+                slot,
+                generation,
+                cached,
+            } => self.on_pusher_cache_reply(&channel, slot, generation, cached),
             XMsg::Consumer {
                 group,
                 addr,
@@ -375,6 +390,13 @@ impl Engine {
     /// The owner: assign the next offset, encode both frames once, fan out to the shards.
     /// The channel's history settings, when its namespace keeps history: (size, ttl in ms).
     pub(super) fn history_policy(&self, name: &str) -> Option<(usize, u64)> {
+        if crate::wire::pusher::is_internal(name) {
+            // A Pusher cache channel keeps its last event; other Pusher channels none.
+            let cache =
+                crate::wire::pusher::pusher_name(name).is_some_and(crate::wire::pusher::is_cache);
+            let ttl_ms = self.config.limits.pusher_cache_ttl_s.saturating_mul(1000);
+            return cache.then_some((1, ttl_ms));
+        }
         self.config
             .namespaces
             .get(channel::namespace_of(name))
@@ -1037,7 +1059,7 @@ impl Engine {
         id: Option<&str>,
     ) {
         if let Endpoint::Pusher { .. } = self.conns[slot].endpoint {
-            return self.pusher_subscribed(slot, name);
+            return self.pusher_subscribed(slot, name, offset);
         }
         self.reply(slot, envelope::subscribed(name, offset, epoch, id));
     }

@@ -20,7 +20,7 @@ use super::Engine;
 use super::conn::{Endpoint, PusherMember, REFUSED_APP, State};
 use super::io::Token;
 use super::limits_ticks;
-use super::xmsg::{Part, Query, XMsg};
+use super::xmsg::{Cached, Part, Query, XMsg};
 use crate::auth::OriginPolicy;
 use crate::auth::pusher::{self as sig, SignedRequest};
 use crate::channel::{self, ChannelError};
@@ -401,13 +401,14 @@ impl Engine {
 
     /// A subscription is in place: `subscription_succeeded` (for presence, once the owner sent
     /// the members; the client's later messages wait for it, as for any owner round trip).
-    pub(super) fn pusher_subscribed(&mut self, slot: usize, internal: &str) {
+    pub(super) fn pusher_subscribed(&mut self, slot: usize, internal: &str, since: u64) {
         let Some(channel) = wire::pusher_name(internal) else {
             return;
         };
         if wire::kind_of(channel) != Kind::Presence {
             let text = wire::subscription_succeeded(channel, "{}");
-            return self.pusher_send(slot, &text);
+            self.pusher_send(slot, &text);
+            return self.pusher_ask_cache(slot, internal, since);
         }
         let conn = &mut self.conns[slot];
         conn.awaiting = conn.awaiting.saturating_add(1);
@@ -421,8 +422,94 @@ impl Engine {
                 shard: self.index as u16,
                 slot: slot as u32,
                 generation,
+                since,
             },
         );
+    }
+
+    /// After `subscription_succeeded` on a cache channel: ask its owner for the last event
+    /// (the client's later messages wait for it, so it comes before anything they cause).
+    fn pusher_ask_cache(&mut self, slot: usize, internal: &str, since: u64) {
+        if !wire::pusher_name(internal).is_some_and(wire::is_cache) {
+            return;
+        }
+        let conn = &mut self.conns[slot];
+        conn.awaiting = conn.awaiting.saturating_add(1);
+        let generation = conn.generation;
+        let name: Arc<str> = Arc::from(internal);
+        let owner = channel::owner_of(&name, self.shards);
+        let msg = XMsg::PusherCache {
+            channel: name,
+            shard: self.index as u16,
+            slot: slot as u32,
+            generation,
+            since,
+        };
+        self.send_x(owner, msg);
+    }
+
+    /// The owner: a cache channel's last event for a subscriber that began at `since`.
+    pub(super) fn on_pusher_cache(
+        &mut self,
+        channel: Arc<str>,
+        shard: u16,
+        slot: u32,
+        generation: u32,
+        since: u64,
+    ) {
+        if let Some((_, ttl_ms)) = self.history_policy(&channel) {
+            let now = self.now_ms;
+            self.owned.expire(&channel, now, ttl_ms);
+        }
+        let last = self
+            .owned
+            .get(&channel)
+            .and_then(|o| o.history.newest(1).next());
+        let cached = match last {
+            Some(entry) if entry.offset > since => Cached::Live,
+            Some(entry) => Cached::Frame(entry.frames.envelope.clone()),
+            None => Cached::Miss,
+        };
+        let msg = XMsg::PusherCacheReply {
+            channel,
+            slot,
+            generation,
+            cached,
+        };
+        self.send_x(shard as usize, msg);
+    }
+
+    /// The cache answer arrived: the last event or `pusher:cache_miss`, then what waited.
+    pub(super) fn on_pusher_cache_reply(
+        &mut self,
+        channel: &str,
+        slot: u32,
+        generation: u32,
+        cached: Cached,
+    ) {
+        let local = self.local.find(channel);
+        let Some(conn) = self.conns.live(Token { slot, generation }) else {
+            return;
+        };
+        conn.awaiting = conn.awaiting.saturating_sub(1);
+        let subscribed = local.is_some_and(|l| conn.subs.iter().any(|m| m.channel == l));
+        let slot = slot as usize;
+        if subscribed && conn.state == State::Open {
+            match cached {
+                Cached::Frame(frame) => {
+                    self.queue_data(slot, frame);
+                }
+                Cached::Miss => {
+                    if let Some(name) = wire::pusher_name(channel) {
+                        self.pusher_send(slot, &wire::cache_miss(name));
+                    }
+                }
+                Cached::Live => {}
+            }
+        }
+        if self.conns.get(slot).is_some_and(|c| c.awaiting == 0) {
+            self.replay_deferred(slot);
+        }
     }
 
     /// A channel operation of a Pusher client was refused.
@@ -442,6 +529,7 @@ impl Engine {
         shard: u16,
         slot: u32,
         generation: u32,
+        since: u64,
     ) {
         let max = self.config.limits.pusher_presence_members_max;
         let data = match self.presence.get(&channel) {
@@ -458,6 +546,7 @@ impl Engine {
             channel,
             slot,
             generation,
+            since,
             data,
         };
         self.send_x(shard as usize, msg);
@@ -470,6 +559,7 @@ impl Engine {
         channel: &str,
         slot: u32,
         generation: u32,
+        since: u64,
         data: &str,
     ) {
         let local = self.local.find(channel);
@@ -484,6 +574,7 @@ impl Engine {
                 let text = wire::subscription_succeeded(name, data);
                 self.pusher_send(slot, &text);
             }
+            self.pusher_ask_cache(slot, channel, since);
         }
         if self.conns.get(slot).is_some_and(|c| c.awaiting == 0) {
             self.replay_deferred(slot);

@@ -102,6 +102,17 @@ pub enum Query {
     },
 }
 
+/// A Pusher cache channel's last event, as its owner answers a new subscriber.
+#[derive(Debug)]
+pub enum Cached {
+    /// The event's frame, to send.
+    Frame(bytes::Bytes),
+    /// The last event came after the subscription began: the subscriber had it live.
+    Live,
+    /// No event is kept: `pusher:cache_miss`.
+    Miss,
+}
+
 /// One shard's part of a reply.
 #[derive(Debug)]
 pub enum Part {
@@ -380,6 +391,8 @@ pub enum XMsg {
         slot: u32,
         /// Generation.
         generation: u32,
+        /// The channel's offset when the subscription began (for a cache channel's replay).
+        since: u64,
     },
     /// The owner's answer to `PusherMembers`: the presence data.
     PusherMembersReply {
@@ -389,8 +402,35 @@ pub enum XMsg {
         slot: u32,
         /// Generation.
         generation: u32,
+        /// As asked.
+        since: u64,
         /// `{"presence":{...}}`.
         data: String,
+    },
+    /// To a Pusher cache channel's owner: its last event for a new subscriber.
+    PusherCache {
+        /// Internal channel name.
+        channel: Arc<str>,
+        /// The asking connection's shard.
+        shard: u16,
+        /// Slot.
+        slot: u32,
+        /// Generation.
+        generation: u32,
+        /// The channel's offset when the subscription began: a later event reached the
+        /// subscriber live.
+        since: u64,
+    },
+    /// The owner's answer to `PusherCache`.
+    PusherCacheReply {
+        /// Internal channel name.
+        channel: Arc<str>,
+        /// Slot.
+        slot: u32,
+        /// Generation.
+        generation: u32,
+        /// What to send.
+        cached: Cached,
     },
     /// To every shard: an event-stream consumer joined (`types`) or left (`None`).
     Consumer {
@@ -459,6 +499,8 @@ impl XMsg {
             | XMsg::PresenceAsk { .. }
             | XMsg::PusherMembers { .. }
             | XMsg::PusherMembersReply { .. }
+            | XMsg::PusherCache { .. }
+            | XMsg::PusherCacheReply { .. }
             | XMsg::Consumer { .. } => false,
         }
     }

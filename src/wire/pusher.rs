@@ -73,6 +73,28 @@ pub fn kind_of(channel: &str) -> Kind {
     }
 }
 
+/// Whether `channel` is a cache channel (`cache-`, `private-cache-`,
+/// `private-encrypted-cache-`, `presence-cache-`): its last event is kept and replayed to a new
+/// subscriber, or `pusher:cache_miss` sent.
+pub fn is_cache(channel: &str) -> bool {
+    [
+        "cache-",
+        "private-cache-",
+        "private-encrypted-cache-",
+        "presence-cache-",
+    ]
+    .iter()
+    .any(|p| channel.starts_with(p))
+}
+
+/// `pusher:cache_miss`: a cache channel had no event to replay.
+pub fn cache_miss(channel: &str) -> String {
+    format!(
+        "{{\"event\":\"pusher:cache_miss\",\"channel\":{}}}",
+        json_string(channel)
+    )
+}
+
 /// Whether `name` is a valid Pusher channel name: 1 to `max_bytes` bytes of
 /// `[A-Za-z0-9_\-=@,.;]`, and not a reserved `#` name.
 pub fn valid_channel(name: &str, max_bytes: usize) -> bool {
@@ -528,6 +550,11 @@ mod tests {
         assert_eq!(kind_of("presence-cache-x"), Kind::Presence);
         assert_eq!(kind_of("cache-x"), Kind::Public);
         assert_eq!(kind_of("news"), Kind::Public);
+        assert!(is_cache("cache-x") && is_cache("private-cache-x") && is_cache("presence-cache-x"));
+        assert!(is_cache("private-encrypted-cache-x"));
+        assert!(!is_cache("news") && !is_cache("private-x") && !is_cache("x-cache-y"));
+        let miss: serde_json::Value = serde_json::from_str(&cache_miss("cache-x")).unwrap();
+        assert_eq!(miss["event"], "pusher:cache_miss");
         assert!(valid_channel("private-a=b,c;d@e.f_g-h", 164));
         assert!(!valid_channel("a b", 164));
         assert!(!valid_channel("#1#x", 164));

@@ -585,3 +585,55 @@ fn a_client_over_the_rate_gets_a_backoff_close_code() {
         "pusher-js backs off on 41xx"
     );
 }
+
+#[test]
+fn cache_channels_replay_their_last_event_or_say_miss() {
+    let mut c = Cluster::new(pusher_config(), 2);
+    let cache = owned_by(1, 2, "cache-");
+    for (i, name) in ["first", "last"].iter().enumerate() {
+        let body = json!({"name":name,"channel":cache,"data":i.to_string()}).to_string();
+        assert_eq!(
+            api(&mut c, 0, "key1", "POST", "/apps/1/events", &[], &body).0,
+            200
+        );
+    }
+    let mut a = connect(&mut c, 0, "key1");
+    a.subscribe(&mut c, "key1", &cache, None);
+    a.subscribe(&mut c, "key1", "cache-empty", None);
+    let texts = a.texts(&mut c);
+    let events: Vec<&Value> = texts.iter().map(|t| &t["event"]).collect();
+    assert_eq!(
+        events,
+        [
+            "pusher_internal:subscription_succeeded",
+            "last",
+            "pusher_internal:subscription_succeeded",
+            "pusher:cache_miss"
+        ],
+        "{texts:?}"
+    );
+    assert_eq!(texts[3]["channel"], "cache-empty");
+    // A live event reaches the subscriber and becomes what a later one gets; it expires with
+    // pusher_cache_ttl_s.
+    let body = json!({"name":"live","channel":cache,"data":"2"}).to_string();
+    api(&mut c, 1, "key1", "POST", "/apps/1/events", &[], &body);
+    assert_eq!(a.texts(&mut c)[0]["event"], "live");
+    let mut b = connect(&mut c, 1, "key1");
+    b.subscribe(&mut c, "key1", &cache, None);
+    let texts = b.texts(&mut c);
+    assert_eq!(texts[1]["event"], "live", "{texts:?}");
+    assert_eq!(texts.len(), 2);
+    // Presence cache channels: members first, then the event.
+    let pc = "presence-cache-room";
+    let body = json!({"name":"p","channel":pc,"data":"x"}).to_string();
+    api(&mut c, 0, "key1", "POST", "/apps/1/events", &[], &body);
+    b.subscribe(&mut c, "key1", pc, Some("bob"));
+    let texts = b.texts(&mut c);
+    assert_eq!(texts[0]["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(texts[1]["event"], "p", "{texts:?}");
+    c.advance(c_limits().pusher_cache_ttl_s * 1000 + 1000);
+    let mut d = connect(&mut c, 0, "key1");
+    d.subscribe(&mut c, "key1", &cache, None);
+    let texts = d.texts(&mut c);
+    assert_eq!(texts[1]["event"], "pusher:cache_miss", "expired: {texts:?}");
+}

@@ -17,6 +17,8 @@
 //                 as the Pusher API does
 //   refusals      a request signed with a wrong secret gets 401; a subscription with a bad
 //                 authorization gets pusher:subscription_error and the connection stays
+//   cache         a cache channel replays its last event to a new subscriber; an empty one
+//                 sends pusher:cache_miss
 //   client event  a client-* event on the presence channel reaches the other client with the
 //                 sender's user_id, and not the sender
 // Prints "PASS n checks" or "FAIL reason" as its last line.
@@ -161,6 +163,15 @@ async function main() {
     { channel: priv, name: 'batched', data: { i: 2 } },
   ]);
   expect((await batchSeen).i === 1, 'batch event arrived');
+
+  // Cache channels: the last event for a new subscriber, else pusher:cache_miss.
+  const cache = `cache-${tag}`;
+  await server.trigger(cache, 'cached', { v: 'kept' });
+  const cachedEvent = waitFor('the cached event', (done) => a.subscribe(cache).bind('cached', (d) => done(d)));
+  expect((await cachedEvent).v === 'kept', 'a cache channel replays its last event');
+  const miss = waitFor('pusher:cache_miss', (done) => a.subscribe(`cache-none-${tag}`).bind('pusher:cache_miss', () => done()));
+  await miss;
+  ok('an empty cache channel says pusher:cache_miss');
 
   let r = await server.get({ path: '/channels', params: { filter_by_prefix: 'presence-', info: 'user_count' } });
   let body = await r.json();
