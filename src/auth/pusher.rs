@@ -87,6 +87,28 @@ pub fn channel_auth(
     format!("{key}:{}", sign(secret, message.as_bytes()))
 }
 
+/// The `auth` of a user sign-in (what the SDKs' `authenticateUser` returns):
+/// `key:hex(HMAC-SHA256(secret, "socket_id::user::user_data"))`.
+pub fn user_auth(key: &str, secret: &[u8], socket_id: &str, user_data: &str) -> String {
+    let message = format!("{socket_id}::user::{user_data}");
+    format!("{key}:{}", sign(secret, message.as_bytes()))
+}
+
+/// Whether `auth` signs in `socket_id` as the user of `user_data`.
+pub fn verify_user_auth(
+    key: &str,
+    secret: &[u8],
+    socket_id: &str,
+    user_data: &str,
+    auth: &str,
+) -> bool {
+    let Some((auth_key, signature)) = auth.split_once(':') else {
+        return false;
+    };
+    let message = format!("{socket_id}::user::{user_data}");
+    auth_key == key && verify_hex(secret, message.as_bytes(), signature)
+}
+
 /// Whether `auth` authorizes `socket_id` on `channel` (with `channel_data` for presence).
 pub fn verify_channel_auth(
     key: &str,
@@ -293,6 +315,28 @@ mod tests {
             &auth,
         );
         assert!(!other_socket);
+    }
+
+    #[test]
+    fn user_sign_ins_are_checked() {
+        let data = r#"{"id":"u1","name":"A"}"#;
+        let auth = user_auth("k", b"s", "1.2", data);
+        let expected = format!(
+            "k:{}",
+            sign(b"s", b"1.2::user::{\"id\":\"u1\",\"name\":\"A\"}")
+        );
+        assert_eq!(auth, expected);
+        assert!(verify_user_auth("k", b"s", "1.2", data, &auth));
+        assert!(!verify_user_auth("k", b"s", "1.3", data, &auth));
+        assert!(!verify_user_auth(
+            "k",
+            b"s",
+            "1.2",
+            r#"{"id":"u2","name":"A"}"#,
+            &auth
+        ));
+        assert!(!verify_user_auth("k2", b"s", "1.2", data, &auth));
+        assert!(!verify_user_auth("k", b"s", "1.2", data, "k"));
     }
 
     /// Pusher's documented presence example: the same key and secret, socket 1234.1234,

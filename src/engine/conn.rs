@@ -129,6 +129,8 @@ pub struct Ext {
     /// presence channel it subscribes to (one per subscription, so bounded by
     /// `channels_per_conn_max`).
     pub pusher_members: Vec<PusherMember>,
+    /// The user a Pusher connection signed in as (`pusher:signin`).
+    pub pusher_user: Option<std::sync::Arc<str>>,
 }
 
 /// The member a Pusher connection is in one presence channel.
@@ -151,6 +153,7 @@ impl Ext {
             && self.head.is_empty()
             && self.identity.is_none()
             && self.pusher_members.is_empty()
+            && self.pusher_user.is_none()
     }
 }
 

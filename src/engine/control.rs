@@ -1787,9 +1787,9 @@ impl Engine {
                 list.truncate(limit + 1);
                 Part::Channels(list)
             }
-            query @ (Query::PusherChannels { .. } | Query::PusherUsers { .. }) => {
-                super::pusher::answer(self, query)
-            }
+            query @ (Query::PusherChannels { .. }
+            | Query::PusherUsers { .. }
+            | Query::PusherTerminate { .. }) => super::pusher::answer(self, query),
         };
         self.send_x(reply.shard as usize, XMsg::Reply { to: reply, part });
     }

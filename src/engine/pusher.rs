@@ -108,11 +108,15 @@ pub fn render_channels(map: &BTreeMap<Arc<str>, (u64, u64)>, info: Info, single:
         return out;
     }
     out.push_str("{\"channels\":{");
-    for (i, (name, &(conns, users))) in map.iter().filter(|(_, c)| c.0 > 0).enumerate() {
+    // Users' own channels (`#server-to-user-`) are not listed, as with Pusher.
+    let listed = map
+        .iter()
+        .map(|(name, counts)| (wire::pusher_name(name).unwrap_or(name), counts))
+        .filter(|(name, c)| c.0 > 0 && !name.starts_with('#'));
+    for (i, (name, &(conns, users))) in listed.enumerate() {
         if i > 0 {
             out.push(',');
         }
-        let name = wire::pusher_name(name).unwrap_or(name);
         let _ = write!(out, "{}:{{", serde_json::Value::from(name));
         counts(&mut out, conns, users, true);
         out.push('}');
@@ -315,6 +319,9 @@ impl Engine {
                 channel,
                 data,
             }) => self.pusher_client_event(slot, cfg, &event, &channel, &data),
+            Ok(ClientMessage::Signin { auth, user_data }) => {
+                self.pusher_signin(slot, cfg, &auth, &user_data)
+            }
             Ok(ClientMessage::Unknown(event)) => {
                 let why = format!("unsupported event {}", serde_json::Value::from(event));
                 self.pusher_error(slot, code::BAD_MESSAGE, &why)
@@ -331,6 +338,76 @@ impl Engine {
         );
     }
 
+    /// `pusher:signin`: checked like a channel authorization (`socket_id::user::user_data`);
+    /// the connection is then the user's, and subscribed to its `#server-to-user-{id}` channel
+    /// (so the API's events to the user and `terminate_connections` reach it, whether or not
+    /// the client subscribes there itself, as pusher-js does).
+    fn pusher_signin(&mut self, slot: usize, cfg: &PusherApp, auth: &str, user_data: &str) {
+        if self.conns[slot]
+            .ext
+            .as_ref()
+            .is_some_and(|e| e.pusher_user.is_some())
+        {
+            return self.pusher_error(slot, code::BAD_MESSAGE, "Already signed in");
+        }
+        let socket_id = wire::socket_id(self.conn_id(slot).get());
+        let secret = cfg.secret.as_bytes();
+        if !sig::verify_user_auth(&cfg.key, secret, &socket_id, user_data, auth) {
+            self.counters.pusher_auth_failures += 1;
+            return self.pusher_error(slot, code::UNAUTHORIZED, "Invalid signin signature");
+        }
+        let Some(user) = wire::signin_user(user_data) else {
+            let why = "user_data must have an id of [A-Za-z0-9_-=@,.;], 1 to 128 bytes";
+            return self.pusher_error(slot, code::BAD_MESSAGE, why);
+        };
+        self.conns[slot].ext_mut().pusher_user = Some(Arc::from(user.as_str()));
+        self.pusher_send(slot, &wire::signin_success(user_data));
+        let internal = wire::internal_name(&cfg.id, &wire::user_channel(&user));
+        if let Err(e) = self.subscribe_named(slot, &internal, None, None) {
+            self.pusher_channel_error(slot, e);
+        }
+    }
+
+    /// A client's own subscribe to `#server-to-user-{id}`: only as that signed-in user, and
+    /// already done by the sign-in.
+    fn pusher_user_channel(&mut self, slot: usize, cfg: &PusherApp, channel: &str) {
+        let mine = self.conns[slot]
+            .ext
+            .as_ref()
+            .and_then(|e| e.pusher_user.as_deref())
+            .is_some_and(|user| wire::user_channel(user) == channel);
+        if !mine {
+            let why = format!("{channel} needs a signin as that user");
+            return self.pusher_auth_failed(slot, channel, &why);
+        }
+        let internal = wire::internal_name(&cfg.id, channel);
+        let subscribed = self
+            .local
+            .find(&internal)
+            .is_some_and(|l| self.conns[slot].subs.iter().any(|m| m.channel == l));
+        if subscribed {
+            let text = wire::subscription_succeeded(channel, "{}");
+            return self.pusher_send(slot, &text);
+        }
+        if let Err(e) = self.subscribe_named(slot, &internal, None, None) {
+            self.pusher_channel_error(slot, e);
+        }
+    }
+
+    /// Closes this shard's subscribers of `channel` (a user's channel) with 4009.
+    pub(super) fn pusher_terminate(&mut self, channel: &str) {
+        let Some(local) = self.local.find(channel) else {
+            return;
+        };
+        let slots: Vec<u32> = self.local.get(local).subscribers.clone();
+        for slot in slots {
+            let slot = slot as usize;
+            if self.conns.get(slot).is_some_and(|c| c.state == State::Open) {
+                self.start_close_with(slot, code::UNAUTHORIZED, "Terminated by the server");
+            }
+        }
+    }
+
     fn pusher_subscribe(
         &mut self,
         slot: usize,
@@ -339,6 +416,9 @@ impl Engine {
         auth: Option<String>,
         channel_data: Option<String>,
     ) {
+        if channel.starts_with("#server-to-user-") {
+            return self.pusher_user_channel(slot, cfg, channel);
+        }
         if !wire::valid_channel(channel, self.config.limits.pusher_channel_name_bytes_max) {
             return self.pusher_error(slot, code::BAD_MESSAGE, "Invalid channel name");
         }
@@ -750,6 +830,19 @@ impl Engine {
             ("POST", "events") => self.pusher_api_events(slot, app, &request.body, false),
             ("POST", "batch_events") => self.pusher_api_events(slot, app, &request.body, true),
             ("GET", "channels") => self.pusher_api_channels(slot, app, request, None),
+            ("POST", tail) if tail.starts_with("users/") => {
+                let rest = &tail["users/".len()..];
+                let (user, action) = rest.rsplit_once('/').unwrap_or((rest, ""));
+                let user = http::query::decode(user);
+                if !wire::valid_channel(&user, 128) {
+                    return Err((400, "invalid user id".to_string()));
+                }
+                let channel = wire::internal_name(&app.id, &wire::user_channel(&user));
+                match action {
+                    "terminate_connections" => self.pusher_api_terminate(slot, channel),
+                    _ => Err((404, "no such Pusher API path".to_string())),
+                }
+            }
             ("GET", tail) if tail.starts_with("channels/") => {
                 let name = &tail["channels/".len()..];
                 let (name, users) = match name.strip_suffix("/users") {
@@ -815,7 +908,7 @@ impl Engine {
                 return Err((400, format!("an event names 1 to {max} channels")));
             }
             let max = limits.pusher_channel_name_bytes_max;
-            if channels.iter().any(|c| !wire::valid_channel(c, max)) {
+            if channels.iter().any(|c| !wire::valid_api_channel(c, max)) {
                 return Err((400, "invalid channel name".to_string()));
             }
             let exclude = match event.socket_id.as_deref() {
@@ -848,6 +941,23 @@ impl Engine {
                 key: None,
             };
             self.send_x(owner, msg);
+        }
+        Ok(())
+    }
+
+    /// `POST /apps/{id}/users/{user}/terminate_connections`: every shard closes the user's
+    /// signed-in connections with 4009.
+    fn pusher_api_terminate(&mut self, slot: usize, internal: String) -> Result<(), ApiError> {
+        let parts = self.shards as u32;
+        let Some(to) = self.await_parts(slot, None, parts, super::control::Acc::fixed("{}")) else {
+            return Ok(());
+        };
+        let channel: Arc<str> = Arc::from(internal);
+        for shard in 0..self.shards {
+            let query = Query::PusherTerminate {
+                channel: channel.clone(),
+            };
+            self.send_x(shard, XMsg::Query { query, reply: to });
         }
         Ok(())
     }
@@ -931,13 +1041,17 @@ impl Engine {
 }
 
 /// The part of a query answer this shard sends for a Pusher question.
-pub(super) fn answer(engine: &Engine, query: Query) -> Part {
+pub(super) fn answer(engine: &mut Engine, query: Query) -> Part {
     match query {
         Query::PusherChannels { prefix, exact } => {
             Part::PusherChannels(engine.pusher_owned_channels(&prefix, exact))
         }
         Query::PusherUsers { channel, limit } => {
             Part::Json(engine.pusher_users_json(&channel, limit))
+        }
+        Query::PusherTerminate { channel } => {
+            engine.pusher_terminate(&channel);
+            Part::Done
         }
         _ => Part::Done,
     }
@@ -952,6 +1066,7 @@ mod tests {
         let mut map = BTreeMap::new();
         map.insert(Arc::from("#1#presence-a"), (3, 2));
         map.insert(Arc::from("#1#presence-b"), (0, 0));
+        map.insert(Arc::from("#1##server-to-user-u1"), (1, 0));
         let info = Info {
             user_count: true,
             subscription_count: false,

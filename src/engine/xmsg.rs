@@ -93,6 +93,12 @@ pub enum Query {
         /// The name must equal `prefix`.
         exact: bool,
     },
+    /// Close every connection subscribed here to this (a user's `#server-to-user-` channel:
+    /// `terminate_connections`).
+    PusherTerminate {
+        /// The internal channel name.
+        channel: Arc<str>,
+    },
     /// To a presence channel's owner: its first `limit` users (`GET .../users`).
     PusherUsers {
         /// The internal channel name.

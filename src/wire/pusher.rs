@@ -105,6 +105,15 @@ pub fn valid_channel(name: &str, max_bytes: usize) -> bool {
         })
 }
 
+/// Whether the HTTP API may publish to `name`: a valid channel, or a user's channel
+/// `#server-to-user-{id}` (the SDKs' `sendToUser` triggers there).
+pub fn valid_api_channel(name: &str, max_bytes: usize) -> bool {
+    match name.strip_prefix("#server-to-user-") {
+        Some(user) => valid_channel(user, 128),
+        None => valid_channel(name, max_bytes),
+    }
+}
+
 /// Whether `name` is a valid event name for the HTTP API (at most 200 bytes, printable, no
 /// quote or backslash, so it needs no JSON escaping).
 pub fn valid_event(name: &str) -> bool {
@@ -177,6 +186,13 @@ pub enum ClientMessage {
         /// The channel.
         channel: String,
     },
+    /// `pusher:signin`: the user the backend authenticated (`socket_id::user::user_data`).
+    Signin {
+        /// `key:signature`.
+        auth: String,
+        /// The user's data, a JSON text exactly as sent (its `id` names the user).
+        user_data: String,
+    },
     /// `client-*`: an event for the channel's other members.
     ClientEvent {
         /// The event name.
@@ -207,6 +223,12 @@ struct Raw<'a> {
     channel: Option<String>,
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct SigninData {
+    auth: String,
+    user_data: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -244,6 +266,18 @@ pub fn parse(text: &[u8]) -> Result<ClientMessage, ParseError> {
                 channel,
                 auth: data.auth,
                 channel_data: data.channel_data,
+            })
+        }
+        "pusher:signin" => {
+            let value = raw.data.ok_or(ParseError::MissingField("data"))?;
+            let data: SigninData = match serde_json::from_str::<String>(value.get()) {
+                Ok(inner) => serde_json::from_str(&inner),
+                Err(_) => serde_json::from_str(value.get()),
+            }
+            .map_err(|_| ParseError::MissingField("auth, user_data"))?;
+            Ok(ClientMessage::Signin {
+                auth: data.auth,
+                user_data: data.user_data,
             })
         }
         e if e.starts_with("client-") => Ok(ClientMessage::ClientEvent {
@@ -379,6 +413,39 @@ pub fn client_event(name: &str, channel: &str, data_json: &str, user_id: Option<
     out
 }
 
+/// The user id of a signin's `user_data` (`{"id":"..",..}`, a string or a number), if it is
+/// one: 1 to 128 bytes of the channel-name characters, since it names the user's channel
+/// `#server-to-user-{id}`.
+pub fn signin_user(user_data: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow)]
+        id: &'a RawValue,
+    }
+    let data: Data<'_> = serde_json::from_str(user_data).ok()?;
+    let id = data.id.get();
+    let id = match serde_json::from_str::<String>(id) {
+        Ok(s) => s,
+        Err(_) if serde_json::from_str::<serde_json::Number>(id).is_ok() => id.to_string(),
+        Err(_) => return None,
+    };
+    valid_channel(&id, 128).then_some(id)
+}
+
+/// The channel a signed-in user's events come on.
+pub fn user_channel(user_id: &str) -> String {
+    format!("#server-to-user-{user_id}")
+}
+
+/// `pusher:signin_success` with the user's data as the client sent it.
+pub fn signin_success(user_data: &str) -> String {
+    let data = format!("{{\"user_data\":{}}}", json_string(user_data));
+    format!(
+        "{{\"event\":\"pusher:signin_success\",\"data\":{}}}",
+        json_string(&data)
+    )
+}
+
 /// `pusher_internal:member_added`.
 pub fn member_added(channel: &str, user_id: &str, user_info: Option<&str>) -> String {
     let data = format!(
@@ -493,6 +560,39 @@ mod tests {
     }
 
     #[test]
+    fn signins_parse_and_name_their_user() {
+        let text = br#"{"event":"pusher:signin","data":{"auth":"k:ab","user_data":"{\"id\":\"u1\",\"name\":\"A\"}"}}"#;
+        assert_eq!(
+            parse(text),
+            Ok(ClientMessage::Signin {
+                auth: "k:ab".into(),
+                user_data: r#"{"id":"u1","name":"A"}"#.into()
+            })
+        );
+        assert_eq!(
+            parse(br#"{"event":"pusher:signin","data":{"auth":"k:ab"}}"#),
+            Err(ParseError::MissingField("auth, user_data"))
+        );
+        assert_eq!(signin_user(r#"{"id":"u1"}"#).as_deref(), Some("u1"));
+        assert_eq!(signin_user(r#"{"id":7}"#).as_deref(), Some("7"));
+        for bad in [
+            r#"{"id":"a\"b"}"#,
+            r#"{"id":""}"#,
+            r#"{"name":"x"}"#,
+            "[]",
+            "",
+            r#"{"id":null}"#,
+        ] {
+            assert_eq!(signin_user(bad), None, "{bad}");
+        }
+        let ok: serde_json::Value =
+            serde_json::from_str(&signin_success(r#"{"id":"u1"}"#)).unwrap();
+        let data: serde_json::Value = serde_json::from_str(ok["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data["user_data"], r#"{"id":"u1"}"#);
+        assert_eq!(user_channel("u1"), "#server-to-user-u1");
+    }
+
+    #[test]
     fn members_take_string_or_number_ids() {
         assert_eq!(
             parse_member(r#"{"user_id":10,"user_info":{"name":"Mr. Channels"}}"#),
@@ -582,6 +682,10 @@ mod tests {
         ] {
             assert_eq!(parse_socket_id(bad), None, "{bad}");
         }
+        assert!(valid_api_channel("#server-to-user-u1", 164));
+        assert!(valid_api_channel("news", 164));
+        assert!(!valid_api_channel("#server-to-user-", 164));
+        assert!(!valid_api_channel("#other", 164));
         assert!(valid_event("my-event"));
         assert!(!valid_event("a\"b"));
         assert!(!valid_event(""));

@@ -14,7 +14,8 @@
 # pusher:cache_miss); GET /channels, /channels/NAME
 # and /channels/NAME/users as the SDK reads them; a wrong secret gets 401; a bad authorization
 # gets pusher:subscription_error and the connection stays; a client event reaches the other
-# member with the sender's user_id, not the sender. Each wait is bounded
+# member with the sender's user_id, not the sender; pusher:signin through authenticateUser,
+# sendToUser and terminateUserConnections. Each wait is bounded
 # (PUSHER_WAIT_S, default 10 s); the client is stopped after 60 s. Takes about a second.
 # PUSHER_WRONG=1 adds one deliberately wrong expectation (the event's data differs).
 #

@@ -637,3 +637,92 @@ fn cache_channels_replay_their_last_event_or_say_miss() {
     let texts = d.texts(&mut c);
     assert_eq!(texts[1]["event"], "pusher:cache_miss", "expired: {texts:?}");
 }
+
+#[test]
+fn signed_in_users_get_their_events_and_can_be_terminated() {
+    use crate::auth::pusher::user_auth;
+    let mut c = Cluster::new(pusher_config(), 2);
+    let signin = |c: &mut Cluster, client: &Client, data: &str, secret: &[u8]| {
+        let auth = user_auth("key1", secret, &client.socket_id, data);
+        client.send(
+            c,
+            json!({"event":"pusher:signin","data":{"auth":auth,"user_data":data}}),
+        );
+    };
+    let mut a = connect(&mut c, 0, "key1");
+    let mut b = connect(&mut c, 1, "key1");
+    let mut other = connect(&mut c, 1, "key1");
+    signin(&mut c, &a, r#"{"id":"u1","name":"A"}"#, b"key1-secret");
+    let texts = a.texts(&mut c);
+    assert_eq!(texts[0]["event"], "pusher:signin_success", "{texts:?}");
+    let data: Value = serde_json::from_str(texts[0]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["user_data"], r#"{"id":"u1","name":"A"}"#);
+    assert_eq!(texts[1]["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(texts[1]["channel"], "#server-to-user-u1");
+    signin(&mut c, &b, r#"{"id":"u1"}"#, b"key1-secret");
+    b.texts(&mut c);
+    // A wrong signature, and a subscribe to someone else's channel: refused.
+    signin(&mut c, &other, r#"{"id":"u1"}"#, b"wrong");
+    assert_eq!(other.texts(&mut c)[0]["data"]["code"], 4009);
+    other.send(
+        &mut c,
+        json!({"event":"pusher:subscribe","data":{"channel":"#server-to-user-u1"}}),
+    );
+    assert_eq!(other.texts(&mut c)[0]["data"]["code"], 4009);
+    // pusher-js subscribes to its own channel after the signin: answered, not doubled.
+    a.send(
+        &mut c,
+        json!({"event":"pusher:subscribe","data":{"channel":"#server-to-user-u1"}}),
+    );
+    assert_eq!(
+        a.texts(&mut c)[0]["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    // The SDKs' sendToUser triggers on the user's channel.
+    let body = json!({"name":"note","channel":"#server-to-user-u1","data":"{\"x\":1}"}).to_string();
+    let (status, _) = api(&mut c, 0, "key1", "POST", "/apps/1/events", &[], &body);
+    assert_eq!(status, 200);
+    for client in [&mut a, &mut b] {
+        let texts = client.texts(&mut c);
+        assert_eq!(
+            texts,
+            vec![json!({"event":"note","channel":"#server-to-user-u1","data":"{\"x\":1}"})]
+        );
+    }
+    assert!(other.texts(&mut c).is_empty());
+    let (_, v) = api(&mut c, 0, "key1", "GET", "/apps/1/channels", &[], "");
+    assert_eq!(v, json!({"channels":{}}), "users' channels are not listed");
+    let (status, _) = api(
+        &mut c,
+        1,
+        "key1",
+        "POST",
+        "/apps/1/users/u1/terminate_connections",
+        &[],
+        "{}",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(close_code(&a.ws.frames(&mut c)), Some(4009));
+    assert_eq!(close_code(&b.ws.frames(&mut c)), Some(4009));
+    other.send(&mut c, json!({"event":"pusher:ping"}));
+    assert_eq!(
+        other.texts(&mut c)[0]["event"],
+        "pusher:pong",
+        "others stay"
+    );
+    let (status, _) = api(
+        &mut c,
+        1,
+        "key1",
+        "POST",
+        "/apps/1/users/a%22b/terminate_connections",
+        &[],
+        "{}",
+    );
+    assert_eq!(status, 400);
+    let body = json!({"name":"note","channel":"#server-to-user-a b","data":"x"}).to_string();
+    assert_eq!(
+        api(&mut c, 0, "key1", "POST", "/apps/1/events", &[], &body).0,
+        400
+    );
+}

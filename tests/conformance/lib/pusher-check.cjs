@@ -19,6 +19,8 @@
 //                 authorization gets pusher:subscription_error and the connection stays
 //   cache         a cache channel replays its last event to a new subscriber; an empty one
 //                 sends pusher:cache_miss
+//   users         pusher:signin through authenticateUser, sendToUser reaches the user,
+//                 terminateUserConnections closes its connection
 //   client event  a client-* event on the presence channel reaches the other client with the
 //                 sender's user_id, and not the sender
 // Prints "PASS n checks" or "FAIL reason" as its last line.
@@ -78,6 +80,22 @@ function client(user) {
           : undefined;
         callback(null, server.authorizeChannel(socketId, channelName, presence));
       },
+    },
+  });
+}
+
+// A pusher-js client that signs in as `user` through the SDK's authenticateUser.
+function signedIn(user) {
+  return new PusherClient(key, {
+    wsHost,
+    wsPort: Number(wsPort),
+    forceTLS: false,
+    enabledTransports: ['ws'],
+    disableStats: true,
+    cluster: 'local',
+    userAuthentication: {
+      customHandler: ({ socketId }, callback) =>
+        callback(null, server.authenticateUser(socketId, { id: user, name: `User ${user}` })),
     },
   });
 }
@@ -220,7 +238,41 @@ async function main() {
   expect(gone.id === 'u2', `member_removed ${JSON.stringify(gone)}`);
   expect(presA.ch.members.count === 1, 'a sees one member again');
 
+  // pusher:signin, an event to the user, then terminate_connections.
+  const user = `user-${tag}`;
+  const c = signedIn(user);
+  await connected(c, 'client c');
+  const signinDone = waitFor('the signin', (done) => {
+    c.connection.bind('message', (m) => {
+      if (m.event === 'pusher:signin_success') done();
+    });
+  });
+  c.signin();
+  await signinDone;
+  ok('pusher:signin with authenticateUser');
+  // The user's channel subscription (pusher-js makes it after the signin) is in place once
+  // an event sent to the user arrives; resend until then, boundedly.
+  const note = waitFor('the event to the user', (done) => c.user.bind('note', (d) => done(d)));
+  let sent = true;
+  const resend = setInterval(() => {
+    if (sent) server.sendToUser(user, 'note', { to: user }).catch((e) => fail(`sendToUser: ${e.status} ${e.body}`));
+  }, 200);
+  const noteData = await note;
+  sent = false;
+  clearInterval(resend);
+  expect(noteData.to === user, `sendToUser reached the signed-in client: ${JSON.stringify(noteData)}`);
+  const closed = waitFor('the terminated connection', (done) => {
+    c.connection.bind('state_change', ({ current }) => {
+      if (current !== 'connected') done(current);
+    });
+  });
+  const t = await server.terminateUserConnections(user);
+  expect(t.status === 200, `terminate_connections answered ${t.status}`);
+  const state = await closed;
+  ok(`terminate_connections closed the user's connection (${state})`);
+
   a.disconnect();
+  c.disconnect();
   console.log(`PASS ${checks} checks`);
   process.exit(0);
 }
