@@ -524,7 +524,7 @@ impl Engine {
     }
 
     /// Marks a control connection as a publisher; pauses it at once if publishers are paused.
-    fn mark_publisher(&mut self, slot: usize) {
+    pub(super) fn mark_publisher(&mut self, slot: usize) {
         let Some(state) = self.conns[slot].control() else {
             return;
         };

@@ -927,6 +927,8 @@ impl Engine {
             }
         }
         self.counters.control_requests += 1;
+        // A publisher like any other: paused while some shard is over its high watermark.
+        self.mark_publisher(slot);
         let parts = publishes.len() as u32;
         let Some(to) = self.await_parts(slot, None, parts, super::control::Acc::fixed("{}")) else {
             return Ok(()); // answered: too many replies owed on this connection

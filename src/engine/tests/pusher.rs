@@ -726,3 +726,47 @@ fn signed_in_users_get_their_events_and_can_be_terminated() {
         400
     );
 }
+
+#[test]
+fn api_publishers_are_paused_by_backpressure() {
+    let mut c = Cluster::new(pusher_config(), 2);
+    let mut a = connect(&mut c, 0, "key1");
+    a.subscribe(&mut c, "key1", "news", None);
+    a.texts(&mut c);
+    let now_s = (WALL_BASE_MS + c.now_ms()) / 1000;
+    let request = |n: u32| {
+        let body = json!({"name":"e","channel":"news","data":n.to_string()}).to_string();
+        let q = sign_request(
+            "key1",
+            b"key1-secret",
+            "POST",
+            "/apps/1/events",
+            &[],
+            body.as_bytes(),
+            now_s,
+        );
+        format!(
+            "POST /apps/1/events?{q} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let http = c.connect(0, Listener::Control(1));
+    c.write(http, request(1).as_bytes());
+    c.settle();
+    assert!(
+        String::from_utf8(c.read(http))
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+    c.set_congested(1, true);
+    c.write(http, request(2).as_bytes());
+    c.settle();
+    assert!(
+        c.pipe(http).paused,
+        "a Pusher API publisher is paused while a shard is congested"
+    );
+    c.set_congested(1, false);
+    c.settle();
+    let datas: Vec<Value> = a.texts(&mut c).iter().map(|t| t["data"].clone()).collect();
+    assert_eq!(datas, vec![json!("1"), json!("2")]);
+}
