@@ -270,6 +270,50 @@ pub fn sign_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_requests_never_panic(
+            query in ".{0,200}",
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+            now_s in any::<u64>(),
+            skew_s in any::<u64>(),
+        ) {
+            let request = SignedRequest { method: "POST", path: "/apps/1/events", query: &query, body: &body };
+            let _ = verify_request("k", b"s", request, now_s, skew_s);
+        }
+
+        #[test]
+        fn only_the_signature_verifies(
+            socket in "[0-9]{1,5}\\.[0-9]{1,5}",
+            channel in "[a-z-]{1,20}",
+            data in proptest::option::of(".{0,40}"),
+            flip in 0usize..64,
+        ) {
+            let auth = channel_auth("k", b"s", &socket, &channel, data.as_deref());
+            prop_assert!(verify_channel_auth("k", b"s", &socket, &channel, data.as_deref(), &auth));
+            // Any one hex digit changed: refused.
+            let (key, sig) = auth.split_once(':').unwrap();
+            let mut sig = sig.as_bytes().to_vec();
+            sig[flip] = if sig[flip] == b'0' { b'1' } else { b'0' };
+            let bad = format!("{key}:{}", String::from_utf8(sig).unwrap());
+            prop_assert!(!verify_channel_auth("k", b"s", &socket, &channel, data.as_deref(), &bad));
+        }
+
+        #[test]
+        fn signed_requests_verify_at_any_time_within_the_skew(
+            now_s in 1_000u64..u64::MAX / 2,
+            drift in 0u64..=600,
+            name in "p_[a-z]{1,8}",
+            value in "[A-Za-z0-9_-]{0,10}",
+        ) {
+            let query = sign_request("k", b"s", "GET", "/apps/1/channels", &[(&name, &value)], b"", now_s);
+            let request = SignedRequest { method: "GET", path: "/apps/1/channels", query: &query, body: b"" };
+            prop_assert_eq!(verify_request("k", b"s", request, now_s + drift, 600), Ok(()));
+            prop_assert_eq!(verify_request("k", b"s", request, now_s + 601, 600), Err(ApiAuthError::Timestamp));
+        }
+    }
 
     /// Pusher's documented example ("Authorizing users", private channels): key
     /// 278d425bdf160c739803, secret 7ad3773142a6692b25b8, socket 1234.1234, private-foobar.

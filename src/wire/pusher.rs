@@ -485,6 +485,45 @@ pub fn presence_data<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_messages_never_panic(text in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn arbitrary_fields_never_panic(
+            event in prop_oneof![Just("pusher:subscribe".to_string()), Just("pusher:signin".to_string()),
+                                 Just("client-x".to_string()), ".{0,20}"],
+            data in prop_oneof![Just("null".to_string()), Just("{}".to_string()), ".{0,40}".prop_map(|s| serde_json::Value::from(s).to_string()),
+                                "[0-9]{1,5}"],
+            member in ".{0,80}",
+            socket in ".{0,24}",
+        ) {
+            let text = format!("{{\"event\":{},\"data\":{data},\"channel\":\"c\"}}", serde_json::Value::from(event));
+            let _ = parse(text.as_bytes());
+            let _ = parse_member(&member);
+            let _ = signin_user(&member);
+            if let Some(id) = parse_socket_id(&socket) {
+                prop_assert_eq!(parse_socket_id(&socket_id(id)), Some(id));
+            }
+        }
+
+        #[test]
+        fn written_messages_are_json(name in ".{0,30}", channel in ".{0,30}", data in ".{0,60}") {
+            for text in [event(&name, &channel, &data, Some(&data)), error(4300, &data),
+                         member_added(&channel, &name, None), member_removed(&channel, &name),
+                         subscription_error(&channel, "AuthError", &data, 401), cache_miss(&channel),
+                         signin_success(&data)] {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                prop_assert!(v["event"].is_string());
+            }
+            let v: serde_json::Value = serde_json::from_str(&event(&name, &channel, &data, None)).unwrap();
+            prop_assert_eq!(v["data"].as_str(), Some(data.as_str()));
+        }
+    }
 
     #[test]
     fn client_messages_parse() {
