@@ -770,3 +770,33 @@ fn api_publishers_are_paused_by_backpressure() {
     let datas: Vec<Value> = a.texts(&mut c).iter().map(|t| t["data"].clone()).collect();
     assert_eq!(datas, vec![json!("1"), json!("2")]);
 }
+
+#[test]
+fn socket_id_exclusion_skips_exactly_one_subscriber_wherever_it_is() {
+    let mut c = Cluster::new(pusher_config(), 1);
+    let mut clients: Vec<Client> = (0..4).map(|_| connect(&mut c, 0, "key1")).collect();
+    for client in &clients {
+        client.subscribe(&mut c, "key1", "room", None);
+    }
+    // One leaves and comes back: the subscriber list is reordered (swap-remove).
+    clients[0].send(&mut c, json!({"event":"pusher:unsubscribe","data":{"channel":"room"}}));
+    clients[0].subscribe(&mut c, "key1", "room", None);
+    for client in &mut clients {
+        client.texts(&mut c);
+    }
+    for excluded in 0..4 {
+        let socket_id = clients[excluded].socket_id.clone();
+        let body = json!({"name":"e","channel":"room","data":"x","socket_id":socket_id}).to_string();
+        assert_eq!(api(&mut c, 0, "key1", "POST", "/apps/1/events", &[], &body).0, 200);
+        for (i, client) in clients.iter_mut().enumerate() {
+            let got = client.texts(&mut c).len();
+            assert_eq!(got, usize::from(i != excluded), "excluded {excluded}, client {i}");
+        }
+    }
+    // A socket id of a connection that is gone, or not subscribed, excludes nobody.
+    let body = json!({"name":"e","channel":"room","data":"x","socket_id":"9.9"}).to_string();
+    api(&mut c, 0, "key1", "POST", "/apps/1/events", &[], &body);
+    for client in &mut clients {
+        assert_eq!(client.texts(&mut c).len(), 1);
+    }
+}
