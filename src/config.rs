@@ -164,7 +164,8 @@ pub struct Limits {
     pub deflate_min_bytes: usize,
     /// Members listed in a Pusher presence channel's `subscription_succeeded` and in
     /// `GET /apps/{id}/channels/{name}/users` (Pusher's own limit is 100 members). Overflow: the
-    /// list stops there (the first members by id) while `count` stays the true number, counted
+    /// list stops there (the first members by id, and always the subscriber itself, where
+    /// pusher-js looks for `me`) while `count` stays the true number, counted
     /// (`pusher_members_truncated`). Memory: the list is built once per subscription at the
     /// channel's owner, about 100 bytes per member listed.
     pub pusher_presence_members_max: usize,

@@ -324,7 +324,8 @@ impl Engine {
                 slot,
                 generation,
                 since,
-            } => self.on_pusher_members(channel, shard, slot, generation, since),
+                user,
+            } => self.on_pusher_members(channel, shard, slot, generation, since, user),
             XMsg::PusherMembersReply {
                 channel,
                 slot,

@@ -490,6 +490,7 @@ impl Engine {
             self.pusher_send(slot, &text);
             return self.pusher_ask_cache(slot, internal, since);
         }
+        let user = self.pusher_member(slot, internal).map(|m| m.user.clone());
         let conn = &mut self.conns[slot];
         conn.awaiting = conn.awaiting.saturating_add(1);
         let generation = conn.generation;
@@ -503,6 +504,7 @@ impl Engine {
                 slot: slot as u32,
                 generation,
                 since,
+                user,
             },
         );
     }
@@ -610,6 +612,7 @@ impl Engine {
         slot: u32,
         generation: u32,
         since: u64,
+        user: Option<Arc<str>>,
     ) {
         let max = self.config.limits.pusher_presence_members_max;
         let data = match self.presence.get(&channel) {
@@ -617,8 +620,19 @@ impl Engine {
                 if p.users() > max {
                     self.counters.pusher_members_truncated += 1;
                 }
-                let members = p.page(None, max).map(|(u, m)| (&**u, m.info.as_deref()));
-                wire::presence_data(members, p.users())
+                let mut members: Vec<(&str, Option<&str>)> = p
+                    .page(None, max)
+                    .map(|(u, m)| (&**u, m.info.as_deref()))
+                    .collect();
+                // The asker is always listed (a cut list keeps its first max - 1 and it).
+                let me = user.as_deref().and_then(|u| p.member(u));
+                if let Some((u, m)) = me.filter(|(u, _)| !members.iter().any(|x| x.0 == &***u)) {
+                    if members.len() >= max.max(1) {
+                        members.pop();
+                    }
+                    members.push((&**u, m.info.as_deref()));
+                }
+                wire::presence_data(members.into_iter(), p.users())
             }
             None => wire::presence_data(std::iter::empty(), 0),
         };

@@ -399,6 +399,8 @@ pub enum XMsg {
         generation: u32,
         /// The channel's offset when the subscription began (for a cache channel's replay).
         since: u64,
+        /// The asking connection's own user: always in the list (pusher-js finds `me` there).
+        user: Option<Arc<str>>,
     },
     /// The owner's answer to `PusherMembers`: the presence data.
     PusherMembersReply {

@@ -779,18 +779,29 @@ fn socket_id_exclusion_skips_exactly_one_subscriber_wherever_it_is() {
         client.subscribe(&mut c, "key1", "room", None);
     }
     // One leaves and comes back: the subscriber list is reordered (swap-remove).
-    clients[0].send(&mut c, json!({"event":"pusher:unsubscribe","data":{"channel":"room"}}));
+    clients[0].send(
+        &mut c,
+        json!({"event":"pusher:unsubscribe","data":{"channel":"room"}}),
+    );
     clients[0].subscribe(&mut c, "key1", "room", None);
     for client in &mut clients {
         client.texts(&mut c);
     }
     for excluded in 0..4 {
         let socket_id = clients[excluded].socket_id.clone();
-        let body = json!({"name":"e","channel":"room","data":"x","socket_id":socket_id}).to_string();
-        assert_eq!(api(&mut c, 0, "key1", "POST", "/apps/1/events", &[], &body).0, 200);
+        let body =
+            json!({"name":"e","channel":"room","data":"x","socket_id":socket_id}).to_string();
+        assert_eq!(
+            api(&mut c, 0, "key1", "POST", "/apps/1/events", &[], &body).0,
+            200
+        );
         for (i, client) in clients.iter_mut().enumerate() {
             let got = client.texts(&mut c).len();
-            assert_eq!(got, usize::from(i != excluded), "excluded {excluded}, client {i}");
+            assert_eq!(
+                got,
+                usize::from(i != excluded),
+                "excluded {excluded}, client {i}"
+            );
         }
     }
     // A socket id of a connection that is gone, or not subscribed, excludes nobody.
@@ -799,4 +810,64 @@ fn socket_id_exclusion_skips_exactly_one_subscriber_wherever_it_is() {
     for client in &mut clients {
         assert_eq!(client.texts(&mut c).len(), 1);
     }
+}
+
+#[test]
+fn an_app_refuses_origins_it_does_not_allow() {
+    let mut config = pusher_config();
+    config.pusher.apps[0].allowed_origins = vec!["https://good.example".into()];
+    let mut c = Cluster::new(config, 1);
+    let path = "/app/key1?protocol=7";
+    let (mut bad, _) = Ws::open_with(&mut c, 0, path, "Origin: https://evil.example\r\n");
+    let frames = bad.frames(&mut c);
+    let error: Value = serde_json::from_slice(&frames[0].1).unwrap();
+    assert_eq!(error["data"]["code"], 4009);
+    assert_eq!(close_code(&frames), Some(4009));
+    let (mut good, _) = Ws::open_with(&mut c, 0, path, "Origin: https://good.example\r\n");
+    assert_eq!(
+        good.texts(&mut c)[0]["event"],
+        "pusher:connection_established"
+    );
+    // The other app allows any origin.
+    let (mut other, _) = Ws::open_with(
+        &mut c,
+        0,
+        "/app/key2?protocol=7",
+        "Origin: https://evil.example\r\n",
+    );
+    assert_eq!(
+        other.texts(&mut c)[0]["event"],
+        "pusher:connection_established"
+    );
+    assert_eq!(c.counters(0).origin_refusals, 1);
+}
+
+#[test]
+fn member_lists_stop_at_their_limit_with_the_true_count() {
+    let mut config = pusher_config();
+    config.limits.pusher_presence_members_max = 2;
+    let mut c = Cluster::new(config, 1);
+    let clients: Vec<Client> = (0..3).map(|_| connect(&mut c, 0, "key1")).collect();
+    for (i, client) in clients.iter().enumerate() {
+        client.subscribe(&mut c, "key1", "presence-big", Some(&format!("u{i}")));
+    }
+    let mut last = connect(&mut c, 0, "key1");
+    last.subscribe(&mut c, "key1", "presence-big", Some("u9"));
+    let texts = last.texts(&mut c);
+    let data: Value = serde_json::from_str(texts[0]["data"].as_str().unwrap()).unwrap();
+    // The first by id, and always the subscriber itself (pusher-js finds `me` in the list).
+    assert_eq!(data["presence"]["ids"], json!(["u0", "u9"]));
+    assert_eq!(data["presence"]["hash"]["u9"], json!({"n":"u9"}));
+    assert_eq!(data["presence"]["count"], 4);
+    assert!(c.counters(0).pusher_members_truncated >= 1);
+    let (_, v) = api(
+        &mut c,
+        0,
+        "key1",
+        "GET",
+        "/apps/1/channels/presence-big/users",
+        &[],
+        "",
+    );
+    assert_eq!(v["users"].as_array().unwrap().len(), 2);
 }
