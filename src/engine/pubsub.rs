@@ -575,18 +575,25 @@ impl Engine {
         // A Pusher event's `socket_id`: that connection's place in this channel's list, when it
         // is on this shard and subscribed. The list is then walked in two parts around it, so
         // the loop itself does no extra work per subscriber.
-        let skip = frames
+        let excluded = frames
             .exclude
             .and_then(crate::id::ConnId::from_u64)
-            .filter(|c| c.shard() == self.index)
-            .and_then(|c| {
-                let conn = self.conns.get(c.slot())?;
-                let member = conn.subs.iter().find(|m| m.channel == id)?;
-                (conn.generation == c.generation()).then_some(member.position as usize)
-            });
+            .filter(|c| c.shard() == self.index);
+        let skip_slot = excluded.map(|c| c.slot());
+        let skip = excluded.and_then(|c| {
+            let conn = self.conns.get(c.slot())?;
+            let member = conn.subs.iter().find(|m| m.channel == id)?;
+            (conn.generation == c.generation()).then_some(member.position as usize)
+        });
         let subscribers = &self.local.get(id).subscribers;
         let (before, after) = match skip {
-            Some(p) if p < subscribers.len() => (&subscribers[..p], &subscribers[p + 1..]),
+            Some(p)
+                if subscribers
+                    .get(p)
+                    .is_some_and(|&s| Some(s as usize) == skip_slot) =>
+            {
+                (&subscribers[..p], &subscribers[p + 1..])
+            }
             _ => (&subscribers[..], &subscribers[..0]),
         };
         // Two tight loops rather than one chained iterator: no check per subscriber.

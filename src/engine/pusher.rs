@@ -170,7 +170,9 @@ impl Engine {
         let Some(apps) = self.pusher.as_mut() else {
             return Err((code::APP_UNKNOWN, "App key not in this cluster"));
         };
-        let state = &mut apps.apps[index];
+        let Some(state) = apps.apps.get_mut(index) else {
+            return Err((code::APP_UNKNOWN, "App key not in this cluster"));
+        };
         if !state.origins.allows(request.origin.as_deref()) {
             self.counters.origin_refusals += 1;
             return Err((code::UNAUTHORIZED, "Origin not allowed"));
@@ -199,7 +201,12 @@ impl Engine {
             }
         };
         self.counters.pusher_conns += 1;
-        let activity_s = self.config.pusher.apps[app as usize].activity_timeout_s;
+        let activity_s = self
+            .config
+            .pusher
+            .apps
+            .get(app as usize)
+            .map_or(120, |a| a.activity_timeout_s);
         let socket_id = wire::socket_id(self.conn_id(slot).get());
         self.pusher_send(slot, &wire::connection_established(&socket_id, activity_s));
         let due = self.now_tick + limits_ticks(activity_s.saturating_mul(1000));
