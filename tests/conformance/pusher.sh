@@ -39,6 +39,7 @@ main() {
   local http_addr="$1"
   parse_ws_url "$2"
   [[ "$http_addr" =~ ^127\.0\.0\.1:[0-9]+$ ]] || die "HTTP_ADDR must be 127.0.0.1:PORT, got: $http_addr"
+  [[ "${PUSHER_WAIT_S:-10}" =~ ^[0-9]+$ ]] || die "PUSHER_WAIT_S must be whole seconds"
   if [ ! -d "$NODE_DIR/node_modules/pusher-js" ] || [ ! -d "$NODE_DIR/node_modules/pusher" ]; then
     die "no pusher-js / pusher in $NODE_DIR: run bash tests/conformance/install.sh node"
   fi
