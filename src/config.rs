@@ -191,6 +191,11 @@ pub struct Limits {
     /// Overflow: older, the event is forgotten and a new subscriber gets `pusher:cache_miss`.
     /// Memory: one event per cache channel at its owner, within `history_bytes_per_shard_max`.
     pub pusher_cache_ttl_s: u64,
+    /// Client events (`client-*`) one Pusher connection may send per second, burst one second's
+    /// worth (Pusher: 10). Overflow: the event is dropped with `pusher:error` 4301, the
+    /// connection stays, counted (`pusher_client_events_limited`). Memory: 8 bytes in the
+    /// extension of a connection that sends client events.
+    pub pusher_client_events_per_s: u32,
 }
 
 impl Default for Limits {
@@ -246,6 +251,7 @@ impl Default for Limits {
             pusher_timestamp_skew_s: 600,
             pusher_pong_timeout_ms: 30_000,
             pusher_cache_ttl_s: 1800,
+            pusher_client_events_per_s: 10,
         }
     }
 }

@@ -217,6 +217,10 @@ const HELP: &[(&str, &str)] = &[
     ),
     ("pusher_client_events", "Pusher client events relayed."),
     (
+        "pusher_client_events_limited",
+        "Pusher client events dropped over pusher_client_events_per_s (4301).",
+    ),
+    (
         "pusher_api_requests",
         "Pusher HTTP API requests whose signature verified.",
     ),

@@ -166,6 +166,8 @@ pub struct Counters {
     pub pusher_timeouts: u64,
     /// Pusher client events relayed.
     pub pusher_client_events: u64,
+    /// Pusher client events dropped over pusher_client_events_per_s (4301).
+    pub pusher_client_events_limited: u64,
     /// Pusher HTTP API requests whose signature verified.
     pub pusher_api_requests: u64,
     /// Pusher HTTP API requests refused (401 signature, 403 app, 400, 413).
@@ -362,6 +364,7 @@ impl Counters {
         self.pusher_auth_failures += other.pusher_auth_failures;
         self.pusher_timeouts += other.pusher_timeouts;
         self.pusher_client_events += other.pusher_client_events;
+        self.pusher_client_events_limited += other.pusher_client_events_limited;
         self.pusher_api_requests += other.pusher_api_requests;
         self.pusher_api_refusals += other.pusher_api_refusals;
         self.pusher_members_truncated += other.pusher_members_truncated;

@@ -131,6 +131,11 @@ pub struct Ext {
     pub pusher_members: Vec<PusherMember>,
     /// The user a Pusher connection signed in as (`pusher:signin`).
     pub pusher_user: Option<std::sync::Arc<str>>,
+    /// A Pusher connection's client-event bucket: events it may still send
+    /// (`pusher_client_events_per_s`).
+    pub client_event_tokens: u32,
+    /// The tick of the bucket's last refill; `None` before the first client event.
+    pub client_event_tick: Option<u32>,
 }
 
 /// The member a Pusher connection is in one presence channel.

@@ -750,6 +750,11 @@ impl Engine {
             let why = "Client events need a subscription to the channel";
             return self.pusher_error(slot, code::CLIENT_EVENT, why);
         }
+        if !self.take_client_event_token(slot) {
+            self.counters.pusher_client_events_limited += 1;
+            let why = "Client event rejected due to rate limit";
+            return self.pusher_error(slot, code::CLIENT_EVENT, why);
+        }
         let user = self.pusher_member(slot, &internal).map(|m| m.user.clone());
         let text = wire::client_event(event, channel, data, user.as_deref());
         self.counters.pusher_client_events += 1;
@@ -770,6 +775,33 @@ impl Engine {
                 key: None,
             },
         );
+    }
+
+    /// One client event from the connection's bucket (refilled from the ticks elapsed, burst
+    /// of one second's worth); false when it is empty.
+    fn take_client_event_token(&mut self, slot: usize) -> bool {
+        let rate = self.config.limits.pusher_client_events_per_s;
+        if rate == 0 {
+            return true;
+        }
+        let now = self.now_tick;
+        let ext = self.conns[slot].ext_mut();
+        // Before the first event the bucket is full: as if refilled a second ago.
+        let last = ext
+            .client_event_tick
+            .unwrap_or_else(|| now.wrapping_sub(limits_ticks(1000)));
+        let elapsed_ms = u64::from(now.wrapping_sub(last)) * super::TICK_MS;
+        let refill = elapsed_ms * u64::from(rate) / 1000;
+        if refill > 0 || ext.client_event_tick.is_none() {
+            ext.client_event_tick = Some(now);
+            let tokens = u64::from(ext.client_event_tokens) + refill;
+            ext.client_event_tokens = tokens.min(u64::from(rate)) as u32;
+        }
+        if ext.client_event_tokens == 0 {
+            return false;
+        }
+        ext.client_event_tokens -= 1;
+        true
     }
 
     /// The Pusher channels this shard owns under `prefix` (or named `prefix`, with `exact`):

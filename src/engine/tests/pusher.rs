@@ -871,3 +871,32 @@ fn member_lists_stop_at_their_limit_with_the_true_count() {
     );
     assert_eq!(v["users"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn client_events_over_their_rate_are_refused_and_the_connection_stays() {
+    let mut c = Cluster::new(pusher_config(), 1);
+    let mut a = connect(&mut c, 0, "key1");
+    let mut b = connect(&mut c, 0, "key1");
+    a.subscribe(&mut c, "key1", "private-r", None);
+    b.subscribe(&mut c, "key1", "private-r", None);
+    a.texts(&mut c);
+    b.texts(&mut c);
+    let mut burst = Vec::new();
+    for i in 0..12 {
+        let text = json!({"event":"client-x","channel":"private-r","data":{"i":i}}).to_string();
+        burst.extend(encode_client(OpCode::Text, true, text.as_bytes(), MASK));
+    }
+    c.write(a.ws.sock, &burst);
+    c.settle();
+    assert_eq!(b.texts(&mut c).len(), 10, "a second's worth goes through");
+    let errors = a.texts(&mut c);
+    assert_eq!(errors.len(), 2);
+    assert!(errors.iter().all(|e| e["data"]["code"] == 4301));
+    assert_eq!(c.counters(0).pusher_client_events_limited, 2);
+    c.advance(500);
+    a.send(
+        &mut c,
+        json!({"event":"client-x","channel":"private-r","data":{}}),
+    );
+    assert_eq!(b.texts(&mut c).len(), 1, "refilled");
+}
