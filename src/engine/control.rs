@@ -88,8 +88,8 @@ pub(super) enum Acc {
         map: BTreeMap<Arc<str>, (u64, u64)>,
         /// Which counts to show.
         info: super::pusher::Info,
-        /// One channel (`{"occupied":..}`) rather than the list.
-        single: bool,
+        /// The answer's shape.
+        shape: super::pusher::Shape,
     },
 }
 
@@ -100,11 +100,21 @@ impl Acc {
     }
 
     /// Pusher channel counts, rendered as the Pusher API answers.
-    pub(super) fn pusher_channels(info: super::pusher::Info, single: bool) -> Acc {
+    pub(super) fn pusher_channels(info: super::pusher::Info, shape: super::pusher::Shape) -> Acc {
         Acc::PusherChannels {
             map: BTreeMap::new(),
             info,
-            single,
+            shape,
+        }
+    }
+
+    /// A Pusher trigger's answer with `info`: the counts of every channel it went to (0 for
+    /// one its owner has nobody in).
+    pub(super) fn pusher_trigger(info: super::pusher::Info, channels: &[Arc<str>]) -> Acc {
+        Acc::PusherChannels {
+            map: channels.iter().map(|c| (c.clone(), (0, 0))).collect(),
+            info,
+            shape: super::pusher::Shape::Trigger,
         }
     }
 
@@ -359,8 +369,8 @@ fn result_of(p: &Pending) -> String {
         }
         Acc::Ready(text) => out.push_str(text),
         Acc::Fixed(text) => out.push_str(text),
-        Acc::PusherChannels { map, info, single } => {
-            out.push_str(&super::pusher::render_channels(map, *info, *single))
+        Acc::PusherChannels { map, info, shape } => {
+            out.push_str(&super::pusher::render_channels(map, *info, *shape))
         }
         Acc::Raw(_) => {}
         Acc::Json(text) => out.push_str(text.as_deref().unwrap_or("{}")),
@@ -1528,7 +1538,7 @@ impl Engine {
                 }
             }
             (Part::Count(n), Acc::Count(total)) => *total += n,
-            (Part::Published { .. }, Acc::Fixed(_)) => {}
+            (Part::Published { .. }, Acc::Fixed(_) | Acc::PusherChannels { .. }) => {}
             (Part::PusherChannels(list), Acc::PusherChannels { map, .. }) => {
                 for (name, conns, users) in list {
                     map.insert(name, (conns, users));

@@ -78,9 +78,39 @@ pub struct Info {
     pub subscription_count: bool,
 }
 
-/// Renders an API channel query's answer from the owners' parts: the list
-/// (`{"channels":{name:{..}}}`) or, with `single`, one channel (`{"occupied":..}`).
-pub fn render_channels(map: &BTreeMap<Arc<str>, (u64, u64)>, info: Info, single: bool) -> String {
+impl Info {
+    /// The counts `info` (a comma-separated list) asks for; unknown items are ignored.
+    pub fn parse(info: &str) -> Info {
+        let mut out = Info::default();
+        for item in info.split(',') {
+            match item.trim() {
+                "user_count" => out.user_count = true,
+                "subscription_count" => out.subscription_count = true,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Whether any count is asked for.
+    pub fn any(self) -> bool {
+        self.user_count || self.subscription_count
+    }
+}
+
+/// Which answer the owners' channel counts make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `GET /channels`: `{"channels":{name:{..}}}`, occupied channels only.
+    List,
+    /// `GET /channels/{name}`: `{"occupied":..,..}`.
+    One,
+    /// `POST /events` with `info`: `{"channels":{name:{..}}}` for every channel triggered.
+    Trigger,
+}
+
+/// Renders an API channel query's answer from the owners' parts, in `shape`.
+pub fn render_channels(map: &BTreeMap<Arc<str>, (u64, u64)>, info: Info, shape: Shape) -> String {
     let counts = |out: &mut String, conns: u64, users: u64, first: bool| {
         let mut first = first;
         if info.user_count {
@@ -100,7 +130,7 @@ pub fn render_channels(map: &BTreeMap<Arc<str>, (u64, u64)>, info: Info, single:
         }
     };
     let mut out = String::new();
-    if single {
+    if shape == Shape::One {
         let (conns, users) = map.values().next().copied().unwrap_or((0, 0));
         let _ = write!(out, "{{\"occupied\":{}", conns > 0);
         counts(&mut out, conns, users, false);
@@ -108,11 +138,12 @@ pub fn render_channels(map: &BTreeMap<Arc<str>, (u64, u64)>, info: Info, single:
         return out;
     }
     out.push_str("{\"channels\":{");
-    // Users' own channels (`#server-to-user-`) are not listed, as with Pusher.
+    // Users' own channels (`#server-to-user-`) are not listed, as with Pusher; a trigger's
+    // answer names every channel it went to.
     let listed = map
         .iter()
         .map(|(name, counts)| (wire::pusher_name(name).unwrap_or(name), counts))
-        .filter(|(name, c)| c.0 > 0 && !name.starts_with('#'));
+        .filter(|(name, c)| shape == Shape::Trigger || (c.0 > 0 && !name.starts_with('#')));
     for (i, (name, &(conns, users))) in listed.enumerate() {
         if i > 0 {
             out.push(',');
@@ -137,6 +168,8 @@ struct ApiEvent<'a> {
     channels: Option<Vec<String>>,
     #[serde(default)]
     socket_id: Option<String>,
+    #[serde(default)]
+    info: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -982,20 +1015,39 @@ impl Engine {
         self.counters.control_requests += 1;
         // A publisher like any other: paused while some shard is over its high watermark.
         self.mark_publisher(slot);
-        let parts = publishes.len() as u32;
-        let Some(to) = self.await_parts(slot, None, parts, super::control::Acc::fixed("{}")) else {
+        // `info` (one event, not a batch): each owner answers its channel's counts after the
+        // publish, on the same ring, so they include nothing older than the event.
+        let info = match (batch, events.first()) {
+            (false, Some(e)) => Info::parse(e.info.as_deref().unwrap_or("")),
+            _ => Info::default(),
+        };
+        let channels: Vec<Arc<str>> = publishes.iter().map(|(c, _)| c.clone()).collect();
+        let (parts, acc) = if info.any() {
+            let parts = 2 * publishes.len() as u32;
+            (parts, super::control::Acc::pusher_trigger(info, &channels))
+        } else {
+            (publishes.len() as u32, super::control::Acc::fixed("{}"))
+        };
+        let Some(to) = self.await_parts(slot, None, parts, acc) else {
             return Ok(()); // answered: too many replies owed on this connection
         };
         for (index, (channel, body)) in publishes.into_iter().enumerate() {
             let owner = channel::owner_of(&channel, self.shards);
             let msg = XMsg::Publish {
-                channel,
+                channel: channel.clone(),
                 body,
                 reply: Some((to, index as u32)),
                 report: false,
                 key: None,
             };
             self.send_x(owner, msg);
+            if info.any() {
+                let query = Query::PusherChannels {
+                    prefix: channel,
+                    exact: true,
+                };
+                self.send_x(owner, XMsg::Query { query, reply: to });
+            }
         }
         Ok(())
     }
@@ -1026,14 +1078,7 @@ impl Engine {
         request: &Request,
         single: Option<&str>,
     ) -> Result<(), ApiError> {
-        let mut info = Info::default();
-        for item in request.query_value("info").unwrap_or_default().split(',') {
-            match item {
-                "user_count" => info.user_count = true,
-                "subscription_count" => info.subscription_count = true,
-                _ => {}
-            }
-        }
+        let info = Info::parse(&request.query_value("info").unwrap_or_default());
         let prefix = match single {
             Some(name) => name.to_string(),
             None => request
@@ -1048,7 +1093,8 @@ impl Engine {
         let internal: Arc<str> = Arc::from(wire::internal_name(&app.id, &prefix));
         let exact = single.is_some();
         let parts = if exact { 1 } else { self.shards as u32 };
-        let acc = super::control::Acc::pusher_channels(info, exact);
+        let shape = if exact { Shape::One } else { Shape::List };
+        let acc = super::control::Acc::pusher_channels(info, shape);
         let Some(to) = self.await_parts(slot, None, parts, acc) else {
             return Ok(());
         };
@@ -1127,11 +1173,11 @@ mod tests {
             subscription_count: false,
         };
         assert_eq!(
-            render_channels(&map, info, false),
+            render_channels(&map, info, Shape::List),
             r#"{"channels":{"presence-a":{"user_count":2}}}"#
         );
         assert_eq!(
-            render_channels(&map, Info::default(), false),
+            render_channels(&map, Info::default(), Shape::List),
             r#"{"channels":{"presence-a":{}}}"#
         );
         let both = Info {
@@ -1141,11 +1187,11 @@ mod tests {
         let mut one = BTreeMap::new();
         one.insert(Arc::from("#1#presence-a"), (3, 2));
         assert_eq!(
-            render_channels(&one, both, true),
+            render_channels(&one, both, Shape::One),
             r#"{"occupied":true,"user_count":2,"subscription_count":3}"#
         );
         assert_eq!(
-            render_channels(&BTreeMap::new(), Info::default(), true),
+            render_channels(&BTreeMap::new(), Info::default(), Shape::One),
             r#"{"occupied":false}"#
         );
     }

@@ -900,3 +900,42 @@ fn client_events_over_their_rate_are_refused_and_the_connection_stays() {
     );
     assert_eq!(b.texts(&mut c).len(), 1, "refilled");
 }
+
+#[test]
+fn a_trigger_with_info_answers_each_channels_counts() {
+    let mut c = Cluster::new(pusher_config(), 2);
+    let a = connect(&mut c, 0, "key1");
+    let b = connect(&mut c, 1, "key1");
+    a.subscribe(&mut c, "key1", "presence-i", Some("u1"));
+    b.subscribe(&mut c, "key1", "presence-i", Some("u1"));
+    a.subscribe(&mut c, "key1", "plain", None);
+    let body = json!({"name":"e","channels":["presence-i","plain","empty"],"data":"x",
+                      "info":"subscription_count,user_count"})
+    .to_string();
+    let (status, v) = api(&mut c, 0, "key1", "POST", "/apps/1/events", &[], &body);
+    assert_eq!(status, 200);
+    assert_eq!(
+        v,
+        json!({"channels":{
+            "presence-i":{"user_count":1,"subscription_count":2},
+            "plain":{"user_count":0,"subscription_count":1},
+            "empty":{"user_count":0,"subscription_count":0}
+        }})
+    );
+    // A batch's info is not answered (documented): `{}`.
+    let body =
+        json!({"batch":[{"name":"e","channel":"plain","data":"x","info":"subscription_count"}]})
+            .to_string();
+    assert_eq!(
+        api(
+            &mut c,
+            0,
+            "key1",
+            "POST",
+            "/apps/1/batch_events",
+            &[],
+            &body
+        ),
+        (200, json!({}))
+    );
+}
