@@ -10,7 +10,7 @@
 # entry (id, key and secret are read from there). lib/pusher-check.cjs checks: connection and
 # socket ids; public, private and presence subscriptions authorized by the SDK's
 # authorizeChannel; member_added / member_removed between two clients; an event triggered by the
-# SDK arrives with the exact data; socket_id exclusion; a batch; cache channels (last event,
+# SDK arrives with the exact data; socket_id exclusion; a trigger's info; a batch; cache channels (last event,
 # pusher:cache_miss); GET /channels, /channels/NAME
 # and /channels/NAME/users as the SDK reads them; a wrong secret gets 401; a bad authorization
 # gets pusher:subscription_error and the connection stays; a client event reaches the other

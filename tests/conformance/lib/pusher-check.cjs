@@ -11,7 +11,8 @@
 //   presence      the first client's members are itself; the second sees both; the first gets
 //                 member_added for the second's user; later member_removed when it disconnects
 //   trigger       an event the SDK triggers arrives with the exact data; with socket_id the
-//                 sender is skipped (it gets the next event, not that one); a batch arrives
+//                 sender is skipped (it gets the next event, not that one); a trigger with
+//                 info=subscription_count answers the channel's count; a batch arrives
 //   api           GET /channels (filter_by_prefix=presence-, info=user_count), GET
 //                 /channels/NAME (info=subscription_count), GET /channels/NAME/users answer
 //                 as the Pusher API does
@@ -174,6 +175,12 @@ async function main() {
   await server.trigger(priv, 'excl', { n: 2 });
   await secondA;
   expect(seenA.join(',') === '2', `a got only the event not excluded: [${seenA}]`);
+
+  // A trigger with info: the channel's counts right after the event.
+  const withInfo = await server.trigger(priv, 'counted', {}, { info: 'subscription_count' });
+  const counted = await withInfo.json();
+  expect(counted.channels && counted.channels[priv] && counted.channels[priv].subscription_count === 2,
+    `trigger info: ${JSON.stringify(counted)}`);
 
   const batchSeen = next(pubA, 'batched', 'the batch event');
   await server.triggerBatch([
