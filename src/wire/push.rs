@@ -38,9 +38,13 @@ pub mod broker_kind {
     pub const TEXT: u8 = b't';
     /// Bytes.
     pub const BINARY: u8 = b'b';
-    /// A Pusher event's text (its `exclude` does not cross: a socket id names a connection of
-    /// the node that took the request).
+    /// A Pusher event's text.
     pub const PUSHER: u8 = b'p';
+    /// A Pusher event that skips one connection: its id (8 bytes, big-endian), then the text.
+    /// Every node skips the connection of that id; ids of two nodes rarely coincide (each
+    /// node starts its generations elsewhere, docs/cluster.md), and a coincidence costs one
+    /// connection elsewhere one event.
+    pub const PUSHER_EXCLUDING: u8 = b'P';
 }
 
 impl Body {
@@ -52,7 +56,20 @@ impl Body {
             Body::Json(b) => (broker_kind::JSON, b),
             Body::Text(b) => (broker_kind::TEXT, b),
             Body::Binary(b) => (broker_kind::BINARY, b),
-            Body::Pusher { text, .. } => (broker_kind::PUSHER, text),
+            Body::Pusher {
+                text,
+                exclude: Some(id),
+            } => {
+                let mut out = Vec::with_capacity(9 + text.len());
+                out.push(broker_kind::PUSHER_EXCLUDING);
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(text);
+                return Bytes::from(out);
+            }
+            Body::Pusher {
+                text,
+                exclude: None,
+            } => (broker_kind::PUSHER, text),
         };
         let mut out = Vec::with_capacity(1 + bytes.len());
         out.push(kind);
@@ -78,6 +95,14 @@ impl Body {
                 Some(Body::Pusher {
                     text: bytes,
                     exclude: None,
+                })
+            }
+            broker_kind::PUSHER_EXCLUDING => {
+                let id = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+                serde_json::from_slice::<serde::de::IgnoredAny>(&rest[8..]).ok()?;
+                Some(Body::Pusher {
+                    text: payload.slice(9..),
+                    exclude: Some(id),
                 })
             }
             _ => None,
@@ -279,7 +304,28 @@ mod tests {
             let back = Body::from_broker(&body.to_broker()).expect("decodes");
             assert_eq!(encode_message("c", 1, &back), encode_message("c", 1, &body));
         }
-        for bad in [&b""[..], b"x123", b"j{", b"t\xff"] {
+        for exclude in [None, Some(0u64), Some(u64::MAX >> 11)] {
+            let body = Body::Pusher {
+                text: Bytes::from_static(br#"{"event":"e","channel":"c","data":"x"}"#),
+                exclude,
+            };
+            match Body::from_broker(&body.to_broker()) {
+                Some(Body::Pusher { text, exclude: e }) => {
+                    assert_eq!(&text[..], br#"{"event":"e","channel":"c","data":"x"}"#);
+                    assert_eq!(e, exclude);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for bad in [
+            &b""[..],
+            b"x123",
+            b"j{",
+            b"t\xff",
+            b"p{",
+            b"P1234567",
+            b"P12345678{",
+        ] {
             assert!(
                 Body::from_broker(&Bytes::copy_from_slice(bad)).is_none(),
                 "{bad:?}"
