@@ -162,6 +162,40 @@ pub struct Limits {
     /// message. Also a compressed version that is not smaller than the plain one is not sent.
     /// Memory: none (the owner's compressor, ≈300 KiB per shard, exists once `deflate` is on).
     pub deflate_min_bytes: usize,
+    /// Members listed in a Pusher presence channel's `subscription_succeeded` and in
+    /// `GET /apps/{id}/channels/{name}/users` (Pusher's own limit is 100 members). Overflow: the
+    /// list stops there (the first members by id, and always the subscriber itself, where
+    /// pusher-js looks for `me`) while `count` stays the true number, counted
+    /// (`pusher_members_truncated`). Memory: the list is built once per subscription at the
+    /// channel's owner, about 100 bytes per member listed.
+    pub pusher_presence_members_max: usize,
+    /// Largest Pusher event `data` (HTTP API `data`, client event `data`), in bytes (Pusher's
+    /// own limit is 10 KB). Overflow: HTTP 413, or `pusher:error` 4301 for a client event,
+    /// counted (`pusher_errors`). Memory: the event is encoded once per message at the owner.
+    pub pusher_event_bytes_max: usize,
+    /// Channels one HTTP API `POST /apps/{id}/events` may name (Pusher: 100). Overflow: HTTP 400.
+    pub pusher_channels_per_event_max: usize,
+    /// Events in one `POST /apps/{id}/batch_events` (Pusher: 10). Overflow: HTTP 400.
+    pub pusher_batch_events_max: usize,
+    /// Longest Pusher channel name, in bytes (Pusher: 164). Overflow: `pusher:error` 4009 on
+    /// subscribe, HTTP 400 on the API.
+    pub pusher_channel_name_bytes_max: usize,
+    /// How far a signed HTTP API request's `auth_timestamp` may be from the server's clock, in
+    /// seconds (Pusher: 600). Overflow: HTTP 401, counted (`pusher_api_refusals`).
+    pub pusher_timestamp_skew_s: u64,
+    /// Time a Pusher client has to answer the server's `pusher:ping` (sent after
+    /// `activity_timeout_s` of silence) before it is closed with 4201 (pusher-js then
+    /// reconnects); pusher-js's own `pongTimeout` is 30 s.
+    pub pusher_pong_timeout_ms: u64,
+    /// How long a Pusher cache channel keeps its last event, in seconds (Pusher: 30 minutes).
+    /// Overflow: older, the event is forgotten and a new subscriber gets `pusher:cache_miss`.
+    /// Memory: one event per cache channel at its owner, within `history_bytes_per_shard_max`.
+    pub pusher_cache_ttl_s: u64,
+    /// Client events (`client-*`) one Pusher connection may send per second, burst one second's
+    /// worth (Pusher: 10). Overflow: the event is dropped with `pusher:error` 4301, the
+    /// connection stays, counted (`pusher_client_events_limited`). Memory: 8 bytes in the
+    /// extension of a connection that sends client events.
+    pub pusher_client_events_per_s: u32,
 }
 
 impl Default for Limits {
@@ -209,6 +243,15 @@ impl Default for Limits {
             http_idle_timeout_ms: 60_000,
             drain_window_ms: 30_000,
             deflate_min_bytes: 256,
+            pusher_presence_members_max: 100,
+            pusher_event_bytes_max: 10 * 1024,
+            pusher_channels_per_event_max: 100,
+            pusher_batch_events_max: 10,
+            pusher_channel_name_bytes_max: 164,
+            pusher_timestamp_skew_s: 600,
+            pusher_pong_timeout_ms: 30_000,
+            pusher_cache_ttl_s: 1800,
+            pusher_client_events_per_s: 10,
         }
     }
 }
@@ -508,8 +551,120 @@ pub struct Config {
     /// Broker channels applications publish to, mapped onto connections, users or channels
     /// (`[[redis_input]]`, docs/cluster.md); needs `[cluster] redis`.
     pub redis_input: Vec<crate::broker::config::RedisInput>,
+    /// The Pusher Channels protocol endpoint (`[[pusher.apps]]`, docs/pusher.md); off without
+    /// apps.
+    pub pusher: PusherConfig,
     /// Every bound.
     pub limits: Limits,
+}
+
+/// `[pusher]`: the applications Pusher clients (pusher-js, Laravel Echo) and the Pusher server
+/// SDKs connect to, on `/app/{key}` and `/apps/{id}/...` (docs/pusher.md).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PusherConfig {
+    /// The applications; each is isolated from the others and from `/ws`.
+    pub apps: Vec<PusherApp>,
+}
+
+/// Whether clients of a Pusher app may send `client-*` events.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientEvents {
+    /// Refused with `pusher:error` 4301 (Pusher's default).
+    #[default]
+    Off,
+    /// Allowed on private and presence channels the sender subscribes to.
+    Members,
+}
+
+/// One Pusher application (`[[pusher.apps]]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PusherApp {
+    /// The app id of the HTTP API (`/apps/{id}/events`): `[A-Za-z0-9_-]`, 1 to 64 bytes.
+    pub id: String,
+    /// The public key clients connect with (`/app/{key}`) and requests are signed with.
+    pub key: String,
+    /// The secret that signs channel authorizations and API requests.
+    pub secret: String,
+    /// Origins whose pages may connect to this app (as the top-level `allowed_origins`); empty:
+    /// any.
+    pub allowed_origins: Vec<String>,
+    /// Client events (`client-*`): `off` or `members`.
+    pub client_events: ClientEvents,
+    /// Open connections of this app, split evenly over the shards (ceil(max / shards) per
+    /// shard, as `conns_per_ip_max`); 0: no limit. Overflow: `pusher:error` 4004 and close 4004,
+    /// counted (`pusher_refusals`).
+    pub max_connections: usize,
+    /// The `activity_timeout` told to clients, in seconds (pusher-js pings after this much
+    /// silence); the server sends `pusher:ping` after this much silence from the client and
+    /// closes it with 4201 when `pusher_pong_timeout_ms` more pass. Pusher's own is 120.
+    pub activity_timeout_s: u64,
+}
+
+impl Default for PusherApp {
+    fn default() -> Self {
+        PusherApp {
+            id: String::new(),
+            key: String::new(),
+            secret: String::new(),
+            allowed_origins: Vec::new(),
+            client_events: ClientEvents::Off,
+            max_connections: 0,
+            activity_timeout_s: 120,
+        }
+    }
+}
+
+impl PusherConfig {
+    /// Checks the apps: ids and keys present, well-formed and unique, secrets present.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        let mut ids = std::collections::BTreeSet::new();
+        let mut keys = std::collections::BTreeSet::new();
+        let token_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        for (i, app) in self.apps.iter().enumerate() {
+            let at = format!("pusher.apps[{i}]");
+            if !token_ok(&app.id) {
+                errors.push(format!(
+                    "{at}.id must be 1 to 64 characters of [A-Za-z0-9_-]"
+                ));
+            }
+            if !token_ok(&app.key) {
+                errors.push(format!(
+                    "{at}.key must be 1 to 64 characters of [A-Za-z0-9_-]"
+                ));
+            }
+            if app.secret.is_empty() {
+                errors.push(format!("{at}.secret must not be empty"));
+            }
+            if !ids.insert(app.id.as_str()) {
+                errors.push(format!("{at}.id {:?} is used by another app", app.id));
+            }
+            if !keys.insert(app.key.as_str()) {
+                errors.push(format!("{at}.key {:?} is used by another app", app.key));
+            }
+            if app.activity_timeout_s == 0 || app.activity_timeout_s > 3600 {
+                errors.push(format!(
+                    "{at}.activity_timeout_s must be between 1 and 3600"
+                ));
+            }
+            if let Err(e) = crate::auth::OriginPolicy::parse(&app.allowed_origins) {
+                errors.push(format!("{at}.allowed_origins: {e}"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
 }
 
 /// The event loop under the engine (see docs/architecture.md, "Drivers").
@@ -554,6 +709,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             cluster: crate::broker::config::ClusterConfig::default(),
             redis_input: Vec::new(),
+            pusher: PusherConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -573,6 +729,7 @@ impl Config {
         config.limits.validate()?;
         config.cluster.validate()?;
         crate::broker::config::validate_inputs(&config.redis_input, &config.cluster)?;
+        config.pusher.validate()?;
         Ok(config)
     }
 }
@@ -642,6 +799,7 @@ pub fn reload(old: &Config, new: &Config) -> Reload {
     restart_if(old.control != new.control, "control", &mut needs_restart);
     restart_if(old.http != new.http, "http", &mut needs_restart);
     restart_if(old.cluster != new.cluster, "cluster", &mut needs_restart);
+    restart_if(old.pusher != new.pusher, "pusher", &mut needs_restart);
     restart_if(
         old.redis_input != new.redis_input,
         "redis_input",
@@ -682,6 +840,41 @@ pub fn reload(old: &Config, new: &Config) -> Reload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pusher_apps_are_checked_at_load() {
+        let ok = r#"
+            [[pusher.apps]]
+            id = "1"
+            key = "k1"
+            secret = "s1"
+            [[pusher.apps]]
+            id = "2"
+            key = "k2"
+            secret = "s2"
+            client_events = "members"
+            activity_timeout_s = 60
+        "#;
+        let c = Config::from_toml(ok).unwrap();
+        assert_eq!(c.pusher.apps.len(), 2);
+        assert_eq!(c.pusher.apps[0].activity_timeout_s, 120);
+        assert_eq!(c.pusher.apps[1].client_events, ClientEvents::Members);
+        let dup = ok.replace("id = \"2\"", "id = \"1\"").replace("k2", "k1");
+        let e = Config::from_toml(&dup).unwrap_err();
+        assert!(e.contains("id \"1\" is used by another app"), "{e}");
+        assert!(e.contains("key \"k1\" is used by another app"), "{e}");
+        let e = Config::from_toml(&ok.replace("secret = \"s1\"", "secret = \"\"")).unwrap_err();
+        assert!(e.contains("pusher.apps[0].secret must not be empty"), "{e}");
+        let e = Config::from_toml(&ok.replace("id = \"1\"", "id = \"a#b\"")).unwrap_err();
+        assert!(e.contains("pusher.apps[0].id"), "{e}");
+        assert!(
+            Config::from_toml(
+                &ok.replace("client_events = \"members\"", "client_events = \"all\"")
+            )
+            .is_err()
+        );
+        assert_eq!(reload(&Config::default(), &c).needs_restart, ["pusher"]);
+    }
 
     #[test]
     fn example_config_parses() {

@@ -17,10 +17,10 @@
 //!   close codes;
 //! - [`http`]: sans-IO HTTP/1.1 for the API listener: keep-alive requests, responses, queries;
 //! - [`wire`]: what clients read: the `/ws` envelope and commands, payloads encoded once in both
-//!   formats, the stable error codes;
+//!   formats, the Pusher Channels protocol of `/app/{key}`, the stable error codes;
 //! - [`control`]: the sans-IO control protocol: line splitting, request parsing, reply lines;
-//! - [`auth`]: who may connect, sans-IO: JWT connection tokens (time is an argument) and the
-//!   `Origin` allowlist;
+//! - [`auth`]: who may connect, sans-IO: JWT connection tokens (time is an argument), the
+//!   `Origin` allowlist, Pusher's channel authorizations and signed API requests;
 //! - [`channel`]: pub/sub state as plain data: local subscriber index, the owner's sequence;
 //! - [`xshard`]: bounded SPSC rings between shards, the overflow queue, the eventfd doorbell;
 //! - [`broker`]: the seam to a broker shared by several nodes (commands, events, the bounded

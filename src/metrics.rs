@@ -196,6 +196,43 @@ const HELP: &[(&str, &str)] = &[
         "Upgrades refused for their Origin (403).",
     ),
     (
+        "pusher_conns",
+        "Pusher connections opened on /app/{key} (connection_established sent).",
+    ),
+    (
+        "pusher_refusals",
+        "Pusher connections refused after the upgrade (unknown key, old protocol, origin, max_connections).",
+    ),
+    (
+        "pusher_errors",
+        "pusher:error replies for bad client input (not JSON, unknown event, bad channel, limits).",
+    ),
+    (
+        "pusher_auth_failures",
+        "Pusher subscriptions refused for their authorization (4009).",
+    ),
+    (
+        "pusher_timeouts",
+        "Pusher connections closed silent past activity_timeout_s + pusher_pong_timeout_ms (4201).",
+    ),
+    ("pusher_client_events", "Pusher client events relayed."),
+    (
+        "pusher_client_events_limited",
+        "Pusher client events dropped over pusher_client_events_per_s (4301).",
+    ),
+    (
+        "pusher_api_requests",
+        "Pusher HTTP API requests whose signature verified.",
+    ),
+    (
+        "pusher_api_refusals",
+        "Pusher HTTP API requests refused (401 signature, 403 app, 400, 413).",
+    ),
+    (
+        "pusher_members_truncated",
+        "Pusher member lists cut at pusher_presence_members_max.",
+    ),
+    (
         "pongs_conflated",
         "Pongs replaced by a newer one still queued.",
     ),

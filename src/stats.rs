@@ -154,6 +154,26 @@ pub struct Counters {
     pub idempotency_evictions: u64,
     /// Handshakes refused with 403 because their Origin is not allowed.
     pub origin_refusals: u64,
+    /// Pusher connections opened on /app/{key} (connection_established sent).
+    pub pusher_conns: u64,
+    /// Pusher connections refused after the upgrade (unknown key, old protocol, origin, max_connections).
+    pub pusher_refusals: u64,
+    /// pusher:error replies for bad client input (not JSON, unknown event, bad channel, limits).
+    pub pusher_errors: u64,
+    /// Pusher subscriptions refused for their authorization (4009).
+    pub pusher_auth_failures: u64,
+    /// Pusher connections closed silent past activity_timeout_s + pusher_pong_timeout_ms (4201).
+    pub pusher_timeouts: u64,
+    /// Pusher client events relayed.
+    pub pusher_client_events: u64,
+    /// Pusher client events dropped over pusher_client_events_per_s (4301).
+    pub pusher_client_events_limited: u64,
+    /// Pusher HTTP API requests whose signature verified.
+    pub pusher_api_requests: u64,
+    /// Pusher HTTP API requests refused (401 signature, 403 app, 400, 413).
+    pub pusher_api_refusals: u64,
+    /// Pusher member lists cut at pusher_presence_members_max.
+    pub pusher_members_truncated: u64,
     /// Pongs that replaced a pong still queued for a client whose queue backs up (only the
     /// latest ping is answered, RFC 6455 §5.5.3).
     pub pongs_conflated: u64,
@@ -361,6 +381,16 @@ impl Counters {
         self.control_refusals += other.control_refusals;
         self.pongs_skipped += other.pongs_skipped;
         self.origin_refusals += other.origin_refusals;
+        self.pusher_conns += other.pusher_conns;
+        self.pusher_refusals += other.pusher_refusals;
+        self.pusher_errors += other.pusher_errors;
+        self.pusher_auth_failures += other.pusher_auth_failures;
+        self.pusher_timeouts += other.pusher_timeouts;
+        self.pusher_client_events += other.pusher_client_events;
+        self.pusher_client_events_limited += other.pusher_client_events_limited;
+        self.pusher_api_requests += other.pusher_api_requests;
+        self.pusher_api_refusals += other.pusher_api_refusals;
+        self.pusher_members_truncated += other.pusher_members_truncated;
         self.publish_retries += other.publish_retries;
         self.idempotency_evictions += other.idempotency_evictions;
         self.conflated += other.conflated;

@@ -1399,3 +1399,6 @@ mod http;
 
 #[path = "e2e/deflate.rs"]
 mod deflate;
+
+#[path = "e2e/pusher.rs"]
+mod pusher;

@@ -14,8 +14,9 @@
 #                page in Chromium, the user examples (login timeout, online users, event
 #                consumer; PHP with Chromium or Python clients), the HTTP listener (`--http`: an
 #                HTTP smoke, the real Prometheus scraping /metrics, the dashboard in Chromium under
-#                load), then stop the server with SIGTERM; then the seed examples 03-05, each
-#                on a server of its own on the same driver (tests/conformance/seeds.sh)
+#                load), the Pusher endpoint with pusher-js and the pusher server SDK, then stop
+#                the server with SIGTERM; then the seed examples 03-05, each on a server of its
+#                own on the same driver (tests/conformance/seeds.sh)
 #   (no PHASE: cargo, then conformance)
 #
 # Environment (all optional):
@@ -67,6 +68,7 @@ HTTP_LIMIT_S="${HTTP_LIMIT_S:-90}"
 PROMETHEUS_LIMIT_S="${PROMETHEUS_LIMIT_S:-300}"
 DASHBOARD_LIMIT_S="${DASHBOARD_LIMIT_S:-180}"
 SEEDS_LIMIT_S="${SEEDS_LIMIT_S:-240}"
+PUSHER_LIMIT_S="${PUSHER_LIMIT_S:-90}"
 STOP_LIMIT_S="${STOP_LIMIT_S:-20}"
 # Hard bound on the server's life, whatever happens to this script.
 SERVER_LIFETIME_S="${SERVER_LIFETIME_S:-3600}"
@@ -434,6 +436,9 @@ http_checks() {
   check http "$HTTP_LIMIT_S" bash "$CONF/http.sh" "$http" "$ws" "$SHARDS"
   check prometheus "$PROMETHEUS_LIMIT_S" bash "$CONF/prometheus.sh" "$http" "$ws" "$SHARDS" "$REPORT_DIR"
   check dashboard "$DASHBOARD_LIMIT_S" bash "$CONF/dashboard.sh" "$http" "$ws" "$REPORT_DIR"
+  # The Pusher endpoint with pusher-js and the pusher server SDK (the [[pusher.apps]] of
+  # tests/conformance/smoke.toml; tests/conformance/pusher.sh).
+  check pusher "$PUSHER_LIMIT_S" bash "$CONF/pusher.sh" "$http" "$ws"
 }
 
 # The seed scenarios examples/03-group-chat, 04-push-every-second and 05-task-progress, each on

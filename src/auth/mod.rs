@@ -1,5 +1,6 @@
-//! Who may connect, sans-IO: connection tokens (JWT, verified against a configured key) and the
-//! `Origin` allowlist of the WebSocket handshake.
+//! Who may connect, sans-IO: connection tokens (JWT, verified against a configured key), the
+//! `Origin` allowlist of the WebSocket handshake, and Pusher's HMAC signatures (channel
+//! authorizations and signed HTTP API requests, [`pusher`]).
 //!
 //! Owns: the [`Verifier`] (one key, one algorithm), the [`TokenLimits`] a token is held to, the
 //! [`Claims`] ringcast takes from a token, the [`TokenError`] taxonomy with its wire codes, and the
@@ -15,6 +16,7 @@
 
 pub mod jwt;
 pub mod origin;
+pub mod pusher;
 
 pub use jwt::{Algorithm, Claims, KeyError, TokenError, TokenLimits, Verifier, sign_hs256};
 pub use origin::OriginPolicy;

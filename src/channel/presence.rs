@@ -89,6 +89,11 @@ impl ChannelPresence {
         self.conns == 0
     }
 
+    /// The member `user`, if it is in the channel.
+    pub fn member(&self, user: &str) -> Option<(&Arc<str>, &Member)> {
+        self.users.get_key_value(user)
+    }
+
     /// Users after `after`, in order, at most `limit`.
     pub fn page(
         &self,

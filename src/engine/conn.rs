@@ -50,7 +50,17 @@ pub enum Endpoint {
     },
     /// A backend on the control socket (newline-delimited JSON, no WebSocket).
     Control,
+    /// `/app/{key}`: a Pusher Channels client of app `app` (its index in `[[pusher.apps]]`;
+    /// `REFUSED_APP` while a refused one gets its error and close).
+    Pusher {
+        /// The app's index.
+        app: u16,
+    },
 }
+
+/// The app index of a Pusher connection that is being refused (unknown key, old protocol,
+/// origin, quota): it counts against no app.
+pub const REFUSED_APP: u16 = u16::MAX;
 
 impl Endpoint {
     /// Whether permessage-deflate was agreed (kept here, not in a flag bit, so `Conn` does not
@@ -63,7 +73,7 @@ impl Endpoint {
     pub fn deflate_window_bits(self) -> u8 {
         match self {
             Endpoint::Echo { deflate } | Endpoint::Push { deflate, .. } => deflate,
-            Endpoint::None | Endpoint::Control => 0,
+            Endpoint::None | Endpoint::Control | Endpoint::Pusher { .. } => 0,
         }
     }
 
@@ -115,6 +125,28 @@ pub struct Ext {
     pub conflated: Vec<(crate::channel::local::LocalId, bytes::Bytes)>,
     /// Who the connection is (a token, or `bind_user`); `None`: anonymous.
     pub identity: Option<super::identity::Identity>,
+    /// A Pusher connection's presence memberships: the user its `channel_data` named in each
+    /// presence channel it subscribes to (one per subscription, so bounded by
+    /// `channels_per_conn_max`).
+    pub pusher_members: Vec<PusherMember>,
+    /// The user a Pusher connection signed in as (`pusher:signin`).
+    pub pusher_user: Option<std::sync::Arc<str>>,
+    /// A Pusher connection's client-event bucket: events it may still send
+    /// (`pusher_client_events_per_s`).
+    pub client_event_tokens: u32,
+    /// The tick of the bucket's last refill; `None` before the first client event.
+    pub client_event_tick: Option<u32>,
+}
+
+/// The member a Pusher connection is in one presence channel.
+#[derive(Debug, Clone)]
+pub struct PusherMember {
+    /// The internal channel name.
+    pub channel: std::sync::Arc<str>,
+    /// `user_id`.
+    pub user: std::sync::Arc<str>,
+    /// `user_info` (JSON text).
+    pub info: Option<std::sync::Arc<str>>,
 }
 
 impl Ext {
@@ -125,6 +157,8 @@ impl Ext {
             && self.peer.is_none()
             && self.head.is_empty()
             && self.identity.is_none()
+            && self.pusher_members.is_empty()
+            && self.pusher_user.is_none()
     }
 }
 

@@ -28,7 +28,7 @@ type Position = Option<(u64, u64)>;
 
 /// What a pending reply accumulates.
 #[derive(Debug)]
-enum Acc {
+pub(super) enum Acc {
     /// One publish: offset and epoch.
     Publish(Position),
     /// One publish with a delivery report: offset and epoch, connections reached, slow ones,
@@ -83,6 +83,48 @@ enum Acc {
     Json(Option<String>),
     /// A complete HTTP response (an HTTP connection's answer that needs no executor).
     Raw(Vec<u8>),
+    /// A fixed result, once every part (publishes, for the Pusher API's events) arrived.
+    Fixed(&'static str),
+    /// Pusher channels from their owners (the Pusher API's channel queries).
+    PusherChannels {
+        /// Internal names with connections and users.
+        map: BTreeMap<Arc<str>, (u64, u64)>,
+        /// Which counts to show.
+        info: super::pusher::Info,
+        /// The answer's shape.
+        shape: super::pusher::Shape,
+    },
+}
+
+impl Acc {
+    /// `text` once every part arrived.
+    pub(super) fn fixed(text: &'static str) -> Acc {
+        Acc::Fixed(text)
+    }
+
+    /// Pusher channel counts, rendered as the Pusher API answers.
+    pub(super) fn pusher_channels(info: super::pusher::Info, shape: super::pusher::Shape) -> Acc {
+        Acc::PusherChannels {
+            map: BTreeMap::new(),
+            info,
+            shape,
+        }
+    }
+
+    /// A Pusher trigger's answer with `info`: the counts of every channel it went to (0 for
+    /// one its owner has nobody in).
+    pub(super) fn pusher_trigger(info: super::pusher::Info, channels: &[Arc<str>]) -> Acc {
+        Acc::PusherChannels {
+            map: channels.iter().map(|c| (c.clone(), (0, 0))).collect(),
+            info,
+            shape: super::pusher::Shape::Trigger,
+        }
+    }
+
+    /// A JSON result rendered by the shard that has it.
+    pub(super) fn json() -> Acc {
+        Acc::Json(None)
+    }
 }
 
 #[derive(Debug)]
@@ -355,6 +397,10 @@ fn result_of(p: &Pending) -> String {
             let _ = write!(out, "{{\"connections\":{n}}}");
         }
         Acc::Ready(text) => out.push_str(text),
+        Acc::Fixed(text) => out.push_str(text),
+        Acc::PusherChannels { map, info, shape } => {
+            out.push_str(&super::pusher::render_channels(map, *info, *shape))
+        }
         Acc::Raw(_) => {}
         Acc::Json(text) => out.push_str(text.as_deref().unwrap_or("{}")),
     }
@@ -517,7 +563,7 @@ impl Engine {
     }
 
     /// Marks a control connection as a publisher; pauses it at once if publishers are paused.
-    fn mark_publisher(&mut self, slot: usize) {
+    pub(super) fn mark_publisher(&mut self, slot: usize) {
         let Some(state) = self.conns[slot].control() else {
             return;
         };
@@ -1357,7 +1403,7 @@ impl Engine {
 
     /// Adds a pending reply expecting `parts` parts; `None` (and the connection closed) when the
     /// connection already has `control_pending_max` replies pending.
-    fn await_parts(
+    pub(super) fn await_parts(
         &mut self,
         slot: usize,
         id: Option<&str>,
@@ -1545,6 +1591,12 @@ impl Engine {
                 }
             }
             (Part::Count(n), Acc::Count(total)) => *total += n,
+            (Part::Published { .. }, Acc::Fixed(_) | Acc::PusherChannels { .. }) => {}
+            (Part::PusherChannels(list), Acc::PusherChannels { map, .. }) => {
+                for (name, conns, users) in list {
+                    map.insert(name, (conns, users));
+                }
+            }
             (Part::Json(text), Acc::Json(slot_text)) => *slot_text = Some(text),
             (Part::Done, _) => {}
             (part, acc) => debug_assert!(false, "reply part {part:?} does not fit {acc:?}"),
@@ -1798,6 +1850,9 @@ impl Engine {
                 list.truncate(limit + 1);
                 Part::Channels(list)
             }
+            query @ (Query::PusherChannels { .. }
+            | Query::PusherUsers { .. }
+            | Query::PusherTerminate { .. }) => super::pusher::answer(self, query),
         };
         self.send_x(reply.shard as usize, XMsg::Reply { to: reply, part });
     }

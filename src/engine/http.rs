@@ -188,7 +188,7 @@ impl Engine {
         }
     }
 
-    fn http_json_error(&mut self, slot: usize, status: u16, code: &str, message: &str) {
+    pub(super) fn http_json_error(&mut self, slot: usize, status: u16, code: &str, message: &str) {
         let extra: &[(&str, &str)] = if status == 401 {
             &[("WWW-Authenticate", "Bearer")]
         } else {
@@ -243,6 +243,9 @@ impl Engine {
             "/" | "/dashboard" => {
                 let ctype = "text/html; charset=utf-8";
                 self.reply_raw(slot, page(200, ctype, DASHBOARD.as_bytes()))
+            }
+            _ if path.starts_with("/apps/") && self.pusher.is_some() => {
+                self.on_pusher_api(slot, &request)
             }
             _ => match path.strip_prefix("/api/") {
                 Some(method) if API_METHODS.contains(&method) => {

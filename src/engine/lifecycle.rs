@@ -78,9 +78,26 @@ impl Engine {
         let mut url_channels = Vec::new();
         let mut url_since = Vec::new();
         let mut url_claims = None;
-        // RFC 7692 §5: the client offered it and this server is configured to take it up.
-        let deflate = request.deflate_offer.filter(|_| self.config.deflate);
+        // RFC 7692 §5: the client offered it and this server is configured to take it up
+        // (not on `/app/{key}`: Pusher's events are encoded once for plain frames only).
+        let pusher_key = request
+            .path
+            .strip_prefix("/app/")
+            .filter(|_| self.pusher.is_some());
+        let deflate = request
+            .deflate_offer
+            .filter(|_| self.config.deflate && pusher_key.is_none());
+        let mut pusher_route = None;
         let endpoint = match request.path.as_str() {
+            _ if pusher_key.is_some() => {
+                let route = self.pusher_route(pusher_key.unwrap_or(""), &request);
+                let app = match route {
+                    Ok(app) => app,
+                    Err(_) => super::conn::REFUSED_APP,
+                };
+                pusher_route = Some(route);
+                Endpoint::Pusher { app }
+            }
             "/echo" if self.config.echo => Endpoint::Echo {
                 deflate: deflate.unwrap_or(0),
             },
@@ -134,6 +151,9 @@ impl Engine {
         self.wheel.remove(slot);
         if matches!(endpoint, Endpoint::Push { .. }) && ping_ms > 0 {
             self.wheel.insert(slot, now + limits_ticks(ping_ms));
+        }
+        if let Some(route) = pusher_route {
+            return self.pusher_open(slot, route, rest);
         }
         if let Endpoint::Push { raw: false, .. } = endpoint {
             let welcome = envelope::welcome(self.conn_id(slot).get());
@@ -225,7 +245,9 @@ impl Engine {
         let endpoint = conn.endpoint;
         // The token bucket of /ws clients: refilled from the ticks elapsed, burst of one second.
         let rate = match endpoint {
-            Endpoint::Push { .. } => self.config.limits.client_messages_per_s,
+            Endpoint::Push { .. } | Endpoint::Pusher { .. } => {
+                self.config.limits.client_messages_per_s
+            }
             _ => 0,
         };
         if rate > 0 {
@@ -429,7 +451,8 @@ impl Engine {
             self.on_command(slot, &command);
         }
         if limited {
-            return self.fail(slot, close::RATE_LIMITED);
+            let code = self.pusher_close_code(slot, close::RATE_LIMITED);
+            return self.fail(slot, code);
         }
         if binary_on_ws {
             return self.fail(slot, close::UNSUPPORTED_DATA);
@@ -507,7 +530,8 @@ impl Engine {
         if conn.state == State::Open {
             conn.out.discard_queued(&mut self.owed);
         }
-        self.start_close(slot, close::SLOW_CONSUMER);
+        let code = self.pusher_close_code(slot, close::SLOW_CONSUMER);
+        self.start_close(slot, code);
     }
 
     /// Queues a data frame for `slot`, closing it as a slow consumer when its queue is full.

@@ -13,6 +13,8 @@
 //! - [`identity`]: connection tokens, users, token expiry, namespace access rules;
 //! - [`users`]: the user registry at each user's owner shard, and user addressing;
 //! - [`presence`]: presence by user at each channel's owner, join/leave news;
+//! - [`pusher`]: the Pusher Channels endpoint (`/app/{key}`, `/apps/{id}/...`) on the same
+//!   channels, presence and fan-out, for the apps of `[[pusher.apps]]`;
 //! - [`events`]: the backend event stream (consumers, groups, per-shard sequences);
 //! - [`http`]: HTTP connections: metrics, health, the dashboard, the HTTP API on the control
 //!   executor;
@@ -37,6 +39,7 @@ pub mod lifecycle;
 pub mod outbound;
 pub mod presence;
 pub mod pubsub;
+pub mod pusher;
 pub mod users;
 pub mod xmsg;
 
@@ -279,6 +282,9 @@ pub struct Engine {
     inflated: Vec<u8>,
     /// Clustered channels (`[cluster]`); none on a single node.
     cluster: Option<Box<cluster::Cluster>>,
+    /// The Pusher apps (`[[pusher.apps]]`); none without apps, so `/app/` and `/apps/` are
+    /// unknown paths and nothing of Pusher runs.
+    pusher: Option<Box<pusher::PusherApps>>,
     // Cross-shard rings.
     outboxes: Vec<Option<Outbox<XMsg>>>,
     inbox: Inbox<XMsg>,
@@ -376,6 +382,7 @@ impl Engine {
                     ^ (setup.index as u64).wrapping_mul(0xff51_afd7_ed55_8ccd);
                 Box::new(cluster::Cluster::new(c, seed))
             }),
+            pusher: pusher::PusherApps::new(&setup.config.pusher).map(Box::new),
             outboxes: setup.mesh.outboxes,
             inbox: setup.mesh.inbox,
             self_queue: VecDeque::new(),
@@ -675,6 +682,9 @@ impl Engine {
                     self.free(slot, 0);
                 }
                 State::Open if conn.endpoint == Endpoint::Control => self.control_deadline(slot),
+                State::Open if matches!(conn.endpoint, Endpoint::Pusher { .. }) => {
+                    self.pusher_deadline(slot)
+                }
                 State::Open => self.on_open_deadline(slot),
                 State::Closing | State::Draining => {
                     let code = conn.close_code;
@@ -1030,6 +1040,9 @@ impl Engine {
             self.handshaking -= 1;
         }
         self.leave_all(slot);
+        if let Endpoint::Pusher { app } = self.conns[slot].endpoint {
+            self.pusher_closed(app);
+        }
         let is_push = matches!(self.conns[slot].endpoint, Endpoint::Push { .. });
         if is_push {
             if let Some(user) = self.user_of(slot) {

@@ -25,9 +25,20 @@ impl Engine {
     /// Tells the owner of local channel `local` that `slot` joined (or left) it, under the
     /// connection's current identity.
     pub(super) fn presence_delta(&mut self, slot: usize, name: Arc<str>, join: bool) {
-        let (user, info) = match self.identity(slot) {
-            Some(i) => (i.user.clone(), if join { i.info.clone() } else { None }),
-            None => (None, None),
+        let (user, info) = if let Endpoint::Pusher { .. } = self.conns[slot].endpoint {
+            // A Pusher connection is a member per presence channel, as its `channel_data` said.
+            match self.pusher_member(slot, &name) {
+                Some(m) => (
+                    Some(m.user.clone()),
+                    if join { m.info.clone() } else { None },
+                ),
+                None => (None, None),
+            }
+        } else {
+            match self.identity(slot) {
+                Some(i) => (i.user.clone(), if join { i.info.clone() } else { None }),
+                None => (None, None),
+            }
         };
         let owner = channel::owner_of(&name, self.shards);
         self.send_x(
@@ -79,6 +90,9 @@ impl Engine {
         let Some(user) = user else {
             return;
         };
+        if crate::wire::pusher::is_internal(&name) {
+            return self.pusher_news(&name, &user, joined.then_some(info).flatten(), joined);
+        }
         let join_leave = self
             .config
             .namespaces
@@ -100,13 +114,14 @@ impl Engine {
                 XMsg::Notify {
                     channel: name.clone(),
                     frame: frame.clone(),
+                    skip_user: None,
                 },
             );
         }
     }
 
     /// Queues a presence news frame to this shard's envelope-format subscribers of `name`.
-    pub(super) fn on_notify(&mut self, name: &str, frame: &Bytes) {
+    pub(super) fn on_notify(&mut self, name: &str, frame: &Bytes, skip_user: Option<&str>) {
         let Some(id) = self.local.find(name) else {
             return;
         };
@@ -117,9 +132,15 @@ impl Engine {
         for slot in subscribers {
             let slot = slot as usize;
             let conn = &self.conns[slot];
-            if conn.state != State::Open
-                || !matches!(conn.endpoint, Endpoint::Push { raw: false, .. })
-            {
+            let reads_news = match conn.endpoint {
+                Endpoint::Push { raw, .. } => !raw,
+                Endpoint::Pusher { .. } => {
+                    skip_user.is_none()
+                        || self.pusher_member(slot, name).map(|m| &*m.user) != skip_user
+                }
+                _ => false,
+            };
+            if conn.state != State::Open || !reads_news {
                 continue;
             }
             if self.queue_data(slot, frame.clone()) != Enqueue::Enqueued {

@@ -315,7 +315,39 @@ impl Engine {
                 limit,
                 reply,
             } => self.on_presence_ask(&channel, stats, after.as_deref(), limit, reply),
-            XMsg::Notify { channel, frame } => self.on_notify(&channel, &frame),
+            XMsg::Notify {
+                channel,
+                frame,
+                skip_user,
+            } => self.on_notify(&channel, &frame, skip_user.as_deref()),
+            XMsg::PusherMembers {
+                channel,
+                shard,
+                slot,
+                generation,
+                since,
+                user,
+            } => self.on_pusher_members(channel, shard, slot, generation, since, user),
+            XMsg::PusherMembersReply {
+                channel,
+                slot,
+                generation,
+                since,
+                data,
+            } => self.on_pusher_members_reply(&channel, slot, generation, since, &data),
+            XMsg::PusherCache {
+                channel,
+                shard,
+                slot,
+                generation,
+                since,
+            } => self.on_pusher_cache(channel, shard, slot, generation, since),
+            XMsg::PusherCacheReply {
+                channel,
+                slot,
+                generation,
+                cached,
+            } => self.on_pusher_cache_reply(&channel, slot, generation, cached),
             XMsg::Consumer {
                 group,
                 addr,
@@ -361,6 +393,13 @@ impl Engine {
     /// The owner: assign the next offset, encode both frames once, fan out to the shards.
     /// The channel's history settings, when its namespace keeps history: (size, ttl in ms).
     pub(super) fn history_policy(&self, name: &str) -> Option<(usize, u64)> {
+        if crate::wire::pusher::is_internal(name) {
+            // A Pusher cache channel keeps its last event; other Pusher channels none.
+            let cache =
+                crate::wire::pusher::pusher_name(name).is_some_and(crate::wire::pusher::is_cache);
+            let ttl_ms = self.config.limits.pusher_cache_ttl_s.saturating_mul(1000);
+            return cache.then_some((1, ttl_ms));
+        }
         self.config
             .namespaces
             .get(channel::namespace_of(name))
@@ -462,7 +501,15 @@ impl Engine {
     ) -> Arc<Frames> {
         let (envelope, raw) = encode_message(channel, offset, body);
         let mut frames = Frames::plain(envelope, raw);
-        if let Some(compressor) = self.compressor.as_mut() {
+        let pusher = match body {
+            crate::wire::Body::Pusher { exclude, .. } => {
+                frames.exclude = *exclude;
+                true
+            }
+            _ => false,
+        };
+        // Pusher connections never agree permessage-deflate: nothing to compress for them.
+        if let Some(compressor) = self.compressor.as_mut().filter(|_| !pusher) {
             // Once here at the owner, never per subscriber (RFC 7692 §7.2.1; without context
             // takeover the same bytes suit every deflate client).
             let min = self.config.limits.deflate_min_bytes;
@@ -527,48 +574,77 @@ impl Engine {
         let now = self.now_tick;
         let stall = self.stall_ticks;
         let mut slow = std::mem::take(&mut self.slow_scratch);
-        for &slot in &self.local.get(id).subscribers {
-            let conn = &mut self.conns[slot as usize];
-            if conn.state != State::Open {
-                continue;
-            }
-            if conn
-                .ext
-                .as_ref()
-                .is_some_and(|e| e.recovering.contains(&id))
+        // A Pusher event's `socket_id`: that connection's place in this channel's list, when it
+        // is on this shard and subscribed. The list is then walked in two parts around it, so
+        // the loop itself does no extra work per subscriber.
+        let excluded = frames
+            .exclude
+            .and_then(crate::id::ConnId::from_u64)
+            .filter(|c| c.shard() == self.index);
+        let skip_slot = excluded.map(|c| c.slot());
+        let skip = excluded.and_then(|c| {
+            let conn = self.conns.get(c.slot())?;
+            let member = conn.subs.iter().find(|m| m.channel == id)?;
+            (conn.generation == c.generation()).then_some(member.position as usize)
+        });
+        let subscribers = &self.local.get(id).subscribers;
+        let (before, after) = match skip {
+            Some(p)
+                if subscribers
+                    .get(p)
+                    .is_some_and(|&s| Some(s as usize) == skip_slot) =>
             {
-                // Its recovery's replay covers this offset and comes next.
-                continue;
+                (&subscribers[..p], &subscribers[p + 1..])
             }
-            // Lent, not cloned: a small frame is copied into the queue, a large one shared there.
-            let frame = frames.pick(conn.endpoint.raw(), conn.endpoint.deflate_window_bits());
-            // Over its limit: a conflating channel keeps the latest value instead; otherwise a
-            // reader that makes progress lags rather than being shed (`data_limit`).
-            let over = conn.out.owed_bytes() + frame.len() + FRAME_OVERHEAD > limit;
-            if over && conflate {
-                // Only the newest value matters: it waits (replacing an older one) until the
-                // queue drains; the publisher is not held back for it.
-                self.counters.conflated += 1;
-                let held = &mut conn.ext_mut().conflated;
-                match held.iter_mut().find(|(c, _)| *c == id) {
-                    Some(entry) => entry.1 = frame.clone(),
-                    None => held.push((id, frame.clone())),
+            _ => (&subscribers[..], &subscribers[..0]),
+        };
+        // Two tight loops rather than one chained iterator: no check per subscriber.
+        for part in [before, after] {
+            for &slot in part {
+                let conn = &mut self.conns[slot as usize];
+                if conn.state != State::Open {
+                    continue;
                 }
-                continue;
-            }
-            let limit = super::data_limit(conn, frame.len(), limit, now, stall, &mut self.lagging);
-            match conn.out.push_shared(frame, limit, &mut self.owed) {
-                Enqueue::Enqueued => {
-                    delivered += 1;
-                    self.counters.frames_out += 1;
-                    if conn.flags & (DIRTY | SENDING) == 0 {
-                        conn.progress_tick = now;
-                        conn.flags |= DIRTY;
-                        self.dirty.push(slot);
+                if conn
+                    .ext
+                    .as_ref()
+                    .is_some_and(|e| e.recovering.contains(&id))
+                {
+                    // Its recovery's replay covers this offset and comes next.
+                    continue;
+                }
+                // Lent, not cloned: a small frame is copied into the queue, a large one shared
+                // there.
+                let frame = frames.pick(conn.endpoint.raw(), conn.endpoint.deflate_window_bits());
+                // Over its limit: a conflating channel keeps the latest value instead; otherwise a
+                // reader that makes progress lags rather than being shed (`data_limit`).
+                let over = conn.out.owed_bytes() + frame.len() + FRAME_OVERHEAD > limit;
+                if over && conflate {
+                    // Only the newest value matters: it waits (replacing an older one) until the
+                    // queue drains; the publisher is not held back for it.
+                    self.counters.conflated += 1;
+                    let held = &mut conn.ext_mut().conflated;
+                    match held.iter_mut().find(|(c, _)| *c == id) {
+                        Some(entry) => entry.1 = frame.clone(),
+                        None => held.push((id, frame.clone())),
                     }
+                    continue;
                 }
-                Enqueue::SlowConsumer => slow.push(slot),
-                Enqueue::Closed => {}
+                let limit =
+                    super::data_limit(conn, frame.len(), limit, now, stall, &mut self.lagging);
+                match conn.out.push_shared(frame, limit, &mut self.owed) {
+                    Enqueue::Enqueued => {
+                        delivered += 1;
+                        self.counters.frames_out += 1;
+                        if conn.flags & (DIRTY | SENDING) == 0 {
+                            conn.progress_tick = now;
+                            conn.flags |= DIRTY;
+                            self.dirty.push(slot);
+                        }
+                    }
+                    Enqueue::SlowConsumer => slow.push(slot),
+                    Enqueue::Closed => {}
+                }
             }
         }
         let slow_count = slow.len() as u64;
@@ -644,10 +720,7 @@ impl Engine {
                 && conn.subs.iter().any(|m| m.channel == id);
             match position {
                 Some((offset, epoch)) if subscribed => {
-                    self.reply(
-                        slot,
-                        envelope::subscribed(&name, offset, epoch, req.as_deref()),
-                    );
+                    self.subscribed_reply(slot, &name, offset, epoch, req.as_deref());
                 }
                 Some(_) => {} // unsubscribed by the backend meanwhile
                 None => {
@@ -785,7 +858,7 @@ impl Engine {
     }
 
     /// Runs the commands a client sent while its subscription waited for the owner, in order.
-    fn replay_deferred(&mut self, slot: usize) {
+    pub(super) fn replay_deferred(&mut self, slot: usize) {
         let Some(mut queue) = self.conns[slot]
             .ext
             .as_mut()
@@ -828,8 +901,20 @@ impl Engine {
         id: Option<&str>,
         since: Option<envelope::Since>,
     ) -> Result<(), ChannelError> {
+        channel::validate_name(name, self.config.limits.channel_name_bytes_max)?;
+        self.subscribe_named(slot, name, id, since)
+    }
+
+    /// `subscribe_since` for a name already checked by its caller (a Pusher channel's internal
+    /// name is outside `validate_name`'s characters on purpose).
+    pub(super) fn subscribe_named(
+        &mut self,
+        slot: usize,
+        name: &str,
+        id: Option<&str>,
+        since: Option<envelope::Since>,
+    ) -> Result<(), ChannelError> {
         let limits = &self.config.limits;
-        channel::validate_name(name, limits.channel_name_bytes_max)?;
         let (per_conn, per_shard) = (limits.channels_per_conn_max, limits.channels_per_shard_max);
         let conn = &mut self.conns[slot];
         let generation = conn.generation;
@@ -891,8 +976,8 @@ impl Engine {
             }
             Subscribed::Ready(local) => {
                 let channel = self.local.get(local);
-                let text = envelope::subscribed(name, channel.last_offset, channel.epoch, id);
-                self.reply(slot, text);
+                let (offset, epoch) = (channel.last_offset, channel.epoch);
+                self.subscribed_reply(slot, name, offset, epoch, id);
             }
         }
         Ok(())
@@ -926,7 +1011,10 @@ impl Engine {
         };
         let name = self.local.get(id).name.clone();
         self.emit_membership(slot, &name, false);
-        self.presence_delta(slot, name, false);
+        self.presence_delta(slot, name.clone(), false);
+        if let Some(ext) = self.conns[slot].ext.as_mut() {
+            ext.pusher_members.retain(|m| m.channel != name);
+        }
         if let Some((moved, position)) = done.moved {
             LocalChannels::moved_to(&mut self.conns[moved as usize].subs, id, position);
         }
@@ -981,6 +1069,21 @@ impl Engine {
         Ok(())
     }
 
+    /// A subscription is in place: tell the client, in its protocol.
+    fn subscribed_reply(
+        &mut self,
+        slot: usize,
+        name: &str,
+        offset: u64,
+        epoch: u64,
+        id: Option<&str>,
+    ) {
+        if let Endpoint::Pusher { .. } = self.conns[slot].endpoint {
+            return self.pusher_subscribed(slot, name, offset);
+        }
+        self.reply(slot, envelope::subscribed(name, offset, epoch, id));
+    }
+
     /// Queues a JSON reply for an envelope-format client (raw clients get nothing but payloads).
     pub(super) fn reply(&mut self, slot: usize, text: String) {
         if let Endpoint::Push { raw: false, .. } = self.conns[slot].endpoint {
@@ -1000,6 +1103,9 @@ impl Engine {
 
     /// Tells an envelope client why a channel operation was refused.
     pub(super) fn reply_channel_error(&mut self, slot: usize, e: ChannelError, id: Option<&str>) {
+        if let Endpoint::Pusher { .. } = self.conns[slot].endpoint {
+            return self.pusher_channel_error(slot, e);
+        }
         let message = e.message(self.config.limits.channel_name_bytes_max);
         self.reply_error(slot, e.code(), &message, id);
     }
@@ -1012,10 +1118,14 @@ impl Engine {
             let queue = &mut self.conns[slot].ext_mut().deferred;
             if queue.len() >= DEFERRED_COMMANDS_MAX {
                 self.counters.rate_limited += 1;
-                return self.fail(slot, crate::proto::close::RATE_LIMITED);
+                let code = self.pusher_close_code(slot, crate::proto::close::RATE_LIMITED);
+                return self.fail(slot, code);
             }
             queue.push_back(text.to_vec());
             return;
+        }
+        if let Endpoint::Pusher { app } = self.conns[slot].endpoint {
+            return self.on_pusher_message(slot, app, text);
         }
         let request = match envelope::parse(text) {
             Ok(request) => request,

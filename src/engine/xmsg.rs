@@ -85,6 +85,38 @@ pub enum Query {
         /// Page size.
         limit: usize,
     },
+    /// The Pusher channels this shard owns whose internal name starts with `prefix` (is it,
+    /// with `exact`), with their connections and users (`GET /apps/{id}/channels`).
+    PusherChannels {
+        /// The internal prefix (or name).
+        prefix: Arc<str>,
+        /// The name must equal `prefix`.
+        exact: bool,
+    },
+    /// Close every connection subscribed here to this (a user's `#server-to-user-` channel:
+    /// `terminate_connections`).
+    PusherTerminate {
+        /// The internal channel name.
+        channel: Arc<str>,
+    },
+    /// To a presence channel's owner: its first `limit` users (`GET .../users`).
+    PusherUsers {
+        /// The internal channel name.
+        channel: Arc<str>,
+        /// At most this many users.
+        limit: usize,
+    },
+}
+
+/// A Pusher cache channel's last event, as its owner answers a new subscriber.
+#[derive(Debug)]
+pub enum Cached {
+    /// The event's frame, to send.
+    Frame(bytes::Bytes),
+    /// The last event came after the subscription began: the subscriber had it live.
+    Live,
+    /// No event is kept: `pusher:cache_miss`.
+    Miss,
 }
 
 /// One shard's part of a reply.
@@ -125,6 +157,8 @@ pub enum Part {
     Json(String),
     /// Clustered `online`: how many nodes hold each user (`None`: the broker could not say).
     Nodes(Option<Vec<(Arc<str>, u64)>>),
+    /// Pusher channels an owner has: internal name, connections, users.
+    PusherChannels(Vec<(Arc<str>, u64, u64)>),
 }
 
 /// A message on a cross-shard ring.
@@ -350,8 +384,67 @@ pub enum XMsg {
     Notify {
         /// Channel name.
         channel: Arc<str>,
-        /// The `{"op":"join"|"leave",...}` text frame.
+        /// The `{"op":"join"|"leave",...}` text frame (for a Pusher presence channel, its
+        /// `member_added`/`member_removed`).
         frame: Bytes,
+        /// A Pusher `member_added` is not sent to the connections of the user it announces
+        /// (their `subscription_succeeded` lists it).
+        skip_user: Option<Arc<str>>,
+    },
+    /// To a Pusher presence channel's owner: the members for a connection's
+    /// `subscription_succeeded` (sent after the connection's own join, on the same ring, so
+    /// the answer includes it).
+    PusherMembers {
+        /// Internal channel name.
+        channel: Arc<str>,
+        /// The asking connection's shard, slot and generation.
+        shard: u16,
+        /// Slot.
+        slot: u32,
+        /// Generation.
+        generation: u32,
+        /// The channel's offset when the subscription began (for a cache channel's replay).
+        since: u64,
+        /// The asking connection's own user: always in the list (pusher-js finds `me` there).
+        user: Option<Arc<str>>,
+    },
+    /// The owner's answer to `PusherMembers`: the presence data.
+    PusherMembersReply {
+        /// Internal channel name.
+        channel: Arc<str>,
+        /// Slot.
+        slot: u32,
+        /// Generation.
+        generation: u32,
+        /// As asked.
+        since: u64,
+        /// `{"presence":{...}}`.
+        data: String,
+    },
+    /// To a Pusher cache channel's owner: its last event for a new subscriber.
+    PusherCache {
+        /// Internal channel name.
+        channel: Arc<str>,
+        /// The asking connection's shard.
+        shard: u16,
+        /// Slot.
+        slot: u32,
+        /// Generation.
+        generation: u32,
+        /// The channel's offset when the subscription began: a later event reached the
+        /// subscriber live.
+        since: u64,
+    },
+    /// The owner's answer to `PusherCache`.
+    PusherCacheReply {
+        /// Internal channel name.
+        channel: Arc<str>,
+        /// Slot.
+        slot: u32,
+        /// Generation.
+        generation: u32,
+        /// What to send.
+        cached: Cached,
     },
     /// To every shard: an event-stream consumer joined (`types`) or left (`None`).
     Consumer {
@@ -418,6 +511,10 @@ impl XMsg {
             | XMsg::UserQuery { .. }
             | XMsg::Presence { .. }
             | XMsg::PresenceAsk { .. }
+            | XMsg::PusherMembers { .. }
+            | XMsg::PusherMembersReply { .. }
+            | XMsg::PusherCache { .. }
+            | XMsg::PusherCacheReply { .. }
             | XMsg::Consumer { .. } => false,
         }
     }

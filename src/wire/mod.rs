@@ -1,11 +1,13 @@
 //! What clients and backends read on the wire, in one place: the `/ws` JSON envelope and its
 //! commands ([`envelope`]), published and pushed payloads encoded once in both client formats
-//! ([`push`]), and the stable error codes every error reply uses ([`ErrorCode`]).
+//! ([`push`]), the Pusher Channels protocol of `/app/{key}` ([`pusher`]), and the stable error
+//! codes every error reply uses ([`ErrorCode`]).
 //!
 //! Pure data and text: no sockets, no clock.
 
 pub mod envelope;
 pub mod push;
+pub mod pusher;
 
 pub use push::{Body, Compressed, Frames, encode_message, encode_push};
 

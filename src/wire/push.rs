@@ -19,6 +19,15 @@ pub enum Body {
     Text(Bytes),
     /// Bytes: raw subscribers get a binary frame, envelopes `"b64":"..."`.
     Binary(Bytes),
+    /// A Pusher event on an app's internal channel, written once by the publisher
+    /// (`wire::pusher::event`): its subscribers are Pusher connections only, which get this text
+    /// as it is. `exclude` is the sender's connection id (the API's `socket_id`), skipped.
+    Pusher {
+        /// The whole `{"event":..,"channel":..,"data":..}` text.
+        text: Bytes,
+        /// The connection that must not get it.
+        exclude: Option<u64>,
+    },
 }
 
 /// The first byte of a clustered message's payload in the broker: which [`Body`] follows.
@@ -29,6 +38,13 @@ pub mod broker_kind {
     pub const TEXT: u8 = b't';
     /// Bytes.
     pub const BINARY: u8 = b'b';
+    /// A Pusher event's text.
+    pub const PUSHER: u8 = b'p';
+    /// A Pusher event that skips one connection: its id (8 bytes, big-endian), then the text.
+    /// Every node skips the connection of that id; ids of two nodes rarely coincide (each
+    /// node starts its generations elsewhere, docs/cluster.md), and a coincidence costs one
+    /// connection elsewhere one event.
+    pub const PUSHER_EXCLUDING: u8 = b'P';
 }
 
 impl Body {
@@ -40,6 +56,20 @@ impl Body {
             Body::Json(b) => (broker_kind::JSON, b),
             Body::Text(b) => (broker_kind::TEXT, b),
             Body::Binary(b) => (broker_kind::BINARY, b),
+            Body::Pusher {
+                text,
+                exclude: Some(id),
+            } => {
+                let mut out = Vec::with_capacity(9 + text.len());
+                out.push(broker_kind::PUSHER_EXCLUDING);
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(text);
+                return Bytes::from(out);
+            }
+            Body::Pusher {
+                text,
+                exclude: None,
+            } => (broker_kind::PUSHER, text),
         };
         let mut out = Vec::with_capacity(1 + bytes.len());
         out.push(kind);
@@ -60,6 +90,21 @@ impl Body {
             }
             broker_kind::TEXT => std::str::from_utf8(rest).ok().map(|_| Body::Text(bytes)),
             broker_kind::BINARY => Some(Body::Binary(bytes)),
+            broker_kind::PUSHER => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(rest).ok()?;
+                Some(Body::Pusher {
+                    text: bytes,
+                    exclude: None,
+                })
+            }
+            broker_kind::PUSHER_EXCLUDING => {
+                let id = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+                serde_json::from_slice::<serde::de::IgnoredAny>(&rest[8..]).ok()?;
+                Some(Body::Pusher {
+                    text: payload.slice(9..),
+                    exclude: Some(id),
+                })
+            }
             _ => None,
         }
     }
@@ -92,6 +137,9 @@ pub struct Frames {
     pub envelope_z: Bytes,
     /// `raw` compressed, or empty.
     pub raw_z: Bytes,
+    /// A connection that must not get this message (a Pusher event's `socket_id`); `None` for
+    /// every `/ws` message.
+    pub exclude: Option<u64>,
 }
 
 /// What compressing a message's frames did (for the counters).
@@ -188,6 +236,10 @@ pub fn encode_push(body: &Body) -> (Bytes, Bytes) {
             serde_json::Value::from(String::from_utf8_lossy(b).as_ref()).to_string(),
         ),
         Body::Binary(b) => (frame::encode(OpCode::Binary, b), String::new()),
+        Body::Pusher { text, .. } => {
+            let frame = frame::encode(OpCode::Text, text);
+            return (frame.clone(), frame);
+        }
     };
     let text = match body {
         Body::Binary(b) => format!(
@@ -204,6 +256,11 @@ pub fn encode_message(channel: &str, offset: u64, body: &Body) -> (Bytes, Bytes)
     let (raw, data_len) = match body {
         Body::Json(b) | Body::Text(b) => (frame::encode(OpCode::Text, b), b.len()),
         Body::Binary(b) => (frame::encode(OpCode::Binary, b), b.len() * 4 / 3 + 4),
+        Body::Pusher { text, .. } => {
+            // Pusher connections read only this one format: both handles share the frame.
+            let frame = frame::encode(OpCode::Text, text);
+            return (frame.clone(), frame);
+        }
     };
     let mut text = Vec::with_capacity(64 + channel.len() + data_len + data_len / 8);
     envelope::message_prefix(&mut text, channel, offset);
@@ -217,6 +274,7 @@ pub fn encode_message(channel: &str, offset: u64, body: &Body) -> (Bytes, Bytes)
             let s = String::from_utf8_lossy(b);
             text.extend_from_slice(serde_json::Value::from(s.as_ref()).to_string().as_bytes());
         }
+        Body::Pusher { .. } => {}
         Body::Binary(b) => {
             text.extend_from_slice(b"\"b64\":\"");
             text.extend_from_slice(
@@ -246,7 +304,28 @@ mod tests {
             let back = Body::from_broker(&body.to_broker()).expect("decodes");
             assert_eq!(encode_message("c", 1, &back), encode_message("c", 1, &body));
         }
-        for bad in [&b""[..], b"x123", b"j{", b"t\xff"] {
+        for exclude in [None, Some(0u64), Some(u64::MAX >> 11)] {
+            let body = Body::Pusher {
+                text: Bytes::from_static(br#"{"event":"e","channel":"c","data":"x"}"#),
+                exclude,
+            };
+            match Body::from_broker(&body.to_broker()) {
+                Some(Body::Pusher { text, exclude: e }) => {
+                    assert_eq!(&text[..], br#"{"event":"e","channel":"c","data":"x"}"#);
+                    assert_eq!(e, exclude);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for bad in [
+            &b""[..],
+            b"x123",
+            b"j{",
+            b"t\xff",
+            b"p{",
+            b"P1234567",
+            b"P12345678{",
+        ] {
             assert!(
                 Body::from_broker(&Bytes::copy_from_slice(bad)).is_none(),
                 "{bad:?}"

@@ -8,7 +8,8 @@
 #             apt-get as root when a command is missing, with one `apt-get update` for all of
 #             them (on a fresh machine the test command needs no separate setup step)
 #   python    venv with kosoku (Autobahn cases) and websockets (client), from PyPI
-#   node      ws (client) and playwright-core (browser driver), from npm
+#   node      ws (client), playwright-core (browser driver), pusher-js and pusher (the
+#             Pusher client and server SDK, tests/conformance/pusher.sh), from npm
 #   chromium  the chromium Debian package (apt-get, as root) when it is missing
 # Cache: ${RINGCAST_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ringcast-test}
 # Exit: 0 installed or already there, 2 an install failed.
@@ -51,7 +52,7 @@ main() {
     case "$w" in
       debian) ensure_debian_packages ;;
       python) ensure_python_tools; log "python tools ready: $VENV (kosoku $KOSOKU_VERSION, websockets $WEBSOCKETS_VERSION)" ;;
-      node) ensure_node_tools; log "node tools ready: $NODE_DIR (ws $NODE_WS_VERSION, playwright-core $(playwright_core_version), node $(node --version))" ;;
+      node) ensure_node_tools; log "node tools ready: $NODE_DIR (ws $NODE_WS_VERSION, playwright-core $(playwright_core_version), pusher-js $PUSHER_JS_VERSION, pusher $PUSHER_SDK_VERSION, node $(node --version))" ;;
       chromium) ensure_chromium; log "chromium ready: $CHROMIUM" ;;
       -h | --help) usage ;;
       *) log "unknown tool group: $w"; usage ;;

@@ -1383,4 +1383,5 @@ fn the_list_of_connections_owing_auth_stays_bounded() {
 
 mod cluster;
 mod deflate;
+mod pusher;
 mod users;

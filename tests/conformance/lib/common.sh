@@ -7,7 +7,8 @@
 #
 # Tools (pinned; change a version here and the next run reinstalls):
 #   Python venv  kosoku (Autobahn|Testsuite case runner), websockets (client)
-#   Node folder  ws (client), playwright-core (drives the Debian chromium package)
+#   Node folder  ws (client), playwright-core (drives the Debian chromium package), pusher-js
+#                (the Pusher client Laravel Echo wraps) and pusher (the Pusher server SDK)
 #   chromium     Debian package, installed with apt-get when missing and running as root
 
 CONFORMANCE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +18,8 @@ TEST_CACHE="${RINGCAST_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ringcast-test
 KOSOKU_VERSION=0.1.0
 WEBSOCKETS_VERSION=17.4
 NODE_WS_VERSION=8.23.0
+PUSHER_JS_VERSION=8.6.0
+PUSHER_SDK_VERSION=5.3.4
 # playwright-core 1.62 and later need Node >= 20; Debian 12's own nodejs package is Node 18,
 # which gets the newest release that still supports it.
 PLAYWRIGHT_CORE_VERSION=1.65.1
@@ -109,12 +112,13 @@ playwright_core_version() {
 node_tools_ok() {
   local pwc
   pwc="$(playwright_core_version)" || return 1
-  [ -f "$NODE_DIR/.stamp-ws-$NODE_WS_VERSION-pwc-$pwc" ] \
-    && [ -d "$NODE_DIR/node_modules/ws" ] && [ -d "$NODE_DIR/node_modules/playwright-core" ]
+  [ -f "$NODE_DIR/.stamp-ws-$NODE_WS_VERSION-pwc-$pwc-pjs-$PUSHER_JS_VERSION-psdk-$PUSHER_SDK_VERSION" ] \
+    && [ -d "$NODE_DIR/node_modules/ws" ] && [ -d "$NODE_DIR/node_modules/playwright-core" ] \
+    && [ -d "$NODE_DIR/node_modules/pusher-js" ] && [ -d "$NODE_DIR/node_modules/pusher" ]
 }
 
-# Node folder with ws and playwright-core. playwright-core downloads no browser: it drives the
-# chromium Debian package.
+# Node folder with ws, playwright-core, pusher-js and pusher. playwright-core downloads no
+# browser: it drives the chromium Debian package.
 ensure_node_tools() {
   node_tools_ok && return 0
   install_lock
@@ -126,14 +130,14 @@ ensure_node_tools() {
   [ "$major" -ge 18 ] || die "node $(node --version) is too old (need Node >= 18)"
   pwc="$(playwright_core_version)"
   mkdir -p "$NODE_DIR"
-  printf '{\n  "name": "ringcast-test-tools",\n  "private": true,\n  "dependencies": {\n    "ws": "%s",\n    "playwright-core": "%s"\n  }\n}\n' \
-    "$NODE_WS_VERSION" "$pwc" >"$NODE_DIR/package.json"
-  log "npm install ws@$NODE_WS_VERSION playwright-core@$pwc"
+  printf '{\n  "name": "ringcast-test-tools",\n  "private": true,\n  "dependencies": {\n    "ws": "%s",\n    "playwright-core": "%s",\n    "pusher-js": "%s",\n    "pusher": "%s"\n  }\n}\n' \
+    "$NODE_WS_VERSION" "$pwc" "$PUSHER_JS_VERSION" "$PUSHER_SDK_VERSION" >"$NODE_DIR/package.json"
+  log "npm install ws@$NODE_WS_VERSION playwright-core@$pwc pusher-js@$PUSHER_JS_VERSION pusher@$PUSHER_SDK_VERSION"
   (cd "$NODE_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 timeout "$INSTALL_LIMIT_S" \
      npm install --no-audit --no-fund --no-progress --no-package-lock --loglevel=error >&2) \
     || die "npm install in $NODE_DIR failed"
   rm -f "$NODE_DIR"/.stamp-*
-  touch "$NODE_DIR/.stamp-ws-$NODE_WS_VERSION-pwc-$pwc"
+  touch "$NODE_DIR/.stamp-ws-$NODE_WS_VERSION-pwc-$pwc-pjs-$PUSHER_JS_VERSION-psdk-$PUSHER_SDK_VERSION"
   install_unlock
 }
 
