@@ -196,6 +196,19 @@ pub struct Limits {
     /// connection stays, counted (`pusher_client_events_limited`). Memory: 8 bytes in the
     /// extension of a connection that sends client events.
     pub pusher_client_events_per_s: u32,
+    /// Webhook events queued towards the sender (one queue per process, `[[pusher.apps]]
+    /// webhook_url`). Overflow: the event is dropped, counted (`pusher_webhook_events_dropped`).
+    /// Memory: ≈150 bytes plus the event's names and data each.
+    pub pusher_webhook_queue_max: usize,
+    /// Events in one webhook batch (Pusher batches them too). Overflow: a new batch starts.
+    /// Memory: within the queue's.
+    pub pusher_webhook_batch_max: usize,
+    /// How long a webhook batch collects events after its first, in ms. Overflow: it is posted.
+    pub pusher_webhook_batch_ms: u64,
+    /// Bound of one webhook request's connect, write and read, in ms. Overflow: the attempt
+    /// fails; the batch is retried after 1, 2 and 4 s, then dropped, counted
+    /// (`pusher_webhook_batches_dropped`).
+    pub pusher_webhook_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -252,6 +265,10 @@ impl Default for Limits {
             pusher_pong_timeout_ms: 30_000,
             pusher_cache_ttl_s: 1800,
             pusher_client_events_per_s: 10,
+            pusher_webhook_queue_max: 10_000,
+            pusher_webhook_batch_max: 100,
+            pusher_webhook_batch_ms: 250,
+            pusher_webhook_timeout_ms: 5_000,
         }
     }
 }
@@ -601,6 +618,11 @@ pub struct PusherApp {
     /// silence); the server sends `pusher:ping` after this much silence from the client and
     /// closes it with 4201 when `pusher_pong_timeout_ms` more pass. Pusher's own is 120.
     pub activity_timeout_s: u64,
+    /// Where the app's webhooks are posted: `http://HOST[:PORT]/PATH` (none: no webhooks).
+    pub webhook_url: Option<String>,
+    /// The webhook events the app wants (default all: `channel_occupied`, `channel_vacated`,
+    /// `member_added`, `member_removed`, `client_event`).
+    pub webhook_events: Vec<String>,
 }
 
 impl Default for PusherApp {
@@ -613,6 +635,11 @@ impl Default for PusherApp {
             client_events: ClientEvents::Off,
             max_connections: 0,
             activity_timeout_s: 120,
+            webhook_url: None,
+            webhook_events: crate::webhook::EVENT_NAMES
+                .iter()
+                .map(|e| e.to_string())
+                .collect(),
         }
     }
 }
@@ -657,6 +684,21 @@ impl PusherConfig {
             }
             if let Err(e) = crate::auth::OriginPolicy::parse(&app.allowed_origins) {
                 errors.push(format!("{at}.allowed_origins: {e}"));
+            }
+            if let Some(Err(e)) = app
+                .webhook_url
+                .as_deref()
+                .map(crate::webhook::body::WebhookUrl::parse)
+            {
+                errors.push(format!("{at}.webhook_url: {e}"));
+            }
+            for event in &app.webhook_events {
+                if !crate::webhook::EVENT_NAMES.contains(&event.as_str()) {
+                    errors.push(format!(
+                        "{at}.webhook_events: unknown event {event:?} (known: {})",
+                        crate::webhook::EVENT_NAMES.join(", ")
+                    ));
+                }
             }
         }
         if errors.is_empty() {

@@ -27,6 +27,8 @@
 //!   queue, the routing of events to shards) and the Redis bridge on its own thread, started
 //!   by the server with `[cluster]`; the engine's side is `engine::cluster`;
 //! - [`timer`]: the timing wheel (pure data);
+//! - [`webhook`]: Pusher webhooks: the events, the bounded queue from the shards, the signed
+//!   batches, and the sender on its own thread;
 //! - [`config`]: `Config` and `Limits`, every bound of the server;
 //! - [`budget`]: a shard's worst-case memory, term by term, from `Limits`;
 //! - [`id`]: connection ids;
@@ -51,5 +53,6 @@ pub mod proto;
 pub mod server;
 pub mod stats;
 pub mod timer;
+pub mod webhook;
 pub mod wire;
 pub mod xshard;

@@ -356,6 +356,26 @@ const HELP: &[(&str, &str)] = &[
         "Subscriptions refused because the bridge's set was full (channels_max).",
     ),
     (
+        "pusher_webhook_batches_sent",
+        "Webhook batches posted and answered 2xx (copied by shard 0 from the sender).",
+    ),
+    (
+        "pusher_webhook_events_sent",
+        "Webhook events in those batches.",
+    ),
+    (
+        "pusher_webhook_attempts_failed",
+        "Webhook posts that failed (connection, timeout, no 2xx), retried or not.",
+    ),
+    (
+        "pusher_webhook_batches_dropped",
+        "Webhook batches given up after their last retry, or pushed out of a full wait list.",
+    ),
+    (
+        "pusher_webhook_events_dropped",
+        "Webhook events dropped because the sender's queue was full.",
+    ),
+    (
         "cluster_epochs_bumped",
         "Channels whose broker epoch changed while subscribed here.",
     ),

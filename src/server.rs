@@ -38,6 +38,8 @@ pub struct Server {
     live: Arc<crate::engine::LiveConfig>,
     /// The broker bridge (`[cluster]`), stopped after the shards.
     bridge: Option<crate::broker::redis::RedisBridge>,
+    /// The Pusher webhook sender, which ends once the shards (its queue's handles) are gone.
+    webhook_sender: Option<crate::webhook::sender::WebhookSender>,
 }
 
 /// The driver the shards run on, and the line that says why when it is not the one asked for.
@@ -311,6 +313,40 @@ impl Server {
         } else {
             (None, Vec::new())
         };
+        // Pusher webhooks: one sender thread for the process, fed by every shard.
+        let (webhooks, webhook_sender) =
+            if config.pusher.apps.iter().any(|a| a.webhook_url.is_some()) {
+                let limits = &config.limits;
+                let (handle, rx, stats) = crate::webhook::queue(limits.pusher_webhook_queue_max);
+                let targets = config
+                    .pusher
+                    .apps
+                    .iter()
+                    .map(|app| {
+                        let url = app.webhook_url.as_deref()?;
+                        // Validated at load (`PusherConfig::validate`).
+                        let url = crate::webhook::body::WebhookUrl::parse(url).ok()?;
+                        Some(crate::webhook::sender::Target {
+                            url,
+                            key: app.key.clone(),
+                            secret: app.secret.clone(),
+                            events: app.webhook_events.clone(),
+                        })
+                    })
+                    .collect();
+                let sender_config = crate::webhook::sender::SenderConfig {
+                    targets,
+                    batch_max: limits.pusher_webhook_batch_max.max(1),
+                    batch_ms: limits.pusher_webhook_batch_ms,
+                    timeout_ms: limits.pusher_webhook_timeout_ms.max(1),
+                    retry_delays_ms: crate::webhook::sender::RETRY_DELAYS_MS.to_vec(),
+                };
+                let sender = crate::webhook::sender::WebhookSender::spawn(sender_config, rx, stats)
+                    .map_err(|e| format!("cannot start the webhook thread: {e}"))?;
+                (Some(handle), Some(sender))
+            } else {
+                (None, None)
+            };
         let mut threads = Vec::with_capacity(shards);
         let published: Vec<Arc<Published>> = (0..shards)
             .map(|_| Arc::new(Published::default()))
@@ -339,6 +375,7 @@ impl Server {
                 http_listener,
                 drain: drain.clone(),
                 live: live.clone(),
+                webhooks: webhooks.clone(),
                 cluster: match (&bridge, cluster_lanes.get_mut(index).and_then(Option::take)) {
                     (Some(bridge), Some(events)) => Some(crate::engine::cluster::ClusterSetup {
                         handle: bridge.handle(),
@@ -391,6 +428,7 @@ impl Server {
             drain,
             live,
             bridge,
+            webhook_sender,
         };
         if let Some(err) = failure {
             server.stop.store(true, Ordering::Relaxed);
@@ -494,6 +532,11 @@ impl Server {
                 Ok(Err(e)) => result = result.and(Err(format!("shard {index}: {e}"))),
                 Err(_) => result = result.and(Err(format!("shard {index} panicked"))),
             }
+        }
+        // The shards are gone: the webhook queue has no sender left, so the thread posts what
+        // is waiting once and ends.
+        if let Some(sender) = self.webhook_sender {
+            sender.join();
         }
         // The shards are gone: nothing sends to the bridge any more.
         if let Some(bridge) = self.bridge {

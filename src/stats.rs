@@ -279,6 +279,16 @@ pub struct Counters {
     pub bridge_queue_overflows: u64,
     /// Subscriptions refused because the bridge's set was full (`channels_max`).
     pub bridge_subscribe_refusals: u64,
+    /// Webhook batches posted and answered 2xx (copied by shard 0 from the sender).
+    pub pusher_webhook_batches_sent: u64,
+    /// Webhook events in those batches.
+    pub pusher_webhook_events_sent: u64,
+    /// Webhook posts that failed (connection, timeout, no 2xx), retried or not.
+    pub pusher_webhook_attempts_failed: u64,
+    /// Webhook batches given up after their last retry, or pushed out of a full wait list.
+    pub pusher_webhook_batches_dropped: u64,
+    /// Webhook events dropped because the sender's queue was full.
+    pub pusher_webhook_events_dropped: u64,
     /// `[[redis_input]]` messages acted on (sent to a connection, a user or a channel).
     pub redis_input_messages: u64,
     /// `[[redis_input]]` messages ignored: unknown pattern, bad or too long suffix, payload too
@@ -445,6 +455,11 @@ impl Counters {
         self.bridge_malformed_in += other.bridge_malformed_in;
         self.bridge_queue_overflows += other.bridge_queue_overflows;
         self.bridge_subscribe_refusals += other.bridge_subscribe_refusals;
+        self.pusher_webhook_batches_sent += other.pusher_webhook_batches_sent;
+        self.pusher_webhook_events_sent += other.pusher_webhook_events_sent;
+        self.pusher_webhook_attempts_failed += other.pusher_webhook_attempts_failed;
+        self.pusher_webhook_batches_dropped += other.pusher_webhook_batches_dropped;
+        self.pusher_webhook_events_dropped += other.pusher_webhook_events_dropped;
         self.redis_input_messages += other.redis_input_messages;
         self.redis_input_refused += other.redis_input_refused;
         self.config_reloads += other.config_reloads;

@@ -450,6 +450,8 @@ seed_examples() {
   for seed in group-chat push-every-second task-progress; do
     check "$seed" "$SEEDS_LIMIT_S" bash "$CONF/seeds.sh" "$seed" "$1"
   done
+  # Pusher webhooks on a server of its own, checked by the pusher SDK's own validation.
+  check pusher-webhooks "$PUSHER_LIMIT_S" bash "$CONF/pusher-webhooks.sh" "$1"
 }
 
 phase_conformance() {

@@ -162,7 +162,20 @@ impl FakeBroker {
 impl Cluster {
     /// `shards` engines on `config` (its ring capacities apply), at time 0.
     pub fn new(config: Config, shards: usize) -> Cluster {
-        Cluster::build(config, shards, (0..shards).map(|_| None).collect())
+        Cluster::build(config, shards, (0..shards).map(|_| None).collect(), None)
+    }
+
+    /// Engines whose Pusher webhooks go to the returned queue (as the sender would take them).
+    pub fn with_webhooks(
+        config: Config,
+        shards: usize,
+    ) -> (
+        Cluster,
+        std::sync::mpsc::Receiver<(u16, crate::webhook::Hook)>,
+    ) {
+        let (handle, rx, _) = crate::webhook::queue(1024);
+        let setups = (0..shards).map(|_| None).collect();
+        (Cluster::build(config, shards, setups, Some(handle)), rx)
     }
 
     /// Clustered engines (`[cluster]` as if set) and the fake broker they talk to; the broker
@@ -182,7 +195,7 @@ impl Cluster {
                 events: rx,
             }));
         }
-        let cluster = Cluster::build(config, shards, setups);
+        let cluster = Cluster::build(config, shards, setups, None);
         let broker = FakeBroker {
             handle,
             commands,
@@ -195,6 +208,7 @@ impl Cluster {
         config: Config,
         shards: usize,
         mut setups: Vec<Option<crate::engine::cluster::ClusterSetup>>,
+        webhooks: Option<crate::webhook::WebhookHandle>,
     ) -> Cluster {
         let config = Arc::new(config);
         let mesh = crate::xshard::mesh(
@@ -237,6 +251,7 @@ impl Cluster {
                     http_listener: Some(1),
                     drain: drain.clone(),
                     live: live.clone(),
+                    webhooks: webhooks.clone(),
                     cluster: setups[index].take(),
                 }),
                 tx: MemTx {

@@ -357,7 +357,7 @@ impl Engine {
             // Left over from before (cannot be, by the invariant; harmless to clear).
             self.owned.remove(&channel);
         }
-        let Some(position) = self.owned.interest(&channel, shard as usize) else {
+        let Some(position) = self.interest_hooked(&channel, shard as usize) else {
             return self.send_x(
                 shard as usize,
                 XMsg::Ack {
@@ -410,7 +410,7 @@ impl Engine {
     }
 
     fn cluster_withdraw(&mut self, channel: &Arc<str>, shard: u16) {
-        self.owned.withdraw(channel, shard as usize);
+        self.withdraw_hooked(channel, shard as usize);
         if self
             .owned
             .get(channel)

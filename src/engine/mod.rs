@@ -41,6 +41,7 @@ pub mod presence;
 pub mod pubsub;
 pub mod pusher;
 pub mod users;
+pub mod webhooks;
 pub mod xmsg;
 
 #[cfg(test)]
@@ -144,6 +145,8 @@ pub struct EngineSetup {
     pub drain: Arc<std::sync::atomic::AtomicU64>,
     /// The reloadable configuration (the same for every shard).
     pub live: Arc<LiveConfig>,
+    /// The Pusher webhook sender's queue (none: no app has a webhook).
+    pub webhooks: Option<crate::webhook::WebhookHandle>,
     /// With `[cluster]`: the broker's handle and this shard's events (none: one node).
     pub cluster: Option<cluster::ClusterSetup>,
 }
@@ -285,6 +288,11 @@ pub struct Engine {
     /// The Pusher apps (`[[pusher.apps]]`); none without apps, so `/app/` and `/apps/` are
     /// unknown paths and nothing of Pusher runs.
     pusher: Option<Box<pusher::PusherApps>>,
+    /// The Pusher webhook sender's queue; none without a webhook.
+    webhooks: Option<crate::webhook::WebhookHandle>,
+    /// The owner's channels reported `channel_occupied` and not yet vacated (webhooks only;
+    /// bounded by the channels it owns).
+    hook_occupied: std::collections::HashSet<Arc<str>>,
     // Cross-shard rings.
     outboxes: Vec<Option<Outbox<XMsg>>>,
     inbox: Inbox<XMsg>,
@@ -383,6 +391,8 @@ impl Engine {
                 Box::new(cluster::Cluster::new(c, seed))
             }),
             pusher: pusher::PusherApps::new(&setup.config.pusher).map(Box::new),
+            webhooks: setup.webhooks,
+            hook_occupied: std::collections::HashSet::new(),
             outboxes: setup.mesh.outboxes,
             inbox: setup.mesh.inbox,
             self_queue: VecDeque::new(),
@@ -711,6 +721,7 @@ impl Engine {
         self.counters.history_bytes = self.owned.history_bytes() as u64;
         self.counters.control_open = self.control_open as u64;
         self.cluster_gauges();
+        self.webhook_gauges();
         self.published.publish(&self.counters);
     }
 

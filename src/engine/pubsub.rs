@@ -209,10 +209,10 @@ impl Engine {
             } => self.on_push_all(&envelope, &raw, reply),
             XMsg::Reply { to, part } => self.on_reply(to, part),
             XMsg::Interest { channel, shard } => {
-                let position = self.owned.interest(&channel, shard as usize);
+                let position = self.interest_hooked(&channel, shard as usize);
                 self.send_x(shard as usize, XMsg::Ack { channel, position });
             }
-            XMsg::Withdraw { channel, shard } => self.owned.withdraw(&channel, shard as usize),
+            XMsg::Withdraw { channel, shard } => self.withdraw_hooked(&channel, shard as usize),
             XMsg::Ack { channel, position } => self.on_ack(&channel, position),
             XMsg::Position { channel, position } => self.on_position(&channel, position),
             XMsg::Recover {

@@ -730,6 +730,7 @@ impl Engine {
             return;
         }
         self.counters.presence_news += 1;
+        self.hook_member(name, user, joined);
         let text = if joined {
             wire::member_added(channel, user, info.as_deref())
         } else {
@@ -792,6 +793,9 @@ impl Engine {
         let text = wire::client_event(event, channel, data, user.as_deref());
         self.counters.pusher_client_events += 1;
         let exclude = Some(self.conn_id(slot).get());
+        if let Some(conn) = exclude {
+            self.hook_client_event(&internal, event, data, conn, user.as_deref());
+        }
         let channel: Arc<str> = Arc::from(internal);
         let owner = channel::owner_of(&channel, self.shards);
         let body = Body::Pusher {

@@ -537,6 +537,7 @@ mod tests {
                 Arc::new(config.clone()),
                 None,
             )),
+            webhooks: None,
             cluster: None,
         });
         let io = ShardIo {

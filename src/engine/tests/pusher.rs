@@ -6,6 +6,8 @@ use super::*;
 use crate::auth::pusher::{channel_auth, sign_request};
 use crate::config::{ClientEvents, PusherApp};
 use crate::driver::memory::WALL_BASE_MS;
+use crate::webhook::Hook;
+use std::sync::Arc;
 
 fn app(id: &str, key: &str) -> PusherApp {
     PusherApp {
@@ -937,5 +939,104 @@ fn a_trigger_with_info_answers_each_channels_counts() {
             &body
         ),
         (200, json!({}))
+    );
+}
+
+#[test]
+fn webhooks_report_occupancy_members_and_client_events_of_apps_that_have_one() {
+    let mut config = pusher_config();
+    config.pusher.apps[0].webhook_url = Some("http://127.0.0.1:9/hooks".to_string());
+    let (mut c, hooks) = Cluster::with_webhooks(config, 2);
+    let hook_list = |rx: &std::sync::mpsc::Receiver<(u16, Hook)>| rx.try_iter().collect::<Vec<_>>();
+    // Two users on different shards join one presence channel; the second tab of a makes no
+    // member event.
+    let a = connect(&mut c, 0, "key1");
+    let a2 = connect(&mut c, 1, "key1");
+    let b = connect(&mut c, 1, "key1");
+    a.subscribe(&mut c, "key1", "presence-room", Some("a"));
+    a2.subscribe(&mut c, "key1", "presence-room", Some("a"));
+    b.subscribe(&mut c, "key1", "presence-room", Some("b"));
+    let ch = || Arc::<str>::from("presence-room");
+    let user = |u: &str| Arc::<str>::from(u);
+    assert_eq!(
+        hook_list(&hooks),
+        vec![
+            (0, Hook::Occupied { channel: ch() }),
+            (
+                0,
+                Hook::MemberAdded {
+                    channel: ch(),
+                    user: user("a")
+                }
+            ),
+            (
+                0,
+                Hook::MemberAdded {
+                    channel: ch(),
+                    user: user("b")
+                }
+            ),
+        ],
+        "occupied once for the channel (not once per shard), one member_added per user"
+    );
+    // A client event, with the sender's socket id and user.
+    a.send(
+        &mut c,
+        json!({"event":"client-typing","channel":"presence-room","data":{"on":true}}),
+    );
+    match hook_list(&hooks).as_slice() {
+        [
+            (
+                0,
+                Hook::ClientEvent {
+                    channel,
+                    event,
+                    data,
+                    socket_id,
+                    user,
+                },
+            ),
+        ] => {
+            assert_eq!(&**channel, "presence-room");
+            assert_eq!(&**event, "client-typing");
+            assert_eq!(
+                serde_json::from_str::<Value>(data).unwrap(),
+                json!({"on":true})
+            );
+            assert_eq!(**socket_id, *a.socket_id);
+            assert_eq!(user.as_deref(), Some("a"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The app without a webhook reports nothing.
+    let other = connect(&mut c, 0, "key2");
+    other.subscribe(&mut c, "key2", "news", None);
+    assert!(hook_list(&hooks).is_empty());
+    // Leaving: member_removed after a user's last tab, vacated after the last subscriber.
+    for client in [&a, &a2, &b] {
+        client.send(
+            &mut c,
+            json!({"event":"pusher:unsubscribe","data":{"channel":"presence-room"}}),
+        );
+    }
+    assert_eq!(
+        hook_list(&hooks),
+        vec![
+            (
+                0,
+                Hook::MemberRemoved {
+                    channel: ch(),
+                    user: user("a")
+                }
+            ),
+            (
+                0,
+                Hook::MemberRemoved {
+                    channel: ch(),
+                    user: user("b")
+                }
+            ),
+            (0, Hook::Vacated { channel: ch() }),
+        ]
     );
 }
