@@ -787,7 +787,9 @@ impl Engine {
             let queue: Vec<Token> = self
                 .conns
                 .iter()
-                .filter(|(_, c)| matches!(c.endpoint, Endpoint::Push { .. }))
+                .filter(|(_, c)| {
+                    matches!(c.endpoint, Endpoint::Push { .. } | Endpoint::Pusher { .. })
+                })
                 .map(|(slot, _)| self.conns.token(slot))
                 .collect();
             self.counters.drains += 1;
@@ -826,7 +828,10 @@ impl Engine {
                 .is_some_and(|c| c.state == State::Open)
             {
                 self.counters.drained += 1;
-                self.start_close_with(token.slot as usize, close::SERVICE_RESTART, "reconnect");
+                let slot = token.slot as usize;
+                // 1012 for /ws clients; a Pusher client gets 4100, back off then reconnect.
+                let code = self.pusher_close_code(slot, close::SERVICE_RESTART);
+                self.start_close_with(slot, code, "reconnect");
             }
         }
     }
@@ -1114,7 +1119,8 @@ impl Engine {
             match self.conns[slot].state {
                 State::Handshaking => self.free(slot, 0),
                 State::Open => {
-                    self.start_close(slot, close::GOING_AWAY);
+                    let code = self.pusher_close_code(slot, close::GOING_AWAY);
+                    self.start_close(slot, code);
                     // Shutdown has its own deadline; the close deadline must not cut it short.
                     self.wheel.insert(slot, self.now_tick + timeout);
                 }

@@ -292,13 +292,17 @@ impl Engine {
     /// The close code a connection is closed with for a ringcast reason: a Pusher client gets
     /// one in the range pusher-js acts on as meant (4100-4199: reconnect after backing off)
     /// instead of ringcast's 4001 (slow consumer) and 4002 (rate limited), which pusher-js
-    /// would read as "never reconnect" (4000-4099).
+    /// would read as "never reconnect" (4000-4099), and instead of 1001 (shutdown) and 1012
+    /// (drain), after which pusher-js would reconnect at once, every client together, to a
+    /// server that is going away.
     pub(super) fn pusher_close_code(&self, slot: usize, code: u16) -> u16 {
+        use crate::proto::close;
         match self.conns[slot].endpoint {
             Endpoint::Pusher { .. } => match code {
-                crate::proto::close::SLOW_CONSUMER | crate::proto::close::RATE_LIMITED => {
-                    code::OVER_CAPACITY
-                }
+                close::SLOW_CONSUMER
+                | close::RATE_LIMITED
+                | close::GOING_AWAY
+                | close::SERVICE_RESTART => code::OVER_CAPACITY,
                 other => other,
             },
             _ => code,

@@ -1040,3 +1040,63 @@ fn webhooks_report_occupancy_members_and_client_events_of_apps_that_have_one() {
         ]
     );
 }
+
+#[test]
+fn drains_and_shutdowns_tell_pusher_clients_to_back_off() {
+    let mut c = Cluster::new(pusher_config(), 2);
+    let mut clients: Vec<Client> = (0..40).map(|i| connect(&mut c, i % 2, "key1")).collect();
+    let mut ws = Ws::open(&mut c, 0, "/ws");
+    ws.texts(&mut c);
+    for client in &mut clients {
+        client.texts(&mut c);
+    }
+    c.engine(0).request_drain(1000);
+    let mut closed_by_step = Vec::new();
+    let mut seen = vec![false; clients.len()];
+    for _ in 0..10 {
+        c.advance(100);
+        let mut n = 0;
+        for (i, client) in clients.iter_mut().enumerate() {
+            if !seen[i] {
+                match close_code(&client.ws.frames(&mut c)) {
+                    Some(4100) => {
+                        seen[i] = true;
+                        n += 1;
+                    }
+                    Some(other) => panic!("client {i} closed with {other}"),
+                    None => {}
+                }
+            }
+        }
+        closed_by_step.push(n);
+    }
+    // Spread over the window like /ws connections (4100: pusher-js backs off, then
+    // reconnects), not all at once.
+    assert!(
+        closed_by_step.iter().all(|&n| n <= 10),
+        "{closed_by_step:?}"
+    );
+    assert!(
+        closed_by_step[..5].iter().sum::<usize>() >= 10,
+        "{closed_by_step:?}"
+    );
+    assert!(
+        seen.iter().filter(|&&s| s).count() >= 36,
+        "{closed_by_step:?}"
+    );
+    assert_eq!(
+        close_code(&ws.frames(&mut c)),
+        Some(close::SERVICE_RESTART),
+        "/ws keeps 1012"
+    );
+    // A shutdown without a drain: Pusher clients get 4100 too, /ws clients 1001.
+    let mut c = Cluster::new(pusher_config(), 1);
+    let mut p = connect(&mut c, 0, "key1");
+    let mut ws = Ws::open(&mut c, 0, "/ws");
+    ws.texts(&mut c);
+    p.texts(&mut c);
+    c.engine(0).begin_shutdown();
+    c.settle();
+    assert_eq!(close_code(&p.ws.frames(&mut c)), Some(4100));
+    assert_eq!(close_code(&ws.frames(&mut c)), Some(close::GOING_AWAY));
+}
