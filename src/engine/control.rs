@@ -94,6 +94,14 @@ pub(super) enum Acc {
         /// The answer's shape.
         shape: super::pusher::Shape,
     },
+    /// `POST /apps/{id}/batch_events` with `info` on some items: `{"batch":[{..},..]}`, one
+    /// object per item with the counts its `info` asked for (of its channel, after its publish).
+    PusherBatch {
+        /// Internal names with connections and users, from their owners.
+        map: BTreeMap<Arc<str>, (u64, u64)>,
+        /// Per item, in order: its channel (internal name) and what it asked for.
+        items: Vec<(Arc<str>, super::pusher::Info)>,
+    },
 }
 
 impl Acc {
@@ -118,6 +126,14 @@ impl Acc {
             map: channels.iter().map(|c| (c.clone(), (0, 0))).collect(),
             info,
             shape: super::pusher::Shape::Trigger,
+        }
+    }
+
+    /// A batch's answer with per-item `info` (see `Acc::PusherBatch`).
+    pub(super) fn pusher_batch(items: Vec<(Arc<str>, super::pusher::Info)>) -> Acc {
+        Acc::PusherBatch {
+            map: BTreeMap::new(),
+            items,
         }
     }
 
@@ -401,6 +417,7 @@ fn result_of(p: &Pending) -> String {
         Acc::PusherChannels { map, info, shape } => {
             out.push_str(&super::pusher::render_channels(map, *info, *shape))
         }
+        Acc::PusherBatch { map, items } => out.push_str(&super::pusher::render_batch(map, items)),
         Acc::Raw(_) => {}
         Acc::Json(text) => out.push_str(text.as_deref().unwrap_or("{}")),
     }
@@ -1591,8 +1608,14 @@ impl Engine {
                 }
             }
             (Part::Count(n), Acc::Count(total)) => *total += n,
-            (Part::Published { .. }, Acc::Fixed(_) | Acc::PusherChannels { .. }) => {}
-            (Part::PusherChannels(list), Acc::PusherChannels { map, .. }) => {
+            (
+                Part::Published { .. },
+                Acc::Fixed(_) | Acc::PusherChannels { .. } | Acc::PusherBatch { .. },
+            ) => {}
+            (
+                Part::PusherChannels(list),
+                Acc::PusherChannels { map, .. } | Acc::PusherBatch { map, .. },
+            ) => {
                 for (name, conns, users) in list {
                     map.insert(name, (conns, users));
                 }

@@ -156,6 +156,29 @@ pub fn render_channels(map: &BTreeMap<Arc<str>, (u64, u64)>, info: Info, shape: 
     out
 }
 
+/// A batch's answer: `{"batch":[{..},..]}`, item `i` with the counts `items[i]` asked for, of
+/// its channel (0 for a channel its owner has nobody in).
+pub fn render_batch(map: &BTreeMap<Arc<str>, (u64, u64)>, items: &[(Arc<str>, Info)]) -> String {
+    let mut out = String::from("{\"batch\":[");
+    for (i, (channel, info)) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let (conns, users) = map.get(channel).copied().unwrap_or((0, 0));
+        out.push('{');
+        if info.user_count {
+            let _ = write!(out, "\"user_count\":{users}");
+        }
+        if info.subscription_count {
+            let sep = if info.user_count { "," } else { "" };
+            let _ = write!(out, "{sep}\"subscription_count\":{conns}");
+        }
+        out.push('}');
+    }
+    out.push_str("]}");
+    out
+}
+
 /// One event of `POST /apps/{id}/events` or of a batch.
 #[derive(Deserialize)]
 struct ApiEvent<'a> {
@@ -983,6 +1006,8 @@ impl Engine {
         };
         // Checked whole before anything is published: a bad batch publishes nothing.
         let mut publishes: Vec<(Arc<str>, Body)> = Vec::new();
+        // Per batch item: its first channel (internal name) and the counts it asked for.
+        let mut items: Vec<(Arc<str>, Info)> = Vec::new();
         for event in &events {
             if !wire::valid_event(&event.name) {
                 return Err((400, "invalid event name".to_string()));
@@ -1011,6 +1036,10 @@ impl Engine {
                     Some(wire::parse_socket_id(s).ok_or((400, "invalid socket_id".to_string()))?)
                 }
             };
+            if batch {
+                let first: Arc<str> = Arc::from(wire::internal_name(&app.id, channels[0]));
+                items.push((first, Info::parse(event.info.as_deref().unwrap_or(""))));
+            }
             for channel in channels {
                 let text = wire::event(&event.name, channel, &data, None);
                 let body = Body::Pusher {
@@ -1030,12 +1059,27 @@ impl Engine {
             _ => Info::default(),
         };
         let channels: Vec<Arc<str>> = publishes.iter().map(|(c, _)| c.clone()).collect();
+        // A batch with `info` on some item: each such item's channel is asked of its owner
+        // once, right after that channel's (last) publish in the batch.
+        let batch_info = items.iter().any(|(_, i)| i.any());
+        let mut asked: Vec<Arc<str>> = Vec::new();
+        if batch_info {
+            for (channel, item) in &items {
+                if item.any() && !asked.contains(channel) {
+                    asked.push(channel.clone());
+                }
+            }
+        }
         let (parts, acc) = if info.any() {
             let parts = 2 * publishes.len() as u32;
             (parts, super::control::Acc::pusher_trigger(info, &channels))
+        } else if batch_info {
+            let parts = (publishes.len() + asked.len()) as u32;
+            (parts, super::control::Acc::pusher_batch(items))
         } else {
             (publishes.len() as u32, super::control::Acc::fixed("{}"))
         };
+        let last_of = |channel: &Arc<str>| channels.iter().rposition(|c| c == channel);
         let Some(to) = self.await_parts(slot, None, parts, acc) else {
             return Ok(()); // answered: too many replies owed on this connection
         };
@@ -1049,7 +1093,8 @@ impl Engine {
                 key: None,
             };
             self.send_x(owner, msg);
-            if info.any() {
+            let ask_batch = asked.contains(&channel) && last_of(&channel) == Some(index);
+            if info.any() || ask_batch {
                 let query = Query::PusherChannels {
                     prefix: channel,
                     exact: true,

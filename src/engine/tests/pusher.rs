@@ -924,10 +924,34 @@ fn a_trigger_with_info_answers_each_channels_counts() {
             "empty":{"user_count":0,"subscription_count":0}
         }})
     );
-    // A batch's info is not answered (documented): `{}`.
-    let body =
-        json!({"batch":[{"name":"e","channel":"plain","data":"x","info":"subscription_count"}]})
-            .to_string();
+    // A batch answers each item's info, in order (an item without info gets {}).
+    let body = json!({"batch":[
+        {"name":"e","channel":"plain","data":"x","info":"subscription_count"},
+        {"name":"e","channel":"empty","data":"y"},
+        {"name":"e","channel":"presence-i","data":"z","info":"user_count,subscription_count"}
+    ]})
+    .to_string();
+    assert_eq!(
+        api(
+            &mut c,
+            0,
+            "key1",
+            "POST",
+            "/apps/1/batch_events",
+            &[],
+            &body
+        ),
+        (
+            200,
+            json!({"batch":[
+                {"subscription_count":1},
+                {},
+                {"user_count":1,"subscription_count":2}
+            ]})
+        )
+    );
+    // Without info anywhere, a batch answers {}.
+    let body = json!({"batch":[{"name":"e","channel":"plain","data":"x"}]}).to_string();
     assert_eq!(
         api(
             &mut c,

@@ -12,7 +12,8 @@
 //                 member_added for the second's user; later member_removed when it disconnects
 //   trigger       an event the SDK triggers arrives with the exact data; with socket_id the
 //                 sender is skipped (it gets the next event, not that one); a trigger with
-//                 info=subscription_count answers the channel's count; a batch arrives
+//                 info=subscription_count answers the channel's count; a batch arrives, and a
+//                 batch with info on an item answers that item's count
 //   api           GET /channels (filter_by_prefix=presence-, info=user_count), GET
 //                 /channels/NAME (info=subscription_count), GET /channels/NAME/users answer
 //                 as the Pusher API does
@@ -188,6 +189,14 @@ async function main() {
     { channel: priv, name: 'batched', data: { i: 2 } },
   ]);
   expect((await batchSeen).i === 1, 'batch event arrived');
+  // A batch with info on an item answers it, item by item.
+  const batchInfo = await (await server.triggerBatch([
+    { channel: priv, name: 'batched', data: { i: 3 }, info: 'subscription_count' },
+    { channel: pub, name: 'batched', data: { i: 4 } },
+  ])).json();
+  expect(Array.isArray(batchInfo.batch) && batchInfo.batch.length === 2
+    && batchInfo.batch[0].subscription_count === 2 && Object.keys(batchInfo.batch[1]).length === 0,
+    `batch info: ${JSON.stringify(batchInfo)}`);
 
   // Cache channels: the last event for a new subscriber, else pusher:cache_miss.
   const cache = `cache-${tag}`;
