@@ -26,12 +26,17 @@ pub enum Format {
     Raw,
     /// Each message is a ringcast JSON envelope or reply.
     Envelope,
+    /// Each message is a Pusher protocol message (`/app/{key}`).
+    Pusher,
 }
 
 impl Format {
     /// What a URL path's query asks the server for: `format=raw` or `format=json` (the last one
     /// wins, as a query parameter read once would); `Undetected` when it names none.
     pub fn of_path(path: &str) -> Format {
+        if path.starts_with("/app/") {
+            return Format::Pusher;
+        }
         let query = path.split_once('?').map_or("", |(_, q)| q);
         query
             .split('&')
@@ -47,6 +52,8 @@ impl Format {
     pub fn detect(first: &[u8]) -> Format {
         if first.starts_with(b"{\"op\":\"") {
             Format::Envelope
+        } else if first.starts_with(b"{\"event\":\"") {
+            Format::Pusher
         } else {
             Format::Raw
         }
@@ -58,6 +65,7 @@ impl Format {
             Format::Undetected => "undetected",
             Format::Raw => "raw",
             Format::Envelope => "envelope",
+            Format::Pusher => "pusher",
         }
     }
 
@@ -67,6 +75,7 @@ impl Format {
             Format::Undetected => "undetected",
             Format::Raw => "raw",
             Format::Envelope => "envelope (json)",
+            Format::Pusher => "pusher",
         }
     }
 }
@@ -95,6 +104,15 @@ pub fn read<'a>(format: &mut Format, prefix: &'a [u8]) -> Delivery<'a> {
     }
     if *format == Format::Raw {
         return Delivery::Payload(prefix);
+    }
+    if *format == Format::Pusher {
+        return match crate::pusher::parse(prefix) {
+            crate::pusher::Message::Event { data, .. } => Delivery::Payload(data),
+            crate::pusher::Message::Subscribed { channel } => Delivery::Subscribed(channel),
+            crate::pusher::Message::Error => Delivery::Error,
+            crate::pusher::Message::Other => Delivery::Other,
+            crate::pusher::Message::Unparsable => Delivery::Unparsable,
+        };
     }
     match envelope::parse(prefix) {
         Envelope::Message { data, .. } => Delivery::Payload(data),

@@ -31,6 +31,7 @@ mod payload;
 mod plot;
 mod pool;
 mod procfs;
+mod pusher;
 mod report;
 mod scenario;
 mod sys;

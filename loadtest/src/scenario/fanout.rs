@@ -155,6 +155,16 @@ pub struct FanoutArgs {
     /// publish errors).
     #[arg(long, value_name = "URL")]
     pub_http: Option<String>,
+    /// With --pub-http on the Pusher HTTP API (`http://HOST:PORT/apps/ID/events`): the app's
+    /// key; each publish is then a Pusher event `bench` on the channel, signed as the Pusher
+    /// server SDKs sign it, and subscribers on `ws://HOST:PORT/app/KEY?protocol=7` join with
+    /// `pusher:subscribe`.
+    #[arg(long, requires_all = ["pub_http", "pusher_secret"])]
+    pusher_key: Option<String>,
+    /// The app's secret (with --pusher-key); not written to the report.
+    #[arg(long, requires = "pusher_key")]
+    #[serde(skip)]
+    pusher_secret: Option<String>,
     /// What a --pub-ws publisher sends: `raw` (the payload as a text frame) or `ringcast`
     /// (`{"op":"publish","channel":C,"data":"PAYLOAD"}`, for namespaces with client publish).
     #[arg(long, value_enum, default_value = "raw", requires = "pub_ws")]
@@ -208,8 +218,9 @@ pub enum PublisherSpec {
         /// What it sends.
         format: PubWsFormat,
     },
-    /// An HTTP client POSTing each payload to `url`.
-    Http(HttpUrl),
+    /// An HTTP client POSTing each payload to `url`; with Pusher credentials, each as a signed
+    /// Pusher HTTP API event.
+    Http(HttpUrl, Option<crate::scenario::http_pub::PusherAuth>),
 }
 
 /// A run of the engine: everything the scenarios built on it differ in.
@@ -1031,17 +1042,20 @@ fn await_subscribed(
 fn format_json(formats: &[Format], from_url: bool) -> Value {
     let count = |f: Format| formats.iter().filter(|&&x| x == f).count();
     let (raw, envelope) = (count(Format::Raw), count(Format::Envelope));
-    let detected = match (raw > 0, envelope > 0) {
-        (true, false) => Format::Raw.name(),
-        (false, true) => Format::Envelope.name(),
-        (true, true) => "mixed",
-        (false, false) => "none",
+    let pusher = count(Format::Pusher);
+    let detected = match (raw > 0, envelope > 0, pusher > 0) {
+        (true, false, false) => Format::Raw.name(),
+        (false, true, false) => Format::Envelope.name(),
+        (false, false, true) => Format::Pusher.name(),
+        (false, false, false) => "none",
+        _ => "mixed",
     };
     json!({
         "detected": detected,
         "from": if from_url { "url" } else { "first message" },
         "raw": raw,
         "envelope": envelope,
+        "pusher": pusher,
         "undetected": count(Format::Undetected),
     })
 }
@@ -1058,6 +1072,7 @@ fn format_line(result: &Value) -> Option<String> {
     let mut line = match detected {
         "raw" => format!("format: {}, {how}", Format::Raw.label()),
         "envelope" => format!("format: {}, {how}", Format::Envelope.label()),
+        "pusher" => format!("format: {} (/app/KEY)", Format::Pusher.label()),
         "mixed" => format!(
             "format: mixed, {} subscribers raw and {} {}, {how}",
             f["raw"],
@@ -1122,7 +1137,12 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         }
         if plan.subscribe_by_command {
             let channel = &plan.channel_names[payload::stream_of(i, channels)];
-            pool.send_on_open(i, envelope::subscribe_command(channel, None).as_bytes());
+            let command = if Format::of_path(path_of(i)) == Format::Pusher {
+                crate::pusher::subscribe_command(channel)
+            } else {
+                envelope::subscribe_command(channel, None)
+            };
+            pool.send_on_open(i, command.as_bytes());
         }
     }
     let from_url = paths
@@ -1210,12 +1230,13 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
     };
     let control_addr = match &plan.publisher {
         PublisherSpec::Control(a) => Some(a.clone()),
-        PublisherSpec::Ws { .. } | PublisherSpec::Http(_) => None,
+        PublisherSpec::Ws { .. } | PublisherSpec::Http(..) => None,
     };
     let publisher_kind = match &plan.publisher {
         PublisherSpec::Control(_) => "control",
         PublisherSpec::Ws { .. } => "ws",
-        PublisherSpec::Http(_) => "http",
+        PublisherSpec::Http(_, None) => "http",
+        PublisherSpec::Http(_, Some(_)) => "pusher-http",
     };
     let publisher = match plan.publisher {
         PublisherSpec::Ws {
@@ -1250,8 +1271,11 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
                 .map_err(|e| format!("epoll_ctl: {e}"))?;
             Publisher::Control(c)
         }
-        PublisherSpec::Http(url) => {
-            let h = HttpPub::connect(&url)?;
+        PublisherSpec::Http(url, pusher) => {
+            let mut h = HttpPub::connect(&url)?;
+            if let Some(auth) = pusher {
+                h.set_pusher(auth);
+            }
             pool.poller()
                 .add(h.raw_fd(), TOKEN_PUBLISHER, Interest::EdgeBoth)
                 .map_err(|e| format!("epoll_ctl: {e}"))?;
@@ -1712,8 +1736,9 @@ pub fn prepare(args: &FanoutArgs) -> Result<Prepared, String> {
         );
     }
     let channels = args.channels as usize;
-    let named_channels =
-        args.control.is_some() || (args.pub_ws && args.pub_ws_format == PubWsFormat::Ringcast);
+    let named_channels = args.control.is_some()
+        || args.pusher_key.is_some()
+        || (args.pub_ws && args.pub_ws_format == PubWsFormat::Ringcast);
     if !named_channels && channels > 1 {
         return Err(
             "--channels > 1 needs --control or --pub-ws-format ringcast (a raw \
@@ -1730,7 +1755,25 @@ pub fn prepare(args: &FanoutArgs) -> Result<Prepared, String> {
     let publisher = if let Some(control) = &args.control {
         PublisherSpec::Control(target::parse_control(control)?)
     } else if let Some(http) = &args.pub_http {
-        PublisherSpec::Http(target::parse_http_url(http)?)
+        let pusher = match (&args.pusher_key, &args.pusher_secret) {
+            (Some(key), Some(secret)) => {
+                if channels > 1 {
+                    return Err("--pusher-key publishes to one channel (--channels 1)".into());
+                }
+                let channel = args
+                    .channel
+                    .clone()
+                    .or_else(|| url.channel().map(str::to_string))
+                    .unwrap_or_else(|| "bench".into());
+                Some(crate::scenario::http_pub::PusherAuth {
+                    key: key.clone(),
+                    secret: secret.clone(),
+                    channel,
+                })
+            }
+            _ => None,
+        };
+        PublisherSpec::Http(target::parse_http_url(http)?, pusher)
     } else {
         let pub_url = match &args.pub_url {
             Some(u) => {

@@ -218,8 +218,21 @@ impl ResponseParser {
     }
 }
 
+/// A Pusher app's credentials and the channel its publishes go to (`fanout --pusher-key`).
+#[derive(Debug, Clone)]
+pub struct PusherAuth {
+    /// The app key (`auth_key`).
+    pub key: String,
+    /// The app secret (signs each request).
+    pub secret: String,
+    /// The channel of every event.
+    pub channel: String,
+}
+
 /// The HTTP publisher: pipelined `POST`s on one keep-alive connection.
 pub struct HttpPub {
+    /// Pusher mode: each publish a signed event (the path, the credentials, the `Host`).
+    pusher: Option<Box<(String, PusherAuth, String)>>,
     fd: OwnedFd,
     /// `POST PATH HTTP/1.1` and the fixed headers, up to and including `Content-Length: `.
     head: Vec<u8>,
@@ -257,6 +270,7 @@ impl HttpPub {
         )
         .into_bytes();
         Ok(HttpPub {
+            pusher: None,
             fd,
             head,
             out: Vec::with_capacity(1 << 16),
@@ -285,8 +299,40 @@ impl HttpPub {
         self.requests - self.responses
     }
 
+    /// Makes every publish a Pusher HTTP API event `bench` on `auth.channel`, signed with the
+    /// app's secret (a new signature per request: the timestamp and `body_md5` change).
+    pub fn set_pusher(&mut self, auth: PusherAuth) {
+        let head = String::from_utf8_lossy(&self.head).to_string();
+        // "POST PATH HTTP/1.1\r\nHost: HOST\r\n...": the path and host of the URL.
+        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        let host = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Host: "))
+            .unwrap_or("")
+            .to_string();
+        self.pusher = Some(Box::new((path, auth, host)));
+    }
+
     /// Queues one `POST` with `payload` as its body.
     pub fn publish(&mut self, payload: &[u8]) {
+        if let Some(pusher) = &self.pusher {
+            let (path, auth, host) = &**pusher;
+            self.requests += 1;
+            let body = crate::pusher::event_body("bench", &auth.channel, payload);
+            let now_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let query = crate::pusher::signed_query(&auth.key, &auth.secret, path, &body, now_s);
+            write!(
+                self.out,
+                "POST {path}?{query} HTTP/1.1\r\nHost: {host}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .expect("writing to a Vec cannot fail");
+            self.out.extend_from_slice(&body);
+            return;
+        }
         self.requests += 1;
         self.out.extend_from_slice(&self.head);
         write!(self.out, "{}\r\n\r\n", payload.len()).expect("writing to a Vec cannot fail");
