@@ -441,11 +441,12 @@ http_checks() {
   check pusher "$PUSHER_LIMIT_S" bash "$CONF/pusher.sh" "$http" "$ws"
 }
 
-# The seed scenarios examples/03-group-chat, 04-push-every-second and 05-task-progress, each on
-# a server of its own started from the example's ringcast.toml on this driver, with its PHP
-# backend (and a private redis-server for 05), its page in Chromium and Node clients
-# (tests/conformance/seeds.sh; 01 and 02 are the login-timeout and online-users steps above).
-seed_examples() {
+# The steps that start a server of their own on this driver: the seed scenarios
+# examples/03-group-chat, 04-push-every-second and 05-task-progress, each from the example's
+# ringcast.toml, with its PHP backend (and a private redis-server for 05), its page in Chromium
+# and Node clients (tests/conformance/seeds.sh; 01 and 02 are the login-timeout and
+# online-users steps above); and the Pusher webhooks (tests/conformance/pusher-webhooks.sh).
+own_server_steps() {
   local seed
   for seed in group-chat push-every-second task-progress; do
     check "$seed" "$SEEDS_LIMIT_S" bash "$CONF/seeds.sh" "$seed" "$1"
@@ -477,7 +478,7 @@ phase_conformance() {
     else
       FAILED_STEPS=$((FAILED_STEPS + 1))
     fi
-    seed_examples "$driver"
+    own_server_steps "$driver"
     STEP_PREFIX=""
   done
   [ "$FAILED_STEPS" = 0 ]

@@ -145,6 +145,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A new request token naming `shard` (this one) as the waiting shard.
+    fn next_token(&mut self, shard: usize) -> u64 {
+        self.next_seq += 1;
+        token(shard, self.next_seq)
+    }
+
     /// The state for a shard; `local_seed` makes its node-local epochs differ from other
     /// nodes' and runs'.
     pub fn new(setup: ClusterSetup, local_seed: u64) -> Cluster {
@@ -180,13 +186,13 @@ fn failure(e: &BrokerError) -> Part {
         ),
         BrokerError::Down => Part::Failed(
             ErrorCode::ClusterUnavailable,
-            "the cluster's broker is unreachable (or was lost with this publish in flight: its \
+            "the cluster's broker is unreachable (or was lost with this request in flight: its \
              outcome is unknown); retry later"
                 .to_string(),
         ),
         BrokerError::Rejected(why) => Part::Failed(
             ErrorCode::ClusterUnavailable,
-            format!("the cluster's broker refused the publish: {why}"),
+            format!("the cluster's broker refused the request: {why}"),
         ),
     }
 }
@@ -259,8 +265,7 @@ impl Engine {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
-        cluster.next_seq += 1;
-        let token = token(index, cluster.next_seq);
+        let token = cluster.next_token(index);
         let command = BrokerCommand::Publish {
             channel: channel.clone(),
             payload: body.to_broker(),
@@ -383,8 +388,7 @@ impl Engine {
             None => {
                 // The node's first interest: subscribe, then read the position (the bridge runs
                 // the read after the subscription is active, so no message falls between).
-                cluster.next_seq += 1;
-                let token = token(index, cluster.next_seq);
+                let token = cluster.next_token(index);
                 cluster.channels.insert(
                     channel.clone(),
                     Some(Syncing {
@@ -468,8 +472,7 @@ impl Engine {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
-        cluster.next_seq += 1;
-        let token = token(index, cluster.next_seq);
+        let token = cluster.next_token(index);
         let command = BrokerCommand::History {
             channel: channel.clone(),
             since: Some(Position {
@@ -711,8 +714,7 @@ impl Engine {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
-        cluster.next_seq += 1;
-        let token = token(index, cluster.next_seq);
+        let token = cluster.next_token(index);
         cluster.refreshes.insert(token, (channel.clone(), due));
         cluster.outbox.push_back(BrokerCommand::History {
             channel: channel.clone(),
@@ -1008,6 +1010,8 @@ impl Engine {
             .map(|o| o.shards)
             .unwrap_or_default();
         self.owned.remove(channel);
+        // Its webhook occupancy goes with it (the set holds only channels with subscribers).
+        self.vacate_if_empty(channel);
         // Like an owner that is full: every shard's subscribers of it are refused.
         for shard in shards.iter() {
             let msg = XMsg::Ack {

@@ -280,9 +280,9 @@ impl ControlState {
 }
 
 /// `{"name":N,...}`, names in byte order.
-fn counts(out: &mut String, map: &BTreeMap<Arc<str>, u64>) {
+fn counts<'a>(out: &mut String, entries: impl Iterator<Item = (&'a Arc<str>, &'a u64)>) {
     out.push('{');
-    for (i, (name, n)) in map.iter().enumerate() {
+    for (i, (name, n)) in entries.enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -339,13 +339,13 @@ fn result_of(p: &Pending) -> String {
             nodes,
         } => {
             out.push_str("{\"users\":");
-            counts(&mut out, map);
+            counts(&mut out, map.iter());
             match nodes {
                 None => {}
                 Some(None) => out.push_str(",\"nodes\":null"),
                 Some(Some(nodes)) => {
                     out.push_str(",\"nodes\":");
-                    counts(&mut out, nodes);
+                    counts(&mut out, nodes.iter());
                 }
             }
             out.push('}');
@@ -355,18 +355,13 @@ fn result_of(p: &Pending) -> String {
             limit: Some(limit),
             ..
         } => {
-            out.push_str("{\"users\":{");
-            for (i, (name, n)) in map.iter().take(*limit).enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                let _ = write!(out, "{}:{n}", serde_json::Value::from(&**name));
-            }
+            out.push_str("{\"users\":");
+            counts(&mut out, map.iter().take(*limit));
             match map.keys().nth(*limit).and(map.keys().nth(*limit - 1)) {
                 Some(last) => {
-                    let _ = write!(out, "}},\"next\":{}}}", serde_json::Value::from(&**last));
+                    let _ = write!(out, ",\"next\":{}}}", serde_json::Value::from(&**last));
                 }
-                None => out.push_str("},\"next\":null}"),
+                None => out.push_str(",\"next\":null}"),
             }
         }
         Acc::Conns { ids, limit, users } => {

@@ -103,8 +103,19 @@ impl Engine {
         }
         self.counters.presence_news += 1;
         let text = envelope::presence_news(joined, &name, &user, info.as_deref());
+        self.notify_shards(&name, &text, None);
+    }
+
+    /// The owner: sends a news frame (`text`, encoded once) to every shard with subscribers of
+    /// `name`, each to queue it to its own (`on_notify`), skipping `skip_user`'s connections.
+    pub(super) fn notify_shards(
+        &mut self,
+        name: &Arc<str>,
+        text: &str,
+        skip_user: Option<Arc<str>>,
+    ) {
         let frame = frame::encode(OpCode::Text, text.as_bytes());
-        let shards: Vec<usize> = match self.owned.get(&name) {
+        let shards: Vec<usize> = match self.owned.get(name) {
             Some(owned) => owned.shards.iter().collect(),
             None => Vec::new(),
         };
@@ -114,7 +125,7 @@ impl Engine {
                 XMsg::Notify {
                     channel: name.clone(),
                     frame: frame.clone(),
-                    skip_user: None,
+                    skip_user: skip_user.clone(),
                 },
             );
         }

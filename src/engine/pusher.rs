@@ -763,21 +763,7 @@ impl Engine {
         } else {
             wire::member_removed(channel, user)
         };
-        let frame = frame::encode(OpCode::Text, text.as_bytes());
-        let shards: Vec<usize> = match self.owned.get(name) {
-            Some(owned) => owned.shards.iter().collect(),
-            None => Vec::new(),
-        };
-        for shard in shards {
-            self.send_x(
-                shard,
-                XMsg::Notify {
-                    channel: name.clone(),
-                    frame: frame.clone(),
-                    skip_user: joined.then(|| user.clone()),
-                },
-            );
-        }
+        self.notify_shards(name, &text, joined.then(|| user.clone()));
     }
 
     /// A `client-*` event: relayed to the channel's other subscribers when the app allows it

@@ -48,7 +48,7 @@ impl Engine {
     }
 
     /// The owner: reports `channel_vacated` when no shard subscribes to an occupied channel.
-    fn vacate_if_empty(&mut self, internal: &Arc<str>) {
+    pub(super) fn vacate_if_empty(&mut self, internal: &Arc<str>) {
         let empty = self.owned.get(internal).is_none_or(|o| o.shards.is_empty());
         if !empty || !self.hook_occupied.remove(internal) {
             return;

@@ -231,8 +231,11 @@ pub struct PusherAuth {
 
 /// The HTTP publisher: pipelined `POST`s on one keep-alive connection.
 pub struct HttpPub {
-    /// Pusher mode: each publish a signed event (the path, the credentials, the `Host`).
-    pusher: Option<Box<(String, PusherAuth, String)>>,
+    /// Pusher mode: each publish a signed event with these credentials.
+    pusher: Option<Box<PusherAuth>>,
+    /// The URL's path and `Host` (what a signed request is built from).
+    path: String,
+    host: String,
     fd: OwnedFd,
     /// `POST PATH HTTP/1.1` and the fixed headers, up to and including `Content-Length: `.
     head: Vec<u8>,
@@ -271,6 +274,8 @@ impl HttpPub {
         .into_bytes();
         Ok(HttpPub {
             pusher: None,
+            path: url.path.clone(),
+            host: url.host.clone(),
             fd,
             head,
             out: Vec::with_capacity(1 << 16),
@@ -302,21 +307,13 @@ impl HttpPub {
     /// Makes every publish a Pusher HTTP API event `bench` on `auth.channel`, signed with the
     /// app's secret (a new signature per request: the timestamp and `body_md5` change).
     pub fn set_pusher(&mut self, auth: PusherAuth) {
-        let head = String::from_utf8_lossy(&self.head).to_string();
-        // "POST PATH HTTP/1.1\r\nHost: HOST\r\n...": the path and host of the URL.
-        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
-        let host = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Host: "))
-            .unwrap_or("")
-            .to_string();
-        self.pusher = Some(Box::new((path, auth, host)));
+        self.pusher = Some(Box::new(auth));
     }
 
     /// Queues one `POST` with `payload` as its body.
     pub fn publish(&mut self, payload: &[u8]) {
-        if let Some(pusher) = &self.pusher {
-            let (path, auth, host) = &**pusher;
+        if let Some(auth) = &self.pusher {
+            let (path, host) = (&self.path, &self.host);
             self.requests += 1;
             let body = crate::pusher::event_body("bench", &auth.channel, payload);
             let now_s = std::time::SystemTime::now()

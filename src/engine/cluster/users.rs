@@ -18,7 +18,6 @@
 use super::super::Engine;
 use super::super::xmsg::{Body, ConnAction, Part, ReplyTo, UserOp};
 use super::failure;
-use crate::broker::route::token;
 use crate::broker::{BrokerCommand, BrokerError, Refused};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::sync::Arc;
@@ -112,8 +111,7 @@ impl Engine {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
-        cluster.next_seq += 1;
-        let token = token(index, cluster.next_seq);
+        let token = cluster.next_token(index);
         let command = BrokerCommand::UserSend {
             user: user.clone(),
             payload,
@@ -171,8 +169,7 @@ impl Engine {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
-        cluster.next_seq += 1;
-        let token = token(index, cluster.next_seq);
+        let token = cluster.next_token(index);
         let asked = users.clone();
         match cluster
             .handle
