@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tungstenite::{Message, WebSocket};
 
@@ -48,6 +49,13 @@ impl Node {
             "chat".into(),
             ringcast::config::Namespace {
                 client_publish: true,
+                ..Default::default()
+            },
+        );
+        c.namespaces.insert(
+            "pres".into(),
+            ringcast::config::Namespace {
+                join_leave: true,
                 ..Default::default()
             },
         );
@@ -676,4 +684,188 @@ fn send_user_disconnect_user_and_online_span_the_nodes() {
         node.eventually("the bridge's counters", |c| c.bridge_messages_in >= 2);
     }
     nodes[2].eventually("the bridge's sends counted", |c| c.bridge_messages_out >= 4);
+}
+
+/// A node in a process of its own (so that it can be killed with SIGKILL): `ringcast serve`
+/// with a config file, ready once its readiness line names its port.
+struct ProcessNode {
+    child: Child,
+    addr: SocketAddr,
+    path: std::path::PathBuf,
+}
+
+impl ProcessNode {
+    fn start(url: &str, test: &str, n: usize, lease_ms: u64) -> ProcessNode {
+        let dir = std::env::temp_dir().join(format!(
+            "ringcast-cluster-{}-{test}-{n}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let config = dir.join("ringcast.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\nshards = 2\n\n[control]\nlisten = [\"unix:{}\"]\n\n\
+                 [namespaces.pres]\njoin_leave = true\n\n[cluster]\nredis = \"{url}\"\n\
+                 node = \"{test}-{n}\"\nprefix = \"rc-{test}\"\ntimeout_ms = 1000\n\
+                 presence_lease_ms = {lease_ms}\n",
+                path.display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args(["serve", "--no-pin", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the binary runs");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("ringcast ready listen=") {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx.recv_timeout(WAIT).expect("the node's readiness line");
+        let addr: SocketAddr = addr.parse().expect("the node's address");
+        let node = ProcessNode { child, addr, path };
+        // Up on the broker: its stats say so on both shards.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = Ctl::connect(&node.path).call(json!({"method":"stats"}));
+            let up = &r["result"]["total"]["cluster_up"];
+            if up == 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {n} not up on the broker: cluster_up {up}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        node
+    }
+}
+
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `/ws` subscriber of `channel` on `addr` bound to `user` through `ctl`; returns the socket.
+fn member(addr: SocketAddr, ctl: &mut Ctl, channel: &str, user: &str) -> Ws {
+    let (ws, conn, _) = subscriber(addr, channel);
+    let r = ctl.call(json!({"method":"bind_user","conn":conn,"user":user}));
+    assert!(r.get("error").is_none(), "{r}");
+    ws
+}
+
+/// The next presence news on `ws`: (op, user).
+fn news(ws: &mut Ws) -> (String, String) {
+    let m = read_json(ws);
+    assert!(m["op"] == "join" || m["op"] == "leave", "not news: {m}");
+    (
+        m["op"].as_str().unwrap().to_string(),
+        m["user"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Polls `presence_stats` on `ctl` until it answers `want` (bounded).
+fn stats_until(ctl: &mut Ctl, channel: &str, want: Value) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = ctl.call(json!({"method":"presence_stats","channel":channel}));
+        if r["result"] == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence_stats {r}, wanted {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn presence_spans_the_nodes_and_a_killed_node_leaves_no_ghosts() {
+    let redis = Redis::start();
+    let nodes = [
+        Node::start(&redis.url(), "pres", 0, Vec::new()),
+        Node::start(&redis.url(), "pres", 1, Vec::new()),
+    ];
+    let mut doomed = Some(ProcessNode::start(&redis.url(), "pres", 2, 1_500));
+    let room = "pres:room";
+    let (mut ctl0, mut ctl1) = (nodes[0].ctl(), nodes[1].ctl());
+    // An anonymous watcher on node 0 sees the cluster's news.
+    let (mut watcher, _, _) = subscriber(nodes[0].addr(), room);
+    let alice0 = member(nodes[0].addr(), &mut ctl0, room, "alice");
+    assert_eq!(news(&mut watcher), ("join".into(), "alice".into()));
+    // Alice's second tab, on another node: she is in the room already, no news.
+    let alice1 = member(nodes[1].addr(), &mut ctl1, room, "alice");
+    let d = doomed.as_ref().unwrap();
+    let mut ctl2 = Ctl::connect(&d.path);
+    let _bob = member(d.addr, &mut ctl2, room, "bob");
+    assert_eq!(
+        news(&mut watcher),
+        ("join".into(), "bob".into()),
+        "bob's join is the next news: alice's second tab made none"
+    );
+    // Any node answers for all of them.
+    let all = json!({"users":2,"conns":4,"anonymous":1});
+    stats_until(&mut ctl1, room, all.clone());
+    stats_until(&mut ctl2, room, all);
+    let r = ctl1.call(json!({"method":"presence","channel":room}));
+    assert_eq!(r["result"]["users"]["alice"]["conns"], 2, "{r}");
+    assert_eq!(r["result"]["users"]["bob"]["conns"], 1, "{r}");
+    assert_eq!(r["result"]["anonymous"], 1, "{r}");
+    assert!(r["result"]["users_next"].is_null(), "{r}");
+    let r = ctl1.call(json!({"method":"presence","channel":room,"limit":1}));
+    assert_eq!(
+        r["result"]["users_next"], "alice",
+        "pages in byte order: {r}"
+    );
+    let r = ctl1.call(json!({"method":"presence","channel":room,"limit":1,"user_cursor":"alice"}));
+    let users: Vec<&String> = r["result"]["users"].as_object().unwrap().keys().collect();
+    assert_eq!(users, ["bob"], "{r}");
+    // Alice closes her tab on node 1: still in the room on node 0, no news.
+    drop(alice1);
+    stats_until(&mut ctl0, room, json!({"users":2,"conns":3,"anonymous":1}));
+    // Bob's node dies without a word: once its lease has passed, bob has left.
+    let mut d = doomed.take().unwrap();
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    assert_eq!(
+        news(&mut watcher),
+        ("leave".into(), "bob".into()),
+        "the dead node's user leaves after its lease"
+    );
+    stats_until(&mut ctl1, room, json!({"users":1,"conns":2,"anonymous":1}));
+    assert_eq!(
+        redis.cli(&["HLEN", "rc-pres:pn:pres:room"]),
+        "1",
+        "the dead node's entry is gone; node 0's remains (node 1 holds no one in the room now)"
+    );
+    let keys = redis.cli(&["KEYS", "rc-pres:pu:9:pres:room:*"]);
+    assert!(
+        keys.lines().count() == 1 && keys.starts_with("rc-pres:pu:9:pres:room:pres-0@"),
+        "only node 0's users are kept: {keys}"
+    );
+    // Redis restarted with nothing kept: node 0 writes its presence again by itself.
+    let port = redis.port;
+    let mut redis = redis;
+    redis.kill();
+    redis = Redis::start_on(port);
+    stats_until(&mut ctl1, room, json!({"users":1,"conns":2,"anonymous":1}));
+    drop(alice0);
+    assert_eq!(news(&mut watcher), ("leave".into(), "alice".into()));
+    stats_until(&mut ctl1, room, json!({"users":0,"conns":1,"anonymous":1}));
+    drop(redis);
 }

@@ -49,6 +49,11 @@ pub struct ClusterConfig {
     pub reconnect_min_ms: u64,
     /// Longest delay between reconnection attempts.
     pub reconnect_max_ms: u64,
+    /// Life of this node's presence entries in the broker without renewal: the bridge renews
+    /// its lease every third of it, so a node that dies (`kill -9`, a lost host) leaves no
+    /// users in any channel's presence once this has passed (the next sweep or read removes
+    /// them, with their leave news). Memory: none beyond the entries.
+    pub presence_lease_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -67,6 +72,7 @@ impl Default for ClusterConfig {
             timeout_ms: 5_000,
             reconnect_min_ms: 50,
             reconnect_max_ms: 2_000,
+            presence_lease_ms: 15_000,
         }
     }
 }
@@ -125,6 +131,9 @@ impl ClusterConfig {
                 "cluster.reconnect_min_ms must be above 0 and at most cluster.reconnect_max_ms"
                     .to_string(),
             );
+        }
+        if self.presence_lease_ms < 300 {
+            errors.push("cluster.presence_lease_ms must be at least 300".to_string());
         }
         if errors.is_empty() {
             Ok(())

@@ -44,9 +44,12 @@
 //!   its own connections, in the broker's one order), and is answered with the number of
 //!   nodes. Nothing is kept: a node that is cut off misses what was sent meanwhile.
 //!
-//! Extension point: presence leases (a node's users per channel, kept alive by renewal) will be
-//! new variants of [`BrokerCommand`] and [`BrokerEvent`]; the bridge's `command` dispatch in
-//! `redis/bridge.rs` is the one place that grows with them. Nothing of them exists yet.
+//! - **Presence**: a channel's owner shard reports each change of the node's presence in it
+//!   (`PresenceSet`); the bridge keeps the node's presence, writes it under the node's lease
+//!   (renewed while the node lives, so a dead node's entries go after the lease), writes it all
+//!   again after a reconnect, and answers `PresenceRead` from every live node's entries. Join and
+//!   leave news are decided at the broker across nodes and arrive as
+//!   [`BrokerEvent::PresenceNews`] on every node with subscribers.
 //!
 //! This module is plain data plus the queue: no sockets, no threads, no clock. The engine may
 //! use it; only `broker::redis` does I/O (a tidy test holds both).
@@ -147,6 +150,37 @@ pub enum BrokerCommand {
         /// The caller's token, returned in the answer.
         token: u64,
     },
+    /// This node's presence in `channel` changed (at the channel's owner shard): `user` now
+    /// holds `conns` of the node's connections in it (0: none; `None`: an anonymous
+    /// connection came or went), and the node holds `node_conns` connections in it,
+    /// `node_anon` of them anonymous (both 0: the node left the channel). The bridge keeps the
+    /// node's presence and writes it under the node's lease; with `news`, the broker announces
+    /// a user's first connection on any node and its last on all of them
+    /// ([`BrokerEvent::PresenceNews`], to every node with subscribers).
+    PresenceSet {
+        /// The channel.
+        channel: Arc<str>,
+        /// The user whose count changed, with its `info` (raw JSON) when it joined.
+        user: Option<(Arc<str>, Option<Arc<str>>)>,
+        /// The user's connections in the channel on this node now.
+        conns: u32,
+        /// The node's connections in the channel now.
+        node_conns: u64,
+        /// Of those, anonymous.
+        node_anon: u64,
+        /// Whether the channel's namespace has `join_leave` news.
+        news: bool,
+    },
+    /// The channel's presence on every live node: answered by [`BrokerEvent::PresenceReply`].
+    PresenceRead {
+        /// The channel.
+        channel: Arc<str>,
+        /// `None`: counts only (`presence_stats`); `Some((after, limit))`: a page of users in
+        /// byte order after `after`, at most `limit`.
+        page: Option<(Option<Arc<str>>, usize)>,
+        /// The caller's token, returned in the answer.
+        token: u64,
+    },
     /// The channel's position and, with `since`, the messages after it: answered by
     /// [`BrokerEvent::HistoryReply`].
     History {
@@ -221,6 +255,21 @@ pub struct Recovered {
     pub replay: Option<Vec<(u64, Bytes)>>,
 }
 
+/// A channel's presence across the live nodes, as the broker answered a `PresenceRead`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PresenceView {
+    /// Distinct users.
+    pub users: u64,
+    /// Connections (users' and anonymous), summed over the nodes.
+    pub conns: u64,
+    /// Anonymous connections.
+    pub anonymous: u64,
+    /// The asked page: each user with its connections on all nodes and its `info` (raw JSON).
+    pub page: Vec<(String, u64, Option<String>)>,
+    /// Whether users follow the page.
+    pub more: bool,
+}
+
 /// What the bridge tells the shards.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BrokerEvent {
@@ -280,6 +329,26 @@ pub enum BrokerEvent {
         token: u64,
         /// The node counts, one per asked user, in the asked order.
         result: Result<Vec<u64>, BrokerError>,
+    },
+    /// A user's first connection in `channel` on any node (`joined`), or its last on all of
+    /// them left (or went with its node's lease): the channel's `join_leave` news, in the
+    /// channel's order with its messages.
+    PresenceNews {
+        /// The channel (the handle the `Subscribe` carried).
+        channel: Arc<str>,
+        /// Joined or left.
+        joined: bool,
+        /// The user.
+        user: Arc<str>,
+        /// The user's `info` (raw JSON), when it has one.
+        info: Option<Arc<str>>,
+    },
+    /// The answer to a `PresenceRead`.
+    PresenceReply {
+        /// The request's token.
+        token: u64,
+        /// The presence on every live node.
+        result: Result<PresenceView, BrokerError>,
     },
     /// The subscription set is full (`[cluster] channels_max`): this `Subscribe` was not
     /// recorded and nothing of the channel will arrive.
@@ -450,6 +519,16 @@ impl BrokerCommand {
                 channel, payload, ..
             } => channel.len() + payload.len(),
             BrokerCommand::History { channel, .. } => channel.len(),
+            BrokerCommand::PresenceSet { channel, user, .. } => {
+                let user = user.as_ref().map_or(0, |(u, info)| {
+                    u.len() + info.as_ref().map_or(0, |i| i.len())
+                });
+                channel.len() + user
+            }
+            BrokerCommand::PresenceRead { channel, page, .. } => {
+                let after = page.as_ref().and_then(|(a, _)| a.as_ref());
+                channel.len() + after.map_or(0, |a| a.len())
+            }
         }
     }
 }
@@ -503,6 +582,7 @@ impl BrokerHandle {
                 | BrokerCommand::History { .. }
                 | BrokerCommand::UserSend { .. }
                 | BrokerCommand::UserNodes { .. }
+                | BrokerCommand::PresenceRead { .. }
         );
         if needs_broker && !self.is_up() {
             if matches!(command, BrokerCommand::Publish { .. }) {

@@ -49,13 +49,17 @@ pub fn route(event: &BrokerEvent, shards: usize) -> Route {
     match event {
         BrokerEvent::Message { channel, .. }
         | BrokerEvent::Resync { channel, .. }
+        | BrokerEvent::PresenceNews { channel, .. }
         | BrokerEvent::SubscribeRefused { channel } => owner(channel),
         // A user's owner shard holds its registry (the same hash as channels).
         BrokerEvent::User { user, .. } => owner(user),
         BrokerEvent::Published { token, .. }
         | BrokerEvent::HistoryReply { token, .. }
         | BrokerEvent::UserSent { token, .. }
-        | BrokerEvent::UserNodes { token, .. } => Route::One(token_shard(*token).min(shards - 1)),
+        | BrokerEvent::UserNodes { token, .. }
+        | BrokerEvent::PresenceReply { token, .. } => {
+            Route::One(token_shard(*token).min(shards - 1))
+        }
         BrokerEvent::Pattern { channel, .. } => {
             let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
             for b in channel.iter() {

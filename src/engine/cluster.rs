@@ -34,6 +34,7 @@ use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+mod presence;
 mod users;
 
 /// Broker events handled per loop turn.
@@ -126,6 +127,8 @@ pub struct Cluster {
     /// Clustered `online` node counts asked of the broker, by token: the reply they complete,
     /// the users asked, and the deadline.
     user_nodes: HashMap<u64, (ReplyTo, Vec<Arc<str>>, u64)>,
+    /// Presence reads asked of the broker, by token.
+    presence_reads: HashMap<u64, presence::PendingPresenceRead>,
     /// When the maps above are next swept for requests past their deadline (once a second:
     /// the sweep is O(requests waiting), and only unanswered requests are in them).
     next_sweep_ms: u64,
@@ -166,6 +169,7 @@ impl Cluster {
             tails: HashMap::new(),
             user_sends: HashMap::new(),
             user_nodes: HashMap::new(),
+            presence_reads: HashMap::new(),
             next_sweep_ms: 0,
             scratch: Vec::new(),
             next_seq: 0,
@@ -818,6 +822,7 @@ impl Engine {
         for token in user_sends {
             self.expire_user_send(token);
         }
+        self.expire_presence_reads(now);
         for token in user_nodes {
             self.counters.cluster_requests_expired += 1;
             self.on_user_nodes(token, Err(BrokerError::Down));
@@ -895,6 +900,13 @@ impl Engine {
             BrokerEvent::User { user, payload } => self.on_broker_user(&user, &payload),
             BrokerEvent::UserSent { token, result } => self.on_user_sent(token, result),
             BrokerEvent::UserNodes { token, result } => self.on_user_nodes(token, result),
+            BrokerEvent::PresenceNews {
+                channel,
+                joined,
+                user,
+                info,
+            } => self.on_presence_news(&channel, joined, &user, info.as_deref()),
+            BrokerEvent::PresenceReply { token, result } => self.on_presence_reply(token, result),
             BrokerEvent::Resync { channel, now, .. } => {
                 let Some(cluster) = self.cluster.as_ref() else {
                     return;

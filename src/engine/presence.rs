@@ -74,6 +74,7 @@ impl Engine {
         join: bool,
     ) {
         let entry = self.presence.entry(name.clone()).or_default();
+        let joined_info = if join { info.clone() } else { None };
         let news = if join {
             let first = entry.join(user.as_ref(), info.clone());
             first.then_some((true, info))
@@ -84,6 +85,10 @@ impl Engine {
             }
             last.map(|m| (false, m.info))
         };
+        self.cluster_presence_changed(&name, user.as_ref(), joined_info);
+        if !self.presence_news_here(&name) {
+            return;
+        }
         let Some((joined, info)) = news else {
             return;
         };
@@ -214,11 +219,22 @@ impl Engine {
         limit: usize,
         reply: ReplyTo,
     ) {
-        let text = if stats {
+        let page = (!stats).then_some((after, limit));
+        if self.cluster_presence_ask(name, page, reply) {
+            return;
+        }
+        let mut text = if stats {
             self.presence_stats_json(name)
         } else {
             self.presence_users_json(name, after, limit)
         };
+        if self.presence_clustered(name) {
+            // The broker could not be asked (down, or its queue full): this node's view.
+            match stats {
+                true => text.insert_str(text.len() - 1, ",\"local_only\":true"),
+                false => text.push_str(",\"local_only\":true"),
+            }
+        }
         self.send_x(
             reply.shard as usize,
             XMsg::Reply {

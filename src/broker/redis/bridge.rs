@@ -31,7 +31,7 @@ use super::url::RedisUrl;
 use crate::broker::config::ClusterConfig;
 use crate::broker::{
     BrokerCommand, BrokerError, BrokerEvent, BrokerSink, BrokerStats, DownCause, Keep, Position,
-    Recovered, Shared,
+    PresenceView, Recovered, Shared,
 };
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -53,6 +53,20 @@ const TICK_MS: u64 = 100;
 enum Held {
     History(u64, Arc<str>, Option<Position>),
     UserSend(u64, Arc<str>, Bytes),
+    /// A presence write: its news go out on the channel's broker channel, which this node may
+    /// be subscribing just now (its first subscriber is the joining connection).
+    PresenceSet(PresenceWrite),
+}
+
+/// A `PresenceSet` as the bridge sends it.
+#[derive(Debug)]
+struct PresenceWrite {
+    channel: Arc<str>,
+    user: Option<(Arc<str>, Option<Arc<str>>)>,
+    conns: u32,
+    news: bool,
+    node_conns: u64,
+    node_anon: u64,
 }
 
 /// What one reply on the command connection answers.
@@ -77,8 +91,28 @@ enum Pending {
     },
     /// A position read after a reconnect.
     Resync { channel: Arc<str> },
+    /// A presence write (set, replace, sweep) for `channel`, or the lease's renewal (`None`).
+    Presence { channel: Option<Arc<str>> },
+    /// A presence read.
+    PresenceRead {
+        token: u64,
+        channel: Arc<str>,
+        page: Option<(Option<Arc<str>>, usize)>,
+    },
     /// A keep-alive.
     Ping,
+}
+
+/// This node's presence in one channel, as the owner shards reported it: what the bridge
+/// writes again after a reconnect. Bounded by the node's own presence (its connections ×
+/// their channels).
+#[derive(Debug, Default)]
+struct NodePresence {
+    /// User → its connections in the channel here, and its `info`.
+    users: HashMap<Arc<str>, (u32, Option<Arc<str>>)>,
+    conns: u64,
+    anon: u64,
+    news: bool,
 }
 
 /// The two connections and what is in flight on them.
@@ -130,6 +164,19 @@ pub struct Bridge<S: BrokerSink> {
     publish: Script,
     history: Script,
     position: Script,
+    presence_set: Script,
+    presence_replace: Script,
+    presence_sweep: Script,
+    presence_read: Script,
+    /// This process's name in presence: the node's name and its start time, so that a node
+    /// restarted under the same name does not take over its dead incarnation's entries.
+    instance: String,
+    /// This node's presence by channel (see [`NodePresence`]).
+    presence: HashMap<Arc<str>, NodePresence>,
+    /// When the lease is next renewed and the presence channels swept.
+    lease_due: Instant,
+    /// Presence channels still to sweep in this lease period.
+    sweeps: VecDeque<Arc<str>>,
     sink: S,
     shared: Arc<Shared>,
     rx: Receiver<BrokerCommand>,
@@ -148,6 +195,12 @@ pub struct Bridge<S: BrokerSink> {
     jitter: Jitter,
     announced: Announced,
     ever_up: bool,
+    /// A refused presence write was logged (once per process).
+    presence_error_said: bool,
+    /// The broker's boot mark at the last connection (`PREFIX:boot`).
+    boot: Option<Bytes>,
+    /// This connection's presence rewrite goes without news (the broker lost its data).
+    presence_quiet: bool,
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -179,6 +232,20 @@ impl<S: BrokerSink> Bridge<S> {
             publish: Script::new(super::keys::PUBLISH),
             history: Script::new(super::keys::HISTORY),
             position: Script::new(super::keys::POSITION),
+            presence_set: Script::new(super::keys::PRESENCE_SET),
+            presence_replace: Script::new(super::keys::PRESENCE_REPLACE),
+            presence_sweep: Script::new(super::keys::PRESENCE_SWEEP),
+            presence_read: Script::new(super::keys::PRESENCE_READ),
+            instance: format!(
+                "{}@{}",
+                cfg.node_name(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+            ),
+            presence: HashMap::new(),
+            lease_due: Instant::now(),
+            sweeps: VecDeque::new(),
             sink,
             shared,
             rx,
@@ -194,6 +261,9 @@ impl<S: BrokerSink> Bridge<S> {
             jitter: Jitter::new(seed),
             announced: Announced::Nothing,
             ever_up: false,
+            presence_error_said: false,
+            boot: None,
+            presence_quiet: false,
         }
     }
 
@@ -237,9 +307,25 @@ impl<S: BrokerSink> Bridge<S> {
     fn connect(&mut self) {
         let timeout = self.timeout();
         let bytes_max = self.cfg.buffer_bytes_max;
+        let boot_key = self.keys.boot();
+        let boot_mine = format!("{:016x}", self.jitter.draw());
         let opened = open_pair(&self.url, &self.node, timeout, bytes_max).and_then(|(sub, cmd)| {
             let mut cmd = cmd;
-            for script in [&self.publish, &self.history, &self.position] {
+            // Whether Redis kept its data since the last connection: the first node to reach a
+            // Redis sets its boot mark, and the mark survives exactly as long as the data.
+            cmd.setup(&[b"SET", &boot_key, boot_mine.as_bytes(), b"NX"])?;
+            let boot = cmd.setup(&[b"GET", &boot_key])?;
+            let boot = boot.bytes().cloned().unwrap_or_default();
+            let scripts = [
+                &self.publish,
+                &self.history,
+                &self.position,
+                &self.presence_set,
+                &self.presence_replace,
+                &self.presence_sweep,
+                &self.presence_read,
+            ];
+            for script in scripts {
                 let sha = cmd.setup(&[b"SCRIPT", b"LOAD", script.text.as_bytes()])?;
                 if sha.bytes().map(|b| &b[..]) != Some(script.sha.as_bytes()) {
                     return Err(protocol("SCRIPT LOAD answered another digest"));
@@ -247,12 +333,18 @@ impl<S: BrokerSink> Bridge<S> {
             }
             sub.set_nonblocking()?;
             cmd.set_nonblocking()?;
-            Ok((sub, cmd))
+            Ok((sub, cmd, boot))
         });
-        let (sub, cmd) = match opened {
-            Ok(pair) => pair,
+        let (sub, cmd, boot) = match opened {
+            Ok(opened) => opened,
             Err(cause) => return self.lose(None, cause),
         };
+        // Redis lost its data (restarted without persistence, flushed): this node's presence
+        // is written again without news, as every node's is (nobody left or joined; the
+        // subscribers were told of them before). Otherwise the rewrite announces what differs
+        // (e.g. the node was cut off long enough for the others to remove its users).
+        self.presence_quiet = self.boot.as_ref().is_some_and(|b| *b != boot);
+        self.boot = Some(boot);
         let now = Instant::now();
         let mut link = Link {
             sub,
@@ -301,7 +393,13 @@ impl<S: BrokerSink> Bridge<S> {
                     Pending::History { token, channel, .. } => self.fail_history(token, channel),
                     Pending::UserSend { token } => self.fail_user_send(token),
                     Pending::UserNodes { token, .. } => self.fail_user_nodes(token),
-                    Pending::Resync { .. } | Pending::Ping => {}
+                    Pending::PresenceRead { token, .. } => {
+                        self.sink.deliver(BrokerEvent::PresenceReply {
+                            token,
+                            result: Err(BrokerError::Down),
+                        })
+                    }
+                    Pending::Resync { .. } | Pending::Presence { .. } | Pending::Ping => {}
                 }
             }
         }
@@ -309,6 +407,8 @@ impl<S: BrokerSink> Bridge<S> {
             match held {
                 Held::History(token, channel, _) => self.fail_history(token, channel),
                 Held::UserSend(token, ..) => self.fail_user_send(token),
+                // The presence is kept: the replace after the reconnect writes it.
+                Held::PresenceSet(_) => {}
             }
         }
         if self.announced != Announced::Down {
@@ -377,6 +477,14 @@ impl<S: BrokerSink> Bridge<S> {
         }
         if link.resync.is_empty() && link.resync_reads == 0 {
             link.resyncing = false;
+            // The broker may have lost this node's presence (a restart) or kept entries it no
+            // longer has (its leaves were refused meanwhile): write all of it again.
+            let channels: Vec<Arc<str>> = self.presence.keys().cloned().collect();
+            for channel in channels {
+                self.send_presence_replace(link, channel);
+            }
+            self.presence_quiet = false;
+            self.lease_due = Instant::now() + self.lease_period();
             self.announce_up(link);
         }
         Ok(())
@@ -574,6 +682,65 @@ impl<S: BrokerSink> Bridge<S> {
                     }
                 }
             }
+            BrokerCommand::PresenceSet {
+                channel,
+                user,
+                conns,
+                node_conns,
+                node_anon,
+                news,
+            } => {
+                let entry = self.presence.entry(channel.clone()).or_default();
+                entry.conns = node_conns;
+                entry.anon = node_anon;
+                entry.news = news;
+                if let Some((user, info)) = &user {
+                    if conns == 0 {
+                        entry.users.remove(user);
+                    } else {
+                        let held = entry.users.entry(user.clone()).or_insert((0, None));
+                        held.0 = conns;
+                        if info.is_some() {
+                            held.1 = info.clone();
+                        }
+                    }
+                }
+                if node_conns == 0 {
+                    self.presence.remove(&channel);
+                }
+                let Some(mut link) = self.link.take() else {
+                    return;
+                };
+                let write = PresenceWrite {
+                    channel,
+                    user,
+                    conns,
+                    news,
+                    node_conns,
+                    node_anon,
+                };
+                // While resyncing, the replace at its end writes the state as it is then.
+                match (link.resyncing, link.sub_owed > 0) {
+                    (true, _) => {}
+                    (false, true) => self.held.push_back(Held::PresenceSet(write)),
+                    (false, false) => self.send_presence_set(&mut link, write),
+                }
+                self.link = Some(link);
+            }
+            BrokerCommand::PresenceRead {
+                channel,
+                page,
+                token,
+            } => match self.link.take() {
+                None => self.sink.deliver(BrokerEvent::PresenceReply {
+                    token,
+                    result: Err(BrokerError::Down),
+                }),
+                Some(mut link) => {
+                    self.send_presence_read(&mut link, token, channel, page);
+                    self.link = Some(link);
+                }
+            },
             BrokerCommand::History {
                 channel,
                 since,
@@ -611,17 +778,192 @@ impl<S: BrokerSink> Bridge<S> {
         link.pending.push_back(pending);
     }
 
-    /// Queues a script call: `EVALSHA`, or `EVAL` after a `NOSCRIPT`.
+    /// Queues a script call with two keys: `EVALSHA`, or `EVAL` after a `NOSCRIPT`.
     fn script(&self, link: &mut Link, script: &Script, args: &[&[u8]]) {
+        self.script_keys(link, script, 2, args);
+    }
+
+    /// Queues a script call whose first `keys` arguments are keys.
+    fn script_keys(&self, link: &mut Link, script: &Script, keys: usize, args: &[&[u8]]) {
         let mut all: Vec<&[u8]> = Vec::with_capacity(args.len() + 3);
         if link.use_eval {
             all.extend([&b"EVAL"[..], script.text.as_bytes()]);
         } else {
             all.extend([&b"EVALSHA"[..], script.sha.as_bytes()]);
         }
-        all.push(b"2");
+        let keys = keys.to_string();
+        all.push(keys.as_bytes());
         all.extend_from_slice(args);
         link.cmd.queue(&all);
+    }
+
+    // ----- presence ---------------------------------------------------------------------------
+
+    /// Renewal and sweeps happen three times per lease.
+    fn lease_period(&self) -> Duration {
+        Duration::from_millis(self.cfg.presence_lease_ms / 3)
+    }
+
+    /// The keys and shared arguments of a presence script for `channel`, then `extra`.
+    fn presence_script(
+        &self,
+        link: &mut Link,
+        script: &Script,
+        channel: &str,
+        news: bool,
+        extra: &[&[u8]],
+    ) {
+        let [pn, pd, pl, pu_prefix] = self.keys.presence(channel);
+        let mine = [&pu_prefix[..], self.instance.as_bytes()].concat();
+        let (msg, live) = (self.keys.pubsub(channel), self.keys.live_prefix());
+        let ttl_ms = self.cfg.presence_lease_ms.saturating_mul(10).to_string();
+        let mut args: Vec<&[u8]> = vec![
+            &pn,
+            &pd,
+            &pl,
+            &mine,
+            &msg,
+            &pu_prefix,
+            &live,
+            self.instance.as_bytes(),
+            ttl_ms.as_bytes(),
+            if news { b"1" } else { b"0" },
+        ];
+        args.extend_from_slice(extra);
+        self.script_keys(link, script, 4, &args);
+    }
+
+    fn send_presence_set(&mut self, link: &mut Link, write: PresenceWrite) {
+        let PresenceWrite {
+            channel,
+            user,
+            conns,
+            news,
+            node_conns,
+            node_anon,
+        } = write;
+        let numbers = [
+            node_conns.to_string(),
+            node_anon.to_string(),
+            self.cfg.presence_lease_ms.to_string(),
+            conns.to_string(),
+        ];
+        let (name, info) = match &user {
+            Some((name, info)) => (name.as_bytes(), info.as_deref().unwrap_or("").as_bytes()),
+            None => (&b""[..], &b""[..]),
+        };
+        let extra: [&[u8]; 6] = [
+            numbers[0].as_bytes(),
+            numbers[1].as_bytes(),
+            numbers[2].as_bytes(),
+            name,
+            numbers[3].as_bytes(),
+            info,
+        ];
+        let script = self.presence_set.clone();
+        self.presence_script(link, &script, &channel, news, &extra);
+        self.push_pending(
+            link,
+            Pending::Presence {
+                channel: Some(channel),
+            },
+        );
+    }
+
+    /// Writes all of this node's presence in `channel` (after a reconnect, or a `NOSCRIPT`).
+    fn send_presence_replace(&mut self, link: &mut Link, channel: Arc<str>) {
+        let Some(entry) = self.presence.get(&channel) else {
+            return;
+        };
+        let numbers = [
+            entry.conns.to_string(),
+            entry.anon.to_string(),
+            self.cfg.presence_lease_ms.to_string(),
+        ];
+        let values: Vec<(Arc<str>, String)> = (entry.users.iter())
+            .map(|(user, (conns, info))| {
+                (
+                    user.clone(),
+                    format!("{conns}\n{}", info.as_deref().unwrap_or("")),
+                )
+            })
+            .collect();
+        let news = entry.news && !self.presence_quiet;
+        let mut extra: Vec<&[u8]> = numbers.iter().map(|n| n.as_bytes()).collect();
+        for (user, value) in &values {
+            extra.push(user.as_bytes());
+            extra.push(value.as_bytes());
+        }
+        let script = self.presence_replace.clone();
+        self.presence_script(link, &script, &channel, news, &extra);
+        self.push_pending(
+            link,
+            Pending::Presence {
+                channel: Some(channel),
+            },
+        );
+    }
+
+    fn send_presence_read(
+        &mut self,
+        link: &mut Link,
+        token: u64,
+        channel: Arc<str>,
+        page: Option<(Option<Arc<str>>, usize)>,
+    ) {
+        let news = self.presence.get(&channel).is_some_and(|p| p.news);
+        let limit = page.as_ref().map_or(0, |(_, l)| *l).to_string();
+        let after = page.as_ref().and_then(|(a, _)| a.clone());
+        let extra: [&[u8]; 3] = [
+            if page.is_some() { b"p" } else { b"s" },
+            after.as_deref().unwrap_or("").as_bytes(),
+            limit.as_bytes(),
+        ];
+        let script = self.presence_read.clone();
+        self.presence_script(link, &script, &channel, news, &extra);
+        self.push_pending(
+            link,
+            Pending::PresenceRead {
+                token,
+                channel,
+                page,
+            },
+        );
+    }
+
+    /// The lease: renewed every third of it, and every presence channel swept once per period
+    /// (dead nodes' entries removed, this node's keys' TTL refreshed), as the bounds allow.
+    fn presence_timers(&mut self, link: &mut Link, now: Instant) {
+        if link.resyncing {
+            return;
+        }
+        if now >= self.lease_due {
+            self.lease_due = now + self.lease_period();
+            let live = [&self.keys.live_prefix()[..], self.instance.as_bytes()].concat();
+            let lease = self.cfg.presence_lease_ms.to_string();
+            link.cmd
+                .queue(&[b"SET", &live, b"1", b"PX", lease.as_bytes()]);
+            self.push_pending(link, Pending::Presence { channel: None });
+            if self.sweeps.is_empty() {
+                self.sweeps = self.presence.keys().cloned().collect();
+            }
+        }
+        while link.pending.len() < self.cfg.in_flight_max {
+            let Some(channel) = self.sweeps.pop_front() else {
+                break;
+            };
+            let Some(news) = self.presence.get(&channel).map(|p| p.news) else {
+                continue;
+            };
+            let script = self.presence_sweep.clone();
+            self.presence_script(link, &script, &channel, news, &[]);
+            self.push_pending(
+                link,
+                Pending::Presence {
+                    channel: Some(channel),
+                },
+            );
+        }
     }
 
     fn send_publish(
@@ -719,7 +1061,7 @@ impl<S: BrokerSink> Bridge<S> {
 
     fn timers(&mut self, now: Instant) {
         let timeout = self.timeout();
-        self.with_link(|_, link| {
+        self.with_link(|bridge, link| {
             let cmd_waiting = !link.pending.is_empty();
             let sub_waiting = link.sub_owed > 0 || link.sub_ping_owed;
             if cmd_waiting && now.duration_since(link.cmd_progress) > timeout {
@@ -738,6 +1080,7 @@ impl<S: BrokerSink> Bridge<S> {
                 link.sub_ping_owed = true;
                 link.sub_progress = now;
             }
+            bridge.presence_timers(link, now);
             link.sub.flush()?;
             link.cmd.flush()
         });
@@ -838,6 +1181,12 @@ impl<S: BrokerSink> Bridge<S> {
     fn on_sub(&mut self, link: &mut Link, reply: Reply) -> Result<(), DownCause> {
         let items = match reply {
             Reply::Array(items) => items,
+            // A connection with no subscription is not in subscribed mode: its PING is
+            // answered +PONG (RESP2), not ["pong", ""].
+            Reply::Simple(s) if link.sub_ping_owed && s.eq_ignore_ascii_case(b"PONG") => {
+                link.sub_ping_owed = false;
+                return Ok(());
+            }
             Reply::Error(e) => return Err(DownCause::Protocol(text(&e))),
             _ => return Err(protocol("a subscriber push that is not an array")),
         };
@@ -861,6 +1210,22 @@ impl<S: BrokerSink> Bridge<S> {
                     // Unsubscribed a moment ago: Redis had it in flight.
                     return Ok(());
                 };
+                if payload.first() == Some(&message::NEWS) {
+                    let channel = sub.channel.clone();
+                    match message::decode_news(payload) {
+                        Some((joined, user, info)) => {
+                            BrokerStats::count(&self.shared.stats.messages_in);
+                            self.sink.deliver(BrokerEvent::PresenceNews {
+                                channel,
+                                joined,
+                                user: Arc::from(user),
+                                info: info.map(Arc::from),
+                            });
+                        }
+                        None => BrokerStats::count(&self.shared.stats.malformed_in),
+                    }
+                    return Ok(());
+                }
                 match message::decode(payload) {
                     Ok(m) => {
                         BrokerStats::count(&self.shared.stats.messages_in);
@@ -909,6 +1274,7 @@ impl<S: BrokerSink> Bridge<S> {
                             Held::UserSend(token, user, payload) => {
                                 self.send_user(link, token, &user, &payload);
                             }
+                            Held::PresenceSet(write) => self.send_presence_set(link, write),
                         }
                     }
                 }
@@ -938,6 +1304,15 @@ impl<S: BrokerSink> Bridge<S> {
                     channel,
                     since,
                 } => self.send_history(link, token, channel, since),
+                // The replace writes the whole state, whichever write this was.
+                Pending::Presence {
+                    channel: Some(channel),
+                } => self.send_presence_replace(link, channel),
+                Pending::PresenceRead {
+                    token,
+                    channel,
+                    page,
+                } => self.send_presence_read(link, token, channel, page),
                 _ => return Err(protocol("NOSCRIPT for a request that is no script")),
             }
             return Ok(());
@@ -1032,6 +1407,29 @@ impl<S: BrokerSink> Bridge<S> {
                     result: Ok(result),
                 });
             }
+            Pending::Presence { channel } => {
+                // An error here (out of memory, a script error) leaves the broker's presence
+                // behind this node's until the next write or reconnect: say so once per kind.
+                if let Reply::Error(e) = reply {
+                    if !self.presence_error_said {
+                        self.presence_error_said = true;
+                        eprintln!(
+                            "ringcast: cluster: redis refused a presence write ({}; channel {}); \
+                             presence across nodes may lag until the next change",
+                            text(&e),
+                            channel.as_deref().unwrap_or("(lease)")
+                        );
+                    }
+                }
+            }
+            Pending::PresenceRead { token, .. } => {
+                let result = match reply {
+                    Reply::Error(e) => Err(BrokerError::Rejected(text(&e))),
+                    reply => Ok(presence_view(&reply)?),
+                };
+                self.sink
+                    .deliver(BrokerEvent::PresenceReply { token, result });
+            }
             Pending::Ping => {
                 if !matches!(reply, Reply::Simple(_)) {
                     return Err(protocol("an unexpected answer to PING"));
@@ -1104,4 +1502,47 @@ fn position(reply: &Reply) -> Result<Position, DownCause> {
         offset: field(0)?,
         epoch: field(1)?,
     })
+}
+
+/// The presence script's answer: `{users, conns, anonymous}`, for a page then `more` and per
+/// user `user, conns, info`.
+fn presence_view(reply: &Reply) -> Result<PresenceView, DownCause> {
+    let Reply::Array(items) = reply else {
+        return Err(protocol("a presence answer that is not an array"));
+    };
+    let number = |i: usize| {
+        items
+            .get(i)
+            .and_then(Reply::to_u64)
+            .ok_or_else(|| protocol("a presence answer without its counts"))
+    };
+    let mut view = PresenceView {
+        users: number(0)?,
+        conns: number(1)?,
+        anonymous: number(2)?,
+        ..PresenceView::default()
+    };
+    if items.len() > 3 {
+        view.more = number(3)? == 1;
+        let rest = &items[4..];
+        if rest.len() % 3 != 0 {
+            return Err(protocol("a presence page that is not triples"));
+        }
+        for t in rest.chunks(3) {
+            let string = |r: &Reply| {
+                r.bytes()
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .map(str::to_string)
+                    .ok_or_else(|| protocol("a presence entry that is not text"))
+            };
+            let user = string(&t[0])?;
+            let conns = t[1]
+                .to_u64()
+                .ok_or_else(|| protocol("a presence entry without its count"))?;
+            let info = string(&t[2])?;
+            let info = (!info.is_empty()).then_some(info);
+            view.page.push((user, conns, info));
+        }
+    }
+    Ok(view)
 }

@@ -1,5 +1,5 @@
 //! What the bridge keeps in Redis, under the configured prefix (several clusters can share
-//! one Redis), and the two Lua scripts that touch it.
+//! one Redis), and the Lua scripts that touch it.
 //!
 //! Per ringcast channel `NAME`:
 //!
@@ -12,6 +12,13 @@
 //! Per user `USER` held by some node: the pub/sub channel `PREFIX:usr:USER`, on which any node
 //! `PUBLISH`es what is sent to the user (`send_user`, `disconnect_user`), subscribed by every
 //! node holding connections of the user. Nothing is stored for users.
+//!
+//! Per channel with presence (docs/cluster.md, "Presence across nodes"): `PREFIX:pn:NAME`
+//! (hash: node instance → its connections and anonymous ones), `PREFIX:pd:NAME` (hash: user →
+//! nodes holding it), `PREFIX:pl:NAME` (sorted set: the users, for pages in byte order),
+//! `PREFIX:pu:LEN:NAME:INSTANCE` (hash per node: user → its connections and `info`), each
+//! with a TTL of ten leases refreshed while a node is in the channel; per node instance the
+//! lease `PREFIX:live:INSTANCE`.
 //!
 //! Why a stream for history: entry ids are the offsets, so "everything after N" is one
 //! `XRANGE` from `0-(N+1)` and a gap shows as a missing id; `XADD ... MAXLEN` trims in the same
@@ -106,6 +113,171 @@ end
 return out
 "#;
 
+/// What the presence scripts share: their keys and arguments, and the functions that keep the
+/// node counts per user (`pd`), the users in byte order (`pl`) and the news in step, and that
+/// remove the entries of nodes whose lease is gone (`sweep`).
+///
+/// KEYS: the channel's nodes hash (`pn`: instance → "CONNS ANON"), its users hash (`pd`:
+/// user → nodes holding it), its ordered users (`pl`, a sorted set, all scores 0), this
+/// node's users (`mine`: user → "CONNS\nINFO"). ARGV: the channel's pub/sub channel, the
+/// prefix of every node's users key, the prefix of lease keys, this node's instance, the
+/// keys' TTL (ms), news (`1`/`0`), then per script.
+macro_rules! presence_lua {
+    ($body:literal) => {
+        concat!(
+            r#"-- ringcast presence
+local pn, pd, pl, mine = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local msg, pu_prefix, live_prefix, me = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ttl, news = ARGV[5], ARGV[6] == '1'
+local function info_of(v)
+  local i = string.find(v, '\n', 1, true)
+  if i then return string.sub(v, i + 1) end
+  return ''
+end
+local function conns_of(v)
+  local i = string.find(v, '\n', 1, true)
+  if not i then return 0 end
+  return tonumber(string.sub(v, 1, i - 1)) or 0
+end
+local function said(kind, user, info)
+  if news then redis.call('PUBLISH', msg, '\2' .. kind .. user .. '\0' .. info) end
+end
+local function joined(user, info)
+  if redis.call('HINCRBY', pd, user, 1) == 1 then
+    redis.call('ZADD', pl, 0, user)
+    said('J', user, info)
+  end
+end
+local function left(user, info)
+  if redis.call('HINCRBY', pd, user, -1) <= 0 then
+    redis.call('HDEL', pd, user)
+    redis.call('ZREM', pl, user)
+    said('L', user, info)
+  end
+end
+local function sweep()
+  for _, node in ipairs(redis.call('HKEYS', pn)) do
+    if node ~= me and redis.call('EXISTS', live_prefix .. node) == 0 then
+      local key = pu_prefix .. node
+      local entries = redis.call('HGETALL', key)
+      for i = 1, #entries, 2 do left(entries[i], info_of(entries[i + 1])) end
+      redis.call('DEL', key)
+      redis.call('HDEL', pn, node)
+    end
+  end
+end
+local function touch()
+  for _, k in ipairs({pn, pd, pl, mine}) do redis.call('PEXPIRE', k, ttl) end
+end
+local function totals(conns, anon)
+  if conns == '0' then redis.call('HDEL', pn, me) else redis.call('HSET', pn, me, conns .. ' ' .. anon) end
+end
+"#,
+            $body
+        )
+    };
+}
+
+/// One change of this node's presence in a channel. ARGV after the shared ones: the node's
+/// connections in the channel, of them anonymous, the lease (ms), then the user (empty: an
+/// anonymous connection), its connections here, its `info` (empty: keep the one it has).
+pub const PRESENCE_SET: &str = presence_lua!(
+    r#"redis.call('SET', live_prefix .. me, '1', 'PX', ARGV[9])
+sweep()
+totals(ARGV[7], ARGV[8])
+local user = ARGV[10]
+if user ~= '' then
+  local old = redis.call('HGET', mine, user)
+  if tonumber(ARGV[11]) > 0 then
+    local info = ARGV[12]
+    if info == '' and old then info = info_of(old) end
+    redis.call('HSET', mine, user, ARGV[11] .. '\n' .. info)
+    if not old then joined(user, info) end
+  elseif old then
+    redis.call('HDEL', mine, user)
+    left(user, info_of(old))
+  end
+end
+touch()
+return 1
+"#
+);
+
+/// All of this node's presence in a channel, after a reconnect (the broker may have lost it,
+/// or kept entries the node no longer has). ARGV after the shared ones: the node's
+/// connections, of them anonymous, the lease (ms), then pairs of user and "CONNS\nINFO".
+pub const PRESENCE_REPLACE: &str = presence_lua!(
+    r#"redis.call('SET', live_prefix .. me, '1', 'PX', ARGV[9])
+sweep()
+local want = {}
+for i = 10, #ARGV, 2 do want[ARGV[i]] = true end
+local have = redis.call('HGETALL', mine)
+for i = 1, #have, 2 do
+  if not want[have[i]] then
+    redis.call('HDEL', mine, have[i])
+    left(have[i], info_of(have[i + 1]))
+  end
+end
+for i = 10, #ARGV, 2 do
+  local old = redis.call('HGET', mine, ARGV[i])
+  redis.call('HSET', mine, ARGV[i], ARGV[i + 1])
+  if not old then joined(ARGV[i], info_of(ARGV[i + 1])) end
+end
+totals(ARGV[7], ARGV[8])
+touch()
+return 1
+"#
+);
+
+/// The lease's periodic work for a channel this node is in: dead nodes' entries removed, this
+/// node's keys' TTL refreshed. No ARGV beyond the shared ones.
+pub const PRESENCE_SWEEP: &str = presence_lua!(
+    r#"sweep()
+touch()
+return 1
+"#
+);
+
+/// A channel's presence on the live nodes (dead nodes' entries are removed first). ARGV after
+/// the shared ones: `s` (counts) or `p` (a page), the user the page starts after (empty: the
+/// first), the page's size. Returns `{users, conns, anonymous}`, for a page then `more` (0/1)
+/// and per user `user, conns, info`.
+pub const PRESENCE_READ: &str = presence_lua!(
+    r#"sweep()
+local conns, anon = 0, 0
+local nodes = redis.call('HKEYS', pn)
+for _, v in ipairs(redis.call('HVALS', pn)) do
+  local sp = string.find(v, ' ', 1, true)
+  if sp then
+    conns = conns + (tonumber(string.sub(v, 1, sp - 1)) or 0)
+    anon = anon + (tonumber(string.sub(v, sp + 1)) or 0)
+  end
+end
+local out = {redis.call('HLEN', pd), conns, anon}
+if ARGV[7] == 'p' then
+  local lo = '-'
+  if ARGV[8] ~= '' then lo = '(' .. ARGV[8] end
+  local limit = tonumber(ARGV[9])
+  local users = redis.call('ZRANGEBYLEX', pl, lo, '+', 'LIMIT', 0, limit + 1)
+  if #users > limit then out[4] = 1 else out[4] = 0 end
+  for i = 1, math.min(#users, limit) do
+    local total, info = 0, ''
+    for _, node in ipairs(nodes) do
+      local v = redis.call('HGET', pu_prefix .. node, users[i])
+      if v then
+        total = total + conns_of(v)
+        if info == '' then info = info_of(v) end
+      end
+    end
+    out[#out + 1] = users[i]
+    out[#out + 1] = total
+    out[#out + 1] = info
+  end
+end
+return out
+"#
+);
+
 /// A script and its SHA-1 (what `EVALSHA` names it by).
 #[derive(Debug, Clone)]
 pub struct Script {
@@ -168,6 +340,30 @@ impl Keys {
         let rest = pubsub.strip_prefix(self.prefix.as_bytes())?;
         let name = rest.strip_prefix(b":usr:")?;
         std::str::from_utf8(name).ok()
+    }
+
+    /// The channel's presence keys: nodes (`pn`), users' node counts (`pd`), users in order
+    /// (`pl`), and the prefix of each node's users key (the instance follows; the channel's
+    /// length comes first so that no channel and instance pair names another's key).
+    pub fn presence(&self, channel: &str) -> [Vec<u8>; 4] {
+        [
+            self.name("pn", channel),
+            self.name("pd", channel),
+            self.name("pl", channel),
+            format!("{}:pu:{}:{channel}:", self.prefix, channel.len()).into_bytes(),
+        ]
+    }
+
+    /// The broker's boot mark: set once by the first node to reach a Redis, so a node that
+    /// finds another mark than the one it saw knows the data went (presence is rewritten
+    /// without news then).
+    pub fn boot(&self) -> Vec<u8> {
+        format!("{}:boot", self.prefix).into_bytes()
+    }
+
+    /// The prefix of the nodes' lease keys (the instance follows).
+    pub fn live_prefix(&self) -> Vec<u8> {
+        format!("{}:live:", self.prefix).into_bytes()
     }
 
     /// The ringcast channel a pub/sub channel name belongs to, if it is one of ours.

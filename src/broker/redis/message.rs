@@ -11,6 +11,11 @@
 //!
 //! The script writes it with Lua's `struct.pack('>BI8I8', ...)`; Lua numbers are doubles, so
 //! offsets and epochs stay below 2^53 (epochs are microseconds of the Redis clock, ≈2^51 now).
+//! The presence scripts send a second kind on the same broker channel, so that news keep the
+//! channel's order with its messages: [`NEWS`], then `J` (joined) or `L` (left), the user id,
+//! a zero byte, and the user's `info` (raw JSON, empty for none). User ids hold no control
+//! characters, so the zero byte ends them.
+//!
 //! Anyone may `PUBLISH` on a broker channel: [`decode`] refuses what is not this format, never
 //! panics, and the bridge counts the refusal (`malformed_in`).
 
@@ -18,6 +23,26 @@ use bytes::Bytes;
 
 /// The format version this bridge writes and reads.
 pub const VERSION: u8 = 1;
+
+/// The first byte of a presence news message.
+pub const NEWS: u8 = 2;
+
+/// A presence news message: (joined, user, info).
+pub fn decode_news(message: &[u8]) -> Option<(bool, &str, Option<&str>)> {
+    let (&kind, rest) = message.strip_prefix(&[NEWS])?.split_first()?;
+    let joined = match kind {
+        b'J' => true,
+        b'L' => false,
+        _ => return None,
+    };
+    let zero = rest.iter().position(|&b| b == 0)?;
+    let user = std::str::from_utf8(&rest[..zero]).ok()?;
+    let info = std::str::from_utf8(&rest[zero + 1..]).ok()?;
+    let valid_user = !user.is_empty() && user.len() <= 128 && !user.chars().any(char::is_control);
+    let info = (!info.is_empty()).then_some(info);
+    let valid_info = info.is_none_or(|i| serde_json::from_str::<serde::de::IgnoredAny>(i).is_ok());
+    (valid_user && valid_info).then_some((joined, user, info))
+}
 
 /// Bytes before the payload.
 pub const HEADER_BYTES: usize = 17;
@@ -123,6 +148,27 @@ mod tests {
             if let Ok(m) = decode(&input) {
                 prop_assert_eq!(encode(m.offset, m.epoch, &m.payload), input.to_vec());
             }
+        }
+    }
+
+    #[test]
+    fn news_decode_and_refuse() {
+        assert_eq!(
+            decode_news(b"\x02Jalice\0{\"n\":1}"),
+            Some((true, "alice", Some("{\"n\":1}")))
+        );
+        assert_eq!(decode_news(b"\x02Lbob\0"), Some((false, "bob", None)));
+        for bad in [
+            &b""[..],
+            b"\x02",
+            b"\x02Xa\0",
+            b"\x02Ja",
+            b"\x02J\0",
+            b"\x02Ja\x01b\0",
+            b"\x02Ja\0{not json",
+            b"\x01Ja\0",
+        ] {
+            assert_eq!(decode_news(bad), None, "{bad:?}");
         }
     }
 }
