@@ -356,6 +356,18 @@ const HELP: &[(&str, &str)] = &[
         "Subscriptions refused because the bridge's set was full (channels_max).",
     ),
     (
+        "bridge_node_id_conflicts",
+        "Connects that found another live node holding this node's node_id.",
+    ),
+    (
+        "cluster_conn_forwards",
+        "Requests for another node's connection sent through the broker.",
+    ),
+    (
+        "cluster_conn_forwards_in",
+        "Requests for this node's connections received from other nodes and acted on.",
+    ),
+    (
         "pusher_webhook_batches_sent",
         "Webhook batches posted and answered 2xx (copied by shard 0 from the sender).",
     ),

@@ -279,6 +279,12 @@ pub struct Counters {
     pub bridge_queue_overflows: u64,
     /// Subscriptions refused because the bridge's set was full (`channels_max`).
     pub bridge_subscribe_refusals: u64,
+    /// Connects that found another live node holding this node's `node_id`.
+    pub bridge_node_id_conflicts: u64,
+    /// Requests for another node's connection sent through the broker.
+    pub cluster_conn_forwards: u64,
+    /// Requests for this node's connections received from other nodes and acted on.
+    pub cluster_conn_forwards_in: u64,
     /// Webhook batches posted and answered 2xx (copied by shard 0 from the sender).
     pub pusher_webhook_batches_sent: u64,
     /// Webhook events in those batches.
@@ -455,6 +461,9 @@ impl Counters {
         self.bridge_malformed_in += other.bridge_malformed_in;
         self.bridge_queue_overflows += other.bridge_queue_overflows;
         self.bridge_subscribe_refusals += other.bridge_subscribe_refusals;
+        self.bridge_node_id_conflicts += other.bridge_node_id_conflicts;
+        self.cluster_conn_forwards += other.cluster_conn_forwards;
+        self.cluster_conn_forwards_in += other.cluster_conn_forwards_in;
         self.pusher_webhook_batches_sent += other.pusher_webhook_batches_sent;
         self.pusher_webhook_events_sent += other.pusher_webhook_events_sent;
         self.pusher_webhook_attempts_failed += other.pusher_webhook_attempts_failed;

@@ -69,6 +69,7 @@ impl Node {
         c.cluster = ClusterConfig {
             redis: Some(url.to_string()),
             node: Some(format!("{test}-{n}")),
+            node_id: Some(n as u8 + 1),
             prefix: format!("rc-{test}"),
             timeout_ms: 1_000,
             reconnect_min_ms: 20,
@@ -709,8 +710,9 @@ impl ProcessNode {
                 "listen = \"127.0.0.1:0\"\nshards = 2\n\n[control]\nlisten = [\"unix:{}\"]\n\n\
                  [namespaces.pres]\njoin_leave = true\n\n[cluster]\nredis = \"{url}\"\n\
                  node = \"{test}-{n}\"\nprefix = \"rc-{test}\"\ntimeout_ms = 1000\n\
-                 presence_lease_ms = {lease_ms}\n",
-                path.display()
+                 presence_lease_ms = {lease_ms}\nnode_id = {}\n",
+                path.display(),
+                n + 1
             ),
         )
         .unwrap();
@@ -868,4 +870,59 @@ fn presence_spans_the_nodes_and_a_killed_node_leaves_no_ghosts() {
     assert_eq!(news(&mut watcher), ("leave".into(), "alice".into()));
     stats_until(&mut ctl1, room, json!({"users":0,"conns":1,"anonymous":1}));
     drop(redis);
+}
+
+#[test]
+fn connection_ids_name_their_node_and_any_node_reaches_them() {
+    let redis = Redis::start();
+    let nodes = [
+        Node::start(&redis.url(), "ids", 0, Vec::new()),
+        Node::start(&redis.url(), "ids", 1, Vec::new()),
+    ];
+    let mut ws = connect(nodes[0].addr(), "/ws");
+    let conn = read_json(&mut ws)["conn"].as_u64().unwrap();
+    assert_eq!(conn >> 45, 1, "node 0 of the test has node_id 1: {conn}");
+    let mut other = connect(nodes[1].addr(), "/ws");
+    let conn1 = read_json(&mut other)["conn"].as_u64().unwrap();
+    assert_eq!(conn1 >> 45, 2);
+    // From node 1's control socket: a push, a server-side subscribe, then a publish on node 1
+    // reaches the connection on node 0.
+    let mut ctl = nodes[1].ctl();
+    let r = ctl.call(json!({"method":"send","conn":conn,"data":{"n":1}}));
+    assert_eq!(r["result"], json!({"node":1,"forwarded":true}), "{r}");
+    assert_eq!(read_json(&mut ws), json!({"op":"push","data":{"n":1}}));
+    let r = ctl.call(json!({"method":"subscribe","conn":conn,"channel":"chat:ids"}));
+    assert_eq!(r["result"]["forwarded"], true, "{r}");
+    let subscribed = read_json(&mut ws);
+    assert_eq!(subscribed["op"], "subscribed", "{subscribed}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = redis.cli(&["PUBSUB", "NUMSUB", "rc-ids:msg:chat:ids"]);
+        if r == "rc-ids:msg:chat:ids\n1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 0 not subscribed: {r}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = publish(&mut ctl, "chat:ids", json!("across"));
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(messages(&mut ws, 1)[0].1, json!("across"));
+    // A node number nobody holds: no_such_conn at once; a bad id as on one node.
+    let nobody = (9u64 << 45) | (conn & ((1 << 45) - 1));
+    let r = ctl.call(json!({"method":"send","conn":nobody,"text":"x"}));
+    assert_eq!(r["error"]["code"], "no_such_conn", "{r}");
+    let r = ctl.call(json!({"method":"unbind_user","conn":conn}));
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    // disconnect from node 1 closes node 0's connection with the code asked for.
+    let r = ctl.call(json!({"method":"disconnect","conn":conn,"code":4001,"reason":"moved"}));
+    assert_eq!(r["result"]["forwarded"], true, "{r}");
+    assert_eq!(close_code(&mut ws), 4001);
+    nodes[0].eventually("the forwarded requests acted on", |c| {
+        c.cluster_conn_forwards_in == 3
+    });
+    nodes[1].eventually("the forwards counted", |c| c.cluster_conn_forwards == 4);
+    // Node 1's own connection is still addressed locally.
+    let r = ctl.call(json!({"method":"send","conn":conn1,"text":"here"}));
+    assert_eq!(r["result"], json!({}), "{r}");
+    assert_eq!(read_json(&mut other), json!({"op":"push","data":"here"}));
 }

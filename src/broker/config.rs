@@ -54,6 +54,10 @@ pub struct ClusterConfig {
     /// users in any channel's presence once this has passed (the next sweep or read removes
     /// them, with their leave news). Memory: none beyond the entries.
     pub presence_lease_ms: u64,
+    /// This node's number in connection ids (0-255), unique in the cluster; none: derived
+    /// from the node's name (FNV-1a mod 256). Two live nodes with one number are reported at
+    /// connect (a log line and `bridge_node_id_conflicts`): give each node its own.
+    pub node_id: Option<u8>,
 }
 
 impl Default for ClusterConfig {
@@ -73,6 +77,7 @@ impl Default for ClusterConfig {
             reconnect_min_ms: 50,
             reconnect_max_ms: 2_000,
             presence_lease_ms: 15_000,
+            node_id: None,
         }
     }
 }
@@ -140,6 +145,18 @@ impl ClusterConfig {
         } else {
             Err(errors.join("; "))
         }
+    }
+
+    /// This node's number in connection ids: `node_id`, or derived from the node's name.
+    pub fn node_id(&self) -> u8 {
+        if let Some(id) = self.node_id {
+            return id;
+        }
+        let mut hash: u32 = 0x811c_9dc5;
+        for b in self.node_name().bytes() {
+            hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        (hash % 256) as u8
     }
 
     /// The node's name: `node`, or the hostname and the process id.

@@ -171,6 +171,17 @@ pub enum BrokerCommand {
         /// Whether the channel's namespace has `join_leave` news.
         news: bool,
     },
+    /// Hand `payload` to node `node` (its number in connection ids): answered by
+    /// [`BrokerEvent::NodeSent`] with the number of receivers (0: no such node is connected to
+    /// the broker). The node gets it as [`BrokerEvent::NodeMessage`].
+    NodeSend {
+        /// The node's number.
+        node: u8,
+        /// What the node acts on (the integration's encoding; the bridge passes it as is).
+        payload: Bytes,
+        /// The caller's token, returned in the answer.
+        token: u64,
+    },
     /// The channel's presence on every live node: answered by [`BrokerEvent::PresenceReply`].
     PresenceRead {
         /// The channel.
@@ -343,6 +354,18 @@ pub enum BrokerEvent {
         /// The user's `info` (raw JSON), when it has one.
         info: Option<Arc<str>>,
     },
+    /// What another node sent this node (`NodeSend`), for one of its connections.
+    NodeMessage {
+        /// The payload, as sent.
+        payload: Bytes,
+    },
+    /// The answer to a `NodeSend`.
+    NodeSent {
+        /// The request's token.
+        token: u64,
+        /// How many nodes received it (0 or 1).
+        result: Result<u64, BrokerError>,
+    },
     /// The answer to a `PresenceRead`.
     PresenceReply {
         /// The request's token.
@@ -419,6 +442,8 @@ pub struct BrokerStats {
     pub queue_overflows: AtomicU64,
     /// Subscriptions refused because the set was full.
     pub subscribe_refusals: AtomicU64,
+    /// Connects that found another live node holding this node's `node_id`.
+    pub node_id_conflicts: AtomicU64,
 }
 
 /// A copy of [`BrokerStats`] at one moment.
@@ -432,6 +457,7 @@ pub struct BrokerCounters {
     pub malformed_in: u64,
     pub queue_overflows: u64,
     pub subscribe_refusals: u64,
+    pub node_id_conflicts: u64,
 }
 
 impl BrokerStats {
@@ -446,6 +472,7 @@ impl BrokerStats {
             malformed_in: get(&self.malformed_in),
             queue_overflows: get(&self.queue_overflows),
             subscribe_refusals: get(&self.subscribe_refusals),
+            node_id_conflicts: get(&self.node_id_conflicts),
         }
     }
 
@@ -514,6 +541,7 @@ impl BrokerCommand {
                 user.len()
             }
             BrokerCommand::UserSend { user, payload, .. } => user.len() + payload.len(),
+            BrokerCommand::NodeSend { payload, .. } => payload.len(),
             BrokerCommand::UserNodes { users, .. } => users.iter().map(|u| u.len()).sum(),
             BrokerCommand::Publish {
                 channel, payload, ..
@@ -583,6 +611,7 @@ impl BrokerHandle {
                 | BrokerCommand::UserSend { .. }
                 | BrokerCommand::UserNodes { .. }
                 | BrokerCommand::PresenceRead { .. }
+                | BrokerCommand::NodeSend { .. }
         );
         if needs_broker && !self.is_up() {
             if matches!(command, BrokerCommand::Publish { .. }) {

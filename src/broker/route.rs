@@ -57,9 +57,8 @@ pub fn route(event: &BrokerEvent, shards: usize) -> Route {
         | BrokerEvent::HistoryReply { token, .. }
         | BrokerEvent::UserSent { token, .. }
         | BrokerEvent::UserNodes { token, .. }
-        | BrokerEvent::PresenceReply { token, .. } => {
-            Route::One(token_shard(*token).min(shards - 1))
-        }
+        | BrokerEvent::PresenceReply { token, .. }
+        | BrokerEvent::NodeSent { token, .. } => Route::One(token_shard(*token).min(shards - 1)),
         BrokerEvent::Pattern { channel, .. } => {
             let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
             for b in channel.iter() {
@@ -68,6 +67,8 @@ pub fn route(event: &BrokerEvent, shards: usize) -> Route {
             }
             Route::One((hash % shards as u64) as usize)
         }
+        // Shard 0 hands it to the connection's shard.
+        BrokerEvent::NodeMessage { .. } => Route::One(0),
         BrokerEvent::Up { .. } | BrokerEvent::Down { .. } => Route::All,
     }
 }

@@ -34,6 +34,7 @@ use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+mod conns;
 mod presence;
 mod users;
 
@@ -129,6 +130,9 @@ pub struct Cluster {
     user_nodes: HashMap<u64, (ReplyTo, Vec<Arc<str>>, u64)>,
     /// Presence reads asked of the broker, by token.
     presence_reads: HashMap<u64, presence::PendingPresenceRead>,
+    /// Requests for other nodes' connections sent through the broker, by token: the reply
+    /// waiting, the node, and the deadline.
+    conn_ops: HashMap<u64, (Option<ReplyTo>, u8, u64)>,
     /// When the maps above are next swept for requests past their deadline (once a second:
     /// the sweep is O(requests waiting), and only unanswered requests are in them).
     next_sweep_ms: u64,
@@ -170,6 +174,7 @@ impl Cluster {
             user_sends: HashMap::new(),
             user_nodes: HashMap::new(),
             presence_reads: HashMap::new(),
+            conn_ops: HashMap::new(),
             next_sweep_ms: 0,
             scratch: Vec::new(),
             next_seq: 0,
@@ -823,6 +828,7 @@ impl Engine {
             self.expire_user_send(token);
         }
         self.expire_presence_reads(now);
+        self.expire_conn_ops(now);
         for token in user_nodes {
             self.counters.cluster_requests_expired += 1;
             self.on_user_nodes(token, Err(BrokerError::Down));
@@ -907,6 +913,8 @@ impl Engine {
                 info,
             } => self.on_presence_news(&channel, joined, &user, info.as_deref()),
             BrokerEvent::PresenceReply { token, result } => self.on_presence_reply(token, result),
+            BrokerEvent::NodeMessage { payload } => self.on_node_message(&payload),
+            BrokerEvent::NodeSent { token, result } => self.on_node_sent(token, result),
             BrokerEvent::Resync { channel, now, .. } => {
                 let Some(cluster) = self.cluster.as_ref() else {
                     return;
@@ -1122,6 +1130,8 @@ impl Engine {
                     .and_then(crate::id::ConnId::from_u64)
                     .filter(|c| c.shard() < self.shards);
                 match conn {
+                    // Every node gets the message; the node the id names acts on it.
+                    Some(conn) if conn.node() != self.node => return,
                     Some(conn) => {
                         let action = ConnAction::Send(body);
                         let msg = XMsg::ToConn {
@@ -1180,6 +1190,7 @@ impl Engine {
                 self.counters.bridge_malformed_in = bridge.malformed_in;
                 self.counters.bridge_queue_overflows = bridge.queue_overflows;
                 self.counters.bridge_subscribe_refusals = bridge.subscribe_refusals;
+                self.counters.bridge_node_id_conflicts = bridge.node_id_conflicts;
             }
         }
     }

@@ -1386,7 +1386,9 @@ impl Engine {
         raw: u64,
         action: ConnAction,
     ) {
-        let target = ConnId::from_u64(raw).filter(|c| c.shard() < self.shards);
+        let target = ConnId::from_u64(raw).filter(|c| {
+            c.shard() < self.shards && (c.node() == self.node || self.cluster.is_some())
+        });
         let Some(conn) = target else {
             return self.fail_request(
                 slot,
@@ -1395,14 +1397,20 @@ impl Engine {
                 (ErrorCode::NoSuchConn, format!("no connection {raw}")),
             );
         };
+        let remote = self.is_remote_conn(conn);
+        // Another node's connection is answered with where it went (`{"node":N,..}`).
+        let acc = if remote { Acc::Json(None) } else { Acc::Done };
         let reply = if noreply {
             None
         } else {
-            match self.await_parts(slot, id, 1, Acc::Done) {
+            match self.await_parts(slot, id, 1, acc) {
                 Some(to) => Some(to),
                 None => return,
             }
         };
+        if remote {
+            return self.cluster_conn_op(conn, action, reply);
+        }
         self.send_x(
             conn.shard(),
             XMsg::ToConn {
@@ -1843,8 +1851,13 @@ impl Engine {
                         .subscribers
                         .iter()
                         .map(|&s| {
-                            ConnId::new(self.index, s as usize, self.conns[s as usize].generation)
-                                .get()
+                            ConnId::at(
+                                self.node,
+                                self.index,
+                                s as usize,
+                                self.conns[s as usize].generation,
+                            )
+                            .get()
                         })
                         .filter(|&id| after.is_none_or(|a| id > a))
                         .collect(),

@@ -208,7 +208,7 @@ impl Engine {
 
     /// The connection's public id.
     pub(super) fn conn_id(&self, slot: usize) -> crate::id::ConnId {
-        crate::id::ConnId::new(self.index, slot, self.conns[slot].generation)
+        crate::id::ConnId::at(self.node, self.index, slot, self.conns[slot].generation)
     }
 
     pub(super) fn reject(&mut self, slot: usize, rejection: Rejection) {

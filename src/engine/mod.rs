@@ -201,6 +201,8 @@ pub fn current_conn() -> Option<u64> {
 /// A shard's connection logic.
 pub struct Engine {
     config: Arc<Config>,
+    /// This node's number in connection ids (`[cluster] node_id`; 0 without a cluster).
+    node: u8,
     index: usize,
     shards: usize,
     // Connections and what bounds them.
@@ -328,15 +330,20 @@ impl Engine {
         wheel.reserve_keys(crate::budget::wheel_keys(limits));
         let mut conns = ConnTable::with_capacity(limits.conns_per_shard_max);
         if setup.cluster.is_some() {
-            // Connection ids carry no node: start each node's generations elsewhere, so an id
-            // published to the broker rarely names a connection on two nodes.
+            // Start each run's generations elsewhere, so an id a backend kept from a node's
+            // earlier run rarely names a connection of this one.
             let seed = setup
                 .epoch_base
                 .wrapping_mul(0x9e37_79b9_7f4a_7c15)
                 .rotate_left(17 + setup.index as u32);
             conns.seed_generation((seed >> 20) as u32);
         }
+        let node = match setup.cluster.is_some() {
+            true => setup.config.cluster.node_id(),
+            false => 0,
+        };
         let mut engine = Engine {
+            node,
             index: setup.index,
             shards: setup.shards,
             conns,
@@ -476,7 +483,9 @@ impl Engine {
     }
 
     fn note_conn(&self, token: Token) {
-        let id = crate::id::ConnId::new(self.index, token.slot as usize, token.generation).get();
+        let id =
+            crate::id::ConnId::at(self.node, self.index, token.slot as usize, token.generation)
+                .get();
         CURRENT_CONN.with(|c| c.set(Some(id)));
     }
 

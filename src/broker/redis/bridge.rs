@@ -74,6 +74,8 @@ struct PresenceWrite {
 enum Pending {
     /// A `PUBLISH` to a user's pub/sub channel.
     UserSend { token: u64 },
+    /// A `PUBLISH` to a node's pub/sub channel.
+    NodeSend { token: u64 },
     /// A `PUBSUB NUMSUB` of users' pub/sub channels.
     UserNodes { token: u64, users: usize },
     /// A publish (kept whole for a resend with `EVAL` after `NOSCRIPT`).
@@ -146,6 +148,9 @@ struct Sub {
     channel: Arc<str>,
     /// The last position seen (messages, history replies, resync reads).
     known: Position,
+    /// `known` when the last connection was made: what a resync read compares with (a message
+    /// of a new epoch may arrive before the read's answer and move `known` already).
+    at_connect: Position,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +176,9 @@ pub struct Bridge<S: BrokerSink> {
     /// This process's name in presence: the node's name and its start time, so that a node
     /// restarted under the same name does not take over its dead incarnation's entries.
     instance: String,
+    /// This node's number in connection ids, and the pub/sub channel other nodes reach it on.
+    node_id: u8,
+    node_channel: Vec<u8>,
     /// This node's presence by channel (see [`NodePresence`]).
     presence: HashMap<Arc<str>, NodePresence>,
     /// When the lease is next renewed and the presence channels swept.
@@ -243,6 +251,8 @@ impl<S: BrokerSink> Bridge<S> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis())
             ),
+            node_id: cfg.node_id(),
+            node_channel: Keys::new(&cfg.prefix).node(cfg.node_id()),
             presence: HashMap::new(),
             lease_due: Instant::now(),
             sweeps: VecDeque::new(),
@@ -308,6 +318,8 @@ impl<S: BrokerSink> Bridge<S> {
         let timeout = self.timeout();
         let bytes_max = self.cfg.buffer_bytes_max;
         let boot_key = self.keys.boot();
+        let nid_key = self.keys.node_id(self.node_id);
+        let lease = self.cfg.presence_lease_ms.to_string();
         let boot_mine = format!("{:016x}", self.jitter.draw());
         let opened = open_pair(&self.url, &self.node, timeout, bytes_max).and_then(|(sub, cmd)| {
             let mut cmd = cmd;
@@ -316,6 +328,29 @@ impl<S: BrokerSink> Bridge<S> {
             cmd.setup(&[b"SET", &boot_key, boot_mine.as_bytes(), b"NX"])?;
             let boot = cmd.setup(&[b"GET", &boot_key])?;
             let boot = boot.bytes().cloned().unwrap_or_default();
+            // Another live node with this node's number makes connection ids ambiguous:
+            // say so at every connect while it lasts (the number is the operator's to fix).
+            let held = cmd.setup(&[b"GET", &nid_key])?;
+            if let Some(other) = held.bytes().filter(|o| &o[..] != self.instance.as_bytes()) {
+                let live = [&self.keys.live_prefix()[..], other].concat();
+                if cmd.setup(&[b"EXISTS", &live])?.to_u64() == Some(1) {
+                    BrokerStats::count(&self.shared.stats.node_id_conflicts);
+                    eprintln!(
+                        "ringcast: cluster: node_id {} is also held by the live node {}: \
+                         connection ids of the two collide; give each node its own \
+                         [cluster] node_id",
+                        self.node_id,
+                        text(other)
+                    );
+                }
+            }
+            cmd.setup(&[
+                b"SET",
+                &nid_key,
+                self.instance.as_bytes(),
+                b"PX",
+                lease.as_bytes(),
+            ])?;
             let scripts = [
                 &self.publish,
                 &self.history,
@@ -363,8 +398,12 @@ impl<S: BrokerSink> Bridge<S> {
             bumped: 0,
             resubscribed: (self.subs.len(), self.patterns.len()),
         };
+        for sub in self.subs.values_mut() {
+            sub.at_connect = sub.known;
+        }
         let channels: Vec<Vec<u8>> = (self.subs.keys().map(|c| self.keys.pubsub(c)))
             .chain(self.users.iter().map(|u| self.keys.user(u)))
+            .chain([self.node_channel.clone()])
             .collect();
         for batch in channels.chunks(SUBSCRIBE_BATCH) {
             let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
@@ -393,6 +432,7 @@ impl<S: BrokerSink> Bridge<S> {
                     Pending::History { token, channel, .. } => self.fail_history(token, channel),
                     Pending::UserSend { token } => self.fail_user_send(token),
                     Pending::UserNodes { token, .. } => self.fail_user_nodes(token),
+                    Pending::NodeSend { token } => self.fail_node_send(token),
                     Pending::PresenceRead { token, .. } => {
                         self.sink.deliver(BrokerEvent::PresenceReply {
                             token,
@@ -433,6 +473,13 @@ impl<S: BrokerSink> Bridge<S> {
 
     fn fail_user_send(&mut self, token: u64) {
         self.sink.deliver(BrokerEvent::UserSent {
+            token,
+            result: Err(BrokerError::Down),
+        });
+    }
+
+    fn fail_node_send(&mut self, token: u64) {
+        self.sink.deliver(BrokerEvent::NodeSent {
             token,
             result: Err(BrokerError::Down),
         });
@@ -574,6 +621,7 @@ impl<S: BrokerSink> Bridge<S> {
                 let sub = Sub {
                     channel: channel.clone(),
                     known: Position::default(),
+                    at_connect: Position::default(),
                 };
                 self.subs.insert(channel, sub);
                 self.subscription(b"SUBSCRIBE", &name);
@@ -726,6 +774,28 @@ impl<S: BrokerSink> Bridge<S> {
                     (false, false) => self.send_presence_set(&mut link, write),
                 }
                 self.link = Some(link);
+            }
+            BrokerCommand::NodeSend {
+                node,
+                payload,
+                token,
+            } => {
+                if payload.len() + FRAMING_BYTES > self.cfg.buffer_bytes_max {
+                    self.sink.deliver(BrokerEvent::NodeSent {
+                        token,
+                        result: Err(BrokerError::TooLarge),
+                    });
+                    return;
+                }
+                match self.link.take() {
+                    None => self.fail_node_send(token),
+                    Some(mut link) => {
+                        link.cmd
+                            .queue(&[b"PUBLISH", &self.keys.node(node), &payload]);
+                        self.push_pending(&mut link, Pending::NodeSend { token });
+                        self.link = Some(link);
+                    }
+                }
             }
             BrokerCommand::PresenceRead {
                 channel,
@@ -943,6 +1013,15 @@ impl<S: BrokerSink> Bridge<S> {
             let lease = self.cfg.presence_lease_ms.to_string();
             link.cmd
                 .queue(&[b"SET", &live, b"1", b"PX", lease.as_bytes()]);
+            self.push_pending(link, Pending::Presence { channel: None });
+            let nid = self.keys.node_id(self.node_id);
+            link.cmd.queue(&[
+                b"SET",
+                &nid,
+                self.instance.as_bytes(),
+                b"PX",
+                lease.as_bytes(),
+            ]);
             self.push_pending(link, Pending::Presence { channel: None });
             if self.sweeps.is_empty() {
                 self.sweeps = self.presence.keys().cloned().collect();
@@ -1196,6 +1275,13 @@ impl<S: BrokerSink> Bridge<S> {
                 let (Some(name), Some(payload)) = (items[1].bytes(), items[2].bytes()) else {
                     return Err(protocol("a message without its channel or payload"));
                 };
+                if name[..] == self.node_channel[..] {
+                    BrokerStats::count(&self.shared.stats.messages_in);
+                    self.sink.deliver(BrokerEvent::NodeMessage {
+                        payload: payload.clone(),
+                    });
+                    return Ok(());
+                }
                 let Some(channel) = self.keys.channel_of(name) else {
                     if let Some(user) = self.keys.user_of(name).and_then(|u| self.users.get(u)) {
                         BrokerStats::count(&self.shared.stats.messages_in);
@@ -1357,13 +1443,15 @@ impl<S: BrokerSink> Bridge<S> {
                 link.resync_reads = link.resync_reads.saturating_sub(1);
                 let now = position(&reply)?;
                 if let Some(sub) = self.subs.get_mut(&channel) {
-                    let before = sub.known;
+                    let before = sub.at_connect;
                     if now != before {
                         link.moved += 1;
                         if now.epoch != before.epoch {
                             link.bumped += 1;
                         }
-                        sub.known = now;
+                        if now.epoch != sub.known.epoch || now.offset > sub.known.offset {
+                            sub.known = now;
+                        }
                         self.sink.deliver(BrokerEvent::Resync {
                             channel,
                             before,
@@ -1382,6 +1470,17 @@ impl<S: BrokerSink> Bridge<S> {
                     _ => return Err(protocol("an unexpected answer to PUBLISH")),
                 };
                 self.sink.deliver(BrokerEvent::UserSent { token, result });
+            }
+            Pending::NodeSend { token } => {
+                let result = match reply {
+                    Reply::Integer(n) => {
+                        BrokerStats::count(&self.shared.stats.messages_out);
+                        Ok(n.max(0) as u64)
+                    }
+                    Reply::Error(e) => Err(BrokerError::Rejected(text(&e))),
+                    _ => return Err(protocol("an unexpected answer to PUBLISH")),
+                };
+                self.sink.deliver(BrokerEvent::NodeSent { token, result });
             }
             Pending::UserNodes { token, users } => {
                 // [name, count, name, count, ...], in the asked order.

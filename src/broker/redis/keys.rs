@@ -361,6 +361,16 @@ impl Keys {
         format!("{}:boot", self.prefix).into_bytes()
     }
 
+    /// The pub/sub channel of what other nodes send node `node`'s connections.
+    pub fn node(&self, node: u8) -> Vec<u8> {
+        format!("{}:node:{node}", self.prefix).into_bytes()
+    }
+
+    /// The key naming the instance that holds node number `node` (a lease).
+    pub fn node_id(&self, node: u8) -> Vec<u8> {
+        format!("{}:nid:{node}", self.prefix).into_bytes()
+    }
+
     /// The prefix of the nodes' lease keys (the instance follows).
     pub fn live_prefix(&self) -> Vec<u8> {
         format!("{}:live:", self.prefix).into_bytes()

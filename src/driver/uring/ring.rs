@@ -241,8 +241,14 @@ mod tests {
     #[test]
     fn user_data_round_trip() {
         for op in [Op::Accept, Op::Recv, Op::Send, Op::Wake, Op::Cancel] {
-            let ud = user_data(op, 123_456, 2_000_000);
-            assert_eq!(parse_user_data(ud), Some((op, 123_456, 2_000_000)));
+            let (slot, generation) = (
+                (1 << crate::id::SLOT_BITS) - 1,
+                (1 << crate::id::GEN_BITS) - 1,
+            );
+            let ud = user_data(op, slot, generation);
+            assert_eq!(parse_user_data(ud), Some((op, slot, generation)));
+            let ud = user_data(op, 123_456, 200_000);
+            assert_eq!(parse_user_data(ud), Some((op, 123_456, 200_000)));
         }
         assert_eq!(parse_user_data(0), None);
     }
