@@ -168,6 +168,6 @@ t1="$(date +%s.%N)"
 c1=("$(ticks "${pid[a]}")" "$(ticks "${pid[b]}")" "$(ticks "$rpid")")
 awk -v hz="$hz" -v w="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
   -v a0="${c0[0]}" -v a1="${c1[0]}" -v b0="${c0[1]}" -v b1="${c1[1]}" -v r0="${c0[2]}" -v r1="${c1[2]}" \
-  'BEGIN { printf "# cpu over the generator run (%.1f s wall): node a %.2f s (%.2f core), node b %.2f s (%.2f core), redis %.2f s (%.2f core)\n",
+  'BEGIN { if (w <= 0) w = 1e-9; printf "# cpu over the generator run (%.1f s wall): node a %.2f s (%.2f core), node b %.2f s (%.2f core), redis %.2f s (%.2f core)\n",
            w, (a1-a0)/hz, (a1-a0)/hz/w, (b1-b0)/hz, (b1-b0)/hz/w, (r1-r0)/hz, (r1-r0)/hz/w }' >&2
 exit "$rc"
