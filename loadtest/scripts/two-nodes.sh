@@ -19,7 +19,9 @@
 #
 # Pinning: Redis and both nodes on SERVER_CPU (default 0), the generator on GEN_CPU (default 1).
 # PRIO as in with-server.sh: fifo (default, SCHED_FIFO priority 10, needs root), nice (nice
-# -20) or none; Redis gets the same as the nodes, or a SCHED_FIFO node would starve it.
+# -20) or none; Redis gets the same as the nodes, or a SCHED_FIFO node would starve it. Three
+# SCHED_FIFO processes of one priority on one core do not share it by time slices (each runs
+# until it blocks); PRIO=rr (SCHED_RR priority 10) does, at sched_rr_timeslice_ms.
 # RINGCAST= and LOAD= override the binaries (default target/release/ringcast and
 # target/release/ringcast-load). After the run, the CPU time each of the three server
 # processes used while the generator ran goes to stderr (`# cpu: ...`).
@@ -37,9 +39,10 @@ server_cpu="${SERVER_CPU:-0}"
 gen_cpu="${GEN_CPU:-1}"
 case "${PRIO:-fifo}" in
   fifo) prio=(chrt -f 10) ;;
+  rr) prio=(chrt -r 10) ;;
   nice) prio=(nice -n -20) ;;
   none) prio=() ;;
-  *) echo "PRIO must be fifo, nice or none" >&2; exit 2 ;;
+  *) echo "PRIO must be fifo, rr, nice or none" >&2; exit 2 ;;
 esac
 command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 is needed (readiness checks)" >&2; exit 1; }
