@@ -81,6 +81,8 @@ enum Scenario {
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct Common {
     /// Server URL (ws://127.x.y.z:PORT/PATH?QUERY or `ws://[::1]:PORT/...`; loopback only).
+    /// fanout and slow take a comma-separated list of URLs with the same path and query:
+    /// subscriber i connects to URL i mod K (a --pub-ws publisher and churn to the first).
     #[arg(long)]
     pub url: String,
     /// Number of connections (subscribers in fanout).

@@ -184,7 +184,9 @@ pub struct PoolStats {
 pub struct Pool {
     poller: Poller,
     conns: Vec<Conn>,
-    url: WsUrl,
+    /// Where connections go: slot `i` to `urls[target_of(i, spread, urls.len())]`.
+    urls: Vec<WsUrl>,
+    spread: usize,
     sources: Vec<IpAddr>,
     next_source: usize,
     buf: Vec<u8>,
@@ -212,6 +214,12 @@ pub fn latency_histogram() -> Histogram<u64> {
     new_histogram()
 }
 
+/// Which of `k` targets slot `i` connects to when the first `spread` slots are spread over
+/// them round-robin: slot `i < spread` to target `i mod k`, every other slot to the first.
+pub fn target_of(i: usize, spread: usize, k: usize) -> usize {
+    if i < spread { i % k } else { 0 }
+}
+
 impl Pool {
     /// A pool for `count` connections to `url`, binding round-robin to `sources` (may be empty).
     pub fn new(url: WsUrl, count: usize, sources: Vec<IpAddr>) -> io::Result<Pool> {
@@ -219,7 +227,8 @@ impl Pool {
         Ok(Pool {
             poller: Poller::new(EVENTS_PER_WAIT)?,
             conns: (0..count).map(|_| Conn::new()).collect(),
-            url,
+            urls: vec![url],
+            spread: 0,
             sources,
             next_source: 0,
             buf: vec![0; READ_BUFFER_BYTES],
@@ -254,6 +263,19 @@ impl Pool {
                 handshake_us: new_histogram(),
             },
         })
+    }
+
+    /// Spreads the first `slots` slots over `urls` round-robin (`target_of`); the other slots
+    /// go to the first URL. `urls` replaces the pool's URL.
+    pub fn spread(&mut self, urls: Vec<WsUrl>, slots: usize) {
+        assert!(!urls.is_empty(), "a pool has a target");
+        self.urls = urls;
+        self.spread = slots;
+    }
+
+    /// The index in the pool's URLs (see `spread`) that slot `i` connects to.
+    pub fn target(&self, i: usize) -> usize {
+        target_of(i, self.spread, self.urls.len())
     }
 
     /// The epoll set, for scenario-owned fds (register them at `TOKEN_SCENARIO` or above).
@@ -534,14 +556,16 @@ impl Pool {
         self.stats.started += 1;
         self.in_flight += 1;
         let started_ns = sys::now_ns();
+        let target = self.target(i);
+        let addr = self.urls[target].addr;
         {
             let conn = &mut self.conns[i];
             conn.state = State::Connecting;
             conn.started_ns = started_ns;
             conn.accept = ws::accept_key(&key);
-            conn.out = ws::request(&self.url.host, path, &key, self.deflate);
+            conn.out = ws::request(&self.urls[target].host, path, &key, self.deflate);
         }
-        let fd = match sys::tcp_socket(&self.url.addr, src) {
+        let fd = match sys::tcp_socket(&addr, src) {
             Ok(fd) => fd,
             Err(e) => return self.fail(i, format!("socket: {}", describe(&e))),
         };
@@ -551,7 +575,7 @@ impl Pool {
         {
             return self.fail(i, format!("setsockopt SO_RCVBUF: {e}"));
         }
-        let connected = match sys::connect(&fd, &self.url.addr) {
+        let connected = match sys::connect(&fd, &addr) {
             Ok(c) => c,
             Err(e) => return self.fail(i, format!("connect: {}", describe(&e))),
         };
@@ -996,5 +1020,26 @@ pub fn describe(e: &io::Error) -> String {
         }
         Some(libc::ECONNREFUSED) => format!("{e} (is the server listening?)"),
         _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_of;
+
+    #[test]
+    fn slots_spread_round_robin() {
+        let k3: Vec<usize> = (0..7).map(|i| target_of(i, 7, 3)).collect();
+        assert_eq!(k3, vec![0, 1, 2, 0, 1, 2, 0]);
+        // Past the spread slots (a publisher, churn): the first target.
+        assert_eq!(target_of(7, 7, 3), 0);
+        assert_eq!(target_of(8, 7, 3), 0);
+        // One target, or nothing spread: every slot to the first, as without a list.
+        assert!((0..10).all(|i| target_of(i, 10, 1) == 0));
+        assert!((0..10).all(|i| target_of(i, 0, 2) == 0));
+        let to_b = (0..10_000)
+            .filter(|&i| target_of(i, 10_000, 2) == 1)
+            .count();
+        assert_eq!(to_b, 5_000);
     }
 }

@@ -70,6 +70,43 @@ pub fn parse_ws_url(url: &str) -> Result<WsUrl, String> {
     })
 }
 
+/// Parses `--url` as a comma-separated list of `ws://` URLs (one URL: a list of one). A new
+/// entry starts only at a comma followed by `ws://` (spaces allowed), so a single URL with a
+/// comma in its query parses exactly as `parse_ws_url` parses it. Each entry is checked as
+/// `parse_ws_url` checks it; all must have the same path and query, since the subscribers'
+/// paths are built from the first, and none may repeat.
+pub fn parse_ws_urls(s: &str) -> Result<Vec<WsUrl>, String> {
+    let mut entries: Vec<String> = Vec::new();
+    for part in s.split(',') {
+        match entries.last_mut() {
+            None => entries.push(part.to_string()),
+            Some(last) if !part.trim_start().starts_with("ws://") => {
+                last.push(',');
+                last.push_str(part);
+            }
+            Some(_) => entries.push(part.trim().to_string()),
+        }
+    }
+    let mut out: Vec<WsUrl> = Vec::new();
+    for part in &entries {
+        let u = parse_ws_url(part)?;
+        if let Some(first) = out.first()
+            && u.path != first.path
+        {
+            return Err(format!(
+                "--url: every URL of the list needs the same path and query ({} has {}, the \
+                 first {})",
+                part, u.path, first.path
+            ));
+        }
+        if out.iter().any(|o| o.addr == u.addr) {
+            return Err(format!("--url: {} is in the list twice", u.addr));
+        }
+        out.push(u);
+    }
+    Ok(out)
+}
+
 /// A parsed `http://HOST:PORT/PATH?QUERY`: where an HTTP publisher sends its `POST`s.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
@@ -262,6 +299,33 @@ mod tests {
         assert!(parse_ws_url("ws://example.com:80/").is_err());
         assert!(parse_ws_url("wss://127.0.0.1:80/").is_err());
         assert!(parse_ws_url("ws://127.0.0.1/").is_err());
+    }
+
+    #[test]
+    fn url_lists() {
+        let one = parse_ws_urls("ws://127.0.0.1:9000/ws?format=raw").unwrap();
+        assert_eq!(
+            one,
+            vec![parse_ws_url("ws://127.0.0.1:9000/ws?format=raw").unwrap()]
+        );
+        let two =
+            parse_ws_urls("ws://127.0.0.1:9000/ws?format=raw, ws://127.0.0.2:9001/ws?format=raw")
+                .unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[1].addr, "127.0.0.2:9001".parse().unwrap());
+        assert_eq!(two[1].host, "127.0.0.2:9001");
+        assert_eq!(two[1].path, "/ws?format=raw");
+        assert!(
+            parse_ws_urls("ws://127.0.0.1:9000/ws?format=raw,ws://127.0.0.1:9001/ws")
+                .unwrap_err()
+                .contains("same path")
+        );
+        assert!(parse_ws_urls("ws://127.0.0.1:9000/ws,ws://127.0.0.1:9000/ws").is_err());
+        // A comma not followed by ws:// belongs to the URL, as before lists.
+        let comma = parse_ws_urls("ws://127.0.0.1:9000/ws?channel=a,b").unwrap();
+        assert_eq!(comma.len(), 1);
+        assert_eq!(comma[0].path, "/ws?channel=a,b");
+        assert!(parse_ws_urls("ws://127.0.0.1:9000/ws,ws://10.0.0.1:9000/ws").is_err());
     }
 
     #[test]

@@ -1107,6 +1107,7 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
     let host = scenario::host_info(&setup);
     let Setup {
         url,
+        urls,
         sources,
         mut progress,
         ..
@@ -1125,6 +1126,12 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
     let slots = churn_from + plan.extras.churn_slots();
     let churn_path = envelope::ws_path(&url.path, None, true, None);
     let mut pool = Pool::new(url, slots, sources).map_err(|e| format!("epoll: {e}"))?;
+    // Subscriber i connects to URL i mod K; the publisher and churn connections to the first.
+    let url_names: Vec<String> = urls
+        .iter()
+        .map(|u| format!("ws://{}{}", u.host, u.path))
+        .collect();
+    pool.spread(urls, n);
     pool.set_deflate(common.deflate);
     pool.set_coalesce(schedule.coalesce_us * 1000);
     let paths = &plan.paths;
@@ -1219,6 +1226,18 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
     )
     .map_err(|e| format!("epoll_wait: {e}"))?;
     let connect_s = (sys::now_ns() - t_start) as f64 / 1e9;
+    let per_url: Vec<Value> = url_names
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let mine = (0..n).filter(|&i| pool.target(i) == k);
+            json!({
+                "url": name,
+                "subscribers": mine.clone().count(),
+                "opened": mine.filter(|&i| pool.state(i) == State::Open).count(),
+            })
+        })
+        .collect();
     if pool.stats.opened == 0 {
         scenario::print_errors(&pool.stats);
         return Err("no subscriber could connect".into());
@@ -1447,6 +1466,7 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
         "channels": run.channel_names,
         "connect_seconds": scenario::round3(connect_s),
         "connections": scenario::pool_json(&run.pool.stats),
+        "urls": per_url,
         "format": format_json(&run.rx.formats, from_url),
         "subscribe": subscribe,
         "error_replies": run.rx.error_replies,
@@ -1466,6 +1486,23 @@ pub fn execute(plan: Plan, setup: Setup) -> Result<Value, String> {
     }))
 }
 
+/// With subscribers spread over several URLs: how many each was given and how many opened.
+fn urls_line(result: &Value) -> Option<String> {
+    let urls = result["urls"].as_array().filter(|u| u.len() > 1)?;
+    let parts: Vec<String> = urls
+        .iter()
+        .map(|u| {
+            format!(
+                "{} {} ({} open)",
+                u["url"].as_str().unwrap_or("?"),
+                human_count(u["subscribers"].as_u64().unwrap_or(0)),
+                human_count(u["opened"].as_u64().unwrap_or(0)),
+            )
+        })
+        .collect();
+    Some(format!("subscribers per URL: {}", parts.join(", ")))
+}
+
 fn cpu_cell(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |c| format!("{c:.2}"))
 }
@@ -1479,6 +1516,9 @@ fn mib(v: &Value) -> String {
 /// subscribers, the server's memory and counters, errors), from the JSON so the two agree.
 pub fn print_report(result: &Value, budget_ms: u64) {
     if let Some(line) = format_line(result) {
+        println!("{line}");
+    }
+    if let Some(line) = urls_line(result) {
         println!("{line}");
     }
     let sub = &result["subscribe"];
@@ -1750,7 +1790,7 @@ pub fn prepare(args: &FanoutArgs) -> Result<Prepared, String> {
     let extra = u64::from(args.pub_ws || args.pub_http.is_some())
         + extras.churn_slots() as u64
         + u64::from(extras.stalled_consumer.is_some());
-    let setup = scenario::prepare(&args.common, extra)?;
+    let setup = scenario::prepare_spread(&args.common, extra)?;
     let url = &setup.url;
     let publisher = if let Some(control) = &args.control {
         PublisherSpec::Control(target::parse_control(control)?)

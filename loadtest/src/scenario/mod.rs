@@ -28,8 +28,10 @@ const SPARE_FDS: u64 = 32;
 
 /// What every scenario starts from.
 pub struct Setup {
-    /// The parsed, loopback-checked URL.
+    /// The parsed, loopback-checked URL (the first of `urls`).
     pub url: WsUrl,
+    /// Every URL of `--url` (one unless the scenario spreads subscribers, `prepare_spread`).
+    pub urls: Vec<WsUrl>,
     /// Source addresses for `--src` (empty: let the kernel choose).
     pub sources: Vec<IpAddr>,
     /// The live progress line.
@@ -41,15 +43,28 @@ pub struct Setup {
 /// Checks the common flags and the machine's limits before any connection is made, and says
 /// clearly when `--connections` cannot fit.
 pub fn prepare(common: &Common, extra_connections: u64) -> Result<Setup, String> {
-    let url = target::parse_ws_url(&common.url)?;
+    let setup = prepare_spread(common, extra_connections)?;
+    if setup.urls.len() > 1 {
+        return Err("--url: a list of URLs is only for fanout and slow; give one URL".into());
+    }
+    Ok(setup)
+}
+
+/// As `prepare`, with `--url` a comma-separated list of URLs the scenario spreads its
+/// subscribers over (`Pool::spread`).
+pub fn prepare_spread(common: &Common, extra_connections: u64) -> Result<Setup, String> {
+    let urls = target::parse_ws_urls(&common.url)?;
+    let url = urls[0].clone();
     let sources = match &common.src {
         Some(s) => {
             let v = target::parse_sources(s)?;
-            if let Some(bad) = v.iter().find(|ip| !target::source_matches(ip, &url.addr)) {
-                return Err(format!(
-                    "--src {bad} cannot reach {} (address family differs)",
-                    url.addr
-                ));
+            for u in &urls {
+                if let Some(bad) = v.iter().find(|ip| !target::source_matches(ip, &u.addr)) {
+                    return Err(format!(
+                        "--src {bad} cannot reach {} (address family differs)",
+                        u.addr
+                    ));
+                }
             }
             v
         }
@@ -93,6 +108,7 @@ pub fn prepare(common: &Common, extra_connections: u64) -> Result<Setup, String>
     }
     Ok(Setup {
         url,
+        urls,
         sources,
         progress: Progress::new(!common.quiet && sys::stderr_is_terminal()),
         nofile: (soft, hard),
