@@ -926,3 +926,62 @@ fn connection_ids_name_their_node_and_any_node_reaches_them() {
     assert_eq!(r["result"], json!({}), "{r}");
     assert_eq!(read_json(&mut other), json!({"op":"push","data":"here"}));
 }
+
+#[test]
+fn history_is_read_from_redis_on_any_node() {
+    let redis = Redis::start();
+    let nodes = [
+        Node::start(&redis.url(), "hist", 0, Vec::new()),
+        Node::start(&redis.url(), "hist", 1, Vec::new()),
+    ];
+    // Published on node 0 with no subscriber anywhere: kept in Redis only.
+    let mut ctl0 = nodes[0].ctl();
+    let mut epoch = 0;
+    for n in 1..=5 {
+        let r = publish(&mut ctl0, "rec:h", json!({"n": n}));
+        assert_eq!(r["result"]["offset"], n, "{r}");
+        epoch = r["result"]["epoch"].as_u64().unwrap();
+    }
+    // Node 1 never had the channel: its history is Redis's.
+    let mut ctl1 = nodes[1].ctl();
+    let r = ctl1.call(json!({"method":"history","channel":"rec:h","limit":3}));
+    let result = &r["result"];
+    assert_eq!(
+        (&result["offset"], &result["epoch"]),
+        (&json!(5), &json!(epoch)),
+        "{r}"
+    );
+    assert!(result.get("local_only").is_none(), "{r}");
+    let got: Vec<(u64, Value)> = result["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["offset"].as_u64().unwrap(), m["data"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (3, json!({"n":3})),
+            (4, json!({"n":4})),
+            (5, json!({"n":5}))
+        ],
+        "the newest 3, oldest first, as subscribers got them: {r}"
+    );
+    assert_eq!(result["messages"][0]["op"], "message");
+    let since = json!({"offset":3,"epoch":epoch});
+    let r = ctl1.call(json!({"method":"history","channel":"rec:h","since":since}));
+    assert_eq!(r["result"]["recovered"], true, "{r}");
+    let offsets: Vec<u64> = (r["result"]["messages"].as_array().unwrap().iter())
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [4, 5], "{r}");
+    let stale = json!({"offset":3,"epoch":epoch + 1});
+    let r = ctl1.call(json!({"method":"history","channel":"rec:h","since":stale}));
+    assert_eq!(r["result"]["recovered"], false, "another epoch: {r}");
+    // Redis gone: this node's own history, marked.
+    drop(redis);
+    nodes[1].eventually("the bridge down", |c| c.cluster_up == 0);
+    let r = ctl1.call(json!({"method":"history","channel":"rec:h"}));
+    assert_eq!(r["result"]["local_only"], true, "{r}");
+    assert_eq!(r["result"]["messages"], json!([]), "{r}");
+}

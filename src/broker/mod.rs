@@ -192,6 +192,16 @@ pub enum BrokerCommand {
         /// The caller's token, returned in the answer.
         token: u64,
     },
+    /// The channel's position and its newest kept messages (at most `limit`): answered by
+    /// [`BrokerEvent::HistoryTail`].
+    HistoryTail {
+        /// The channel.
+        channel: Arc<str>,
+        /// At most this many messages.
+        limit: usize,
+        /// The caller's token, returned in the answer.
+        token: u64,
+    },
     /// The channel's position and, with `since`, the messages after it: answered by
     /// [`BrokerEvent::HistoryReply`].
     History {
@@ -266,6 +276,17 @@ pub struct Recovered {
     pub replay: Option<Vec<(u64, Bytes)>>,
 }
 
+/// A channel's newest kept messages, as the broker answered a `HistoryTail`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kept {
+    /// The channel's position when they were read.
+    pub position: Position,
+    /// Older kept messages were left out (the bridge's byte bound).
+    pub truncated: bool,
+    /// The messages, oldest first: (offset, payload).
+    pub messages: Vec<(u64, Bytes)>,
+}
+
 /// A channel's presence across the live nodes, as the broker answered a `PresenceRead`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PresenceView {
@@ -319,6 +340,14 @@ pub enum BrokerEvent {
         channel: Arc<str>,
         /// What was found.
         result: Result<Recovered, BrokerError>,
+    },
+    /// The answer to a `HistoryTail`.
+    HistoryTail {
+        /// The request's token.
+        token: u64,
+        /// The position, whether older kept messages were left out (the bridge's byte
+        /// bound), and the messages, oldest first.
+        result: Result<Kept, BrokerError>,
     },
     /// What a node sent (`UserSend`) to a user this node subscribed.
     User {
@@ -546,7 +575,9 @@ impl BrokerCommand {
             BrokerCommand::Publish {
                 channel, payload, ..
             } => channel.len() + payload.len(),
-            BrokerCommand::History { channel, .. } => channel.len(),
+            BrokerCommand::History { channel, .. } | BrokerCommand::HistoryTail { channel, .. } => {
+                channel.len()
+            }
             BrokerCommand::PresenceSet { channel, user, .. } => {
                 let user = user.as_ref().map_or(0, |(u, info)| {
                     u.len() + info.as_ref().map_or(0, |i| i.len())
@@ -612,6 +643,7 @@ impl BrokerHandle {
                 | BrokerCommand::UserNodes { .. }
                 | BrokerCommand::PresenceRead { .. }
                 | BrokerCommand::NodeSend { .. }
+                | BrokerCommand::HistoryTail { .. }
         );
         if needs_broker && !self.is_up() {
             if matches!(command, BrokerCommand::Publish { .. }) {

@@ -58,7 +58,8 @@ pub fn route(event: &BrokerEvent, shards: usize) -> Route {
         | BrokerEvent::UserSent { token, .. }
         | BrokerEvent::UserNodes { token, .. }
         | BrokerEvent::PresenceReply { token, .. }
-        | BrokerEvent::NodeSent { token, .. } => Route::One(token_shard(*token).min(shards - 1)),
+        | BrokerEvent::NodeSent { token, .. }
+        | BrokerEvent::HistoryTail { token, .. } => Route::One(token_shard(*token).min(shards - 1)),
         BrokerEvent::Pattern { channel, .. } => {
             let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
             for b in channel.iter() {

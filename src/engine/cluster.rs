@@ -35,7 +35,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 mod conns;
+mod history;
 mod presence;
+
+pub use history::HistoryAsker;
 mod users;
 
 /// Broker events handled per loop turn.
@@ -130,6 +133,8 @@ pub struct Cluster {
     user_nodes: HashMap<u64, (ReplyTo, Vec<Arc<str>>, u64)>,
     /// Presence reads asked of the broker, by token.
     presence_reads: HashMap<u64, presence::PendingPresenceRead>,
+    /// `history` requests read from the broker, by token.
+    history_asks: HashMap<u64, history::PendingHistory>,
     /// Requests for other nodes' connections sent through the broker, by token: the reply
     /// waiting, the node, and the deadline.
     conn_ops: HashMap<u64, (Option<ReplyTo>, u8, u64)>,
@@ -175,6 +180,7 @@ impl Cluster {
             user_nodes: HashMap::new(),
             presence_reads: HashMap::new(),
             conn_ops: HashMap::new(),
+            history_asks: HashMap::new(),
             next_sweep_ms: 0,
             scratch: Vec::new(),
             next_seq: 0,
@@ -829,6 +835,7 @@ impl Engine {
         }
         self.expire_presence_reads(now);
         self.expire_conn_ops(now);
+        self.expire_history_asks(now);
         for token in user_nodes {
             self.counters.cluster_requests_expired += 1;
             self.on_user_nodes(token, Err(BrokerError::Down));
@@ -914,6 +921,7 @@ impl Engine {
             } => self.on_presence_news(&channel, joined, &user, info.as_deref()),
             BrokerEvent::PresenceReply { token, result } => self.on_presence_reply(token, result),
             BrokerEvent::NodeMessage { payload } => self.on_node_message(&payload),
+            BrokerEvent::HistoryTail { token, result } => self.on_history_tail(token, result),
             BrokerEvent::NodeSent { token, result } => self.on_node_sent(token, result),
             BrokerEvent::Resync { channel, now, .. } => {
                 let Some(cluster) = self.cluster.as_ref() else {
@@ -993,6 +1001,9 @@ impl Engine {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
+        if let Some(pending) = cluster.history_asks.remove(&token) {
+            return self.on_history_since(pending, result);
+        }
         if let Some(pending) = cluster.recoveries.remove(&token) {
             return self.on_recover_reply(pending, result);
         }

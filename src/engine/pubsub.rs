@@ -9,6 +9,7 @@
 //! (`super::cluster`).
 
 use super::Engine;
+use super::cluster::HistoryAsker;
 use super::conn::{DIRTY, Endpoint, SENDING, State};
 use super::io::Token;
 use super::limits_ticks;
@@ -244,6 +245,12 @@ impl Engine {
                 since,
                 reply,
             } => {
+                let asker = HistoryAsker::Control(reply);
+                let Err(HistoryAsker::Control(reply)) =
+                    self.cluster_history(&channel, limit, since, asker)
+                else {
+                    return; // asked of the broker
+                };
                 let part = Part::Json(self.history_json(&channel, limit, since));
                 self.send_x(reply.shard as usize, XMsg::Reply { to: reply, part });
             }
@@ -255,6 +262,21 @@ impl Engine {
                 generation,
                 id,
             } => {
+                let asker = HistoryAsker::Client {
+                    shard,
+                    slot,
+                    generation,
+                    id,
+                };
+                let Err(HistoryAsker::Client {
+                    shard,
+                    slot,
+                    generation,
+                    id,
+                }) = self.cluster_history(&channel, limit, None, asker)
+                else {
+                    return; // asked of the broker
+                };
                 let body = self.history_json(&channel, limit, None);
                 let msg = XMsg::ClientHistoryReply {
                     channel,
@@ -736,7 +758,12 @@ impl Engine {
 
     /// The owner's answer to the control socket's `history`: position, and the kept messages as
     /// the envelopes subscribers got (`{"op":"message",...}`), oldest first.
-    fn history_json(&mut self, name: &str, limit: usize, since: Option<(u64, u64)>) -> String {
+    pub(super) fn history_json(
+        &mut self,
+        name: &str,
+        limit: usize,
+        since: Option<(u64, u64)>,
+    ) -> String {
         if let Some((_, ttl_ms)) = self.history_policy(name) {
             let now = self.now_ms;
             self.owned.expire(name, now, ttl_ms);
@@ -769,6 +796,19 @@ impl Engine {
                 None => (0, 0, Vec::new(), None),
             },
         };
+        self.history_body((offset, epoch), recovered, false, &messages)
+    }
+
+    /// `{"offset":..,"epoch":..,["recovered":..,]["truncated":true,]"messages":[..]}` from the
+    /// envelope frames of the messages, oldest first (`truncated`: older ones were left out
+    /// already).
+    pub(super) fn history_body(
+        &self,
+        (offset, epoch): (u64, u64),
+        recovered: Option<bool>,
+        truncated: bool,
+        messages: &[Bytes],
+    ) -> String {
         let mut out = format!("{{\"offset\":{offset},\"epoch\":{epoch}");
         if let Some(recovered) = recovered {
             out.push_str(&format!(",\"recovered\":{recovered}"));
@@ -786,7 +826,7 @@ impl Engine {
             used += len;
             first -= 1;
         }
-        if first > 0 {
+        if first > 0 || truncated {
             out.push_str(",\"truncated\":true");
         }
         out.push_str(",\"messages\":[");

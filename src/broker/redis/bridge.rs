@@ -30,8 +30,8 @@ use super::resp::Reply;
 use super::url::RedisUrl;
 use crate::broker::config::ClusterConfig;
 use crate::broker::{
-    BrokerCommand, BrokerError, BrokerEvent, BrokerSink, BrokerStats, DownCause, Keep, Position,
-    PresenceView, Recovered, Shared,
+    BrokerCommand, BrokerError, BrokerEvent, BrokerSink, BrokerStats, DownCause, Keep, Kept,
+    Position, PresenceView, Recovered, Shared,
 };
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -90,6 +90,12 @@ enum Pending {
         token: u64,
         channel: Arc<str>,
         since: Option<Position>,
+    },
+    /// A history tail read.
+    HistoryTail {
+        token: u64,
+        channel: Arc<str>,
+        limit: usize,
     },
     /// A position read after a reconnect.
     Resync { channel: Arc<str> },
@@ -169,6 +175,7 @@ pub struct Bridge<S: BrokerSink> {
     publish: Script,
     history: Script,
     position: Script,
+    history_tail: Script,
     presence_set: Script,
     presence_replace: Script,
     presence_sweep: Script,
@@ -240,6 +247,7 @@ impl<S: BrokerSink> Bridge<S> {
             publish: Script::new(super::keys::PUBLISH),
             history: Script::new(super::keys::HISTORY),
             position: Script::new(super::keys::POSITION),
+            history_tail: Script::new(super::keys::HISTORY_TAIL),
             presence_set: Script::new(super::keys::PRESENCE_SET),
             presence_replace: Script::new(super::keys::PRESENCE_REPLACE),
             presence_sweep: Script::new(super::keys::PRESENCE_SWEEP),
@@ -355,6 +363,7 @@ impl<S: BrokerSink> Bridge<S> {
                 &self.publish,
                 &self.history,
                 &self.position,
+                &self.history_tail,
                 &self.presence_set,
                 &self.presence_replace,
                 &self.presence_sweep,
@@ -433,6 +442,12 @@ impl<S: BrokerSink> Bridge<S> {
                     Pending::UserSend { token } => self.fail_user_send(token),
                     Pending::UserNodes { token, .. } => self.fail_user_nodes(token),
                     Pending::NodeSend { token } => self.fail_node_send(token),
+                    Pending::HistoryTail { token, .. } => {
+                        self.sink.deliver(BrokerEvent::HistoryTail {
+                            token,
+                            result: Err(BrokerError::Down),
+                        })
+                    }
                     Pending::PresenceRead { token, .. } => {
                         self.sink.deliver(BrokerEvent::PresenceReply {
                             token,
@@ -775,6 +790,20 @@ impl<S: BrokerSink> Bridge<S> {
                 }
                 self.link = Some(link);
             }
+            BrokerCommand::HistoryTail {
+                channel,
+                limit,
+                token,
+            } => match self.link.take() {
+                None => self.sink.deliver(BrokerEvent::HistoryTail {
+                    token,
+                    result: Err(BrokerError::Down),
+                }),
+                Some(mut link) => {
+                    self.send_history_tail(&mut link, token, channel, limit);
+                    self.link = Some(link);
+                }
+            },
             BrokerCommand::NodeSend {
                 node,
                 payload,
@@ -865,6 +894,30 @@ impl<S: BrokerSink> Bridge<S> {
         all.push(keys.as_bytes());
         all.extend_from_slice(args);
         link.cmd.queue(&all);
+    }
+
+    fn send_history_tail(&mut self, link: &mut Link, token: u64, channel: Arc<str>, limit: usize) {
+        let (hash, history) = (self.keys.hash(&channel), self.keys.history(&channel));
+        let numbers = [
+            limit.min(self.cfg.history_size_max as usize).to_string(),
+            (self.cfg.buffer_bytes_max / 2).to_string(),
+        ];
+        let args: [&[u8]; 4] = [
+            &hash,
+            &history,
+            numbers[0].as_bytes(),
+            numbers[1].as_bytes(),
+        ];
+        let script = self.history_tail.clone();
+        self.script(link, &script, &args);
+        self.push_pending(
+            link,
+            Pending::HistoryTail {
+                token,
+                channel,
+                limit,
+            },
+        );
     }
 
     // ----- presence ---------------------------------------------------------------------------
@@ -1399,6 +1452,11 @@ impl<S: BrokerSink> Bridge<S> {
                     channel,
                     page,
                 } => self.send_presence_read(link, token, channel, page),
+                Pending::HistoryTail {
+                    token,
+                    channel,
+                    limit,
+                } => self.send_history_tail(link, token, channel, limit),
                 _ => return Err(protocol("NOSCRIPT for a request that is no script")),
             }
             return Ok(());
@@ -1470,6 +1528,14 @@ impl<S: BrokerSink> Bridge<S> {
                     _ => return Err(protocol("an unexpected answer to PUBLISH")),
                 };
                 self.sink.deliver(BrokerEvent::UserSent { token, result });
+            }
+            Pending::HistoryTail { token, .. } => {
+                let result = match reply {
+                    Reply::Error(e) => Err(BrokerError::Rejected(text(&e))),
+                    reply => Ok(history_tail(&reply)?),
+                };
+                self.sink
+                    .deliver(BrokerEvent::HistoryTail { token, result });
             }
             Pending::NodeSend { token } => {
                 let result = match reply {
@@ -1644,4 +1710,44 @@ fn presence_view(reply: &Reply) -> Result<PresenceView, DownCause> {
         }
     }
     Ok(view)
+}
+
+/// The history tail script's answer: `{offset, epoch, truncated, offset1, payload1, ...}`.
+fn history_tail(reply: &Reply) -> Result<Kept, DownCause> {
+    let Reply::Array(items) = reply else {
+        return Err(protocol("a history tail that is not an array"));
+    };
+    let number = |i: usize| {
+        items
+            .get(i)
+            .and_then(Reply::to_u64)
+            .ok_or_else(|| protocol("a history tail without its position"))
+    };
+    let position = Position {
+        offset: number(0)?,
+        epoch: number(1)?,
+    };
+    let truncated = number(2)? == 1;
+    let rest = &items[3..];
+    if rest.len() % 2 != 0 {
+        return Err(protocol("a history tail that is not pairs"));
+    }
+    let mut messages = Vec::with_capacity(rest.len() / 2);
+    for pair in rest.chunks(2) {
+        let offset = pair[0]
+            .to_u64()
+            .ok_or_else(|| protocol("a history tail entry without its offset"))?;
+        let payload = pair[1]
+            .bytes()
+            .ok_or_else(|| protocol("a history tail entry that is not a string"))?;
+        if messages.last().is_some_and(|(o, _)| *o >= offset) || offset > position.offset {
+            return Err(protocol("a history tail out of order"));
+        }
+        messages.push((offset, payload.clone()));
+    }
+    Ok(Kept {
+        position,
+        truncated,
+        messages,
+    })
 }

@@ -278,6 +278,36 @@ return out
 "#
 );
 
+/// The history tail script: the position and the newest kept messages, for a `history`
+/// request without `since`, read atomically with the position.
+///
+/// KEYS: the hash, the stream. ARGV: most messages, most payload bytes. Returns `{offset,
+/// epoch, truncated (0/1), offset1, payload1, ...}`, oldest first: the newest messages that
+/// fit both bounds (`truncated` 1 when older kept ones were left out for the bytes).
+pub const HISTORY_TAIL: &str = r#"-- ringcast history tail
+local h = redis.call('HMGET', KEYS[1], 'seq', 'epoch')
+local out = {tonumber(h[1] or '0'), h[2] or '0', 0}
+if not h[2] then
+  return out
+end
+local entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', tonumber(ARGV[1]))
+local bytes, budget, last = 0, tonumber(ARGV[2]), #entries
+for i, e in ipairs(entries) do
+  bytes = bytes + #e[2][2]
+  if bytes > budget then
+    out[3] = 1
+    last = i - 1
+    break
+  end
+end
+for i = last, 1, -1 do
+  local id = entries[i][1]
+  out[#out + 1] = tonumber(string.sub(id, string.find(id, '-', 1, true) + 1))
+  out[#out + 1] = entries[i][2][2]
+end
+return out
+"#;
+
 /// A script and its SHA-1 (what `EVALSHA` names it by).
 #[derive(Debug, Clone)]
 pub struct Script {
