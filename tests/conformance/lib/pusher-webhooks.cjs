@@ -88,7 +88,7 @@ webhook_url = "http://127.0.0.1:${hookPort}/pusher/webhook"
   const channel = 'presence-hooked';
   // Connections land on either shard; open more of user b until one is on the other shard
   // than a's (socket ids carry the shard in their high part: HIGH.LOW of the connection id).
-  const shardOf = (socketId) => Number(BigInt(socketId.split('.')[0]) >> 13n);
+  const shardOf = (socketId) => Number((BigInt(socketId.split('.')[0]) >> 7n) & 63n); // id.rs: bits 39-44
   const a = client('a');
   await waitFor('client a connected', () => a.connection.state === 'connected');
   let b;

@@ -29,7 +29,7 @@ if (!wsUrl || !controlAddr || !pageBase || !dataDir || !workDir) {
 }
 const step = stepper('seed-group-chat');
 const errors = [];
-const shardOf = (conn) => Number(BigInt(conn) >> 45n); // id.rs: shard | slot (24) | generation (21)
+const shardOf = (conn) => Number((BigInt(conn) >> 39n) & 63n); // id.rs: node (8) | shard (6) | slot (21) | generation (18)
 
 const readPage = (page) => page.evaluate(() => ({
   state: document.getElementById('state').dataset.state,
