@@ -360,6 +360,14 @@ const HELP: &[(&str, &str)] = &[
         "Connects that found another live node holding this node's node_id.",
     ),
     (
+        "cluster_catch_ups",
+        "Gaps in a live channel read from the broker's history to deliver them.",
+    ),
+    (
+        "cluster_catch_ups_failed",
+        "Gaps the broker no longer held (subscribers see an offset gap).",
+    ),
+    (
         "cluster_conn_forwards",
         "Requests for another node's connection sent through the broker.",
     ),

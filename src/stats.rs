@@ -281,6 +281,12 @@ pub struct Counters {
     pub bridge_subscribe_refusals: u64,
     /// Connects that found another live node holding this node's `node_id`.
     pub bridge_node_id_conflicts: u64,
+    /// Gaps in a live channel (messages published while this node was cut off) read from the
+    /// broker's history to deliver them.
+    pub cluster_catch_ups: u64,
+    /// Of those, gaps the broker no longer held (trimmed, expired, or lost with Redis): seen
+    /// by the subscribers as an offset gap.
+    pub cluster_catch_ups_failed: u64,
     /// Requests for another node's connection sent through the broker.
     pub cluster_conn_forwards: u64,
     /// Requests for this node's connections received from other nodes and acted on.
@@ -463,6 +469,8 @@ impl Counters {
         self.bridge_subscribe_refusals += other.bridge_subscribe_refusals;
         self.bridge_node_id_conflicts += other.bridge_node_id_conflicts;
         self.cluster_conn_forwards += other.cluster_conn_forwards;
+        self.cluster_catch_ups += other.cluster_catch_ups;
+        self.cluster_catch_ups_failed += other.cluster_catch_ups_failed;
         self.cluster_conn_forwards_in += other.cluster_conn_forwards_in;
         self.pusher_webhook_batches_sent += other.pusher_webhook_batches_sent;
         self.pusher_webhook_events_sent += other.pusher_webhook_events_sent;

@@ -30,6 +30,16 @@ struct Node {
 
 impl Node {
     fn start(url: &str, test: &str, n: usize, inputs: Vec<RedisInput>) -> Node {
+        Node::start_with(url, test, n, inputs, |_| {})
+    }
+
+    fn start_with(
+        url: &str,
+        test: &str,
+        n: usize,
+        inputs: Vec<RedisInput>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Node {
         let path = std::env::temp_dir().join(format!(
             "ringcast-cluster-{}-{test}-{n}.sock",
             std::process::id()
@@ -77,6 +87,7 @@ impl Node {
             ..ClusterConfig::default()
         };
         c.redis_input = inputs;
+        tweak(&mut c);
         let server = Server::start(c).expect("a clustered node starts");
         let node = Node {
             server: Some(server),
@@ -984,4 +995,54 @@ fn history_is_read_from_redis_on_any_node() {
     let r = ctl1.call(json!({"method":"history","channel":"rec:h"}));
     assert_eq!(r["result"]["local_only"], true, "{r}");
     assert_eq!(r["result"]["messages"], json!([]), "{r}");
+}
+
+#[test]
+fn a_node_cut_off_from_redis_catches_up_on_what_it_missed() {
+    let redis = Redis::start();
+    let a = Node::start(&redis.url(), "catch", 0, Vec::new());
+    // Node B comes back slowly, so that what A publishes meanwhile is surely missed.
+    let b = Node::start_with(&redis.url(), "catch", 1, Vec::new(), |c| {
+        c.cluster.reconnect_min_ms = 2_000;
+        c.cluster.reconnect_max_ms = 4_000;
+    });
+    let (mut ws, _, _) = subscriber(b.addr(), "rec:c");
+    let deadline = Instant::now() + WAIT;
+    while redis.cli(&["PUBSUB", "NUMSUB", "rc-catch:msg:rec:c"]) != "rc-catch:msg:rec:c\n1" {
+        assert!(Instant::now() < deadline, "node B not subscribed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut ctl = a.ctl();
+    for n in 1..=3 {
+        publish(&mut ctl, "rec:c", json!(n));
+    }
+    assert_eq!(
+        messages(&mut ws, 3).iter().map(|m| m.0).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    // Cut node B off: Redis closes its two connections.
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    for line in clients
+        .lines()
+        .filter(|l| l.contains("name=ringcast:catch-1:"))
+    {
+        let id = line.split(' ').find_map(|f| f.strip_prefix("id=")).unwrap();
+        redis.cli(&["CLIENT", "KILL", "ID", id]);
+    }
+    b.eventually("node B down", |c| c.cluster_up == 0);
+    for n in 4..=8 {
+        let r = publish(&mut ctl, "rec:c", json!(n));
+        assert_eq!(r["result"]["offset"], n, "{r}");
+    }
+    // Back on Redis, B fetches 4..8 from the channel's history before anything newer.
+    b.wait_up();
+    b.eventually("the catch-up", |c| c.cluster_catch_ups >= 1);
+    publish(&mut ctl, "rec:c", json!(9));
+    let got: Vec<(u64, Value)> = messages(&mut ws, 6);
+    assert_eq!(
+        got,
+        (4..=9).map(|n| (n, json!(n))).collect::<Vec<_>>(),
+        "every message once, in order, no gap"
+    );
+    assert_eq!(b.server().counters().cluster_catch_ups_failed, 0);
 }

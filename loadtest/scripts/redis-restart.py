@@ -3,7 +3,7 @@
 how long each node takes to be back on Redis, and what subscribers got meanwhile.
 
 usage: python3 loadtest/scripts/redis-restart.py [--bin target/release/ringcast]
-       [--rate 100] [--down-s 2] [--shards 2]
+       [--rate 100] [--down-s 2] [--shards 2] [--history N]
 Needs redis-server, and the Python `websockets` package (the test venv has it:
 ~/.cache/ringcast-test/venv/bin/python). Loopback only; stops by itself (about 10 s).
 
@@ -13,7 +13,9 @@ port (empty: no persistence), 4 s more. Two subscribers per node on one channel.
 Prints one JSON object: per node, the publishes answered through Redis / local_only /
 cluster_unavailable, the time from the restart to the node's first publish through Redis again
 (`back_ms`), and per subscriber what it received of each class (every publish through Redis
-must reach all four exactly once; a node's local_only ones only that node's two).
+must reach all four exactly once; a node's local_only ones only that node's two). With
+--history N the channel's namespace keeps N messages (in Redis too), so a node that comes back
+later than the other catches up on what the other published through Redis meanwhile.
 """
 import argparse
 import asyncio
@@ -51,11 +53,13 @@ def start_redis(port, workdir):
     sys.exit("redis-server did not start")
 
 
-def start_node(binary, n, redis_port, workdir, shards):
+def start_node(binary, n, redis_port, workdir, shards, history):
     cfg = os.path.join(workdir, f"node{n}.toml")
     with open(cfg, "w") as f:
         f.write(f'[cluster]\nredis = "redis://127.0.0.1:{redis_port}"\nnode = "bench-{n}"\n'
-                f'prefix = "restart"\n')
+                f'prefix = "restart"\nnode_id = {n + 1}\n')
+        if history:
+            f.write(f'\n[namespaces.restart]\nhistory_size = {history}\n')
     ctl = os.path.join(workdir, f"node{n}.sock")
     p = subprocess.Popen([binary, "serve", "--config", cfg, "--listen", "127.0.0.1:0", "--shards",
                           str(shards), "--no-pin", "--control", f"unix:{ctl}"],
@@ -79,11 +83,13 @@ async def main():
     ap.add_argument("--rate", type=int, default=100)
     ap.add_argument("--down-s", type=float, default=2.0)
     ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--history", type=int, default=0)
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="ringcast-restart.")
     redis_port = free_port()
     redis = start_redis(redis_port, workdir)
-    nodes = [start_node(args.bin, n, redis_port, workdir, args.shards) for n in range(2)]
+    nodes = [start_node(args.bin, n, redis_port, workdir, args.shards, args.history)
+             for n in range(2)]
     try:
         await asyncio.sleep(0.5)  # the bridges connect
         subs = []
@@ -136,7 +142,7 @@ async def main():
         await asyncio.sleep(1.0)  # the last deliveries arrive
         for t in readers:
             t.cancel()
-        report = {"rate_per_s": args.rate, "down_s": args.down_s, "killed_at_s": round(killed_at, 3),
+        report = {"rate_per_s": args.rate, "down_s": args.down_s, "history": args.history, "killed_at_s": round(killed_at, 3),
                   "restarted_at_s": round(restarted_at, 3), "publishes": i, "nodes": [], "subscribers": []}
         for n in range(2):
             mine = [(k, c, t) for k, (node, c, t) in classes.items() if node == n]

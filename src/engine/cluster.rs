@@ -84,6 +84,9 @@ struct Syncing {
     acks: Vec<u16>,
     /// Recoveries waiting for the position.
     recovers: Vec<XMsg>,
+    /// A catch-up: the read fetches the messages this node missed (a gap in a live channel,
+    /// published while it was cut off), delivered before the held ones.
+    catch_up: bool,
 }
 
 /// A recovery read from the broker's history, waiting for its answer.
@@ -147,8 +150,12 @@ pub struct Cluster {
     /// The broker was lost at least once and not yet back.
     down: bool,
     /// Live channels this owner sequences by itself while the broker is down (each on a
-    /// node-local epoch), back to the broker's position when it returns.
-    local: std::collections::HashSet<Arc<str>>,
+    /// node-local epoch), with the broker's position they left: back to it when the broker
+    /// returns, and what was published there meanwhile is caught up.
+    local: HashMap<Arc<str>, (u64, u64)>,
+    /// Live channels whose position was read after it was unknown (offset 0 there means "not
+    /// known", not "nothing delivered"): their next message starts the sequence, no catch-up.
+    fresh: std::collections::HashSet<Arc<str>>,
     /// Where this shard's node-local epochs start, and how many it made.
     local_seed: u64,
     local_epochs: u64,
@@ -185,7 +192,8 @@ impl Cluster {
             scratch: Vec::new(),
             next_seq: 0,
             down: false,
-            local: std::collections::HashSet::new(),
+            local: HashMap::new(),
+            fresh: std::collections::HashSet::new(),
             local_seed,
             local_epochs: 0,
             ring: false,
@@ -332,7 +340,12 @@ impl Engine {
             self.counters.cluster_publish_errors += 1;
             return self.answer_publish(reply, Err(BrokerError::Down));
         }
-        if cluster.local.insert(channel.clone()) {
+        if !cluster.local.contains_key(&channel) {
+            let left = self
+                .owned
+                .get(&channel)
+                .map_or((0, 0), |o| (o.offset, o.epoch));
+            cluster.local.insert(channel.clone(), left);
             cluster.local_epochs += 1;
             let mixed = (cluster.local_seed
                 ^ cluster.local_epochs.wrapping_mul(0x9e37_79b9_7f4a_7c15))
@@ -411,6 +424,7 @@ impl Engine {
                         held: Vec::new(),
                         acks: vec![shard],
                         recovers: Vec::new(),
+                        catch_up: false,
                     }),
                 );
                 cluster.reads.insert(token, (channel.clone(), due));
@@ -630,7 +644,7 @@ impl Engine {
     /// is down, and the shards are acknowledged with (0, 0), "unknown"; the first message
     /// sets it): acknowledge the waiting shards, deliver the held messages above it, run the
     /// held recoveries.
-    fn finish_sync(&mut self, channel: &Arc<str>, position: Option<Position>) {
+    fn finish_sync(&mut self, channel: &Arc<str>, read: Option<Recovered>) {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
@@ -641,13 +655,87 @@ impl Engine {
             return;
         };
         cluster.reads.remove(&sync.token);
-        let position = position.unwrap_or_default();
+        if sync.catch_up {
+            return self.finish_catch_up(channel, sync, read);
+        }
+        let position = read.map(|r| r.position).unwrap_or_default();
         self.owned
             .set_position(channel, position.offset, position.epoch);
         for shard in sync.acks {
             let msg = XMsg::Ack {
                 channel: channel.clone(),
                 position: Some((position.offset, position.epoch)),
+            };
+            self.send_x(shard as usize, msg);
+        }
+        for (offset, epoch, payload) in sync.held {
+            self.accept_remote(channel, offset, epoch, &payload, true);
+        }
+        for msg in sync.recovers {
+            self.handle_x(msg);
+        }
+    }
+
+    /// A live channel's next message leaves a gap (`offset` after `last`, in `epoch`): when the
+    /// namespace keeps history, hold it and read what was missed from the broker, to deliver
+    /// that first (`finish_catch_up`). False when there is nothing to read it from.
+    fn start_catch_up(
+        &mut self,
+        channel: &Arc<str>,
+        (last, epoch): (u64, u64),
+        message: Option<(u64, u64, Bytes)>,
+    ) -> bool {
+        if self.history_policy(channel).is_none() {
+            return false;
+        }
+        let index = self.index;
+        let due = self.answer_due_ms();
+        let Some(cluster) = self.cluster.as_mut() else {
+            return false;
+        };
+        let token = cluster.next_token(index);
+        let sync = Syncing {
+            token,
+            held: message.into_iter().collect(),
+            acks: Vec::new(),
+            recovers: Vec::new(),
+            catch_up: true,
+        };
+        cluster.channels.insert(channel.clone(), Some(sync));
+        cluster.reads.insert(token, (channel.clone(), due));
+        cluster.outbox.push_back(BrokerCommand::History {
+            channel: channel.clone(),
+            since: Some(Position {
+                offset: last,
+                epoch,
+            }),
+            token,
+        });
+        self.counters.cluster_catch_ups += 1;
+        true
+    }
+
+    /// The missed messages arrived (or cannot be had: then the gap stays, as without history):
+    /// delivered in order, then the shards that asked meanwhile are acknowledged, then the
+    /// messages held meanwhile follow.
+    fn finish_catch_up(&mut self, channel: &Arc<str>, sync: Syncing, read: Option<Recovered>) {
+        let epoch = self.owned.get(channel).map_or(0, |o| o.epoch);
+        match read.and_then(|r| r.replay) {
+            Some(replay) => {
+                for (offset, payload) in replay {
+                    self.accept_remote(channel, offset, epoch, &payload, true);
+                }
+            }
+            None => self.counters.cluster_catch_ups_failed += 1,
+        }
+        let position = self
+            .owned
+            .get(channel)
+            .map_or((0, 0), |o| (o.offset, o.epoch));
+        for shard in sync.acks {
+            let msg = XMsg::Ack {
+                channel: channel.clone(),
+                position: Some(position),
             };
             self.send_x(shard as usize, msg);
         }
@@ -674,6 +762,32 @@ impl Engine {
         };
         let (last, current) = (owned.offset, owned.epoch);
         let kept_last = owned.history.last_offset();
+        // A gap in a live channel (this node was cut off while others published): fetch what
+        // was missed first, when the broker keeps it. Not for held messages (a catch-up or a
+        // position read is delivering them) and not while the position is unknown (epoch 0:
+        // where the subscribers' sequence starts is not known).
+        let fresh = self
+            .cluster
+            .as_mut()
+            .is_some_and(|c| c.fresh.remove(channel));
+        let on_broker = current != 0 && current & LOCAL_EPOCH_BIT == 0 && !fresh;
+        let gap = on_broker && offset > 1 && (epoch != current || offset > last + 1);
+        if gap && !held {
+            let from = if epoch == current { last } else { 0 };
+            if epoch != current {
+                self.counters.cluster_epochs_bumped += 1;
+                self.move_position(channel, 0, epoch);
+                self.owned.clear_history(channel);
+            }
+            if self.start_catch_up(
+                channel,
+                (from, epoch),
+                Some((offset, epoch, payload.clone())),
+            ) {
+                return;
+            }
+            return self.accept_remote(channel, offset, epoch, payload, true);
+        }
         if epoch == current {
             if offset <= last {
                 return;
@@ -933,14 +1047,44 @@ impl Engine {
                 let Some(owned) = self.owned.get(&channel) else {
                     return;
                 };
-                // Same epoch: messages published while the node was cut off are a gap its
-                // subscribers see when the next one arrives (and the history is cleared then).
-                // Another epoch: the broker lost the channel. Its new messages may be on their
-                // way already (read after the position), so the position becomes unknown and
-                // the next message sets it; recoveries from the old epoch answer
-                // recovered:false.
-                if now.epoch != owned.epoch {
-                    if owned.epoch != 0 {
+                // Same epoch: messages were published while the node was cut off; another
+                // epoch: the broker lost the channel. Either way, when the channel was on the
+                // broker's sequence here, what this node missed is fetched (catch-up). A
+                // channel whose position was unknown or node-local: its position becomes
+                // unknown and is read again (its new messages may be on their way already,
+                // read after the position, so the next message sets it); recoveries from the
+                // old epoch answer recovered:false.
+                let (mut offset, mut epoch) = (owned.offset, owned.epoch);
+                if epoch & LOCAL_EPOCH_BIT != 0 {
+                    // Sequenced here while the broker was away: compared with the broker's
+                    // position it left (and back on the broker's sequence from here).
+                    let left = self.cluster.as_mut().and_then(|c| c.local.remove(&channel));
+                    (offset, epoch) = left.unwrap_or((0, 0));
+                    if epoch != 0 {
+                        self.counters.cluster_epochs_bumped += 1;
+                        self.move_position(&channel, offset, epoch);
+                    }
+                }
+                let on_broker = epoch != 0 && epoch & LOCAL_EPOCH_BIT == 0;
+                if now.epoch == epoch && now.offset > offset && on_broker {
+                    // Published elsewhere while this node was cut off: fetched now (when
+                    // kept), not at the next message, which may be long in coming.
+                    self.start_catch_up(&channel, (offset, epoch), None);
+                    return;
+                }
+                if now.epoch != epoch && now.epoch != 0 && on_broker {
+                    // The broker lost the channel and it has a new sequence: all of it is new
+                    // to this node's subscribers, and what was published before this node
+                    // was back is fetched (when kept).
+                    self.counters.cluster_epochs_bumped += 1;
+                    self.move_position(&channel, 0, now.epoch);
+                    if now.offset > 0 {
+                        self.start_catch_up(&channel, (0, now.epoch), None);
+                    }
+                    return;
+                }
+                if now.epoch != epoch {
+                    if epoch != 0 {
                         self.counters.cluster_epochs_bumped += 1;
                     }
                     self.move_position(&channel, 0, 0);
@@ -955,18 +1099,22 @@ impl Engine {
                 if std::mem::take(&mut cluster.down) && index == 0 {
                     self.counters.cluster_reconnects += 1;
                 }
-                // Channels sequenced here while the broker was away go back to its position:
-                // unknown until the read below (or their next message) says it, so recoveries
-                // from the node-local epoch answer recovered:false.
-                let local: Vec<Arc<str>> = cluster.local.drain().collect();
-                for channel in local {
+                // Channels sequenced here while the broker was away (and not moved by a
+                // `Resync`: Redis's position is the one they left) go back to it, or to
+                // unknown when they left none; recoveries from the node-local epoch answer
+                // recovered:false.
+                let local: Vec<(Arc<str>, (u64, u64))> = cluster.local.drain().collect();
+                for (channel, (offset, epoch)) in local {
                     let on_local = self
                         .owned
                         .get(&channel)
                         .is_some_and(|o| o.epoch & LOCAL_EPOCH_BIT != 0);
                     if on_local {
                         self.counters.cluster_epochs_bumped += 1;
-                        self.move_position(&channel, 0, 0);
+                        match epoch {
+                            0 => self.move_position(&channel, 0, 0),
+                            _ => self.move_position(&channel, offset, epoch),
+                        }
                     }
                 }
                 let Some(cluster) = self.cluster.as_mut() else {
@@ -1015,6 +1163,7 @@ impl Engine {
             let unknown = self.owned.get(&refreshed).is_some_and(|o| o.epoch == 0);
             let live = matches!(cluster.channels.get(&refreshed), Some(None));
             if unknown && live && epoch != 0 {
+                cluster.fresh.insert(refreshed.clone());
                 self.move_position(&refreshed, 0, epoch);
             }
             return;
@@ -1024,7 +1173,7 @@ impl Engine {
         }
         let current = matches!(cluster.channels.get(channel), Some(Some(s)) if s.token == token);
         if current {
-            self.finish_sync(channel, result.ok().map(|r| r.position));
+            self.finish_sync(channel, result.ok());
         }
     }
 

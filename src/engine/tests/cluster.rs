@@ -735,34 +735,63 @@ fn while_the_broker_is_down_a_node_delivers_to_its_own_subscribers() {
     let texts = old.texts(&mut c);
     let subscribed = texts.iter().find(|t| t["op"] == "subscribed").unwrap();
     assert_eq!(subscribed["recovered"], false, "{texts:?}");
-    // The broker back: the channel returns to the broker's sequence (position read again).
+    // The broker back, and others published 11 and 12 meanwhile (Resync): the channel returns
+    // to the broker's position it left (10, epoch 7) and catches up on what it missed.
     broker.handle.shared().set_up(true);
+    broker.deliver(BrokerEvent::Resync {
+        channel: Arc::from("rec:a"),
+        before: Position {
+            offset: 10,
+            epoch: 7,
+        },
+        now: Position {
+            offset: 12,
+            epoch: 7,
+        },
+    });
     broker.deliver(BrokerEvent::Up {
         resubscribed: 1,
         patterns: 0,
-        moved: 0,
+        moved: 1,
         epochs_bumped: 0,
     });
     c.settle();
     let commands = broker.take();
     let Some(BrokerCommand::History {
-        token, since: None, ..
+        token,
+        since: Some(since),
+        ..
     }) = commands
         .iter()
         .find(|c| matches!(c, BrokerCommand::History { channel, .. } if &**channel == "rec:a"))
     else {
-        panic!("no position read after the broker came back: {commands:?}");
+        panic!("no catch-up read after the broker came back: {commands:?}");
     };
-    broker.deliver(reply(*token, "rec:a", 10, 7));
-    broker.deliver(message("rec:a", 11, 7, "\"via broker\""));
+    assert_eq!((since.offset, since.epoch), (10, 7), "from where it left");
+    // A live message arrives before the answer: held until the missed ones are delivered.
+    broker.deliver(message("rec:a", 13, 7, "\"live\""));
+    c.settle();
+    let payload = |n: &str| crate::wire::Body::Json(Bytes::from(n.to_string())).to_broker();
+    broker.deliver(BrokerEvent::HistoryReply {
+        token: *token,
+        channel: Arc::from("rec:a"),
+        result: Ok(Recovered {
+            position: Position {
+                offset: 12,
+                epoch: 7,
+            },
+            replay: Some(vec![(11, payload("11")), (12, payload("12"))]),
+        }),
+    });
     c.settle();
     for ws in [&mut sub, &mut back, &mut old] {
         assert_eq!(
             offsets(&ws.texts(&mut c)),
-            vec![(11, json!("via broker"))],
-            "the broker's sequence again"
+            vec![(11, json!(11)), (12, json!(12)), (13, json!("live"))],
+            "the broker's sequence again, with what was missed, once each, in order"
         );
     }
+    assert_eq!(c.total().cluster_catch_ups, 1);
     assert!(c.total().cluster_epochs_bumped >= 1);
     let r = call(
         &mut c,
