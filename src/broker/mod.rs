@@ -189,6 +189,9 @@ pub enum BrokerCommand {
         /// `None`: counts only (`presence_stats`); `Some((after, limit))`: a page of users in
         /// byte order after `after`, at most `limit`.
         page: Option<(Option<Arc<str>>, usize)>,
+        /// Whether the channel's namespace has `join_leave` news: the read removes dead
+        /// nodes' entries first, and their users' leave news go out with it.
+        news: bool,
         /// The caller's token, returned in the answer.
         token: u64,
     },

@@ -106,6 +106,7 @@ enum Pending {
         token: u64,
         channel: Arc<str>,
         page: Option<(Option<Arc<str>>, usize)>,
+        news: bool,
     },
     /// A keep-alive.
     Ping,
@@ -829,6 +830,7 @@ impl<S: BrokerSink> Bridge<S> {
             BrokerCommand::PresenceRead {
                 channel,
                 page,
+                news,
                 token,
             } => match self.link.take() {
                 None => self.sink.deliver(BrokerEvent::PresenceReply {
@@ -836,7 +838,7 @@ impl<S: BrokerSink> Bridge<S> {
                     result: Err(BrokerError::Down),
                 }),
                 Some(mut link) => {
-                    self.send_presence_read(&mut link, token, channel, page);
+                    self.send_presence_read(&mut link, token, channel, page, news);
                     self.link = Some(link);
                 }
             },
@@ -1033,8 +1035,8 @@ impl<S: BrokerSink> Bridge<S> {
         token: u64,
         channel: Arc<str>,
         page: Option<(Option<Arc<str>>, usize)>,
+        news: bool,
     ) {
-        let news = self.presence.get(&channel).is_some_and(|p| p.news);
         let limit = page.as_ref().map_or(0, |(_, l)| *l).to_string();
         let after = page.as_ref().and_then(|(a, _)| a.clone());
         let extra: [&[u8]; 3] = [
@@ -1050,6 +1052,7 @@ impl<S: BrokerSink> Bridge<S> {
                 token,
                 channel,
                 page,
+                news,
             },
         );
     }
@@ -1451,7 +1454,8 @@ impl<S: BrokerSink> Bridge<S> {
                     token,
                     channel,
                     page,
-                } => self.send_presence_read(link, token, channel, page),
+                    news,
+                } => self.send_presence_read(link, token, channel, page, news),
                 Pending::HistoryTail {
                     token,
                     channel,

@@ -132,6 +132,11 @@ impl Engine {
         }
         let index = self.index;
         let due_ms = self.answer_due_ms();
+        let news = self
+            .config
+            .namespaces
+            .get(channel::namespace_of(name))
+            .is_some_and(|ns| ns.join_leave);
         let Some(cluster) = self.cluster.as_mut() else {
             return false;
         };
@@ -141,6 +146,7 @@ impl Engine {
         let command = BrokerCommand::PresenceRead {
             channel: channel.clone(),
             page: page.clone(),
+            news,
             token,
         };
         if cluster.handle.try_send(command).is_err() {
