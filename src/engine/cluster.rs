@@ -201,6 +201,14 @@ impl Cluster {
     }
 }
 
+/// The tokens of the requests in `map` whose deadline (`due`) is at or before `now_ms`.
+fn overdue<V>(map: &HashMap<u64, V>, now_ms: u64, due: impl Fn(&V) -> u64) -> Vec<u64> {
+    (map.iter())
+        .filter(|(_, v)| due(v) <= now_ms)
+        .map(|(&t, _)| t)
+        .collect()
+}
+
 fn failure(e: &BrokerError) -> Part {
     match e {
         BrokerError::TooLarge => Part::Failed(
@@ -457,6 +465,8 @@ impl Engine {
         let Some(state) = cluster.channels.remove(channel) else {
             return;
         };
+        cluster.fresh.remove(channel);
+        cluster.local.remove(channel);
         cluster.outbox.push_back(BrokerCommand::Unsubscribe {
             channel: channel.clone(),
         });
@@ -766,10 +776,11 @@ impl Engine {
         // was missed first, when the broker keeps it. Not for held messages (a catch-up or a
         // position read is delivering them) and not while the position is unknown (epoch 0:
         // where the subscribers' sequence starts is not known).
+        // Empty but for the few channels just read after a reconnect: no lookup per message.
         let fresh = self
             .cluster
             .as_mut()
-            .is_some_and(|c| c.fresh.remove(channel));
+            .is_some_and(|c| !c.fresh.is_empty() && c.fresh.remove(channel));
         let on_broker = current != 0 && current & LOCAL_EPOCH_BIT == 0 && !fresh;
         let gap = on_broker && offset > 1 && (epoch != current || offset > last + 1);
         if gap && !held {

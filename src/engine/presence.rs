@@ -98,17 +98,20 @@ impl Engine {
         if crate::wire::pusher::is_internal(&name) {
             return self.pusher_news(&name, &user, joined.then_some(info).flatten(), joined);
         }
-        let join_leave = self
-            .config
-            .namespaces
-            .get(channel::namespace_of(&name))
-            .is_some_and(|ns| ns.join_leave);
-        if !join_leave {
+        if !self.join_leave(&name) {
             return;
         }
         self.counters.presence_news += 1;
         let text = envelope::presence_news(joined, &name, &user, info.as_deref());
         self.notify_shards(&name, &text, None);
+    }
+
+    /// Whether `name`'s namespace pushes join/leave news.
+    pub(super) fn join_leave(&self, name: &str) -> bool {
+        self.config
+            .namespaces
+            .get(channel::namespace_of(name))
+            .is_some_and(|ns| ns.join_leave)
     }
 
     /// The owner: sends a news frame (`text`, encoded once) to every shard with subscribers of

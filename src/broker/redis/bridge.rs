@@ -1523,14 +1523,7 @@ impl<S: BrokerSink> Bridge<S> {
                 }
             }
             Pending::UserSend { token } => {
-                let result = match reply {
-                    Reply::Integer(n) => {
-                        BrokerStats::count(&self.shared.stats.messages_out);
-                        Ok(n.max(0) as u64)
-                    }
-                    Reply::Error(e) => Err(BrokerError::Rejected(text(&e))),
-                    _ => return Err(protocol("an unexpected answer to PUBLISH")),
-                };
+                let result = self.receivers(reply)?;
                 self.sink.deliver(BrokerEvent::UserSent { token, result });
             }
             Pending::HistoryTail { token, .. } => {
@@ -1542,14 +1535,7 @@ impl<S: BrokerSink> Bridge<S> {
                     .deliver(BrokerEvent::HistoryTail { token, result });
             }
             Pending::NodeSend { token } => {
-                let result = match reply {
-                    Reply::Integer(n) => {
-                        BrokerStats::count(&self.shared.stats.messages_out);
-                        Ok(n.max(0) as u64)
-                    }
-                    Reply::Error(e) => Err(BrokerError::Rejected(text(&e))),
-                    _ => return Err(protocol("an unexpected answer to PUBLISH")),
-                };
+                let result = self.receivers(reply)?;
                 self.sink.deliver(BrokerEvent::NodeSent { token, result });
             }
             Pending::UserNodes { token, users } => {
@@ -1606,6 +1592,18 @@ impl<S: BrokerSink> Bridge<S> {
             }
         }
         Ok(())
+    }
+
+    /// Redis's answer to a plain `PUBLISH` (a user's or a node's channel): its receivers.
+    fn receivers(&self, reply: Reply) -> Result<Result<u64, BrokerError>, DownCause> {
+        match reply {
+            Reply::Integer(n) => {
+                BrokerStats::count(&self.shared.stats.messages_out);
+                Ok(Ok(n.max(0) as u64))
+            }
+            Reply::Error(e) => Ok(Err(BrokerError::Rejected(text(&e)))),
+            _ => Err(protocol("an unexpected answer to PUBLISH")),
+        }
     }
 
     /// A history reply: the position script for a position alone, the history script with

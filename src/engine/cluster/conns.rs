@@ -17,7 +17,7 @@
 
 use super::super::Engine;
 use super::super::xmsg::{Body, ConnAction, Part, ReplyTo, XMsg};
-use super::failure;
+use super::{failure, overdue};
 use crate::broker::{BrokerCommand, BrokerError, Refused};
 use crate::id::ConnId;
 use crate::wire::ErrorCode;
@@ -192,11 +192,7 @@ impl Engine {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
         };
-        let overdue: Vec<u64> = (cluster.conn_ops.iter())
-            .filter(|(_, (_, _, due))| *due <= now_ms)
-            .map(|(&t, _)| t)
-            .collect();
-        for token in overdue {
+        for token in overdue(&cluster.conn_ops, now_ms, |(_, _, due)| *due) {
             self.counters.cluster_requests_expired += 1;
             self.on_node_sent(token, Err(BrokerError::Down));
         }

@@ -144,11 +144,7 @@ impl Engine {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
         };
-        let overdue: Vec<u64> = (cluster.history_asks.iter())
-            .filter(|(_, p)| p.due_ms <= now_ms)
-            .map(|(&t, _)| t)
-            .collect();
-        for token in overdue {
+        for token in super::overdue(&cluster.history_asks, now_ms, |p| p.due_ms) {
             self.counters.cluster_requests_expired += 1;
             self.on_history_tail(token, Err(BrokerError::Down));
         }

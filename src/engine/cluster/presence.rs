@@ -19,7 +19,6 @@
 use super::super::Engine;
 use super::super::xmsg::{Part, ReplyTo, XMsg};
 use crate::broker::{BrokerCommand, BrokerError, PresenceView};
-use crate::channel;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -100,11 +99,7 @@ impl Engine {
             ),
             None => (0, 0, 0),
         };
-        let news = self
-            .config
-            .namespaces
-            .get(channel::namespace_of(name))
-            .is_some_and(|ns| ns.join_leave);
+        let news = self.join_leave(name);
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
@@ -132,11 +127,7 @@ impl Engine {
         }
         let index = self.index;
         let due_ms = self.answer_due_ms();
-        let news = self
-            .config
-            .namespaces
-            .get(channel::namespace_of(name))
-            .is_some_and(|ns| ns.join_leave);
+        let news = self.join_leave(name);
         let Some(cluster) = self.cluster.as_mut() else {
             return false;
         };
@@ -205,12 +196,10 @@ impl Engine {
         user: &str,
         info: Option<&str>,
     ) {
-        let join_leave = self
-            .config
-            .namespaces
-            .get(channel::namespace_of(channel))
-            .is_some_and(|ns| ns.join_leave);
-        if !join_leave || !self.presence_clustered(channel) || self.owned.get(channel).is_none() {
+        if !self.join_leave(channel)
+            || !self.presence_clustered(channel)
+            || self.owned.get(channel).is_none()
+        {
             return;
         }
         self.counters.presence_news += 1;
@@ -224,11 +213,7 @@ impl Engine {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
         };
-        let overdue: Vec<u64> = (cluster.presence_reads.iter())
-            .filter(|(_, p)| p.due_ms <= now_ms)
-            .map(|(&t, _)| t)
-            .collect();
-        for token in overdue {
+        for token in super::overdue(&cluster.presence_reads, now_ms, |p| p.due_ms) {
             self.counters.cluster_requests_expired += 1;
             self.on_presence_reply(token, Err(BrokerError::Down));
         }
