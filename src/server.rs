@@ -113,8 +113,9 @@ fn run_shard(
                 }
             };
             let _ = ready.send(Ok(format!(
-                "shard {index}: driver io_uring, mode {:?}",
-                shard.mode()
+                "shard {index}: driver io_uring, mode {:?}, {}",
+                shard.mode(),
+                shard.files_note()
             )));
             drop(ready);
             shard.run()

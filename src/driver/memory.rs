@@ -522,7 +522,7 @@ impl Cluster {
                         pipe.closed = true;
                     }
                     Intent::ShutdownWrite { sock } => self.pipe(sock).server_fin = true,
-                    Intent::Close { sock } => self.pipe(sock).closed = true,
+                    Intent::Close { sock, .. } => self.pipe(sock).closed = true,
                     Intent::PauseRead { sock, .. } => self.pipe(sock).paused = true,
                     Intent::ResumeRead { sock, .. } => self.pipe(sock).paused = false,
                     Intent::StopAccepting | Intent::StopAcceptingWebSockets => {

@@ -84,6 +84,8 @@ pub enum Intent {
     /// The connection is gone: shut the socket down both ways and close it. A send in flight
     /// completes later and is reported as usual (the engine counts it stale).
     Close {
+        /// The connection (its slot is free for the next one after this intent).
+        token: Token,
         /// The socket.
         sock: Sock,
     },

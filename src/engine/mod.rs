@@ -1075,6 +1075,7 @@ impl Engine {
             }
             self.emit_close(slot, code);
         }
+        let token = self.conns.token(slot);
         let mut conn = self.conns.remove(slot);
         if conn.flags & LAGGING != 0 {
             self.lagging -= 1;
@@ -1102,7 +1103,10 @@ impl Engine {
         if code != 0 {
             self.counters.closed(code);
         }
-        self.intents.push(Intent::Close { sock: conn.sock });
+        self.intents.push(Intent::Close {
+            token,
+            sock: conn.sock,
+        });
     }
 
     /// Starts a graceful shutdown: stop accepting, close every WebSocket with 1001 behind what is

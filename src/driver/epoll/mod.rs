@@ -451,7 +451,7 @@ impl EpollShard {
                     }
                     Intent::Refuse { sock, response } => socket::refuse(sock.0, &response),
                     Intent::ShutdownWrite { sock } => socket::shutdown_write(sock.0),
-                    Intent::Close { sock } => {
+                    Intent::Close { sock, .. } => {
                         // The closed connection's token is dead now: forget it.
                         self.paused.retain(|t| self.engine.live_sock(*t).is_some());
                         // A send waiting for EPOLLOUT on this socket never completes now: report

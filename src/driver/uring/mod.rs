@@ -11,6 +11,7 @@
 //! returns from `on_bytes`. Each `user_data` carries kind, slot and generation, so a completion
 //! for a connection that is gone is recognised (the engine counts it stale).
 
+pub mod files;
 pub mod ring;
 
 use super::{RECV_BYTES_PER_TURN, SendPool, ShardIo, socket};
@@ -18,6 +19,7 @@ use crate::config::Limits;
 use crate::engine::Engine;
 use crate::engine::io::{Intent, Listener, SendResult, Sock, Token};
 use io_uring::{IoUring, cqueue, opcode, types};
+use files::{FixedFiles, on_target};
 use ring::{BufRing, Op, RingMode};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -78,6 +80,8 @@ pub type SendSlot = super::SendSlot<Msg>;
 pub struct UringShard {
     ring: IoUring,
     bufs: BufRing,
+    /// Connections' sockets entered in the ring's file table, by slot.
+    files: FixedFiles,
     sends: SendPool<Msg>,
     /// The doorbell read's 8-byte buffer: the kernel writes it, so it lives at a stable address.
     wake_buf: Box<u64>,
@@ -106,11 +110,17 @@ impl UringShard {
             limits.recv_buffers,
             limits.recv_buffer_bytes,
         )?;
+        // Every slot a connection of any kind can take: the slab is shared (see `FixedFiles`).
+        let files = FixedFiles::new(
+            &ring,
+            limits.conns_per_shard_max + limits.control_conns_per_shard_max + 1024,
+        );
         let control_listeners = std::mem::take(&mut io.control_listeners);
         let listener = io.listener.try_clone()?;
         Ok(UringShard {
             ring,
             bufs,
+            files,
             sends: SendPool::new(limits.sends_in_flight_max, limits.send_iovecs_max.min(4)),
             wake_buf: Box::new(0),
             engine,
@@ -130,6 +140,14 @@ impl UringShard {
     /// How the ring was set up.
     pub fn mode(&self) -> RingMode {
         self.mode
+    }
+
+    /// The file table, for the start-up line.
+    pub fn files_note(&self) -> String {
+        match self.files.off_reason() {
+            None => format!("file table of {} sockets", self.files.size()),
+            Some(why) => format!("no file table ({why}): sockets named by descriptor"),
+        }
     }
 
     /// What the driver allocated up front, measured from the objects themselves (the ring sizes
@@ -277,8 +295,10 @@ impl UringShard {
     }
 
     fn arm_recv(&mut self, token: Token, sock: Sock) {
-        let entry = opcode::RecvMulti::new(types::Fd(sock.0), self.bufs.group())
-            .build()
+        let group = self.bufs.group();
+        let entry = on_target!(self.files.target(token.slot, sock.0), |fd| {
+            opcode::RecvMulti::new(fd, group).build()
+        })
             .user_data(ring::user_data(
                 Op::Recv,
                 token.slot as usize,
@@ -307,15 +327,16 @@ impl UringShard {
         for &index in &submitted {
             let send = self.sends.slot(index);
             let user_data = ring::user_data(Op::Send, index as usize, 0);
+            let target = self.files.target(send.token.slot, send.sock.0);
             let single = send
                 .frames
                 .single_run()
                 .and_then(|run| Some((run.as_ptr(), u32::try_from(run.len()).ok()?)));
             if let Some((buf, len)) = single {
-                let entry = opcode::Send::new(types::Fd(send.sock.0), buf, len)
+                let entry = on_target!(target, |fd| opcode::Send::new(fd, buf, len)
                     .flags(libc::MSG_NOSIGNAL)
-                    .build()
-                    .user_data(user_data);
+                    .build())
+                .user_data(user_data);
                 self.push(entry);
                 continue;
             }
@@ -327,10 +348,11 @@ impl UringShard {
             }));
             msg.msg_iov = iov.as_mut_ptr();
             msg.msg_iovlen = iov.len();
-            let entry = opcode::SendMsg::new(types::Fd(send.sock.0), msg)
+            let msg: *const libc::msghdr = msg;
+            let entry = on_target!(target, |fd| opcode::SendMsg::new(fd, msg)
                 .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(user_data);
+                .build())
+            .user_data(user_data);
             self.push(entry);
         }
         submitted.clear();
@@ -344,12 +366,17 @@ impl UringShard {
             self.engine.take_intents(&mut intents);
             for intent in intents.drain(..) {
                 match intent {
-                    Intent::Read { token, sock } => self.arm_recv(token, sock),
+                    Intent::Read { token, sock } => {
+                        self.files.enter(&self.ring, token.slot, sock.0);
+                        self.arm_recv(token, sock)
+                    }
                     Intent::Refuse { sock, response } => socket::refuse(sock.0, &response),
                     Intent::ShutdownWrite { sock } => socket::shutdown_write(sock.0),
-                    Intent::Close { sock } => {
+                    Intent::Close { token, sock } => {
                         // The closed connection's token is dead now: forget it.
                         self.paused.retain(|t| self.engine.live_sock(*t).is_some());
+                        // Before the close: the table's reference would keep the socket open.
+                        self.files.leave(&self.ring, token.slot);
                         socket::close(sock.0)
                     }
                     Intent::PauseRead { token, .. } => {
