@@ -85,6 +85,14 @@ const HELP: &[(&str, &str)] = &[
         "Microseconds the event loops spent submitting and waiting (io_uring_enter, epoll_wait).",
     ),
     (
+        "delivery_runs",
+        "Runs of one channel's messages delivered with one visit to each subscriber.",
+    ),
+    (
+        "delivery_run_messages",
+        "Messages delivered in those runs (once each, not per subscriber).",
+    ),
+    (
         "conn_limit_refusals",
         "Connections refused at a connection or handshake limit (503).",
     ),

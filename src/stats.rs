@@ -94,6 +94,12 @@ pub struct Counters {
     /// Microseconds the loop spent in the call that submits and waits (`io_uring_enter`,
     /// `epoll_wait`), sleeping included: what is left of wall time is the loop's own work.
     pub loop_wait_us: u64,
+    /// Runs of one channel's messages delivered together, each subscriber visited once per run
+    /// (`engine::pubsub`, `deliver_run`): `delivery_run_messages / delivery_runs` is the
+    /// messages per visit.
+    pub delivery_runs: u64,
+    /// Messages delivered in those runs (each counted once, not per subscriber).
+    pub delivery_run_messages: u64,
     /// Connections refused at the per-shard connection limit (also in `rejected_by_status` 503).
     pub conn_limit_refusals: u64,
     /// Publishes sequenced by this shard as a channel owner.
@@ -388,6 +394,8 @@ impl Counters {
         self.recv_rearms += other.recv_rearms;
         self.loop_turns += other.loop_turns;
         self.loop_wait_us += other.loop_wait_us;
+        self.delivery_runs += other.delivery_runs;
+        self.delivery_run_messages += other.delivery_run_messages;
         self.conn_limit_refusals += other.conn_limit_refusals;
         self.published += other.published;
         self.published_no_audience += other.published_no_audience;

@@ -274,6 +274,11 @@ pub struct Engine {
     local: LocalChannels,
     owned: OwnedChannels,
     slow_scratch: Vec<u32>,
+    /// Scratch of `drain_inbox`'s runs of deliveries (`pubsub::RunItem`), their replies and
+    /// counts; empty between uses.
+    run_scratch: Vec<pubsub::RunItem>,
+    run_replies: Vec<XMsg>,
+    run_counts: Vec<(u64, u64)>,
     // permessage-deflate (with `config.deflate`): one compressor for the messages this shard
     // sequences, one inflater for its clients' messages, each reset per message.
     compressor: Option<Box<crate::proto::deflate::Compressor>>,
@@ -385,6 +390,9 @@ impl Engine {
             local: LocalChannels::default(),
             owned: OwnedChannels::new(setup.epoch_base, limits.channels_per_shard_max),
             slow_scratch: Vec::new(),
+            run_scratch: Vec::new(),
+            run_replies: Vec::new(),
+            run_counts: Vec::new(),
             compressor: setup.config.deflate.then(Box::default),
             inflater: setup.config.deflate.then(Box::default),
             deflate_scratch: Vec::new(),

@@ -23,6 +23,7 @@ use crate::wire::envelope::{self, Command};
 use crate::wire::{ErrorCode, Frames, encode_message};
 use crate::xshard::Sent;
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// Commands a client may send while one of its subscriptions waits for the channel's owner (a
@@ -31,6 +32,19 @@ pub const DEFERRED_COMMANDS_MAX: usize = 256;
 
 /// Cross-shard messages handled per loop turn before the shard returns to its sockets.
 pub const DRAIN_BUDGET: usize = 8192;
+
+/// Most messages of one channel delivered in one visit to each subscriber (`deliver_run`); it
+/// also bounds how far a run may carry the queues past the watermark.
+pub const RUN_MESSAGES_MAX: usize = 64;
+
+/// One message of a run (see `Engine::deliver_run`).
+#[derive(Debug)]
+pub struct RunItem {
+    offset: u64,
+    frames: Arc<crate::wire::Frames>,
+    report: Option<Box<ReplyTo>>,
+    stamp_us: u64,
+}
 
 impl Engine {
     /// Sends a message to shard `to` (to itself through a local queue, so that every pair keeps
@@ -145,10 +159,108 @@ impl Engine {
                 break;
             }
             any = true;
-            self.handle_x(msg);
+            match msg {
+                XMsg::Deliver {
+                    channel,
+                    offset,
+                    frames,
+                    report,
+                    stamp_us,
+                } => {
+                    let mut run = std::mem::take(&mut self.run_scratch);
+                    let mut replies = std::mem::take(&mut self.run_replies);
+                    let alone = frames.exclude.is_some();
+                    run.push(RunItem {
+                        offset,
+                        frames,
+                        report,
+                        stamp_us,
+                    });
+                    if !alone {
+                        self.extend_run(&channel, &mut run, &mut replies, &mut batch, high);
+                    }
+                    self.deliver_messages(&channel, &mut run);
+                    for reply in replies.drain(..) {
+                        self.handle_x(reply);
+                    }
+                    self.run_scratch = run;
+                    self.run_replies = replies;
+                }
+                msg => self.handle_x(msg),
+            }
         }
         self.xbatch = batch;
         any
+    }
+
+    /// Takes from the front of `batch` the deliveries that continue a run of `channel` (see
+    /// `deliver_run`): up to `RUN_MESSAGES_MAX`, none that excludes a connection, none once the
+    /// queues are over the watermark. Replies met on the way (a publisher's acknowledgements:
+    /// the owner sends one before each delivery) move to `replies`, handled after the run:
+    /// they only answer control connections, and whatever an answer releases (a barrier's held
+    /// commands) came after these publishes anyway.
+    fn extend_run(
+        &mut self,
+        channel: &Arc<str>,
+        run: &mut Vec<RunItem>,
+        replies: &mut Vec<XMsg>,
+        batch: &mut VecDeque<XMsg>,
+        high: usize,
+    ) {
+        while run.len() < RUN_MESSAGES_MAX && self.owed.total() <= high {
+            match batch.front() {
+                Some(XMsg::Deliver {
+                    channel: next,
+                    frames,
+                    ..
+                }) if frames.exclude.is_none()
+                    && (Arc::ptr_eq(next, channel) || next == channel) =>
+                {
+                    let Some(XMsg::Deliver {
+                        offset,
+                        frames,
+                        report,
+                        stamp_us,
+                        ..
+                    }) = batch.pop_front()
+                    else {
+                        unreachable!("the front was a delivery");
+                    };
+                    run.push(RunItem {
+                        offset,
+                        frames,
+                        report,
+                        stamp_us,
+                    });
+                }
+                Some(XMsg::Reply { .. }) if replies.len() < RUN_MESSAGES_MAX => {
+                    replies.extend(batch.pop_front());
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Delivers `run` (emptied) and reports each message: its sampled latency, its counts to
+    /// the publisher that asked.
+    fn deliver_messages(&mut self, channel: &str, run: &mut Vec<RunItem>) {
+        let mut counts = std::mem::take(&mut self.run_counts);
+        self.deliver_run(channel, run, &mut counts);
+        for (item, &(delivered, slow)) in run.drain(..).zip(counts.iter()) {
+            if item.stamp_us != 0 && delivered > 0 {
+                let latency = self.now_us.saturating_sub(item.stamp_us);
+                self.counters.delivery_latency_us.observe(latency);
+            }
+            if let Some(to) = item.report {
+                let part = Part::Delivered {
+                    delivered,
+                    slow,
+                    refused: false,
+                };
+                self.send_x(to.shard as usize, XMsg::Reply { to: *to, part });
+            }
+        }
+        self.run_counts = counts;
     }
 
     /// Retries overflowed messages; calls `ring(shard)` for every destination that got messages
@@ -395,19 +507,15 @@ impl Engine {
                 report,
                 stamp_us,
             } => {
-                let (delivered, slow) = self.deliver(&channel, offset, &frames);
-                if stamp_us != 0 && delivered > 0 {
-                    let latency = self.now_us.saturating_sub(stamp_us);
-                    self.counters.delivery_latency_us.observe(latency);
-                }
-                if let Some(to) = report {
-                    let part = Part::Delivered {
-                        delivered,
-                        slow,
-                        refused: false,
-                    };
-                    self.send_x(to.shard as usize, XMsg::Reply { to: *to, part });
-                }
+                let mut run = std::mem::take(&mut self.run_scratch);
+                run.push(RunItem {
+                    offset,
+                    frames,
+                    report,
+                    stamp_us,
+                });
+                self.deliver_messages(&channel, &mut run);
+                self.run_scratch = run;
             }
         }
     }
@@ -573,25 +681,35 @@ impl Engine {
         frames
     }
 
-    /// Queues one sequenced frame to every local subscriber; returns (queued, slow).
-    fn deliver(&mut self, name: &str, offset: u64, frames: &Frames) -> (u64, u64) {
+    /// Queues a run of sequenced messages of one channel (consecutive offsets as the owner sent
+    /// them, see `drain_inbox`) to every local subscriber, each subscriber getting the whole
+    /// run in one visit; `counts[i]` is (queued, slow) for `run[i]`. Only a run of one may
+    /// exclude a connection (a Pusher `socket_id`).
+    fn deliver_run(&mut self, name: &str, run: &[RunItem], counts: &mut Vec<(u64, u64)>) {
+        counts.clear();
+        counts.resize(run.len(), (0, 0));
+        debug_assert!(run.len() == 1 || run.iter().all(|m| m.frames.exclude.is_none()));
         let Some(id) = self.local.find(name) else {
-            return (0, 0);
+            return;
         };
         let channel = self.local.get_mut(id);
         if channel.sync == Sync::Pending {
             // Sent before this shard's (new) interest was registered: it precedes the offset the
             // acknowledgement will announce.
-            return (0, 0);
+            return;
         }
-        let mut delivered = 0u64;
         let conflate = self
             .config
             .namespaces
             .get(channel::namespace_of(name))
             .is_some_and(|ns| ns.slow_consumer == crate::config::SlowConsumerPolicy::Conflate);
-        debug_assert!(offset > channel.last_offset);
-        channel.last_offset = offset;
+        for item in run {
+            debug_assert!(item.offset > channel.last_offset);
+            channel.last_offset = item.offset;
+        }
+        let frames = &*run[0].frames;
+        self.counters.delivery_runs += 1;
+        self.counters.delivery_run_messages += run.len() as u64;
         let limit = self.config.limits.outbound_bytes_max;
         let now = self.now_tick;
         let stall = self.stall_ticks;
@@ -632,49 +750,59 @@ impl Engine {
                     .as_ref()
                     .is_some_and(|e| e.recovering.contains(&id))
                 {
-                    // Its recovery's replay covers this offset and comes next.
+                    // Its recovery's replay covers these offsets and comes next.
                     continue;
                 }
-                // Lent, not cloned: a small frame is copied into the queue, a large one shared
-                // there.
-                let frame = frames.pick(conn.endpoint.raw(), conn.endpoint.deflate_window_bits());
-                // Over its limit: a conflating channel keeps the latest value instead; otherwise a
-                // reader that makes progress lags rather than being shed (`data_limit`).
-                let over = conn.out.owed_bytes() + frame.len() + FRAME_OVERHEAD > limit;
-                if over && conflate {
-                    // Only the newest value matters: it waits (replacing an older one) until the
-                    // queue drains; the publisher is not held back for it.
-                    self.counters.conflated += 1;
-                    let held = &mut conn.ext_mut().conflated;
-                    match held.iter_mut().find(|(c, _)| *c == id) {
-                        Some(entry) => entry.1 = frame.clone(),
-                        None => held.push((id, frame.clone())),
-                    }
-                    continue;
-                }
-                let limit =
-                    super::data_limit(conn, frame.len(), limit, now, stall, &mut self.lagging);
-                match conn.out.push_shared(frame, limit, &mut self.owed) {
-                    Enqueue::Enqueued => {
-                        delivered += 1;
-                        self.counters.frames_out += 1;
-                        if conn.flags & (DIRTY | SENDING) == 0 {
-                            conn.progress_tick = now;
-                            conn.flags |= DIRTY;
-                            self.dirty.push(slot);
+                // The whole run while the connection's lines are in the cache: its entry, its
+                // queue and the end of its buffer are touched once per run, not per message.
+                for (count, item) in counts.iter_mut().zip(run) {
+                    // Lent, not cloned: a small frame is copied into the queue, a large one
+                    // shared there.
+                    let frame = item
+                        .frames
+                        .pick(conn.endpoint.raw(), conn.endpoint.deflate_window_bits());
+                    // Over its limit: a conflating channel keeps the latest value instead;
+                    // otherwise a reader that makes progress lags rather than being shed
+                    // (`data_limit`).
+                    let over = conn.out.owed_bytes() + frame.len() + FRAME_OVERHEAD > limit;
+                    if over && conflate {
+                        // Only the newest value matters: it waits (replacing an older one) until
+                        // the queue drains; the publisher is not held back for it.
+                        self.counters.conflated += 1;
+                        let held = &mut conn.ext_mut().conflated;
+                        match held.iter_mut().find(|(c, _)| *c == id) {
+                            Some(entry) => entry.1 = frame.clone(),
+                            None => held.push((id, frame.clone())),
                         }
+                        continue;
                     }
-                    Enqueue::SlowConsumer => slow.push(slot),
-                    Enqueue::Closed => {}
+                    let limit =
+                        super::data_limit(conn, frame.len(), limit, now, stall, &mut self.lagging);
+                    match conn.out.push_shared(frame, limit, &mut self.owed) {
+                        Enqueue::Enqueued => {
+                            count.0 += 1;
+                            self.counters.frames_out += 1;
+                            if conn.flags & (DIRTY | SENDING) == 0 {
+                                conn.progress_tick = now;
+                                conn.flags |= DIRTY;
+                                self.dirty.push(slot);
+                            }
+                        }
+                        Enqueue::SlowConsumer => {
+                            // Closed after the run: the rest of it is not offered.
+                            count.1 += 1;
+                            slow.push(slot);
+                            break;
+                        }
+                        Enqueue::Closed => break,
+                    }
                 }
             }
         }
-        let slow_count = slow.len() as u64;
         for slot in slow.drain(..) {
             self.slow_consumer(slot as usize);
         }
         self.slow_scratch = slow;
-        (delivered, slow_count)
     }
 
     fn on_ack(&mut self, name: &str, position: Option<(u64, u64)>) {

@@ -136,7 +136,6 @@ macro_rules! on_target {
 }
 pub(crate) use on_target;
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +200,11 @@ mod tests {
         unsafe { libc::close(a) };
         assert_eq!(read_now(b), -1, "the table still holds the socket open");
         files.leave(&ring, 3);
-        assert_eq!(read_now(b), 0, "removed from the table, the socket is closed");
+        assert_eq!(
+            read_now(b),
+            0,
+            "removed from the table, the socket is closed"
+        );
         // SAFETY: closing our own descriptor.
         unsafe { libc::close(b) };
     }

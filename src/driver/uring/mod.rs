@@ -18,8 +18,8 @@ use super::{RECV_BYTES_PER_TURN, SendPool, ShardIo, socket};
 use crate::config::Limits;
 use crate::engine::Engine;
 use crate::engine::io::{Intent, Listener, SendResult, Sock, Token};
-use io_uring::{IoUring, cqueue, opcode, types};
 use files::{FixedFiles, on_target};
+use io_uring::{IoUring, cqueue, opcode, types};
 use ring::{BufRing, Op, RingMode};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -299,11 +299,11 @@ impl UringShard {
         let entry = on_target!(self.files.target(token.slot, sock.0), |fd| {
             opcode::RecvMulti::new(fd, group).build()
         })
-            .user_data(ring::user_data(
-                Op::Recv,
-                token.slot as usize,
-                token.generation,
-            ));
+        .user_data(ring::user_data(
+            Op::Recv,
+            token.slot as usize,
+            token.generation,
+        ));
         self.push(entry);
     }
 

@@ -1212,6 +1212,96 @@ fn a_publish_with_report_says_what_every_shard_did() {
 }
 
 #[test]
+fn messages_that_reach_a_shard_together_are_delivered_as_runs_in_order() {
+    let mut c = Cluster::new(config(), 2);
+    let name = owned_by(1, 2, "run");
+    let mut subs = Vec::new();
+    for (shard, format) in [(0, "raw"), (0, "json"), (1, "raw"), (1, "json")] {
+        subs.push(Ws::open(
+            &mut c,
+            shard,
+            &format!("/ws?channel={name}&format={format}"),
+        ));
+    }
+    c.settle();
+    for s in &mut subs {
+        s.frames(&mut c);
+    }
+    let ctl = control(&mut c, 0);
+    // Twenty publishes in one write, every fifth asking for a report: they reach both shards
+    // back to back (with the owner's acknowledgements between them).
+    let requests: Vec<Value> = (0..20)
+        .map(|i| json!({"id":i,"method":"publish","channel":name,"text":format!("m{i:02}"),"report":i % 5 == 0}))
+        .collect();
+    let replies = call(&mut c, ctl, &requests);
+    assert_eq!(replies.len(), 20);
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r["result"]["offset"], i as u64 + 1, "{r}");
+        if i % 5 == 0 {
+            assert_eq!(
+                r["result"]["delivered"], 4,
+                "every subscriber, each message: {r}"
+            );
+            assert_eq!(r["result"]["shards"], 2);
+        }
+    }
+    let want: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
+    for (n, s) in subs.iter_mut().enumerate() {
+        let got: Vec<String> = s
+            .frames(&mut c)
+            .iter()
+            .map(|f| {
+                let text = String::from_utf8(f.1.clone()).unwrap();
+                match serde_json::from_str::<Value>(&text) {
+                    Ok(v) if v.is_object() => v["data"].as_str().unwrap().to_string(),
+                    _ => text,
+                }
+            })
+            .collect();
+        assert_eq!(got, want, "subscriber {n}: every message once, in order");
+    }
+    for shard in 0..2 {
+        let k = c.counters(shard);
+        assert_eq!(k.delivery_run_messages, 20, "shard {shard}");
+        assert!(
+            k.delivery_runs < 20,
+            "shard {shard}: some messages shared a visit ({} runs)",
+            k.delivery_runs
+        );
+    }
+}
+
+#[test]
+fn a_slow_consumer_found_in_the_middle_of_a_run_misses_only_the_rest_of_it() {
+    let mut c = Cluster::new(config(), 1);
+    let mut slow = Ws::open(&mut c, 0, "/ws?channel=news&format=raw");
+    let mut fast = Ws::open(&mut c, 0, "/ws?channel=news&format=raw");
+    slow.frames(&mut c);
+    fast.frames(&mut c);
+    c.set_window(slow.sock, Some(0));
+    let ctl = control(&mut c, 0);
+    // One write of 100 publishes of 1,000 bytes: past the slow client's 64 KiB bound within
+    // the same run.
+    let data = "x".repeat(1000);
+    let text = noreply_publishes("news", (0..100).map(|i| format!("{i:03}{data}")));
+    c.write(ctl, text.as_bytes());
+    c.settle();
+    c.advance(c_limits().outbound_stall_ms + 1000);
+    let got = fast.frames(&mut c);
+    assert_eq!(got.len(), 100, "the reader got everything");
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, f)| f.1.starts_with(format!("{i:03}").as_bytes())),
+        "in order"
+    );
+    assert_eq!(c.counters(0).slow_consumers, 1);
+    c.set_window(slow.sock, None);
+    c.settle();
+    assert_eq!(close_code(&slow.frames(&mut c)), Some(close::SLOW_CONSUMER));
+}
+
+#[test]
 fn a_conflating_namespace_keeps_the_latest_value_for_a_reader_behind() {
     let mut config = config();
     config.namespaces.insert(
