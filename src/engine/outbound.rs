@@ -251,6 +251,23 @@ impl Outbound {
         Enqueue::Enqueued
     }
 
+    /// Makes room for `bytes` more copied bytes at once, when they would be copied (no handle
+    /// waits) and fit the limit: a run of small frames (`Engine::deliver_run`) then grows the
+    /// buffer once, not by doubling through every size on the way (each a reallocation that
+    /// copies what is there). Changes nothing that is owed. Within the limit, the first of
+    /// those frames will be queued too (its check is `bytes`' at most), so a queue this makes is
+    /// never left empty.
+    pub fn reserve_copied(&mut self, bytes: usize, limit_bytes: usize, owed: &mut Owed) {
+        if bytes == 0 || self.owed_bytes as usize + bytes + FRAME_OVERHEAD > limit_bytes {
+            return;
+        }
+        if self.queue.as_ref().is_some_and(|q| !q.frames.is_empty()) {
+            return; // they will be queued by handle
+        }
+        let q = self.queue(owed);
+        q.copied.reserve(bytes.max(COPIED_INITIAL_BYTES));
+    }
+
     /// Queues a frame shared with other subscribers: copied when it is small and no handle
     /// waits, else by handle; refused past `limit_bytes` (checked at the handle's cost either
     /// way, so the outcome does not depend on the queue's form).

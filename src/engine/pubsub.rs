@@ -13,8 +13,8 @@ use super::cluster::HistoryAsker;
 use super::conn::{DIRTY, Endpoint, SENDING, State};
 use super::io::Token;
 use super::limits_ticks;
-use super::outbound::Enqueue;
 use super::outbound::FRAME_OVERHEAD;
+use super::outbound::{self, Enqueue};
 use super::xmsg::{Body, Part, ReplyTo, XMsg};
 use crate::channel::local::{LocalChannels, Subscribed, Sync};
 use crate::channel::{self, ChannelError};
@@ -708,6 +708,20 @@ impl Engine {
             channel.last_offset = item.offset;
         }
         let frames = &*run[0].frames;
+        // The bytes each format's subscribers will copy from a run of more than one message
+        // (see `Outbound::reserve_copied`); a deflate subscriber's frames may differ, and gets
+        // no reservation.
+        let copied_total = |pick: fn(&Frames) -> &Bytes| -> usize {
+            run.iter()
+                .map(|m| pick(&m.frames).len())
+                .filter(|&n| n <= outbound::COPY_FRAME_BYTES_MAX)
+                .sum()
+        };
+        let (raw_total, envelope_total) = if run.len() > 1 {
+            (copied_total(|f| &f.raw), copied_total(|f| &f.envelope))
+        } else {
+            (0, 0)
+        };
         self.counters.delivery_runs += 1;
         self.counters.delivery_run_messages += run.len() as u64;
         let limit = self.config.limits.outbound_bytes_max;
@@ -755,6 +769,16 @@ impl Engine {
                 }
                 // The whole run while the connection's lines are in the cache: its entry, its
                 // queue and the end of its buffer are touched once per run, not per message.
+                if conn.endpoint.deflate_window_bits() == 0 {
+                    let total = if conn.endpoint.raw() {
+                        raw_total
+                    } else {
+                        envelope_total
+                    };
+                    if total > 0 {
+                        conn.out.reserve_copied(total, limit, &mut self.owed);
+                    }
+                }
                 for (count, item) in counts.iter_mut().zip(run) {
                     // Lent, not cloned: a small frame is copied into the queue, a large one
                     // shared there.
