@@ -713,4 +713,30 @@ mod tests {
             "copied bytes and a handle are two"
         );
     }
+
+    #[test]
+    fn a_reservation_grows_the_buffer_once_and_never_leaves_an_empty_queue() {
+        let mut t = Owed::default();
+        let mut q = Outbound::default();
+        let frame = Bytes::from(vec![b'x'; 100]);
+        q.reserve_copied(10 * 100, 1 << 20, &mut t);
+        let at = q.queue.as_ref().unwrap().copied.as_ptr();
+        for _ in 0..10 {
+            assert_eq!(q.push_shared(&frame, 1 << 20, &mut t), Enqueue::Enqueued);
+        }
+        assert_eq!(
+            q.queue.as_ref().unwrap().copied.as_ptr(),
+            at,
+            "ten frames, no reallocation"
+        );
+        assert_eq!(t.total(), 1000, "a reservation is not owed");
+        q.clear(&mut t);
+        // Past the limit nothing is made: the frames will be refused, and an empty queue left
+        // attached would never be flushed back to the spares.
+        let mut idle = Outbound::default();
+        idle.reserve_copied(1000, 1000, &mut t);
+        assert_eq!(idle.heap_bytes(), 0);
+        idle.reserve_copied(0, 1 << 20, &mut t);
+        assert_eq!(idle.heap_bytes(), 0, "nothing to reserve");
+    }
 }
