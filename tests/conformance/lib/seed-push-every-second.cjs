@@ -51,10 +51,13 @@ async function main() {
       (n) => n === CLIENTS);
     await waitFor('the page connected', () => page.evaluate(() => document.getElementById('state').dataset.state),
       (s) => s === 'open');
-    const [stats] = await control(controlAddr, [{ method: 'stats' }]);
-    const perShard = stats.shards.map((s) => s.open);
+    // A shard publishes its counters every few ticks, so a snapshot taken right after the
+    // welcomes may not count them yet: poll until both shards do (bounded).
+    const perShard = await waitFor('connections counted on both shards', async () => {
+      const [stats] = await control(controlAddr, [{ method: 'stats' }]);
+      return stats.shards.map((s) => s.open);
+    }, (p) => p.length === 2 && p.every((n) => n > 0));
     step(`open connections per shard: ${perShard}`);
-    expect(perShard.length === 2 && perShard.every((n) => n > 0), 'connections on both shards', perShard);
 
     const log = [];
     ticker = spawn('php', [path.join(exampleDir, 'ticker.php')], {

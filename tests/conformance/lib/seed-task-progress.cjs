@@ -94,8 +94,12 @@ async function main() {
     const refusal = await badList();
     expect(typeof refusal.error === 'string' && /tasks/.test(refusal.error), 'a bad list gets the intake error', refusal);
 
-    const [stats] = await control(controlAddr, [{ method: 'stats' }]);
-    const viaRedis = stats.total.redis_input_messages;
+    // Shards publish their counters every few ticks: poll (bounded) rather than take one
+    // snapshot that may predate the last statuses.
+    const viaRedis = await waitFor('every status counted as Redis input', async () => {
+      const [stats] = await control(controlAddr, [{ method: 'stats' }]);
+      return stats.total.redis_input_messages;
+    }, (n) => n >= 2 * (10 + 5));
     expect(viaRedis === 2 * (10 + 5), 'every status came through Redis (redis_input_messages)', viaRedis);
     const numpat = await run(10, 'redis-cli', ['-p', redisPort, 'PUBSUB', 'NUMPAT']);
     expect(numpat.out.trim() === '1', 'ringcast holds one pattern subscription in Redis', numpat.out);
