@@ -167,30 +167,42 @@ impl Engine {
                     report,
                     stamp_us,
                 } => {
-                    let mut run = std::mem::take(&mut self.run_scratch);
-                    let mut replies = std::mem::take(&mut self.run_replies);
-                    let alone = frames.exclude.is_some();
-                    run.push(RunItem {
+                    let first = RunItem {
                         offset,
                         frames,
                         report,
                         stamp_us,
-                    });
-                    if !alone {
-                        self.extend_run(&channel, &mut run, &mut replies, &mut batch, high);
-                    }
-                    self.deliver_messages(&channel, &mut run);
-                    for reply in replies.drain(..) {
-                        self.handle_x(reply);
-                    }
-                    self.run_scratch = run;
-                    self.run_replies = replies;
+                    };
+                    self.deliver_from(&channel, first, Some((&mut batch, high)));
                 }
                 msg => self.handle_x(msg),
             }
         }
         self.xbatch = batch;
         any
+    }
+
+    /// Delivers `first` and, given the rest of an inbox batch, the deliveries that continue its
+    /// run there (`extend_run`); the replies met on the way are handled after the run.
+    fn deliver_from(
+        &mut self,
+        channel: &Arc<str>,
+        first: RunItem,
+        rest: Option<(&mut VecDeque<XMsg>, usize)>,
+    ) {
+        let mut run = std::mem::take(&mut self.run_scratch);
+        let mut replies = std::mem::take(&mut self.run_replies);
+        let alone = first.frames.exclude.is_some();
+        run.push(first);
+        if let Some((batch, high)) = rest.filter(|_| !alone) {
+            self.extend_run(channel, &mut run, &mut replies, batch, high);
+        }
+        self.deliver_messages(channel, &mut run);
+        for reply in replies.drain(..) {
+            self.handle_x(reply);
+        }
+        self.run_scratch = run;
+        self.run_replies = replies;
     }
 
     /// Takes from the front of `batch` the deliveries that continue a run of `channel` (see
@@ -507,15 +519,13 @@ impl Engine {
                 report,
                 stamp_us,
             } => {
-                let mut run = std::mem::take(&mut self.run_scratch);
-                run.push(RunItem {
+                let first = RunItem {
                     offset,
                     frames,
                     report,
                     stamp_us,
-                });
-                self.deliver_messages(&channel, &mut run);
-                self.run_scratch = run;
+                };
+                self.deliver_from(&channel, first, None);
             }
         }
     }
