@@ -151,17 +151,38 @@ pub fn push_json_string_body(payload: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-fn hex(bytes: &[u8]) -> Option<u64> {
-    let mut v = 0u64;
-    for &b in bytes {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => return None,
-        };
-        v = v << 4 | u64::from(d);
+/// Eight lowercase hex digits (`chunk`, most significant first) as a number, or `None` if any
+/// byte is not one. Eight at a time in one register: every received payload's 40-digit header
+/// is read here, and a branch or a lookup per digit was the generator's largest single cost
+/// at 5 million deliveries a second.
+fn hex8(chunk: [u8; 8]) -> Option<u32> {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const fn each(b: u8) -> u64 {
+        u64::from_ne_bytes([b; 8])
     }
-    Some(v)
+    let x = u64::from_be_bytes(chunk);
+    // Per byte, on its low seven bits (so no sum carries into the next byte): the high bit of
+    // `(b + 0x80 - lo)` is set when b >= lo. A byte is a digit when it is >= '0' and not >= ':',
+    // a letter when >= 'a' and not >= 'g'; bytes with the high bit set are neither.
+    let low = x & LOW7;
+    let ge = |lo: u8| (low + each(0x80 - lo)) & HIGH;
+    let ascii = !x & HIGH;
+    let digit = ge(b'0') & !ge(b':');
+    let letter = ge(b'a') & !ge(b'g');
+    if (digit | letter) & ascii != HIGH {
+        return None;
+    }
+    // A digit's value is its low nibble; a letter's ('a' = 0x61) its low nibble + 9.
+    let nibbles = (x & each(0x0f)) + (letter >> 7) * 9;
+    // Pack the nibbles, the most significant (first) one highest.
+    let t = (nibbles | nibbles >> 4) & 0x00ff_00ff_00ff_00ff;
+    let t = (t | t >> 8) & 0x0000_ffff_0000_ffff;
+    Some((t | t >> 16) as u32)
+}
+
+fn chunk(bytes: &[u8], at: usize) -> [u8; 8] {
+    bytes[at..at + 8].try_into().expect("eight bytes")
 }
 
 /// Reads the header from a message's first bytes; `None` when it is not a benchmark payload.
@@ -174,10 +195,13 @@ pub fn decode(prefix: &[u8]) -> Option<Stamp> {
     if prefix.len() < HEADER_LEN {
         return None;
     }
+    let wide = |at| {
+        Some(u64::from(hex8(chunk(prefix, at))?) << 32 | u64::from(hex8(chunk(prefix, at + 8))?))
+    };
     Some(Stamp {
-        stream: hex(&prefix[0..8])? as u32,
-        seq: hex(&prefix[8..24])?,
-        sent_ns: hex(&prefix[24..40])?,
+        stream: hex8(chunk(prefix, 0))?,
+        seq: wide(8)?,
+        sent_ns: wide(24)?,
     })
 }
 
@@ -252,6 +276,42 @@ pub fn stream_of(subscriber: usize, streams: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The obvious reading, one digit at a time, to check `hex8` against.
+    fn hex8_by_digit(chunk: [u8; 8]) -> Option<u32> {
+        chunk.iter().try_fold(0u32, |v, &b| {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                _ => return None,
+            };
+            Some(v << 4 | u32::from(d))
+        })
+    }
+
+    #[test]
+    fn hex_takes_lowercase_digits_only() {
+        assert_eq!(hex8(*b"0123abcd"), Some(0x0123_abcd));
+        assert_eq!(hex8(*b"ffffffff"), Some(u32::MAX));
+        assert_eq!(hex8(*b"00000000"), Some(0));
+        // Every byte value in every position of a valid chunk, against the digit-by-digit
+        // reading (the bounds of both ranges, upper case, the high half and NUL among them).
+        let base = *b"9a0f5e1b";
+        for at in 0..8 {
+            for b in 0..=255u8 {
+                let mut c = base;
+                c[at] = b;
+                assert_eq!(hex8(c), hex8_by_digit(c), "{b:#x} at {at}");
+            }
+        }
+        // Pairs of neighbouring bytes (a carry or borrow between lanes would show here).
+        for b1 in 0..=255u8 {
+            for b2 in 0..=255u8 {
+                let c = [b'f', b1, b2, b'0', b'9', b'a', b1, b2];
+                assert_eq!(hex8(c), hex8_by_digit(c), "{b1:#x} {b2:#x}");
+            }
+        }
+    }
 
     #[test]
     fn json_fill_is_json_of_the_exact_size_and_decodes() {
