@@ -12,6 +12,12 @@
 //! one each (measured in `benches/fanout.rs`, "queue"; docs/benchmarks.md). Above it, copying
 //! would cost more than sharing.
 //!
+//! A run of small frames (the messages of one channel that reach a shard together) is queued as
+//! one frame of its size ([`Outbound::push_run`]): concatenated once per run, then copied or
+//! shared by the same rule. At high rates a run is long, so each subscriber takes one handle
+//! per run and the kernel copies from the one shared buffer, warm in the cache, instead of from
+//! ten thousand buffers each written just before (measured in docs/benchmarks.md).
+//!
 //! Order: a queue is `[copied][frames]` — copied bytes always precede the handles. A small frame
 //! is copied only while no handle waits (else it is queued by handle behind them), so the order
 //! of what the connection receives is the order of `push` calls.
@@ -266,6 +272,24 @@ impl Outbound {
         }
         let q = self.queue(owed);
         q.copied.reserve(bytes.max(COPIED_INITIAL_BYTES));
+    }
+
+    /// Queues a run of small frames shared with other subscribers as one frame, `run` being
+    /// their concatenation (`Engine::deliver_run`): copied when it is small and no handle
+    /// waits, else by one handle, exactly as `push_shared` would queue a frame of its size. So
+    /// a subscriber gets a run of many small frames in one copy or one reference count instead
+    /// of one per frame, and the kernel reads the one shared copy for every subscriber. Returns
+    /// false, having changed nothing, when the run does not fit `limit_bytes`: the caller then
+    /// offers its frames one by one (some may fit, and past the limit each needs its verdict).
+    ///
+    /// The caller guarantees that `run` is whole frames, each of 2..=`COPY_FRAME_BYTES_MAX`
+    /// bytes, so what the connection receives is those frames, in order. Within the limit, each
+    /// frame alone would have been queued too (its check is the run's at most).
+    pub fn push_run(&mut self, run: &Bytes, limit_bytes: usize, owed: &mut Owed) -> bool {
+        if run.len() < 2 {
+            return false;
+        }
+        self.push_shared(run, limit_bytes, owed) == Enqueue::Enqueued
     }
 
     /// Queues a frame shared with other subscribers: copied when it is small and no handle
@@ -738,5 +762,63 @@ mod tests {
         assert_eq!(idle.heap_bytes(), 0);
         idle.reserve_copied(0, 1 << 20, &mut t);
         assert_eq!(idle.heap_bytes(), 0, "nothing to reserve");
+    }
+
+    #[test]
+    fn a_run_is_queued_as_one_frame_of_its_size() {
+        let frames: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![b'a' + i; 60])).collect();
+        let joined: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        let long = Bytes::from(joined.clone());
+        let short = Bytes::from(joined[..120].to_vec());
+        assert!(short.len() <= COPY_FRAME_BYTES_MAX && long.len() > COPY_FRAME_BYTES_MAX);
+        // A short run is copied (no handle), a long one shared by one handle.
+        let (mut q, mut t) = (Outbound::default(), Owed::default());
+        assert!(q.push_run(&short, 1 << 20, &mut t));
+        assert!(short.is_unique(), "a short run is copied");
+        assert!(q.push_run(&long, 1 << 20, &mut t));
+        assert!(!long.is_unique(), "a long run is shared");
+        assert_eq!(q.owed_bytes(), short.len() + long.len() + O);
+        assert_eq!(t.total(), q.owed_bytes());
+        let (bytes, iovecs) = sent_bytes(&mut q, &mut t, 16);
+        assert_eq!(bytes, [&short[..], &long[..]].concat());
+        assert_eq!(iovecs, 2);
+        assert!(long.is_unique(), "the handle went with the send");
+        // Refused past the limit, changing nothing; within it, each frame would fit alone.
+        let exact = long.len() + O;
+        for limit in [exact, exact - 1] {
+            let (mut whole, mut t2) = (Outbound::default(), Owed::default());
+            let took = whole.push_run(&long, limit, &mut t2);
+            assert_eq!(took, limit == exact, "limit {limit}");
+            if took {
+                let (mut one, mut t1) = (Outbound::default(), Owed::default());
+                for f in &frames {
+                    assert_eq!(one.push_shared(f, limit, &mut t1), Enqueue::Enqueued);
+                }
+                assert_eq!(
+                    sent_bytes(&mut whole, &mut t2, 16).0,
+                    sent_bytes(&mut one, &mut t1, 16).0
+                );
+            } else {
+                assert_eq!(
+                    (whole.owed_bytes(), t2.total(), whole.heap_bytes()),
+                    (0, 0, 0)
+                );
+            }
+        }
+        // Behind a waiting handle even a short run goes by handle, so order holds.
+        let (mut q, mut t) = (Outbound::default(), Owed::default());
+        let large = Bytes::from(vec![b'L'; COPY_FRAME_BYTES_MAX + 1]);
+        assert_eq!(q.push_shared(&large, 1 << 20, &mut t), Enqueue::Enqueued);
+        assert!(q.push_run(&short, 1 << 20, &mut t));
+        assert!(!short.is_unique());
+        assert_eq!(
+            sent_bytes(&mut q, &mut t, 16).0,
+            [&large[..], &short[..]].concat()
+        );
+        assert!(
+            !q.push_run(&short.slice(..1), 1 << 20, &mut t),
+            "not a frame"
+        );
+        assert_eq!(t.total(), 0);
     }
 }

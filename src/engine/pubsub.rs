@@ -3,8 +3,9 @@
 //!
 //! Publish path: publisher's shard → `Publish` → owner (`channel::owner_of`) assigns the offset
 //! and encodes the envelope and raw frames once → `Deliver` to every shard with subscribers →
-//! each clones the `Bytes` handle into each subscriber's queue. No per-subscriber allocation,
-//! copy or clock read. Clustered, the owner sends the publish to the broker instead, and the
+//! each queues the frame to each subscriber (`Outbound`: a small frame copied into the
+//! subscriber's buffer, a large one shared by handle; the messages that arrive together as a
+//! run, queued as one frame). No per-subscriber allocation or clock read. Clustered, the owner sends the publish to the broker instead, and the
 //! broker's message comes back to the owner of every node, which fans it out the same way
 //! (`super::cluster`).
 
@@ -732,6 +733,10 @@ impl Engine {
         } else {
             (0, 0)
         };
+        // A run of small frames is queued whole, as one frame would be (`Outbound::push_run`):
+        // concatenated once per format, when the first subscriber of that format needs it.
+        let mut blobs: [Option<Option<Bytes>>; 2] = [None, None];
+        let mut whole_runs = 0u64;
         self.counters.delivery_runs += 1;
         self.counters.delivery_run_messages += run.len() as u64;
         let limit = self.config.limits.outbound_bytes_max;
@@ -780,11 +785,21 @@ impl Engine {
                 // The whole run while the connection's lines are in the cache: its entry, its
                 // queue and the end of its buffer are touched once per run, not per message.
                 if conn.endpoint.deflate_window_bits() == 0 {
-                    let total = if conn.endpoint.raw() {
-                        raw_total
-                    } else {
-                        envelope_total
-                    };
+                    let raw = conn.endpoint.raw();
+                    let total = if raw { raw_total } else { envelope_total };
+                    let blob = blobs[usize::from(!raw)].get_or_insert_with(|| run_bytes(run, raw));
+                    if let Some(blob) = blob
+                        && conn.out.push_run(blob, limit, &mut self.owed)
+                    {
+                        // Within the limit, so neither conflation nor lagging applies.
+                        whole_runs += 1;
+                        if conn.flags & (DIRTY | SENDING) == 0 {
+                            conn.progress_tick = now;
+                            conn.flags |= DIRTY;
+                            self.dirty.push(slot);
+                        }
+                        continue;
+                    }
                     if total > 0 {
                         conn.out.reserve_copied(total, limit, &mut self.owed);
                     }
@@ -833,6 +848,10 @@ impl Engine {
                 }
             }
         }
+        for count in counts.iter_mut() {
+            count.0 += whole_runs;
+        }
+        self.counters.frames_out += whole_runs * run.len() as u64;
         for slot in slow.drain(..) {
             self.slow_consumer(slot as usize);
         }
@@ -1437,4 +1456,27 @@ impl Engine {
             }
         }
     }
+}
+
+/// A run's frames of one format (`raw` or the envelope) concatenated, queued to each subscriber
+/// as one frame (`Outbound::push_run`); `None` for a run of one, or when a frame is not small
+/// enough to be copied (it would be shared by handle, and so would the run). At most
+/// `RUN_MESSAGES_MAX` × `COPY_FRAME_BYTES_MAX` bytes, one allocation per run and format.
+fn run_bytes(run: &[RunItem], raw: bool) -> Option<Bytes> {
+    fn pick(m: &RunItem, raw: bool) -> &Bytes {
+        if raw {
+            &m.frames.raw
+        } else {
+            &m.frames.envelope
+        }
+    }
+    let small = |m: &RunItem| (2..=outbound::COPY_FRAME_BYTES_MAX).contains(&pick(m, raw).len());
+    if run.len() < 2 || !run.iter().all(small) {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(run.iter().map(|m| pick(m, raw).len()).sum());
+    for m in run {
+        bytes.extend_from_slice(pick(m, raw));
+    }
+    Some(Bytes::from(bytes))
 }

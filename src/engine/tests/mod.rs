@@ -1273,32 +1273,45 @@ fn messages_that_reach_a_shard_together_are_delivered_as_runs_in_order() {
 
 #[test]
 fn a_slow_consumer_found_in_the_middle_of_a_run_misses_only_the_rest_of_it() {
-    let mut c = Cluster::new(config(), 1);
-    let mut slow = Ws::open(&mut c, 0, "/ws?channel=news&format=raw");
-    let mut fast = Ws::open(&mut c, 0, "/ws?channel=news&format=raw");
-    slow.frames(&mut c);
-    fast.frames(&mut c);
-    c.set_window(slow.sock, Some(0));
-    let ctl = control(&mut c, 0);
-    // One write of 100 publishes of 1,000 bytes: past the slow client's 64 KiB bound within
-    // the same run.
-    let data = "x".repeat(1000);
-    let text = noreply_publishes("news", (0..100).map(|i| format!("{i:03}{data}")));
-    c.write(ctl, text.as_bytes());
-    c.settle();
-    c.advance(c_limits().outbound_stall_ms + 1000);
-    let got = fast.frames(&mut c);
-    assert_eq!(got.len(), 100, "the reader got everything");
-    assert!(
-        got.iter()
-            .enumerate()
-            .all(|(i, f)| f.1.starts_with(format!("{i:03}").as_bytes())),
-        "in order"
-    );
-    assert_eq!(c.counters(0).slow_consumers, 1);
-    c.set_window(slow.sock, None);
-    c.settle();
-    assert_eq!(close_code(&slow.frames(&mut c)), Some(close::SLOW_CONSUMER));
+    // Large frames go by handle, one by one; small ones are copied a whole run at a time
+    // until a run no longer fits, whose frames are then offered one by one.
+    for (size, count) in [(1000, 100), (200, 400)] {
+        let mut c = Cluster::new(config(), 1);
+        let mut slow = Ws::open(&mut c, 0, "/ws?channel=news&format=raw");
+        let mut fast = Ws::open(&mut c, 0, "/ws?channel=news&format=raw");
+        slow.frames(&mut c);
+        fast.frames(&mut c);
+        c.set_window(slow.sock, Some(0));
+        let ctl = control(&mut c, 0);
+        // One write of publishes past the slow client's 64 KiB bound, within one run.
+        let data = "x".repeat(size - 4);
+        let text = noreply_publishes("news", (0..count).map(|i| format!("{i:04}{data}")));
+        c.write(ctl, text.as_bytes());
+        c.settle();
+        c.advance(c_limits().outbound_stall_ms + 1000);
+        let got = fast.frames(&mut c);
+        assert_eq!(got.len(), count, "size {size}: the reader got everything");
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(i, f)| f.1.starts_with(format!("{i:04}").as_bytes())),
+            "size {size}: in order"
+        );
+        assert_eq!(c.counters(0).slow_consumers, 1, "size {size}");
+        c.set_window(slow.sock, None);
+        c.settle();
+        let seen = slow.frames(&mut c);
+        assert_eq!(close_code(&seen), Some(close::SLOW_CONSUMER), "size {size}");
+        // What it got before the close is a prefix of the messages, without a gap.
+        let data_frames: Vec<_> = seen.iter().filter(|f| f.1.len() == size).collect();
+        assert!(
+            data_frames
+                .iter()
+                .enumerate()
+                .all(|(i, f)| f.1.starts_with(format!("{i:04}").as_bytes())),
+            "size {size}: a prefix"
+        );
+    }
 }
 
 #[test]
