@@ -5,9 +5,9 @@
 //! and encodes the envelope and raw frames once → `Deliver` to every shard with subscribers →
 //! each queues the frame to each subscriber (`Outbound`: a small frame copied into the
 //! subscriber's buffer, a large one shared by handle; the messages that arrive together as a
-//! run, queued as one frame). No per-subscriber allocation or clock read. Clustered, the owner sends the publish to the broker instead, and the
-//! broker's message comes back to the owner of every node, which fans it out the same way
-//! (`super::cluster`).
+//! run, queued as one frame). No per-subscriber allocation or clock read. Clustered, the owner
+//! sends the publish to the broker instead, and the broker's message comes back to the owner of
+//! every node, which fans it out the same way (`super::cluster`).
 
 use super::Engine;
 use super::cluster::HistoryAsker;
