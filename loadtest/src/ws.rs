@@ -317,6 +317,10 @@ impl FrameReader {
     ) -> Result<(), ReadError> {
         let mut i = 0;
         while i < input.len() {
+            if let Some(used) = self.whole_message(&input[i..], sink) {
+                i += used;
+                continue;
+            }
             if !self.in_payload {
                 i += self.take_header(&input[i..])?;
                 if self.in_payload && self.remaining == 0 {
@@ -333,6 +337,50 @@ impl FrameReader {
             }
         }
         Ok(())
+    }
+
+    /// The common case read without the state machine: between messages, `input` starts with
+    /// a whole unfragmented, uncompressed text or binary frame of at most 65,535 bytes. Its
+    /// message goes to `sink` lent from `input` (no copy into the reader) and the bytes it took
+    /// are returned; `None` leaves everything to the general path. What `sink` gets, and the
+    /// state after, are what the general path would give (a test feeds both ways).
+    fn whole_message(&mut self, input: &[u8], sink: &mut impl FnMut(Event<'_>)) -> Option<usize> {
+        if self.in_payload || self.header_len != 0 || self.in_message {
+            return None;
+        }
+        let (&b0, &b1) = (input.first()?, input.get(1)?);
+        // FIN, no RSV bit, text or binary; unmasked, and a 7- or 16-bit length.
+        let text = match b0 {
+            0x81 => true,
+            0x82 => false,
+            _ => return None,
+        };
+        let (header, len) = match b1 {
+            0..=125 => (2, usize::from(b1)),
+            126 => (
+                4,
+                usize::from(u16::from_be_bytes([*input.get(2)?, *input.get(3)?])),
+            ),
+            _ => return None,
+        };
+        let payload = input.get(header..header + len)?;
+        let width = self.prefix_width();
+        self.message_text = text;
+        self.message_len = len as u64;
+        self.message_compressed = false;
+        self.frame_opcode = b0 & 0x0f;
+        self.frame_fin = true;
+        self.frame_len = len as u64;
+        self.remaining = 0;
+        // Nothing was captured: the prefix is lent from the input.
+        self.prefix_len = 0;
+        sink(Event::Message {
+            text,
+            prefix: &payload[..len.min(width)],
+            len: len as u64,
+            compressed: false,
+        });
+        Some(header + len)
     }
 
     /// Takes header bytes from `input`; returns how many it used. Sets `in_payload` once the
@@ -572,6 +620,51 @@ mod tests {
             collect(&mut reader, std::slice::from_ref(b), &mut out).unwrap();
         }
         assert_eq!(out, expected());
+    }
+
+    #[test]
+    fn whole_frames_are_lent_from_the_input_and_read_as_byte_by_byte() {
+        // Small and 16-bit-length frames, text and binary, between control frames and a
+        // fragmented message; every reader kind.
+        let mut stream = Vec::new();
+        for n in [0usize, 1, 47, 48, 49, 125, 126, 255, 256, 257, 65_535] {
+            let body: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            stream.extend(server_frame(if n % 2 == 0 { 0x81 } else { 0x82 }, &body));
+        }
+        stream.extend(server_frame(0x89, b"pp"));
+        stream.extend(server_frame(0x01, b"frag-"));
+        stream.extend(server_frame(0x80, b"ment"));
+        stream.extend(server_frame(0x81, b"after"));
+        for make in [FrameReader::default, FrameReader::wide] {
+            for deflate in [false, true] {
+                let fresh = || {
+                    let mut r = make();
+                    if deflate {
+                        r.enable_deflate();
+                    }
+                    r
+                };
+                let (mut whole, mut by_byte) = (Vec::new(), Vec::new());
+                let mut reader = fresh();
+                collect(&mut reader, &stream, &mut whole).unwrap();
+                let mut slow = fresh();
+                for b in &stream {
+                    collect(&mut slow, std::slice::from_ref(b), &mut by_byte).unwrap();
+                }
+                assert_eq!(
+                    whole,
+                    by_byte,
+                    "wide {} deflate {deflate}",
+                    reader.wide.is_some()
+                );
+                assert_eq!(whole.len(), 14);
+                // Both readers are between messages again, in the same state.
+                assert_eq!(
+                    (reader.in_payload, reader.in_message, reader.header_len),
+                    (slow.in_payload, slow.in_message, slow.header_len)
+                );
+            }
+        }
     }
 
     #[test]
