@@ -161,23 +161,18 @@ const HEAP_MAP_BYTES: i32 = 4 << 20;
 /// clearing fresh pages took about 9 % of a shard's core at 630 msg/s × 10,000 subscribers
 /// (docs/benchmarks.md). Memory stays bounded by the budget: what is kept was allocated before,
 /// and at most `HEAP_KEEP_BYTES` per arena stays once freed. A `GLIBC_TUNABLES` that sets any
-/// `glibc.malloc` tunable is left to decide instead. Returns whether it changed anything.
-pub fn keep_heap() -> bool {
+/// `glibc.malloc` tunable is left to decide instead. A refusal changes nothing but speed, so
+/// it is not reported.
+pub fn keep_heap() {
     if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {
-        return false;
+        return;
     }
     #[cfg(target_env = "gnu")]
-    {
-        // SAFETY: mallopt only sets the allocator's parameters; it is called before the
-        // shards start, and glibc takes its own lock anyway.
-        unsafe {
-            libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_KEEP_BYTES) == 1
-                && libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_MAP_BYTES) == 1
-        }
-    }
-    #[cfg(not(target_env = "gnu"))]
-    {
-        false
+    // SAFETY: mallopt only sets the allocator's parameters; it is called before the shards
+    // start, and glibc takes its own lock anyway.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_KEEP_BYTES);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_MAP_BYTES);
     }
 }
 

@@ -342,8 +342,10 @@ impl FrameReader {
     /// The common case read without the state machine: between messages, `input` starts with
     /// a whole unfragmented, uncompressed text or binary frame of at most 65,535 bytes. Its
     /// message goes to `sink` lent from `input` (no copy into the reader) and the bytes it took
-    /// are returned; `None` leaves everything to the general path. What `sink` gets, and the
-    /// state after, are what the general path would give (a test feeds both ways).
+    /// are returned; `None` leaves everything to the general path. `sink` gets what the general
+    /// path would give (a test feeds both ways), and the reader stays between messages: the
+    /// per-message fields the general path sets are reset by the next frame's header before
+    /// they are read, so they are not written here.
     fn whole_message(&mut self, input: &[u8], sink: &mut impl FnMut(Event<'_>)) -> Option<usize> {
         if self.in_payload || self.header_len != 0 || self.in_message {
             return None;
@@ -364,19 +366,9 @@ impl FrameReader {
             _ => return None,
         };
         let payload = input.get(header..header + len)?;
-        let width = self.prefix_width();
-        self.message_text = text;
-        self.message_len = len as u64;
-        self.message_compressed = false;
-        self.frame_opcode = b0 & 0x0f;
-        self.frame_fin = true;
-        self.frame_len = len as u64;
-        self.remaining = 0;
-        // Nothing was captured: the prefix is lent from the input.
-        self.prefix_len = 0;
         sink(Event::Message {
             text,
-            prefix: &payload[..len.min(width)],
+            prefix: &payload[..len.min(self.prefix_width())],
             len: len as u64,
             compressed: false,
         });

@@ -86,6 +86,18 @@ pub(crate) fn limits_ticks(ms: u64) -> u32 {
     ms.div_ceil(TICK_MS).min(u32::MAX as u64 / 2) as u32
 }
 
+/// Puts `conn` (at `slot`), which now owes bytes, on the `dirty` list for the next flush unless
+/// it is there already or has a send in flight (its completion flushes it). A field-level
+/// function, so the fan-out loop can call it while it holds the connection.
+pub(crate) fn queue_flush(conn: &mut conn::Conn, slot: u32, now: u32, dirty: &mut Vec<u32>) {
+    if conn.flags & (DIRTY | SENDING) == 0 {
+        // Idle until now: its wait for the client starts here (see `stalled_consumers`).
+        conn.progress_tick = now;
+        conn.flags |= DIRTY;
+        dirty.push(slot);
+    }
+}
+
 /// The limit a frame of `frame_len` bytes is held to on `conn`: `limit`, or LAGGING_FACTOR
 /// times it for a reader that makes progress (it took bytes within `stall` ticks) but is over
 /// it — the publisher is faster, not the reader slow; the connection is flagged `LAGGING` and
@@ -871,10 +883,7 @@ impl Engine {
     pub(crate) fn mark_dirty(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
         if conn.flags & (DIRTY | SENDING) == 0 && conn.out.has_queued() {
-            // Idle until now: its wait for the client starts here (see `stalled_consumers`).
-            conn.progress_tick = self.now_tick;
-            conn.flags |= DIRTY;
-            self.dirty.push(slot as u32);
+            queue_flush(conn, slot as u32, self.now_tick, &mut self.dirty);
         } else if conn.flags & (SENDING | DIRTY) == 0 && conn.flags & FIN_AFTER_FLUSH != 0 {
             // A control connection finishes only when its last pending reply is out.
             let replies_pending = conn.control().is_some_and(|s| s.has_pending());

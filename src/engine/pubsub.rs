@@ -11,7 +11,7 @@
 
 use super::Engine;
 use super::cluster::HistoryAsker;
-use super::conn::{DIRTY, Endpoint, SENDING, State};
+use super::conn::{Endpoint, State};
 use super::io::Token;
 use super::limits_ticks;
 use super::outbound::FRAME_OVERHEAD;
@@ -793,11 +793,7 @@ impl Engine {
                     {
                         // Within the limit, so neither conflation nor lagging applies.
                         whole_runs += 1;
-                        if conn.flags & (DIRTY | SENDING) == 0 {
-                            conn.progress_tick = now;
-                            conn.flags |= DIRTY;
-                            self.dirty.push(slot);
-                        }
+                        super::queue_flush(conn, slot, now, &mut self.dirty);
                         continue;
                     }
                     if total > 0 {
@@ -831,11 +827,7 @@ impl Engine {
                         Enqueue::Enqueued => {
                             count.0 += 1;
                             self.counters.frames_out += 1;
-                            if conn.flags & (DIRTY | SENDING) == 0 {
-                                conn.progress_tick = now;
-                                conn.flags |= DIRTY;
-                                self.dirty.push(slot);
-                            }
+                            super::queue_flush(conn, slot, now, &mut self.dirty);
                         }
                         Enqueue::SlowConsumer => {
                             // Closed after the run: the rest of it is not offered.

@@ -1273,7 +1273,7 @@ fn messages_that_reach_a_shard_together_are_delivered_as_runs_in_order() {
 
 #[test]
 fn a_slow_consumer_found_in_the_middle_of_a_run_misses_only_the_rest_of_it() {
-    // Large frames go by handle, one by one; small ones are copied a whole run at a time
+    // Large frames go by handle, one by one; small ones a whole run at a time (as one frame)
     // until a run no longer fits, whose frames are then offered one by one.
     for (size, count) in [(1000, 100), (200, 400)] {
         let mut c = Cluster::new(config(), 1);
